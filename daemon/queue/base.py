@@ -1,0 +1,157 @@
+"""The queue protocol that every backend implements.
+
+The daemon only ever talks to a queue through this surface, so the SQLite and
+Redis backends are interchangeable and one test suite checks both. Delivery is
+at-least-once: a job is removed only by `settle(acks=...)` from the holder of
+its current lease token; anything else (a release, an expired lease, a crash)
+leaves it to be delivered again.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class QueueError(Exception):
+    """A request the queue refuses (bad payload, unknown id, bad URL)."""
+
+
+class QueueUnavailable(QueueError):
+    """The backend cannot be reached or written right now; try again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One delivery of a job: what a worker needs to run it and settle it."""
+
+    id: str
+    task: str
+    payload: Any
+    attempt: int  # 1 for the first delivery; releases do not count
+    token: str  # lease token: settling with a stale token is a no-op
+    enqueued_at: float  # wall clock, seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A job whose handler raised: retried with backoff unless `retry` is false."""
+
+    job: Job
+    error: str
+    traceback: str = ""
+    retry: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DeadJob:
+    """An entry of the dead-letter list."""
+
+    id: str
+    task: str
+    payload: Any
+    attempts: int
+    error: str
+    traceback: str
+    failed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Job counts by state, and how long the oldest ready job has waited."""
+
+    ready: int
+    delayed: int
+    leased: int
+    dead: int
+    oldest_ready_age_seconds: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "delayed": self.delayed,
+            "leased": self.leased,
+            "dead": self.dead,
+            "oldest_ready_age_seconds": self.oldest_ready_age_seconds,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter on the upper half, capped."""
+
+    max_attempts: int = 5
+    backoff_seconds: float = 1.0
+    backoff_max_seconds: float = 300.0
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def delay_after(self, attempt: int) -> float:
+        """Seconds to wait before delivering again after failed attempt `attempt`."""
+        base = min(self.backoff_seconds * (2 ** max(attempt - 1, 0)), self.backoff_max_seconds)
+        return base * (0.5 + self.rng.random() / 2)  # jitter keeps retries from herding
+
+    def is_final(self, attempt: int) -> bool:
+        return attempt >= self.max_attempts
+
+
+def encode_payload(payload: Any) -> str:
+    """Serialise a payload as compact JSON (never pickle); refuses what JSON cannot hold."""
+    try:
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise QueueError(f"payload is not JSON-serialisable: {exc}") from exc
+
+
+@runtime_checkable
+class Queue(Protocol):
+    """A durable job queue with leases (see DESIGN.md, "Queue")."""
+
+    def enqueue(
+        self, task: str, payload: Any = None, *, delay: float = 0.0, key: str | None = None
+    ) -> str:
+        """Add a job; with a live idempotency `key`, return the existing job's id instead."""
+        ...
+
+    def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
+        """Add many jobs in one transaction; returns how many were added."""
+        ...
+
+    def fetch(self, n: int, tasks: Collection[str], lease_seconds: float) -> list[Job]:
+        """Lease up to `n` due jobs of the given tasks, oldest first."""
+        ...
+
+    def renew(self, jobs: Sequence[Job], lease_seconds: float) -> None:
+        """Push the lease of jobs still running; stale tokens are ignored."""
+        ...
+
+    def settle(
+        self,
+        acks: Sequence[Job] = (),
+        releases: Sequence[Job] = (),
+        failures: Sequence[Failure] = (),
+    ) -> None:
+        """Ack (remove), release (ready again, attempt not counted) or fail jobs, atomically."""
+        ...
+
+    def stats(self) -> QueueStats: ...
+
+    def dead_list(self, limit: int = 100) -> list[DeadJob]: ...
+
+    def dead_retry(self, ids: Sequence[str] | None = None) -> int:
+        """Move dead jobs (all when `ids` is None) back to ready with a fresh attempt count."""
+        ...
+
+    def dead_purge(self, ids: Sequence[str] | None = None) -> int: ...
+
+    def bury_unknown(self, known_tasks: Collection[str]) -> int:
+        """Dead-letter waiting jobs whose task is not configured, with that reason."""
+        ...
+
+    def ping(self) -> None:
+        """Raise QueueUnavailable unless the backend answers."""
+        ...
+
+    def close(self) -> None: ...
