@@ -25,7 +25,18 @@ __all__ = [
     "QueueUnavailable",
     "RetryPolicy",
     "from_url",
+    "redact_url",
 ]
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs and check-config."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 def from_url(

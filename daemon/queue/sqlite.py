@@ -68,7 +68,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idem_key) WHERE idem_key IS N
 def path_from_url(url: str, base_dir: Path | None) -> Path:
     """Resolve `sqlite:///rel` against `base_dir` and `sqlite:////abs` as absolute."""
     if not url.startswith("sqlite:///"):
-        raise QueueError(f"not a sqlite URL: {url!r} (want sqlite:///relative or sqlite:////absolute)")
+        raise QueueError(
+            f"not a sqlite URL: {url!r} (want sqlite:///relative or sqlite:////absolute)"
+        )
     raw = url[len("sqlite:///") :]
     if not raw or raw == "/":
         raise QueueError(f"sqlite URL has no file path: {url!r}")
@@ -107,9 +109,8 @@ class SqliteQueue:
             self._conn.close()  # the file was deleted or replaced under us
             self._conn = None
             raise QueueUnavailable(f"{self.path}: database file was deleted or replaced")
-        if not self.path.parent.is_dir():
-            raise QueueUnavailable(f"{self.path}: directory {self.path.parent} does not exist")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
                 self.path, timeout=5.0, isolation_level=None, check_same_thread=False
             )

@@ -1,0 +1,162 @@
+"""Bulk enqueue from a JSON-lines file: bounded memory, one transaction per batch.
+
+By default a file with any bad line is rejected whole, so a first pass
+validates everything before a second pass enqueues; standard input is spooled
+to a temporary file during the first pass so it can be read twice. With
+--skip-invalid one pass enqueues the good lines and reports the bad ones.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import IO, Any
+
+from daemon.exitcodes import ExitCode
+from daemon.queue.base import Queue, QueueError, encode_payload
+
+BATCH = 1000
+MAX_REPORTED = 20  # bad lines printed one by one before a count takes over
+
+
+def seconds_until(when: str) -> float:
+    """Delay until an ISO 8601 time (naive means local) or a Unix timestamp."""
+    try:
+        target = float(when)
+    except ValueError:
+        try:
+            target = datetime.fromisoformat(when).timestamp()
+        except ValueError:
+            raise QueueError(f"--at {when!r}: not an ISO 8601 time or Unix seconds") from None
+    return max(target - time.time(), 0.0)
+
+
+def parse_line(line: str, known: list[str]) -> tuple[str, Any]:
+    """One job from one line; ValueError says what is wrong with it."""
+    try:
+        entry = json.loads(line)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(entry, dict):
+        raise ValueError("not a JSON object")
+    extra = set(entry) - {"task", "payload"}
+    if extra:
+        raise ValueError(f"unknown keys {sorted(extra)}: a line holds only task and payload")
+    task = entry.get("task")
+    if not isinstance(task, str):
+        raise ValueError('missing "task"')
+    if task not in known:
+        raise ValueError(f"unknown task {task!r}; configured tasks: {', '.join(known) or 'none'}")
+    payload = entry.get("payload", {})
+    try:
+        encode_payload(payload)
+    except QueueError as exc:
+        raise ValueError(str(exc)) from None
+    return task, payload
+
+
+class _Progress:
+    """A progress line on a terminal; silence otherwise (the summary line says it all)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._last = 0.0
+
+    def update(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if not self._tty or now - self._last < 0.1:
+            return
+        self._last = now
+        if total:
+            width = 30
+            filled = int(width * done / total)
+            bar = "#" * filled + "-" * (width - filled)
+            self._stream.write(f"\r[{bar}] {done}/{total}")
+        else:
+            self._stream.write(f"\r{done} enqueued")
+        self._stream.flush()
+
+    def done(self) -> None:
+        if self._tty:
+            self._stream.write("\r\033[K")
+
+
+def _lines(source: IO[str]) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(source, start=1):
+        if line.strip():
+            yield number, line
+
+
+def enqueue_file(queue: Queue, name: str, known: list[str], *, skip_invalid: bool) -> int:
+    """Enqueue every line of `name` ('-' is stdin); print a summary; return the exit code."""
+    err = sys.stderr
+    source: IO[str] = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115
+    spool: IO[str] | None = None
+    bad = 0
+
+    def report(number: int, reason: str) -> None:
+        nonlocal bad
+        bad += 1
+        if bad <= MAX_REPORTED:
+            print(f"{name}:{number}: {reason}", file=err)
+
+    try:
+        if not skip_invalid:
+            if name == "-":
+                spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+            total = 0
+            for number, line in _lines(source):
+                try:
+                    parse_line(line, known)
+                    total += 1
+                except ValueError as exc:
+                    report(number, str(exc))
+                if spool is not None:
+                    spool.write(line if line.endswith("\n") else line + "\n")
+            if bad:
+                more = f" ({bad - MAX_REPORTED} more not shown)" if bad > MAX_REPORTED else ""
+                print(f"{name}: {bad} bad lines{more}: nothing enqueued", file=err)
+                return ExitCode.USAGE
+            if spool is not None:
+                spool.seek(0)
+                source = spool
+            else:
+                source.seek(0)
+        else:
+            total = None
+        added = _enqueue_stream(queue, source, known, report, total)
+    finally:
+        if source is not sys.stdin:
+            source.close()
+        if spool is not None:
+            spool.close()
+    skipped = f", {bad} bad lines skipped" if bad else ""
+    print(f"{name}: {added} jobs enqueued{skipped}", file=err)
+    return ExitCode.OK
+
+
+def _enqueue_stream(
+    queue: Queue, source: IO[str], known: list[str], report: Any, total: int | None
+) -> int:
+    progress = _Progress(sys.stderr)
+    batch: list[tuple[str, Any]] = []
+    added = 0
+    for number, line in _lines(source):
+        try:
+            batch.append(parse_line(line, known))
+        except ValueError as exc:
+            report(number, str(exc))
+            continue
+        if len(batch) >= BATCH:
+            added += queue.enqueue_many(batch)
+            batch.clear()
+            progress.update(added, total)
+    if batch:
+        added += queue.enqueue_many(batch)
+    progress.done()
+    return added

@@ -1,0 +1,253 @@
+"""The `drainpool` command: run, check-config, reload, enqueue, queue, status.
+
+Exit codes follow daemon.exitcodes: 0 ok, 1 failure, 2 usage or bad input,
+78 invalid config (EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from queue import SimpleQueue
+from typing import Any
+
+from daemon import __version__
+from daemon.exitcodes import ExitCode
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(int(dispatch(argv)))
+
+
+def dispatch(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_usage(sys.stderr)
+        return ExitCode.USAGE
+    try:
+        return int(args.handler(args))
+    except UsageError as exc:
+        print(f"drainpool: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+class UsageError(Exception):
+    """Bad arguments or bad input: one line to stderr, exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drainpool", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"drainpool {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument(
+            "--config",
+            metavar="PATH",
+            help="config file (default: $DRAINPOOL_CONFIG, else /etc/drainpool/drainpool.toml)",
+        )
+        p.set_defaults(handler=handler)
+        return p
+
+    command("run", _cmd_run, "run the daemon in the foreground")
+    command("check-config", _cmd_check_config, "validate the config and print the effective one")
+
+    p = command("reload", _cmd_reload, "reload a running daemon's config and wait for the result")
+    p.add_argument("--pid", type=int, help="the daemon's pid (default: ask its endpoint)")
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait (default 90)")
+
+    p = command("enqueue", _cmd_enqueue, "add jobs to the queue")
+    p.add_argument("task", nargs="?", help="a configured task name")
+    p.add_argument("payload", nargs="?", help="the job's payload as JSON (default {})")
+    p.add_argument("--delay", type=float, default=0.0, metavar="S", help="run after S seconds")
+    p.add_argument("--at", metavar="TIME", help="run at TIME (ISO 8601, or Unix seconds)")
+    p.add_argument(
+        "--key", metavar="K", help="idempotency key: a live job with K is not added twice"
+    )
+    p.add_argument(
+        "--file", metavar="JOBS.jsonl", help="bulk: one {task, payload} per line; - for stdin"
+    )
+    p.add_argument(
+        "--skip-invalid", action="store_true", help="bulk: enqueue good lines, report bad"
+    )
+
+    p = command("queue", _cmd_queue, "inspect the queue and its dead letters")
+    p.add_argument("action", choices=["stats", "dead"], help="stats, or dead list|retry|purge")
+    p.add_argument("dead_action", nargs="?", choices=["list", "retry", "purge"])
+    p.add_argument("ids", nargs="*", help="job ids for dead retry/purge (default: all)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--limit", type=int, default=100, help="dead list: at most this many")
+
+    p = command("status", _cmd_status, "show a running daemon's state")
+    p.add_argument("--pid", type=int, help="the daemon's pid (default: ask its endpoint)")
+    p.add_argument("--watch", action="store_true", help="refresh in place every second")
+    p.add_argument("--json", action="store_true", help="print the raw status JSON")
+    return parser
+
+
+def _load(args: argparse.Namespace, *, tasks: bool = True) -> Any:
+    """Load the config or exit 78 with every problem on its own line."""
+    from daemon import settings
+    from daemon.tasks import build_registry
+
+    path = settings.config_path(args.config)
+    try:
+        loaded = settings.load(path)
+        registry = build_registry(loaded) if tasks else {}
+    except settings.ConfigError as exc:
+        for problem in exc.problems:
+            print(f"drainpool: config error: {problem}", file=sys.stderr)
+        raise SystemExit(ExitCode.CONFIG) from None
+    return loaded, registry
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    # Handlers first, so a signal during start-up is queued for the supervisor, not fatal.
+    from daemon.signals import forward_signals
+
+    inbox: SimpleQueue[object] = SimpleQueue()
+    with forward_signals(inbox):
+        loaded, registry = _load(args)
+        from daemon.logs import configure_logging
+        from daemon.supervisor import Supervisor
+
+        configure_logging(loaded.settings.log)
+        try:
+            return Supervisor(loaded, registry, inbox=inbox).run()
+        except OSError as exc:  # e.g. the metrics port is taken
+            import logging
+
+            logging.getLogger("drainpool").error("cannot start: %s", exc)
+            return ExitCode.ABANDONED
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from daemon.queue import redact_url
+    from daemon.settings import to_toml
+
+    loaded, _ = _load(args)
+    effective = loaded.settings.effective()
+    effective["queue"]["url"] = redact_url(effective["queue"]["url"])
+    print(f"# effective config of {loaded.path} (environment overrides applied)")
+    print(to_toml(effective), end="")
+    return ExitCode.OK
+
+
+def _open_queue(loaded: Any) -> Any:
+    from daemon.queue import RetryPolicy, from_url
+
+    q = loaded.settings.queue
+    retry = RetryPolicy(q.max_attempts, q.retry_backoff_seconds, q.retry_backoff_max_seconds)
+    return from_url(q.url, base_dir=loaded.base_dir, retry=retry)
+
+
+def _cmd_enqueue(args: argparse.Namespace) -> int:
+    from daemon import bulk
+    from daemon.queue import QueueError
+
+    loaded, _ = _load(args, tasks=False)
+    known = sorted(loaded.settings.tasks)
+    if args.file is not None:
+        if args.task or args.payload or args.key or args.delay or args.at:
+            raise UsageError("--file takes no TASK, JSON, --key, --delay or --at")
+        queue = _open_queue(loaded)
+        try:
+            return bulk.enqueue_file(queue, args.file, known, skip_invalid=args.skip_invalid)
+        except (QueueError, OSError) as exc:
+            raise UsageError(str(exc)) from None
+        finally:
+            queue.close()
+    if not args.task:
+        raise UsageError("enqueue needs TASK (or --file)")
+    if args.task not in known:
+        raise UsageError(
+            f"unknown task {args.task!r}; configured tasks: {', '.join(known) or 'none'}"
+        )
+    try:
+        payload = json.loads(args.payload) if args.payload is not None else {}
+    except ValueError as exc:
+        raise UsageError(f"payload is not valid JSON: {exc}") from None
+    delay = args.delay
+    if args.at is not None:
+        delay = bulk.seconds_until(args.at)
+    queue = _open_queue(loaded)
+    try:
+        job_id = queue.enqueue(args.task, payload, delay=delay, key=args.key)
+    except QueueError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        queue.close()
+    print(job_id)
+    return ExitCode.OK
+
+
+def _cmd_queue(args: argparse.Namespace) -> int:
+    loaded, _ = _load(args, tasks=False)
+    queue = _open_queue(loaded)
+    try:
+        if args.action == "stats":
+            return _print_stats(queue, args.json)
+        if args.dead_action is None:
+            raise UsageError("queue dead needs list, retry or purge")
+        if args.dead_action == "list":
+            return _print_dead(queue, args.json, args.limit)
+        ids = args.ids or None
+        count = queue.dead_retry(ids) if args.dead_action == "retry" else queue.dead_purge(ids)
+        verb = "retried" if args.dead_action == "retry" else "purged"
+        print(f"{count} dead jobs {verb}")
+        return ExitCode.OK
+    finally:
+        queue.close()
+
+
+def _print_stats(queue: Any, as_json: bool) -> int:
+    stats = queue.stats()
+    if as_json:
+        print(json.dumps(stats.as_dict()))
+        return ExitCode.OK
+    age = stats.oldest_ready_age_seconds
+    for label, value in (
+        ("ready", stats.ready),
+        ("delayed", stats.delayed),
+        ("leased", stats.leased),
+        ("dead", stats.dead),
+        ("oldest ready", "-" if age is None else f"{age:.1f}s"),
+    ):
+        print(f"{label:<13}{value}")
+    return ExitCode.OK
+
+
+def _print_dead(queue: Any, as_json: bool, limit: int) -> int:
+    dead = queue.dead_list(limit)
+    if as_json:
+        print(json.dumps([dataclasses.asdict(job) for job in dead]))
+        return ExitCode.OK
+    if not dead:
+        print("no dead jobs")
+    for job in dead:
+        error = job.error.splitlines()[0] if job.error else ""
+        print(f"{job.id}\t{job.task}\tattempts={job.attempts}\t{error}")
+    return ExitCode.OK
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    from daemon import control
+
+    return control.reload(args)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from daemon import control
+
+    return control.status(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Talking to a running daemon: `drainpool reload` and `drainpool status`.
+
+A reload is synchronous: the command reads the daemon's reload counter from
+its /api/status, sends SIGHUP, and waits until the counter moves, so
+`systemctl reload` (ExecReload) fails visibly when the new config is rejected.
+The daemon is found by --pid (its listening socket is read from /proc, which
+works with any port, even port 0) or through the config's metrics address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from daemon.exitcodes import ExitCode
+
+POLL_SECONDS = 0.02
+
+
+class ControlError(Exception):
+    """The daemon cannot be reached or did not answer as expected."""
+
+
+def listening_addresses(pid: int) -> list[tuple[str, int]]:
+    """(host, port) of every TCP socket that process `pid` listens on, from /proc."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        for fd in fd_dir.iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError as exc:
+        raise ControlError(f"cannot read the sockets of pid {pid}: {exc}") from None
+    found = []
+    for table, v6 in ((f"/proc/{pid}/net/tcp", False), (f"/proc/{pid}/net/tcp6", True)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            raw_host, raw_port = fields[1].split(":")
+            found.append((_proc_host(raw_host, v6), int(raw_port, 16)))
+    return found
+
+
+def _proc_host(raw: str, v6: bool) -> str:
+    """Turn /proc's little-endian hex address into something to connect to."""
+    if not v6:
+        host = ".".join(str(b) for b in reversed(bytes.fromhex(raw)))
+        return "127.0.0.1" if host == "0.0.0.0" else host
+    words = [bytes.fromhex(raw[i : i + 8])[::-1] for i in range(0, 32, 8)]
+    packed = b"".join(words)
+    import ipaddress
+
+    addr = ipaddress.IPv6Address(packed)
+    if addr.ipv4_mapped:
+        return str(addr.ipv4_mapped)
+    return "::1" if addr.is_unspecified else str(addr)
+
+
+def get_status(base: str, timeout: float = 5.0) -> dict[str, Any]:
+    url = f"{base}/api/status"
+    context = ssl._create_unverified_context() if base.startswith("https") else None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        raise ControlError(f"no status from {url}: {exc}") from None
+
+
+def _base_url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def find_daemon(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The daemon's endpoint base URL and its current status."""
+    if getattr(args, "pid", None):
+        errors = []
+        for host, port in listening_addresses(args.pid):
+            for scheme in ("http", "https"):
+                base = _base_url(host, port, scheme)
+                try:
+                    status = get_status(base, timeout=2.0)
+                except ControlError as exc:
+                    errors.append(str(exc))
+                    continue
+                if status.get("pid") == args.pid:
+                    return base, status
+        raise ControlError(f"pid {args.pid} serves no drainpool endpoint ({'; '.join(errors)})")
+    from daemon.cli import _load
+
+    loaded, _ = _load(args, tasks=False)
+    m = loaded.settings.metrics
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(m.host, m.host)
+    base = _base_url(host, m.port, "https" if m.tls_cert_file else "http")
+    return base, get_status(base)
+
+
+def reload(args: argparse.Namespace) -> int:
+    try:
+        base, before = find_daemon(args)
+        pid = int(before["pid"])
+        seq = int(before["reload"]["seq"])
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            try:
+                now = get_status(base, timeout=2.0)
+            except ControlError:
+                continue  # the endpoint may be rebinding to a new address
+            record = now["reload"]
+            if record["seq"] > seq and now["state"] in ("running", "stopped"):
+                return _report(record, now)
+    except (ControlError, ProcessLookupError, PermissionError) as exc:
+        print(f"drainpool reload: {exc}", file=sys.stderr)
+        return ExitCode.ABANDONED
+    print(f"drainpool reload: no result within {args.timeout:g}s", file=sys.stderr)
+    return ExitCode.ABANDONED
+
+
+def _report(record: dict[str, Any], status: dict[str, Any]) -> int:
+    if record["result"] == "rejected":
+        print(f"drainpool reload: rejected: {record['message']}", file=sys.stderr)
+        return ExitCode.CONFIG
+    pools = ", ".join(
+        f"{p['name']} g{p['generation']} ({p['workers']} workers)" for p in status["pools"]
+    )
+    print(f"reload {record['result']}: {status['state']}, pools {pools}")
+    return ExitCode.OK
+
+
+def status(args: argparse.Namespace) -> int:
+    try:
+        base, current = find_daemon(args)
+        while True:
+            text = json.dumps(current, indent=1) if args.json else render_status(current)
+            if args.watch and sys.stdout.isatty():
+                sys.stdout.write("\033[H\033[J")
+            print(text, flush=True)
+            if not args.watch:
+                return ExitCode.OK
+            time.sleep(1.0)
+            current = get_status(base)
+    except ControlError as exc:
+        print(f"drainpool status: {exc}", file=sys.stderr)
+        return ExitCode.ABANDONED
+
+
+def render_status(status: dict[str, Any]) -> str:
+    """A short table: state, pools, in-flight by task, queue depth, last reload."""
+    lines = [f"state        {status['state']}{'' if status['ready'] else ' (not ready)'}"]
+    for pool in status["pools"]:
+        lines.append(
+            f"pool         {pool['name']}: generation {pool['generation']},"
+            f" {pool['workers']} workers, {len(pool['running'])} in flight"
+        )
+    by_task: dict[str, int] = {}
+    for pool in status["pools"]:
+        for running in pool["running"]:
+            by_task[running["task"]] = by_task.get(running["task"], 0) + 1
+    for task, count in sorted(by_task.items()):
+        lines.append(f"  in flight  {task}: {count}")
+    queue = status.get("queue")
+    if queue:
+        lines.append(
+            "queue        "
+            + ", ".join(f"{k} {queue[k]}" for k in ("ready", "delayed", "leased", "dead"))
+        )
+    elif status.get("queue_problem"):
+        lines.append(f"queue        unavailable: {status['queue_problem']}")
+    record = status["reload"]
+    if record["seq"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["at"]))
+        detail = f": {record['message']}" if record["message"] else ""
+        lines.append(f"last reload  {record['result']} ({record['source']}, {when}){detail}")
+    else:
+        lines.append("last reload  none")
+    return "\n".join(lines)

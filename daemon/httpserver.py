@@ -1,0 +1,131 @@
+"""One small HTTP server for /metrics, /healthz, /readyz and the JSON /api/.
+
+It only reads: every answer comes from callbacks that return snapshots the
+supervisor keeps, so a slow scrape can never block the supervisor's loop. It
+binds to loopback unless the config says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger("drainpool.http")
+
+
+@dataclass
+class Endpoints:
+    """What the server answers with; each callable is cheap and thread-safe."""
+
+    registry: CollectorRegistry
+    healthy: Callable[[], bool]
+    ready: Callable[[], bool]
+    status: Callable[[], dict[str, Any]]
+    extra_routes: dict[str, Callable[[BaseHTTPRequestHandler], None]] = field(default_factory=dict)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        endpoints = self.server.endpoints
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, generate_latest(endpoints.registry), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            ok = endpoints.healthy()
+            self._send(200 if ok else 503, b"ok\n" if ok else b"supervisor loop stalled\n")
+        elif path == "/readyz":
+            ok = endpoints.ready()
+            self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+        elif path == "/api/status":
+            body = json.dumps(endpoints.status(), indent=1).encode()
+            self._send(200, body, "application/json")
+        elif path in endpoints.extra_routes:
+            endpoints.extra_routes[path](self)
+        else:
+            self._send(404, b"not found\n")
+
+    def _send(
+        self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a stuck client must not keep the process alive
+    allow_reuse_address = True
+    endpoints: Endpoints
+
+
+class HttpServer:
+    """Serves the endpoints on a background thread until `stop()`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        endpoints: Endpoints,
+        *,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ) -> None:
+        self._server = _Server((host, port), _Handler)
+        self._server.endpoints = endpoints
+        if tls_cert is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(tls_cert, tls_key)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.scheme = "https" if tls_cert else "http"
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _serve(self) -> None:
+        # Own loop instead of serve_forever: a pipe wakes it at once on stop, where
+        # serve_forever would notice only at its next poll interval.
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._server.socket, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj == self._wake_r:
+                        return
+                    self._server.handle_request()
+
+    def stop(self) -> None:
+        """Stop serving and free the port."""
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=5)
+        self._server.server_close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)

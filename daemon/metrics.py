@@ -1,0 +1,179 @@
+"""Every Prometheus metric of DESIGN.md, on one injected registry.
+
+Nothing is registered at import time: `Metrics()` builds its own registry, so
+tests and several daemons in one process never collide. Units are seconds,
+counters end in `_total`, and the only labels are bounded sets (configured
+task names, outcomes, reasons), never a job id.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Enum,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from daemon import __version__
+from daemon.queue.base import QueueStats
+
+# Jobs run from milliseconds to an hour; the client's defaults stop at 10 s.
+TASK_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+)
+DRAIN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+OUTCOMES = ("completed", "failed", "interrupted", "cancelled", "abandoned")
+PHASES = ("starting", "running", "draining", "stopped")
+QUEUE_STATES = ("ready", "delayed", "leased", "dead")
+
+
+class QueueDepthCollector(Collector):
+    """Reads queue counts at scrape time, so the gauge is never stale."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], QueueStats] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        source = self.source
+        if source is None:
+            return
+        try:
+            stats = source()
+        except Exception:  # an unreachable queue shows as missing samples and /readyz 503
+            return
+        jobs = GaugeMetricFamily(
+            "drainpool_queue_jobs", "Jobs in the queue by state.", labels=["state"]
+        )
+        for state in QUEUE_STATES:
+            jobs.add_metric([state], getattr(stats, state))
+        yield jobs
+        age = GaugeMetricFamily(
+            "drainpool_queue_oldest_ready_age_seconds",
+            "How long the oldest ready job has waited (0 when none is ready).",
+        )
+        age.add_metric([], stats.oldest_ready_age_seconds or 0.0)
+        yield age
+
+
+class Metrics:
+    """The daemon's metrics; the supervisor and pools update them, HTTP exposes them."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.in_flight = Gauge(
+            "drainpool_tasks_in_flight", "Tasks running right now.", ["task"], registry=r
+        )
+        self.outcome_counters = {
+            name: Counter(f"drainpool_tasks_{name}", f"Tasks {name}.", ["task"], registry=r)
+            for name in ("started", *OUTCOMES)
+        }
+        self.duration = Histogram(
+            "drainpool_task_duration_seconds",
+            "Run time of tasks by outcome.",
+            ["task", "outcome"],
+            buckets=TASK_BUCKETS,
+            registry=r,
+        )
+        self.pool_workers = Gauge("drainpool_pool_workers", "Worker slots of the pool.", registry=r)
+        self.pool_generation = Gauge(
+            "drainpool_pool_generation", "Generation number of the running pool.", registry=r
+        )
+        self.pool_restarts = Counter(
+            "drainpool_pool_restarts",
+            "Pool restarts by a reload, by cause.",
+            ["reason"],
+            registry=r,
+        )
+        self.drain_duration = Histogram(
+            "drainpool_drain_duration_seconds",
+            "Time from the start of a drain to its end.",
+            ["reason"],
+            buckets=DRAIN_BUCKETS,
+            registry=r,
+        )
+        self.drain_grace = Gauge(
+            "drainpool_drain_grace_seconds", "Configured shutdown.grace_seconds.", registry=r
+        )
+        self.config_reloads = Counter(
+            "drainpool_config_reloads", "Config reloads by result.", ["result"], registry=r
+        )
+        self.last_reload_ok = Gauge(
+            "drainpool_config_last_reload_successful",
+            "1 if the last reload attempt was applied or unchanged, 0 if rejected.",
+            registry=r,
+        )
+        self.last_reload_success = Gauge(
+            "drainpool_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+            registry=r,
+        )
+        self.state = Enum(
+            "drainpool_state", "Lifecycle state of the supervisor.", states=list(PHASES), registry=r
+        )
+        self.stray_threads = Gauge(
+            "drainpool_stray_threads",
+            "Abandoned task threads still running after their generation ended.",
+            registry=r,
+        )
+        Info("drainpool_build", "drainpool build.", registry=r).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
+        self.queue_depth = QueueDepthCollector()
+        r.register(self.queue_depth)
+        for result in ("applied", "rejected", "unchanged"):
+            self.config_reloads.labels(result=result)
+        for reason in ("config_file", "sighup"):
+            self.pool_restarts.labels(reason=reason)
+        self.last_reload_ok.set(1)
+        self.last_reload_success.set(time.time())
+
+    def declare_tasks(self, tasks: Iterable[str]) -> None:
+        """Create every task's series at 0, so rate() sees the first increase."""
+        for task in tasks:
+            self.in_flight.labels(task=task)
+            for counter in self.outcome_counters.values():
+                counter.labels(task=task)
+
+    def record(self, task: str, outcome: str, seconds: float | None) -> None:
+        """Count one outcome; cancelled jobs never ran, so they have no duration."""
+        self.outcome_counters[outcome].labels(task=task).inc()
+        if seconds is not None:
+            self.duration.labels(task=task, outcome=outcome).observe(seconds)
+
+    def reload_result(self, result: str) -> None:
+        self.config_reloads.labels(result=result).inc()
+        ok = result != "rejected"
+        self.last_reload_ok.set(1 if ok else 0)
+        if ok:
+            self.last_reload_success.set(time.time())

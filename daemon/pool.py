@@ -1,0 +1,355 @@
+"""One generation of a named pool: its workers, its dispatcher, its drain.
+
+The pool knows nothing of signals, config files or other pools: the
+supervisor starts it, begins its drain, abandons what still runs at the
+deadline, and is told through `on_drained` when nothing is left.
+
+Every job the pool holds is in exactly one place: `_handed` (leased, not yet
+started), `_running`, or `_settle` (finished, waiting to be acked, failed or
+released by the dispatcher in one batch). A worker moves a job from handed to
+running under the lock, so the drain's cancel and a worker's start can never
+both win (CPython futures' set_running_or_notify_cancel, the same gate).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.context import Interrupted, TaskContext
+from daemon.metrics import Metrics
+from daemon.queue.base import Failure, Job, Queue, QueueUnavailable
+from daemon.tasks import TaskSpec
+
+log = logging.getLogger("drainpool.pool")
+
+MIN_POLL_SECONDS = 0.002
+ERROR_TAIL = 2000  # characters of an error message kept with a failed job
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """What a generation needs to know; the supervisor derives it from Settings."""
+
+    name: str
+    workers: int
+    grace_seconds: float
+    lease_seconds: float
+    poll_interval_seconds: float
+
+
+@dataclass(slots=True)
+class _Running:
+    job: Job
+    started: float
+    thread: str
+    abandoned: bool = False
+
+
+@dataclass(slots=True)
+class _Settlement:
+    acks: list[Job] = field(default_factory=list)
+    releases: list[Job] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.acks or self.releases or self.failures)
+
+
+class Pool:
+    """Workers plus a dispatcher that fetches only for free slots."""
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        generation: int,
+        tasks: Mapping[str, TaskSpec],
+        queue: Queue,
+        metrics: Metrics,
+        *,
+        on_drained: Callable[[Pool], None] = lambda pool: None,
+        on_queue_health: Callable[[bool, str], None] = lambda ok, why: None,
+    ) -> None:
+        self.config = config
+        self.generation = generation
+        self.tasks = dict(tasks)
+        self.shutdown = threading.Event()  # the generation's cancellation token
+        self._queue = queue
+        self._metrics = metrics
+        self._on_drained = on_drained
+        self._on_queue_health = on_queue_health
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)  # workers wait here
+        self._dispatch_wake = threading.Condition(self._lock)  # the dispatcher waits here
+        self._handed: collections.deque[Job] = collections.deque()
+        self._running: dict[str, _Running] = {}
+        self._settle = _Settlement()
+        self._stopping = False
+        self._abandon_requested = False
+        self._drained = False
+        self._threads: list[threading.Thread] = []
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_loop, name=f"{config.name}-g{generation}-dispatch", daemon=True
+        )
+        self.drain_started: float | None = None
+        self.abandoned_count = 0
+
+    # -- lifecycle (called by the supervisor) -------------------------------
+
+    def start(self) -> None:
+        self._metrics.declare_tasks(self.tasks)
+        for i in range(self.config.workers):
+            thread = threading.Thread(
+                target=self._worker_loop,
+                name=f"{self.config.name}-g{self.generation}-w{i}",
+                daemon=True,  # an abandoned task must not keep the process alive
+            )
+            self._threads.append(thread)
+            thread.start()
+        self._dispatcher.start()
+
+    def begin_drain(self) -> int:
+        """Drain steps 1-2: stop fetching, set the event, cancel what never started."""
+        with self._lock:
+            if self._stopping:
+                return 0
+            self.drain_started = time.monotonic()
+            self._stopping = True
+            self.shutdown.set()
+            cancelled = list(self._handed)
+            self._handed.clear()
+            self._settle.releases.extend(cancelled)
+            self._work_ready.notify_all()
+            self._dispatch_wake.notify()
+        for job in cancelled:
+            self._metrics.record(job.task, "cancelled", None)
+        return len(cancelled)
+
+    def abandon(self) -> list[Job]:
+        """At the deadline: release every job still running; its late result is ignored."""
+        with self._lock:
+            self._abandon_requested = True
+            abandoned = [r for r in self._running.values() if not r.abandoned]
+            now = time.monotonic()
+            for entry in abandoned:
+                entry.abandoned = True
+                self._settle.releases.append(entry.job)
+            self._dispatch_wake.notify()
+        for entry in abandoned:
+            self._metrics.in_flight.labels(task=entry.job.task).dec()
+            self._metrics.record(entry.job.task, "abandoned", now - entry.started)
+            log.warning(
+                "abandoned job %s (%s) on thread %s after %.1fs: it ignored the shutdown event;"
+                " the job goes back to the queue",
+                entry.job.id,
+                entry.job.task,
+                entry.thread,
+                now - entry.started,
+            )
+        self.abandoned_count += len(abandoned)
+        return [entry.job for entry in abandoned]
+
+    @property
+    def drained(self) -> bool:
+        return self._drained
+
+    def join(self, timeout: float = 5.0) -> None:
+        """Wait for the dispatcher and the workers that are not stuck in abandoned tasks."""
+        deadline = time.monotonic() + timeout
+        self._dispatcher.join(max(deadline - time.monotonic(), 0))
+        stuck = {r.thread for r in self._running.values()}
+        for thread in self._threads:
+            if thread.name not in stuck:
+                thread.join(max(deadline - time.monotonic(), 0))
+
+    def stray_threads(self) -> int:
+        return sum(1 for t in self._threads if t.is_alive())
+
+    # -- introspection ------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        with self._lock:
+            running = [
+                {
+                    "job_id": r.job.id,
+                    "task": r.job.task,
+                    "attempt": r.job.attempt,
+                    "seconds": round(now - r.started, 3),
+                    "thread": r.thread,
+                    "abandoned": r.abandoned,
+                }
+                for r in self._running.values()
+            ]
+            handed = len(self._handed)
+        return {
+            "name": self.config.name,
+            "generation": self.generation,
+            "workers": self.config.workers,
+            "draining": self._stopping,
+            "handed": handed,
+            "running": running,
+        }
+
+    # -- workers --------------------------------------------------------------
+
+    def _worker_loop(self) -> None:
+        name = threading.current_thread().name
+        while True:
+            with self._lock:
+                while not self._handed and not self._stopping:
+                    self._work_ready.wait()
+                if not self._handed:
+                    return  # stopping, and nothing handed over
+                job = self._handed.popleft()
+                entry = _Running(job, time.monotonic(), name)
+                self._running[job.id] = entry
+            self._run(entry)
+
+    def _run(self, entry: _Running) -> None:
+        job = entry.job
+        spec = self.tasks[job.task]
+        metrics = self._metrics
+        metrics.outcome_counters["started"].labels(task=job.task).inc()
+        metrics.in_flight.labels(task=job.task).inc()
+        logger = logging.LoggerAdapter(
+            logging.getLogger(f"drainpool.task.{job.task}"), {"job_id": job.id, "task": job.task}
+        )
+        ctx = TaskContext(job.id, job.attempt, job.task, logger, self.shutdown)
+        failure: Failure | None = None
+        try:
+            result = spec.handler(ctx, job.payload)
+            outcome = "completed"
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("job %s completed: %r", job.id, result)
+        except Interrupted:
+            if self.shutdown.is_set():
+                outcome = "interrupted"
+            else:
+                outcome = "failed"
+                failure = Failure(job, "raised Interrupted while no shutdown was requested")
+        except BaseException as exc:  # a task's SystemExit is its failure, not ours
+            outcome = "failed"
+            message = f"{type(exc).__name__}: {exc}"[:ERROR_TAIL]
+            failure = Failure(job, message, traceback.format_exc()[-10 * ERROR_TAIL :])
+            logger.warning("job %s failed (attempt %d): %s", job.id, job.attempt, message)
+        seconds = time.monotonic() - entry.started
+        with self._lock:
+            del self._running[job.id]
+            if entry.abandoned:
+                return  # released at the deadline; it may already run elsewhere
+            if outcome == "completed":
+                self._settle.acks.append(job)
+            elif failure is not None:
+                self._settle.failures.append(failure)
+            else:
+                self._settle.releases.append(job)
+            self._dispatch_wake.notify()
+        metrics.in_flight.labels(task=job.task).dec()
+        metrics.record(job.task, outcome, seconds)
+
+    # -- dispatcher -----------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        """Settle finished jobs, renew leases, fetch for free slots; repeat."""
+        poll = MIN_POLL_SECONDS
+        renew_every = self.config.lease_seconds / 3
+        next_renew = time.monotonic() + renew_every
+        next_fetch = 0.0
+        backoff = 0.0
+        while True:
+            with self._lock:
+                while True:
+                    now = time.monotonic()
+                    free = self._free_slots()
+                    if self._settle or (self._stopping and not self._has_active()):
+                        break
+                    wake_at = next_renew
+                    if free and not self._stopping:
+                        if now >= next_fetch:
+                            break
+                        wake_at = min(wake_at, next_fetch)
+                    if now >= next_renew:
+                        break
+                    self._dispatch_wake.wait(wake_at - now)
+                batch, self._settle = self._settle, _Settlement()
+                stopping = self._stopping
+                finished = stopping and not self._has_active() and not batch
+                free = self._free_slots()
+            try:
+                if batch:
+                    self._queue.settle(batch.acks, batch.releases, batch.failures)
+                if finished:
+                    break
+                if time.monotonic() >= next_renew:
+                    self._renew()
+                    next_renew = time.monotonic() + renew_every
+                if free and not stopping and time.monotonic() >= next_fetch:
+                    fetched = self._fetch(free)
+                    # Full batch: more is likely waiting. Otherwise back off towards the poll cap.
+                    poll = (
+                        MIN_POLL_SECONDS
+                        if fetched == free
+                        else min(poll * 2, self.config.poll_interval_seconds)
+                    )
+                    next_fetch = time.monotonic() + (0 if fetched == free else poll)
+                if backoff:
+                    backoff = 0.0
+                    self._on_queue_health(True, "")
+            except QueueUnavailable as exc:
+                if batch:
+                    self._requeue_settlement(batch)
+                backoff = min(max(backoff * 2, 0.1), 5.0)
+                if backoff == 0.1:
+                    log.error("queue unavailable, retrying with backoff: %s", exc)
+                self._on_queue_health(False, str(exc))
+                with self._lock:
+                    self._dispatch_wake.wait(backoff * (0.5 + random.random() / 2))
+            except Exception:
+                log.exception("pool %s: dispatcher error; retrying", self.config.name)
+                if batch:
+                    self._requeue_settlement(batch)
+                with self._lock:
+                    self._dispatch_wake.wait(1.0)
+        self._drained = True
+        self._on_drained(self)
+
+    def _has_active(self) -> bool:
+        """Anything still running that was not abandoned (abandoned threads may linger)."""
+        return any(not r.abandoned for r in self._running.values())
+
+    def _free_slots(self) -> int:
+        return self.config.workers - len(self._running) - len(self._handed)
+
+    def _fetch(self, free: int) -> int:
+        jobs = self._queue.fetch(free, self.tasks.keys(), self.config.lease_seconds)
+        if not jobs:
+            return 0
+        with self._lock:
+            if self._stopping:  # a drain began while we fetched: these were never handed over
+                self._settle.releases.extend(jobs)
+                self._dispatch_wake.notify()
+                return len(jobs)
+            self._handed.extend(jobs)
+            self._work_ready.notify(len(jobs))
+        return len(jobs)
+
+    def _renew(self) -> None:
+        with self._lock:
+            jobs = [r.job for r in self._running.values() if not r.abandoned]
+            jobs.extend(self._handed)
+        self._queue.renew(jobs, self.config.lease_seconds)
+
+    def _requeue_settlement(self, batch: _Settlement) -> None:
+        """Keep a batch the queue refused, to settle it once the queue is back."""
+        with self._lock:
+            self._settle.acks[:0] = batch.acks
+            self._settle.releases[:0] = batch.releases
+            self._settle.failures[:0] = batch.failures

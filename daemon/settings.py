@@ -1,0 +1,299 @@
+"""The config model: a TOML file, DRAINPOOL_ environment overrides, defaults.
+
+Precedence is environment over file over defaults (pydantic-settings merges
+them). Every problem becomes one line that names the file and line, or the
+environment variable, and the dotted key, so an operator can fix a rejected
+reload without reading a traceback. A missing file is an error: silently
+running on defaults would hide a typo in a path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_PATH = Path("/etc/drainpool/drainpool.toml")
+ENV_PREFIX = "DRAINPOOL_"
+TASK_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PoolSettings(_Section):
+    workers: int = Field(8, ge=1, le=1024, description="worker slots of the pool")
+    kind: Literal["thread", "process"] = "thread"
+
+
+class ShutdownSettings(_Section):
+    grace_seconds: float = Field(10.0, gt=0, le=86_400)
+
+
+class ReloadSettings(_Section):
+    watch: bool = True
+    debounce_ms: int = Field(100, ge=0, le=60_000)
+
+
+class QueueSettings(_Section):
+    url: str = "sqlite:////var/lib/drainpool/queue.db"
+    lease_seconds: float = Field(60.0, gt=0, le=86_400)
+    max_attempts: int = Field(5, ge=1, le=1000)
+    retry_backoff_seconds: float = Field(1.0, ge=0, le=86_400)
+    retry_backoff_max_seconds: float = Field(300.0, ge=0, le=86_400 * 7)
+    poll_interval_seconds: float = Field(0.2, gt=0, le=60, description="idle poll, at most")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
+            raise ValueError("must start with sqlite:///, redis://, rediss:// or unix://")
+        return url
+
+
+class MetricsSettings(_Section):
+    host: str = "127.0.0.1"  # loopback unless an operator says otherwise
+    port: int = Field(9468, ge=0, le=65535)  # 0: any free port, logged at start
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class CommandTask(_Section):
+    """A task that runs a program: argv template filled from the payload, never a shell."""
+
+    command: list[str] = Field(min_length=1)
+    timeout_seconds: float | None = Field(None, gt=0)
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+def _task_ref(ref: str) -> str:
+    if not TASK_REF.match(ref):
+        raise ValueError(f"{ref!r} is not 'module:function'")
+    return ref
+
+
+def _task_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name):
+        raise ValueError(f"task name {name!r}: use 1-100 letters, digits, '_', '.', '-'")
+    return name
+
+
+TaskRef = Annotated[str, AfterValidator(_task_ref)]
+TaskName = Annotated[str, AfterValidator(_task_name)]
+
+
+class Settings(BaseSettings):
+    """The whole effective config of one daemon."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    pool: PoolSettings = PoolSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+    reload: ReloadSettings = ReloadSettings()
+    queue: QueueSettings = QueueSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
+    tasks: dict[TaskName, TaskRef | CommandTask] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's contents arrive as init arguments; the environment wins over them.
+        return (env_settings, init_settings)
+
+    def effective(self) -> dict[str, Any]:
+        """A plain dict of every value, for diffs and for check-config."""
+        return self.model_dump(mode="json")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """Settings together with where they came from, to point errors at lines."""
+
+    settings: Settings
+    path: Path
+    text: str
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in the config (the SQLite file) resolve against this."""
+        return self.path.parent
+
+    def where(self, *key: str) -> str:
+        """`path:line` of a dotted key in the file, or just the path."""
+        line = find_key_line(self.text, key)
+        return f"{self.path}:{line}" if line else str(self.path)
+
+
+def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> Path:
+    """--config, else $DRAINPOOL_CONFIG, else the system default."""
+    return Path(cli_value or environ.get("DRAINPOOL_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load(path: Path) -> LoadedConfig:
+    """Read, parse and validate (with the process environment); raise ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: config file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path, text, os.environ)) from None
+    return LoadedConfig(settings, path, text)
+
+
+def _describe(exc: ValidationError, path: Path, text: str, environ: Mapping[str, str]) -> list[str]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        if _wrong_union_branch(err):
+            continue
+        loc = [str(part) for part in err["loc"] if not _is_union_tag(part)]
+        key = ".".join(loc) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        env_name = ENV_PREFIX + "__".join(loc).upper()
+        if loc and env_name in environ:
+            problems.append(f"environment {env_name}: {key}: {message}")
+        else:
+            line = find_key_line(text, tuple(loc))
+            where = f"{path}:{line}" if line else str(path)
+            problems.append(f"{where}: {key}: {message}")
+    return sorted(set(problems), key=problems.index)
+
+
+def _wrong_union_branch(err: Any) -> bool:
+    """A task is a string or a table: report only the branch the value was meant for."""
+    tags = [part for part in err["loc"] if _is_union_tag(part)]
+    if not tags:
+        return False
+    if tags[0] == "CommandTask":
+        return err["type"] == "model_type"  # not a table at all: the string branch speaks
+    return isinstance(err["input"], dict)  # a table: the CommandTask branch speaks
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic names the union member it tried ("str", "CommandTask"); not a key.
+    return isinstance(part, str) and (
+        part in {"str", "CommandTask"} or part.startswith("function-after[")
+    )
+
+
+_TABLE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+_ASSIGN = re.compile(r"^\s*([A-Za-z0-9_.\"'-]+?)\s*=")
+
+
+def find_key_line(text: str, key: tuple[str, ...] | list[str]) -> int | None:
+    """1-based line where a dotted key is set (or its table begins), best effort.
+
+    tomllib keeps no positions; a line scan over table headers and `key =`
+    lines covers the plain TOML that config files use.
+    """
+    if not key:
+        return None
+    best: tuple[int, int] | None = None  # (matched depth, line)
+    table: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _TABLE.match(line)
+        if header:
+            table = [p.strip().strip("\"'") for p in header.group(1).split(".")]
+            path = table
+        else:
+            assign = _ASSIGN.match(line)
+            if not assign:
+                continue
+            path = table + [p.strip().strip("\"'") for p in assign.group(1).split(".")]
+        depth = _common_prefix(path, key)
+        if depth == len(path) and (best is None or depth > best[0]):
+            best = (depth, number)
+            if depth == len(key):
+                return number
+    return best[1] if best else None
+
+
+def _common_prefix(a: list[str], b: tuple[str, ...] | list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Render the effective config as TOML (check-config's output)."""
+    lines: list[str] = []
+
+    def emit(prefix: str, table: Mapping[str, Any]) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, Mapping)}
+        tables = {k: v for k, v in table.items() if isinstance(v, Mapping) and v}
+        if prefix and (scalars or not tables):
+            lines.append(f"[{prefix}]")
+        for k, v in scalars.items():
+            if v is not None:
+                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        if prefix and (scalars or not tables):
+            lines.append("")
+        for k, v in tables.items():
+            emit(f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k), v)
+
+    emit("", data)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f'"{key}"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    import json
+
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string

@@ -1,0 +1,599 @@
+"""The supervisor: the only place that knows the whole lifecycle.
+
+Everything that can change the daemon's course (a signal, a config edit, a
+pool that finished draining) arrives as an item in one inbox, and every
+decision is taken here, in one loop on the main thread. `step()` handles what
+is in the inbox and then checks the clock, so tests can drive the loop one
+step at a time with an injected clock.
+
+Lifecycle: starting -> running -> draining -> (running again | stopped).
+A reload drains only the pools whose config changed and starts their next
+generation; pools are held by name from the start.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import queue as queue_mod
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon import settings as settings_mod
+from daemon.exitcodes import ExitCode
+from daemon.httpserver import Endpoints, HttpServer
+from daemon.logs import configure_logging
+from daemon.metrics import Metrics
+from daemon.pool import Pool, PoolConfig
+from daemon.queue import Queue, RetryPolicy, from_url
+from daemon.settings import ConfigError, LoadedConfig, Settings
+from daemon.systemd import Notifier
+from daemon.tasks import TaskSpec, build_registry
+from daemon.watcher import ConfigWatcher
+
+log = logging.getLogger("drainpool.supervisor")
+
+TICK_SECONDS = 0.5  # the loop turns at least this often (healthz, watchdog, deadlines)
+STALL_SECONDS = 10.0  # /healthz fails when the loop has not turned for this long
+MAX_DEBOUNCE_SECONDS = 2.0  # a stream of edits still reloads at least this often
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+_ALLOWED = {
+    Phase.STARTING: {Phase.RUNNING, Phase.DRAINING, Phase.STOPPED},
+    Phase.RUNNING: {Phase.DRAINING},
+    Phase.DRAINING: {Phase.RUNNING, Phase.STOPPED},
+    Phase.STOPPED: set(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChanged:
+    """The watcher saw the config file (or its directory's ..data link) change."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolDrained:
+    pool: Pool
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadRequest:
+    """A reload asked for by something other than a signal (the console)."""
+
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    """What one named pool should be, derived from Settings; compared at reload."""
+
+    config: PoolConfig
+    task_refs: tuple[tuple[str, str], ...]  # (name, source) of the tasks it serves
+
+
+@dataclass
+class ReloadRecord:
+    """The last reload attempt, for `drainpool reload` and the status API."""
+
+    seq: int = 0
+    result: str = "none"  # applied, rejected, unchanged
+    message: str = ""
+    source: str = ""
+    at: float = 0.0
+
+
+@dataclass
+class _Drain:
+    reason: str  # "shutdown" or "reload"
+    pools: dict[str, Pool]
+    started: float
+    deadline: float
+    forced: bool = False
+    pending: LoadedConfig | None = None  # the config to start when a reload drain ends
+    pending_registry: dict[str, TaskSpec] = field(default_factory=dict)
+    source: str = ""
+
+
+def plan_pools(settings: Settings, registry: dict[str, TaskSpec]) -> dict[str, PoolPlan]:
+    """The single [pool] table is one pool named `default` serving every task."""
+    config = PoolConfig(
+        name="default",
+        workers=settings.pool.workers,
+        grace_seconds=settings.shutdown.grace_seconds,
+        lease_seconds=settings.queue.lease_seconds,
+        poll_interval_seconds=settings.queue.poll_interval_seconds,
+    )
+    refs = tuple(sorted((name, spec.source) for name, spec in registry.items()))
+    return {"default": PoolPlan(config, refs)}
+
+
+class Supervisor:
+    """Owns the pools, the queue, the HTTP endpoint and the watcher."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        registry: dict[str, TaskSpec],
+        *,
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        inbox: queue_mod.SimpleQueue[object] | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.registry = registry
+        self.metrics = metrics or Metrics()
+        self.notifier = notifier or Notifier.from_env()
+        self.clock = clock
+        self.inbox: queue_mod.SimpleQueue[object] = inbox or queue_mod.SimpleQueue()
+        self.phase = Phase.STARTING
+        self.pools: dict[str, Pool] = {}
+        self.generations: dict[str, int] = {}
+        self.queue: Queue | None = None
+        self.http: HttpServer | None = None
+        self.watcher: ConfigWatcher | None = None
+        self.reload_record = ReloadRecord()
+        self.exit_code = ExitCode.OK
+        self.queue_ok = True
+        self.queue_problem = ""
+        self._drain: _Drain | None = None
+        self._stop_requested = False
+        self._reload_due: float | None = None
+        self._reload_source = ""
+        self._reload_first = 0.0
+        self._last_turn = clock()
+        self._stray: list[Pool] = []
+        self.started_at = time.time()
+
+    # -- phase ----------------------------------------------------------------
+
+    def _enter(self, phase: Phase) -> None:
+        if phase not in _ALLOWED[self.phase]:
+            raise IllegalTransition(f"{self.phase.value} -> {phase.value}")
+        self.phase = phase
+        self.metrics.state.state(phase.value)
+
+    # -- start and stop -------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the queue, bind the endpoint, start the pools and the watcher; then READY."""
+        settings = self.loaded.settings
+        self.metrics.state.state(Phase.STARTING.value)
+        self.queue = self._open_queue(self.loaded)
+        self.metrics.queue_depth.source = self._queue_stats
+        self._bury_unknown()
+        self._start_http(settings)
+        for name, plan in plan_pools(settings, self.registry).items():
+            self._start_pool(name, plan, self.registry)
+        self._apply_watch(settings)
+        self._enter(Phase.RUNNING)
+        self._publish_pool_gauges()
+        log.info(
+            "running: pid %d, pools %s, config %s",
+            os.getpid(),
+            ", ".join(f"{n} ({p.config.workers} workers)" for n, p in self.pools.items()),
+            self.loaded.path,
+        )
+        self.notifier.ready(self.status_line())
+
+    def run(self) -> ExitCode:
+        """Start, loop until stopped, release everything; return the exit code."""
+        try:
+            self.start()
+            while self.phase is not Phase.STOPPED:
+                self.step(self._timeout())
+        finally:
+            self.close()
+        return self.exit_code
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        for pool in list(self.pools.values()):
+            if not pool.drained:  # only on an error path: never leave leases behind
+                pool.begin_drain()
+                pool.abandon()
+            pool.join(timeout=1.0)
+        if self.http is not None:
+            self.http.stop()
+        if self.queue is not None:
+            self.queue.close()
+
+    # -- the loop ---------------------------------------------------------------
+
+    def step(self, timeout: float = 0.0) -> None:
+        """Handle all that is in the inbox (waiting up to `timeout` for it), then the clock."""
+        items: list[object] = []
+        try:
+            items.append(
+                self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
+            )
+            while True:
+                items.append(self.inbox.get_nowait())
+        except queue_mod.Empty:
+            pass
+        for item in items:
+            self._handle(item)
+        self._tick()
+
+    def _timeout(self) -> float:
+        now = self.clock()
+        wake = now + TICK_SECONDS
+        if self._drain is not None:
+            wake = min(wake, self._drain.deadline)
+        if self._reload_due is not None:
+            wake = min(wake, self._reload_due)
+        interval = self.notifier.watchdog_interval
+        if interval:
+            wake = min(wake, now + interval / 2)
+        return max(wake - now, 0.001)
+
+    def _handle(self, item: object) -> None:
+        if isinstance(item, int):
+            self._on_signal(item)
+        elif isinstance(item, ConfigChanged):
+            debounce = self.loaded.settings.reload.debounce_ms / 1000
+            self._request_reload("config_file", self.clock() + debounce)
+        elif isinstance(item, ReloadRequest):
+            self._request_reload(item.source, self.clock())
+        elif isinstance(item, PoolDrained):
+            self._on_pool_drained(item.pool)
+
+    def _on_signal(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            name = signal.Signals(signum).name
+            if self._stop_requested:
+                log.warning("%s again during the drain: ending the grace now", name)
+                self._force(by_signal=True)
+            else:
+                log.info("%s: stopping gracefully (grace %.1fs)", name, self._max_grace())
+                self._begin_stop()
+        elif signum == signal.SIGHUP:
+            self._request_reload("sighup", self.clock())
+        elif signum == signal.SIGUSR1:
+            self._dump_state()
+
+    def _tick(self) -> None:
+        now = self.clock()
+        self._last_turn = now
+        if self.notifier.watchdog_due(now):
+            self.notifier.watchdog_ping(now)
+        drain = self._drain
+        if drain is not None and not drain.forced and now >= drain.deadline:
+            log.warning(
+                "%s drain: grace of %.1fs is over", drain.reason, drain.deadline - drain.started
+            )
+            self._force(by_signal=False)
+        if self._reload_due is not None and now >= self._reload_due and self.phase is Phase.RUNNING:
+            self._reload_due = None
+            self._reload(self._reload_source)
+        self._reap_strays()
+
+    # -- stop -----------------------------------------------------------------
+
+    def _begin_stop(self) -> None:
+        self._stop_requested = True
+        self._reload_due = None
+        self.notifier.stopping(self.status_line("stopping"))
+        if self._drain is not None:  # a reload drain becomes the stop's drain
+            self._drain.reason = "shutdown"
+            self._drain.pending = None
+            self._drain_more(self.pools)
+            return
+        self._begin_drain("shutdown", dict(self.pools))
+
+    def _force(self, *, by_signal: bool) -> None:
+        """End the grace: abandon whatever still runs (its job is released)."""
+        drain = self._drain
+        if drain is None:
+            return
+        drain.forced = True
+        abandoned = sum(len(pool.abandon()) for pool in drain.pools.values())
+        if self._stop_requested and (abandoned or by_signal):
+            self.exit_code = ExitCode.ABANDONED
+
+    def _begin_drain(self, reason: str, pools: dict[str, Pool], **extra: Any) -> None:
+        now = self.clock()
+        grace = max((p.config.grace_seconds for p in pools.values()), default=0.0)
+        self._drain = _Drain(reason, {}, now, now + grace, **extra)
+        if self.phase is not Phase.DRAINING:
+            self._enter(Phase.DRAINING)
+        self.notifier.extend_timeout(grace + 5.0)
+        self._drain_more(pools)
+        if not self._drain.pools:
+            self._finish_drain()
+
+    def _drain_more(self, pools: dict[str, Pool]) -> None:
+        assert self._drain is not None
+        for name, pool in pools.items():
+            if name in self._drain.pools or pool.drained:
+                continue
+            self._drain.pools[name] = pool
+            cancelled = pool.begin_drain()
+            log.info(
+                "pool %s generation %d draining (%s): %d running, %d cancelled",
+                name,
+                pool.generation,
+                self._drain.reason,
+                len(pool.snapshot()["running"]),
+                cancelled,
+            )
+
+    def _on_pool_drained(self, pool: Pool) -> None:
+        drain = self._drain
+        if drain is None or drain.pools.get(pool.config.name) is not pool:
+            return
+        if all(p.drained for p in drain.pools.values()):
+            self._finish_drain()
+
+    def _finish_drain(self) -> None:
+        drain = self._drain
+        assert drain is not None
+        self._drain = None
+        elapsed = self.clock() - drain.started
+        self.metrics.drain_duration.labels(reason=drain.reason).observe(elapsed)
+        for name, pool in drain.pools.items():
+            pool.join(timeout=1.0)
+            if pool.stray_threads():
+                self._stray.append(pool)
+            if self.pools.get(name) is pool:
+                del self.pools[name]
+        log.info("%s drain finished in %.3fs", drain.reason, elapsed)
+        if self._stop_requested:
+            self._enter(Phase.STOPPED)
+            return
+        assert drain.pending is not None
+        self._apply(drain.pending, drain.pending_registry, drain.source, restarted=set(drain.pools))
+
+    # -- reload ----------------------------------------------------------------
+
+    def _request_reload(self, source: str, due: float) -> None:
+        """Schedule a reload; file edits debounce (each pushes it back), signals do not."""
+        if self._stop_requested:
+            return
+        now = self.clock()
+        if self._reload_due is None:
+            self._reload_first = now
+        if source == "config_file":
+            if self._reload_due is None or self._reload_source == "config_file":
+                # Trailing debounce, but never postponed past MAX_DEBOUNCE_SECONDS.
+                self._reload_due = min(due, self._reload_first + MAX_DEBOUNCE_SECONDS)
+                self._reload_source = source
+        else:
+            self._reload_due = due if self._reload_due is None else min(self._reload_due, due)
+            self._reload_source = source
+
+    def _reload(self, source: str) -> None:
+        """Validate the file; reject, ignore if unchanged, or drain what changed."""
+        self._reload_source = ""
+        try:
+            loaded = settings_mod.load(self.loaded.path)
+            registry = build_registry(loaded)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("config rejected, keeping the running config: %s", problem)
+            self._record_reload("rejected", "; ".join(exc.problems), source)
+            return
+        old_plans = plan_pools(self.loaded.settings, self.registry)
+        new_plans = plan_pools(loaded.settings, registry)
+        queue_changed = loaded.settings.queue != self.loaded.settings.queue
+        changed = {
+            name
+            for name in old_plans.keys() | new_plans.keys()
+            if queue_changed or old_plans.get(name) != new_plans.get(name)
+        }
+        if loaded.settings.effective() == self.loaded.settings.effective() and not changed:
+            log.info("reload (%s): config unchanged", source.replace("_", " "))
+            self._record_reload("unchanged", "", source)
+            return
+        self.notifier.reloading(self.status_line("reloading"))
+        if not changed:
+            self._apply(loaded, registry, source, restarted=set())
+            return
+        log.info(
+            "reload (%s): restarting pools %s", source.replace("_", " "), ", ".join(sorted(changed))
+        )
+        to_drain = {name: pool for name, pool in self.pools.items() if name in changed}
+        self._begin_drain(
+            "reload", to_drain, pending=loaded, pending_registry=registry, source=source
+        )
+
+    def _apply(
+        self,
+        loaded: LoadedConfig,
+        registry: dict[str, TaskSpec],
+        source: str,
+        restarted: set[str],
+    ) -> None:
+        """Swap in a validated config and start the pools it changed."""
+        old = self.loaded.settings
+        new = loaded.settings
+        self.loaded, self.registry = loaded, registry
+        if new.log != old.log:
+            configure_logging(new.log)
+        if new.queue != old.queue:
+            old_queue = self.queue
+            self.queue = self._open_queue(loaded)
+            if old_queue is not None:
+                old_queue.close()
+        if new.metrics != old.metrics:
+            self._restart_http(new, old)
+        self._apply_watch(new)
+        self._bury_unknown()
+        for name, plan in plan_pools(new, registry).items():
+            if name not in self.pools:
+                self._start_pool(name, plan, registry)
+        if self.phase is not Phase.RUNNING:
+            self._enter(Phase.RUNNING)
+        if restarted:
+            self.metrics.pool_restarts.labels(reason=source).inc()
+        self._publish_pool_gauges()
+        self._record_reload("applied", "", source)
+        log.info("reload applied: %s", self.status_line())
+        self.notifier.ready(self.status_line())
+
+    def _record_reload(self, result: str, message: str, source: str) -> None:
+        self.metrics.reload_result(result)
+        record = self.reload_record
+        self.reload_record = ReloadRecord(record.seq + 1, result, message, source, time.time())
+
+    # -- pools, queue, endpoint, watcher ---------------------------------------
+
+    def _start_pool(self, name: str, plan: PoolPlan, registry: dict[str, TaskSpec]) -> None:
+        assert self.queue is not None
+        generation = self.generations.get(name, 0) + 1
+        self.generations[name] = generation
+        tasks = {task: registry[task] for task, _ in plan.task_refs}
+        pool = Pool(
+            plan.config,
+            generation,
+            tasks,
+            self.queue,
+            self.metrics,
+            on_drained=lambda p: self.inbox.put(PoolDrained(p)),
+            on_queue_health=self._on_queue_health,
+        )
+        pool.start()
+        self.pools[name] = pool
+
+    def _open_queue(self, loaded: LoadedConfig) -> Queue:
+        q = loaded.settings.queue
+        retry = RetryPolicy(q.max_attempts, q.retry_backoff_seconds, q.retry_backoff_max_seconds)
+        return from_url(q.url, base_dir=loaded.base_dir, retry=retry, durable_commits=False)
+
+    def _queue_stats(self) -> Any:
+        assert self.queue is not None
+        return self.queue.stats()
+
+    def _on_queue_health(self, ok: bool, why: str) -> None:
+        # Called from dispatcher threads: plain attribute writes, read by /readyz.
+        self.queue_ok = ok
+        self.queue_problem = why
+
+    def _bury_unknown(self) -> None:
+        assert self.queue is not None
+        try:
+            buried = self.queue.bury_unknown(self.registry.keys())
+        except Exception as exc:
+            log.error("could not dead-letter jobs of unconfigured tasks: %s", exc)
+            return
+        if buried:
+            log.warning("%d waiting jobs name tasks that are not configured: dead-lettered", buried)
+
+    def _start_http(self, settings: Settings) -> None:
+        m = settings.metrics
+        endpoints = Endpoints(self.metrics.registry, self.healthy, self.ready, self.status)
+        self.http = HttpServer(
+            m.host, m.port, endpoints, tls_cert=m.tls_cert_file, tls_key=m.tls_key_file
+        )
+        self.http.start()
+        host, port = self.http.address
+        log.info("metrics on %s://%s:%d/metrics", self.http.scheme, host, port)
+
+    def _restart_http(self, new: Settings, old: Settings) -> None:
+        if self.http is not None:
+            self.http.stop()
+        try:
+            self._start_http(new)
+        except OSError as exc:
+            log.error(
+                "cannot bind metrics on %s:%d (%s); keeping %s:%d",
+                new.metrics.host,
+                new.metrics.port,
+                exc,
+                old.metrics.host,
+                old.metrics.port,
+            )
+            self._start_http(old)
+
+    def _apply_watch(self, settings: Settings) -> None:
+        want = settings.reload.watch
+        if self.watcher is not None and (not want or self.watcher.path != self.loaded.path):
+            self.watcher.stop()
+            self.watcher = None
+        if want and self.watcher is None:
+            self.watcher = ConfigWatcher(self.loaded.path, lambda: self.inbox.put(ConfigChanged()))
+            self.watcher.start()
+
+    def _publish_pool_gauges(self) -> None:
+        self.metrics.pool_workers.set(sum(p.config.workers for p in self.pools.values()))
+        self.metrics.pool_generation.set(max(self.generations.values(), default=0))
+        self.metrics.drain_grace.set(self._max_grace())
+
+    def _max_grace(self) -> float:
+        return max((p.config.grace_seconds for p in self.pools.values()), default=0.0)
+
+    def _reap_strays(self) -> None:
+        if self._stray:
+            self._stray = [p for p in self._stray if p.stray_threads()]
+        self.metrics.stray_threads.set(sum(p.stray_threads() for p in self._stray))
+
+    # -- what the endpoint and the notifier read ---------------------------------
+
+    def healthy(self) -> bool:
+        return self.clock() - self._last_turn < STALL_SECONDS
+
+    def ready(self) -> bool:
+        return self.phase is Phase.RUNNING and self.queue_ok
+
+    def status_line(self, state: str | None = None) -> str:
+        pools = list(self.pools.values())
+        in_flight = sum(len(p.snapshot()["running"]) for p in pools)
+        workers = sum(p.config.workers for p in pools)
+        generation = max(self.generations.values(), default=0)
+        return (
+            f"{state or self.phase.value}: generation {generation}, {workers} workers,"
+            f" {in_flight} in flight"
+        )
+
+    def status(self) -> dict[str, Any]:
+        record = self.reload_record
+        return {
+            "pid": os.getpid(),
+            "state": self.phase.value,
+            "ready": self.ready(),
+            "queue_ok": self.queue_ok,
+            "queue_problem": self.queue_problem,
+            "config": str(self.loaded.path),
+            "started_at": self.started_at,
+            "pools": [p.snapshot() for p in list(self.pools.values())],
+            "reload": {
+                "seq": record.seq,
+                "result": record.result,
+                "message": record.message,
+                "source": record.source,
+                "at": record.at,
+            },
+        }
+
+    def _dump_state(self) -> None:
+        lines = [f"state dump: {self.status_line()}"]
+        for pool in list(self.pools.values()):
+            for r in pool.snapshot()["running"]:
+                lines.append(
+                    f"  pool {pool.config.name} g{pool.generation}: job {r['job_id']}"
+                    f" task {r['task']} attempt {r['attempt']} running {r['seconds']:.1f}s on {r['thread']}"
+                )
+        names = {t.ident: t.name for t in threading.enumerate()}
+        for ident, frame in sys._current_frames().items():
+            lines.append(f"  thread {names.get(ident, ident)}:")
+            lines.extend("    " + line.rstrip() for line in traceback.format_stack(frame))
+        log.info("\n".join(lines))

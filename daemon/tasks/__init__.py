@@ -1,0 +1,67 @@
+"""The task registry: configured names resolved to callables, checked before use.
+
+A reload builds a fresh registry from the new config before anything else
+changes, so a task that cannot be imported rejects the reload and the running
+generation keeps its own registry untouched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from daemon.settings import CommandTask, ConfigError, LoadedConfig
+
+Handler = Callable[..., Any]
+TaskKind = Literal["function", "async", "command"]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A configured task: its name, where it came from, and how to call it."""
+
+    name: str
+    source: str  # "module:function" or the command's argv template
+    kind: TaskKind
+    handler: Handler
+
+
+def build_registry(loaded: LoadedConfig) -> dict[str, TaskSpec]:
+    """Import every configured task; ConfigError lists each one that fails."""
+    registry: dict[str, TaskSpec] = {}
+    problems: list[str] = []
+    for name, ref in loaded.settings.tasks.items():
+        try:
+            registry[name] = _resolve(name, ref)
+        except Exception as exc:  # a module may raise anything at import
+            problems.append(f"{loaded.where('tasks', name)}: tasks.{name}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return registry
+
+
+def _resolve(name: str, ref: str | CommandTask) -> TaskSpec:
+    if isinstance(ref, CommandTask):
+        from daemon.tasks.command import command_handler
+
+        return TaskSpec(name, " ".join(ref.command), "command", command_handler(ref))
+    module_name, _, attr_path = ref.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ValueError(f"cannot import {ref!r}: {type(exc).__name__}: {exc}") from None
+    for attr in attr_path.split("."):
+        target = getattr(target, attr, None)
+        if target is None:
+            raise ValueError(f"cannot import {ref!r}: {module_name} has no {attr_path!r}")
+    if not callable(target):
+        raise ValueError(f"{ref!r} is not callable")
+    kind: TaskKind = "async" if inspect.iscoroutinefunction(target) else "function"
+    return TaskSpec(name, ref, kind, target)
+
+
+def task_names(registry: Mapping[str, TaskSpec]) -> list[str]:
+    return sorted(registry)

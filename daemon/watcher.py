@@ -1,0 +1,65 @@
+"""Watches the config file's directory and tells the supervisor when it changed.
+
+Editors replace files (vim and `sed -i` rename a new file over the old one),
+Kubernetes swaps a `..data` symlink in the directory, and some tools truncate
+and rewrite in place. Watching the directory, not the file, sees all of them;
+a name filter keeps unrelated files out. The watcher never reads or applies
+the config: it only hands a notice to the supervisor's inbox, where the
+debounce and the validation happen.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import watchfiles
+
+log = logging.getLogger("drainpool.watcher")
+
+STEP_MS = 20  # quiet time that ends a burst of raw events (the supervisor debounces on top)
+
+
+class ConfigWatcher:
+    """A daemon thread running watchfiles over the config's directory (and its link target's)."""
+
+    def __init__(self, path: Path, on_change: Callable[[], None]) -> None:
+        self.path = path
+        self._on_change = on_change
+        self._stop = threading.Event()
+        self._names = {path.name}
+        self._dirs = {path.absolute().parent}
+        resolved = path.resolve()
+        if resolved != path.absolute():
+            # A symlinked file (the ConfigMap way): its target lives elsewhere too.
+            self._names.add(resolved.name)
+            self._dirs.add(resolved.parent)
+        self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _relevant(self, _change: watchfiles.Change, raw: str) -> bool:
+        name = Path(raw).name
+        return name in self._names or name.startswith("..")
+
+    def _run(self) -> None:
+        try:
+            for _changes in watchfiles.watch(
+                *sorted(self._dirs),
+                watch_filter=self._relevant,
+                debounce=1000,
+                step=STEP_MS,
+                stop_event=self._stop,
+                rust_timeout=1000,
+                recursive=False,
+                raise_interrupt=False,
+            ):
+                self._on_change()
+        except Exception as exc:  # e.g. the directory vanished; SIGHUP still works
+            log.error("config watcher stopped: %s; reload by SIGHUP still works", exc)
