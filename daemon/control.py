@@ -107,6 +107,8 @@ def find_daemon(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
     loaded, _ = _load(args, tasks=False)
     m = loaded.settings.metrics
+    if m.port == 0:
+        raise ControlError(f"{loaded.path}: metrics.port is 0 (any free port): pass --pid")
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(m.host, m.host)
     base = _base_url(host, m.port, "https" if m.tls_cert_file else "http")
     return base, get_status(base)

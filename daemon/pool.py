@@ -99,7 +99,7 @@ class Pool:
             target=self._dispatch_loop, name=f"{config.name}-g{generation}-dispatch", daemon=True
         )
         self.drain_started: float | None = None
-        self.abandoned_count = 0
+        self.counts: collections.Counter[str] = collections.Counter()  # outcomes of this generation
 
     # -- lifecycle (called by the supervisor) -------------------------------
 
@@ -130,6 +130,7 @@ class Pool:
             self._dispatch_wake.notify()
         for job in cancelled:
             self._metrics.record(job.task, "cancelled", None)
+        self.counts["cancelled"] += len(cancelled)
         return len(cancelled)
 
     def abandon(self) -> list[Job]:
@@ -153,7 +154,7 @@ class Pool:
                 entry.thread,
                 now - entry.started,
             )
-        self.abandoned_count += len(abandoned)
+        self.counts["abandoned"] += len(abandoned)
         return [entry.job for entry in abandoned]
 
     @property
@@ -245,6 +246,7 @@ class Pool:
             del self._running[job.id]
             if entry.abandoned:
                 return  # released at the deadline; it may already run elsewhere
+            self.counts[outcome] += 1
             if outcome == "completed":
                 self._settle.acks.append(job)
             elif failure is not None:

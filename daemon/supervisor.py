@@ -30,7 +30,7 @@ from daemon import settings as settings_mod
 from daemon.exitcodes import ExitCode
 from daemon.httpserver import Endpoints, HttpServer
 from daemon.logs import configure_logging
-from daemon.metrics import Metrics
+from daemon.metrics import OUTCOMES, Metrics
 from daemon.pool import Pool, PoolConfig
 from daemon.queue import Queue, RetryPolicy, from_url
 from daemon.settings import ConfigError, LoadedConfig, Settings
@@ -352,6 +352,8 @@ class Supervisor:
         self.metrics.drain_duration.labels(reason=drain.reason).observe(elapsed)
         for name, pool in drain.pools.items():
             pool.join(timeout=1.0)
+            counts = ", ".join(f"{k} {pool.counts[k]}" for k in OUTCOMES)
+            log.info("pool %s generation %d ended: %s", name, pool.generation, counts)
             if pool.stray_threads():
                 self._stray.append(pool)
             if self.pools.get(name) is pool:
@@ -590,7 +592,8 @@ class Supervisor:
             for r in pool.snapshot()["running"]:
                 lines.append(
                     f"  pool {pool.config.name} g{pool.generation}: job {r['job_id']}"
-                    f" task {r['task']} attempt {r['attempt']} running {r['seconds']:.1f}s on {r['thread']}"
+                    f" task {r['task']} attempt {r['attempt']}"
+                    f" running {r['seconds']:.1f}s on {r['thread']}"
                 )
         names = {t.ident: t.name for t in threading.enumerate()}
         for ident, frame in sys._current_frames().items():

@@ -32,8 +32,10 @@ class ConfigWatcher:
         self._names = {path.name}
         self._dirs = {path.absolute().parent}
         resolved = path.resolve()
-        if resolved != path.absolute():
-            # A symlinked file (the ConfigMap way): its target lives elsewhere too.
+        if not resolved.is_relative_to(path.absolute().parent.resolve()):
+            # A symlink to a file elsewhere: watch the target's directory too. (A ConfigMap's
+            # target sits inside the directory, in a ..timestamp folder replaced at each
+            # update; the `..data` rename in the watched directory shows those changes.)
             self._names.add(resolved.name)
             self._dirs.add(resolved.parent)
         self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)

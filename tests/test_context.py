@@ -1,0 +1,58 @@
+"""TaskContext: check() and sleep() turn the shutdown event into Interrupted."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from daemon import Interrupted, TaskContext
+
+
+def make_ctx() -> TaskContext:
+    return TaskContext("7", 2, "t", logging.getLogger("t"), threading.Event())
+
+
+def test_check_raises_only_once_shutdown_is_set() -> None:
+    ctx = make_ctx()
+    ctx.check()
+    assert not ctx.cancelled
+    ctx.shutdown.set()
+    assert ctx.cancelled
+    with pytest.raises(Interrupted):
+        ctx.check()
+
+
+def test_sleep_wakes_on_the_event_itself() -> None:
+    ctx = make_ctx()
+    outcome: list[str] = []
+
+    def task() -> None:
+        try:
+            ctx.sleep(3600)  # an hour: only the event can end this within the test's timeout
+            outcome.append("slept")
+        except Interrupted:
+            outcome.append("interrupted")
+
+    worker = threading.Thread(target=task)
+    worker.start()
+    ctx.shutdown.set()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert outcome == ["interrupted"]
+
+
+def test_interrupted_escapes_a_broad_except_exception() -> None:
+    ctx = make_ctx()
+    ctx.shutdown.set()
+    with pytest.raises(Interrupted):
+        try:
+            ctx.sleep(1)
+        except Exception:  # a task's catch-all must not swallow the stop request
+            pytest.fail("Interrupted was caught as an Exception")
+
+
+def test_context_carries_job_identity() -> None:
+    ctx = make_ctx()
+    assert (ctx.job_id, ctx.attempt, ctx.task) == ("7", 2, "t")

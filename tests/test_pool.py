@@ -1,0 +1,68 @@
+"""The pool in-process, on a real SQLite queue: the start/cancel gate and outcomes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from daemon.metrics import Metrics
+from daemon.pool import Pool, PoolConfig
+from daemon.queue.sqlite import SqliteQueue
+from daemon.tasks import TaskSpec
+from daemon.tasks.examples import noop, sleep
+from tests.support.daemon import wait_until
+
+
+def make_pool(tmp_path: Path, workers: int = 2) -> tuple[Pool, SqliteQueue, Metrics]:
+    queue = SqliteQueue(tmp_path / "q.db")
+    metrics = Metrics()
+    tasks = {
+        "sleep": TaskSpec("sleep", "daemon.tasks.examples:sleep", "function", sleep),
+        "noop": TaskSpec("noop", "daemon.tasks.examples:noop", "function", noop),
+    }
+    config = PoolConfig("default", workers, 5.0, 30.0, 0.05)
+    return Pool(config, 1, tasks, queue, metrics), queue, metrics
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_jobs_handed_over_but_not_started_are_cancelled_and_released(tmp_path: Path) -> None:
+    pool, queue, metrics = make_pool(tmp_path, workers=3)
+    for _ in range(3):
+        queue.enqueue("noop", {})
+    # Hand jobs over without starting the workers: the state a drain can meet between
+    # the dispatcher's fetch and a worker's pick-up.
+    assert pool._fetch(3) == 3
+    assert pool.begin_drain() == 3
+    assert pool.snapshot()["handed"] == 0
+    assert sample(metrics, "drainpool_tasks_cancelled_total", task="noop") == 3
+    pool.start()  # workers find nothing to start; the dispatcher releases and finishes
+    wait_until(lambda: pool.drained, what="pool drained")
+    pool.join()
+    stats = queue.stats()
+    assert (stats.ready, stats.leased) == (3, 0)
+    assert sample(metrics, "drainpool_tasks_started_total", task="noop") == 0
+    queue.close()
+
+
+def test_outcomes_completed_then_interrupted(tmp_path: Path) -> None:
+    pool, queue, metrics = make_pool(tmp_path, workers=2)
+    queue.enqueue("noop", {})
+    queue.enqueue("sleep", {"seconds": 3600})
+    pool.start()
+    wait_until(lambda: sample(metrics, "drainpool_tasks_completed_total", task="noop") == 1)
+    wait_until(lambda: pool.snapshot()["running"], what="sleep running")
+    started = time.monotonic()
+    pool.begin_drain()
+    wait_until(lambda: pool.drained, what="drained")
+    assert time.monotonic() - started < 3600
+    pool.join()
+    assert +pool.counts == {"completed": 1, "interrupted": 1}
+    assert sample(metrics, "drainpool_tasks_in_flight", task="sleep") == 0
+    stats = queue.stats()
+    assert (stats.ready, stats.leased) == (1, 0)
+    (job,) = queue.fetch(1, ["sleep"], 30)
+    assert job.attempt == 1  # the interrupted attempt was not counted
+    queue.close()

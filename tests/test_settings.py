@@ -1,0 +1,100 @@
+"""The config model: precedence, every problem named by file:line or variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon import settings
+from daemon.settings import ConfigError, find_key_line, load
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "drainpool.toml"
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    return info.value.problems
+
+
+def test_defaults_then_file_then_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "[pool]\nworkers = 3\n[shutdown]\ngrace_seconds = 2.5\n")
+    loaded = load(path)
+    assert loaded.settings.pool.workers == 3
+    assert loaded.settings.shutdown.grace_seconds == 2.5
+    assert loaded.settings.queue.lease_seconds == 60  # default
+    assert loaded.settings.metrics.host == "127.0.0.1"
+    monkeypatch.setenv("DRAINPOOL_POOL__WORKERS", "16")
+    assert load(path).settings.pool.workers == 16
+
+
+def test_every_problem_is_one_line_naming_file_line_and_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[pool]\nworkers = 2000\nkind = "fiber"\n\n[queue]\nbogus = 1\n[tasks]\nx = "nocolon"\n',
+    )
+    assert problems(path) == [
+        f"{path}:2: pool.workers: Input should be less than or equal to 1024",
+        f"{path}:3: pool.kind: Input should be 'thread' or 'process'",
+        f"{path}:6: queue.bogus: unknown key",
+        f"{path}:8: tasks.x: 'nocolon' is not 'module:function'",
+    ]
+
+
+def test_toml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "[pool]\nworkers = = 3\n")
+    (problem,) = problems(path)
+    assert problem.startswith(f"{path}: TOML syntax error:")
+    assert "line 2, column" in problem
+
+
+def test_environment_problem_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRAINPOOL_POOL__WORKERS", "lots")
+    (problem,) = problems(write(tmp_path, "[pool]\nworkers = 3\n"))
+    assert problem.startswith("environment DRAINPOOL_POOL__WORKERS: pool.workers:")
+
+
+def test_missing_file_is_an_error_not_defaults(tmp_path: Path) -> None:
+    assert problems(tmp_path / "nope.toml") == [f"{tmp_path / 'nope.toml'}: config file not found"]
+
+
+def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DRAINPOOL_CONFIG", raising=False)
+    assert settings.config_path(None) == Path("/etc/drainpool/drainpool.toml")
+    monkeypatch.setenv("DRAINPOOL_CONFIG", "/srv/d.toml")
+    assert settings.config_path(None) == Path("/srv/d.toml")
+    assert settings.config_path("x.toml") == Path("x.toml")
+
+
+def test_command_task_table(tmp_path: Path) -> None:
+    path = write(tmp_path, '[tasks.t]\ncommand = ["echo", "{x}"]\ntimeout_seconds = 5\n')
+    task = load(path).settings.tasks["t"]
+    assert isinstance(task, settings.CommandTask) and task.command == ["echo", "{x}"]
+    assert problems(write(tmp_path, "[tasks.t]\ncommand = []\n")) == [
+        f"{path}:2: tasks.t.command: List should have at least 1 item after validation, not 0"
+    ]
+
+
+def test_find_key_line() -> None:
+    text = "# c\n[pool]\nworkers = 1\n[tasks]\na = 'x:y'\n[tasks.b]\ncommand = ['c']\n"
+    assert find_key_line(text, ("pool", "workers")) == 3
+    assert find_key_line(text, ("tasks", "a")) == 5
+    assert find_key_line(text, ("tasks", "b", "command")) == 7
+    assert find_key_line(text, ("queue", "url")) is None
+
+
+def test_effective_config_round_trips_through_toml(tmp_path: Path) -> None:
+    import tomllib
+
+    loaded = load(write(tmp_path, '[tasks]\ns = "daemon.tasks.examples:sleep"\n'))
+    rendered = settings.to_toml(loaded.settings.effective())
+    assert settings.Settings(**tomllib.loads(rendered)).effective() == loaded.settings.effective()
