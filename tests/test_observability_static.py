@@ -49,6 +49,7 @@ from tests.support.metric_names import (
 from tests.support.prometheus import (
     Prometheus,
     PrometheusError,
+    poll,
     promtool,
     promtool_check_metrics,
     running_prometheus,
@@ -365,7 +366,7 @@ def test_harness_loads_and_evaluates_the_alert_rules(prometheus: Prometheus) -> 
             r["health"] == "ok" for r in rules
         )
 
-    prometheus.wait_for("vector(1)", lambda _result: evaluated())
+    poll(evaluated, 30, "every alert rule to be loaded and evaluated")
 
 
 def test_harness_reports_promql_errors(prometheus: Prometheus) -> None:
