@@ -1,0 +1,108 @@
+"""The metrics drainpool exports, in one place.
+
+The dashboard and alert tests check that every name they reference is listed
+here, and the live end-to-end test checks that the running daemon exports each
+of them; so a rename shows up as a failing test on both sides instead of as an
+empty Grafana panel or an alert that can never fire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One exported metric family as DESIGN.md fixes it.
+
+    `labels` maps each label name to its fixed set of values, or to None where
+    the values come from the config (task names).
+    """
+
+    name: str
+    kind: str  # counter, gauge, histogram, enum, info
+    labels: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
+
+    def sample_names(self) -> tuple[str, ...]:
+        """The sample names a Prometheus scrape stores for this family."""
+        if self.kind == "counter":
+            return (f"{self.name}_total",)
+        if self.kind == "histogram":
+            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
+        if self.kind == "info":
+            return (f"{self.name}_info",)
+        return (self.name,)
+
+
+TASK = {"task": None}
+DURATION_OUTCOMES = ("completed", "failed", "interrupted", "abandoned")
+
+DAEMON_METRICS: tuple[Metric, ...] = (
+    Metric("drainpool_tasks_in_flight", "gauge", TASK),
+    Metric("drainpool_tasks_started", "counter", TASK),
+    Metric("drainpool_tasks_completed", "counter", TASK),
+    Metric("drainpool_tasks_failed", "counter", TASK),
+    Metric("drainpool_tasks_interrupted", "counter", TASK),
+    Metric("drainpool_tasks_cancelled", "counter", TASK),
+    Metric("drainpool_tasks_abandoned", "counter", TASK),
+    Metric(
+        "drainpool_task_duration_seconds",
+        "histogram",
+        {"task": None, "outcome": DURATION_OUTCOMES},
+    ),
+    Metric("drainpool_pool_workers", "gauge"),
+    Metric("drainpool_pool_generation", "gauge"),
+    Metric("drainpool_pool_restarts", "counter", {"reason": ("config_file", "sighup")}),
+    Metric("drainpool_drain_duration_seconds", "histogram", {"reason": ("shutdown", "reload")}),
+    Metric("drainpool_drain_grace_seconds", "gauge"),
+    Metric("drainpool_config_reloads", "counter", {"result": ("applied", "rejected", "unchanged")}),
+    Metric("drainpool_config_last_reload_successful", "gauge"),
+    Metric("drainpool_config_last_reload_success_timestamp_seconds", "gauge"),
+    Metric("drainpool_queue_jobs", "gauge", {"state": ("ready", "delayed", "leased", "dead")}),
+    Metric("drainpool_queue_oldest_ready_age_seconds", "gauge"),
+    Metric(
+        "drainpool_state",
+        "enum",
+        {"drainpool_state": ("starting", "running", "draining", "stopped")},
+    ),
+    Metric("drainpool_build", "info", {"version": None, "python": None}),
+    # prometheus_client's ProcessCollector; only the ones the dashboard uses.
+    Metric("process_cpu_seconds", "counter"),
+    Metric("process_resident_memory_bytes", "gauge"),
+    Metric("process_start_time_seconds", "gauge"),
+    Metric("process_open_fds", "gauge"),
+    Metric("process_max_fds", "gauge"),
+)
+
+# Series that Prometheus writes itself for every target; the daemon never exports them.
+SCRAPE_SERIES: frozenset[str] = frozenset(
+    {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added"}
+)
+
+
+def metric_of_sample(sample_name: str) -> Metric | None:
+    """The family a stored sample name belongs to, or None if it is not the daemon's."""
+    for metric in DAEMON_METRICS:
+        if sample_name in metric.sample_names():
+            return metric
+    return None
+
+
+def daemon_sample_names() -> frozenset[str]:
+    """Every sample name a scrape of the daemon is expected to store."""
+    return frozenset(name for metric in DAEMON_METRICS for name in metric.sample_names())
+
+
+def missing_from_exposition(text: str) -> list[str]:
+    """Sample names of DAEMON_METRICS that a /metrics body does not contain.
+
+    A labelled family whose children were never created exposes no sample at
+    all, so this also catches series the daemon forgot to initialise.
+    """
+    present = {
+        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
+    }
+    return sorted(daemon_sample_names() - present)
