@@ -57,11 +57,20 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     command("run", _cmd_run, "run the daemon in the foreground")
-    command("check-config", _cmd_check_config, "validate the config and print the effective one")
+    p = command("check-config", _cmd_check_config, "validate the config; print the effective one")
+    p.add_argument(
+        "--diff",
+        action="store_true",
+        help="print what a reload of the running daemon would do, pool by pool, instead",
+    )
+    p.add_argument("--pid", type=int, help="with --diff: the daemon's pid")
 
     p = command("reload", _cmd_reload, "reload a running daemon's config and wait for the result")
     p.add_argument("--pid", type=int, help="the daemon's pid (default: ask its endpoint)")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait (default 90)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print what would restart; change nothing"
+    )
 
     p = command("enqueue", _cmd_enqueue, "add jobs to the queue")
     p.add_argument("task", nargs="?", help="a configured task name")
@@ -132,6 +141,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     from daemon.queue import redact_url
     from daemon.settings import to_toml
 
+    if args.diff:
+        from daemon import control
+
+        return control.dry_run(args)
     loaded, _ = _load(args)
     effective = loaded.settings.effective()
     effective["queue"]["url"] = redact_url(effective["queue"]["url"])

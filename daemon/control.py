@@ -16,7 +16,6 @@ import signal
 import ssl
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -114,7 +113,63 @@ def find_daemon(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     return base, get_status(base)
 
 
+def dry_run(args: argparse.Namespace) -> int:
+    """Print what a reload would do, pool by pool, without doing it (supervisorctl reread)."""
+    from daemon.cli import _load
+    from daemon.supervisor import diff_plans, plan_from_json, plan_pools
+
+    try:
+        base, _ = find_daemon(args)
+        running = _get_json(f"{base}/api/config")
+    except ControlError as exc:
+        print(f"drainpool: {exc}", file=sys.stderr)
+        return ExitCode.ABANDONED
+    loaded, registry = _load(args)  # exits 78 with the problems if the file is invalid
+    old = {name: plan_from_json(plan) for name, plan in running["plans"].items()}
+    new = plan_pools(loaded.settings, registry)
+    queue_before = running["effective"]["queue"]
+    queue_after = loaded.settings.effective()["queue"]
+    from daemon.queue import redact_url
+
+    queue_after["url"] = redact_url(queue_after["url"])
+    changes = diff_plans(
+        old, new, everything="queue changed" if queue_after != queue_before else ""
+    )
+    for name in sorted(old.keys() | new.keys()):
+        why = changes.get(name)
+        if why is None:
+            print(f"pool {name}: unchanged (keeps running)")
+        elif why == "new pool":
+            print(f"pool {name}: start (new pool)")
+        elif why == "removed":
+            print(f"pool {name}: drain and stop (removed)")
+        else:
+            print(f"pool {name}: drain and restart ({why})")
+    others = {
+        key
+        for key, value in loaded.settings.effective().items()
+        if key not in ("pool", "pools", "queue", "tasks", "shutdown")
+        and value != running["effective"].get(key)
+    }
+    if others:
+        print(f"applied without a restart: {', '.join(sorted(others))}")
+    if not changes and not others:
+        print("no change: a reload would do nothing")
+    return ExitCode.OK
+
+
+def _get_json(url: str) -> Any:
+    context = ssl._create_unverified_context() if url.startswith("https") else None
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError) as exc:
+        raise ControlError(f"no answer from {url}: {exc}") from None
+
+
 def reload(args: argparse.Namespace) -> int:
+    if getattr(args, "dry_run", False):
+        return dry_run(args)
     try:
         base, before = find_daemon(args)
         pid = int(before["pid"])

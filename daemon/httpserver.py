@@ -51,12 +51,14 @@ class _Handler(BaseHTTPRequestHandler):
             ok = endpoints.ready()
             self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
         elif path == "/api/status":
-            body = json.dumps(endpoints.status(), indent=1).encode()
-            self._send(200, body, "application/json")
+            self.send_json(endpoints.status())
         elif path in endpoints.extra_routes:
             endpoints.extra_routes[path](self)
         else:
             self._send(404, b"not found\n")
+
+    def send_json(self, data: Any, code: int = 200) -> None:
+        self._send(code, json.dumps(data, indent=1).encode(), "application/json")
 
     def _send(
         self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8"

@@ -43,6 +43,7 @@ class PoolConfig:
     grace_seconds: float
     lease_seconds: float
     poll_interval_seconds: float
+    kind: str = "thread"
 
 
 @dataclass(slots=True)

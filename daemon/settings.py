@@ -42,6 +42,18 @@ class PoolSettings(_Section):
     kind: Literal["thread", "process"] = "thread"
 
 
+class NamedPoolSettings(_Section):
+    """One of several pools: its own concurrency and grace, and the tasks it serves."""
+
+    workers: int = Field(8, ge=1, le=1024)
+    kind: Literal["thread", "process"] = "thread"
+    grace_seconds: float | None = Field(None, gt=0, le=86_400, description="overrides shutdown's")
+    tasks: list[str] = Field(min_length=1)
+
+
+POOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
 class ShutdownSettings(_Section):
     grace_seconds: float = Field(10.0, gt=0, le=86_400)
 
@@ -117,6 +129,7 @@ class Settings(BaseSettings):
     )
 
     pool: PoolSettings = PoolSettings()
+    pools: dict[str, NamedPoolSettings] = Field(default_factory=dict)
     shutdown: ShutdownSettings = ShutdownSettings()
     reload: ReloadSettings = ReloadSettings()
     queue: QueueSettings = QueueSettings()
@@ -181,7 +194,45 @@ def load(path: Path) -> LoadedConfig:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path, text, os.environ)) from None
-    return LoadedConfig(settings, path, text)
+    loaded = LoadedConfig(settings, path, text)
+    problems = check_pools(loaded, explicit_pool="pool" in data)
+    if problems:
+        raise ConfigError(problems)
+    return loaded
+
+
+def check_pools(loaded: LoadedConfig, *, explicit_pool: bool) -> list[str]:
+    """Every configured task is served by exactly one pool (issue: several pools)."""
+    settings = loaded.settings
+    if not settings.pools:
+        return []
+    problems = []
+    if explicit_pool:
+        problems.append(
+            f"{loaded.where('pool')}: pool: use either [pool] (one pool) or [pools.NAME] tables"
+        )
+    owner: dict[str, str] = {}
+    for name, pool in settings.pools.items():
+        where = loaded.where("pools", name, "tasks")
+        if not POOL_NAME.match(name):
+            problems.append(f"{where}: pools.{name}: pool names are 1-64 letters, digits, _ or -")
+        for task in pool.tasks:
+            if task not in settings.tasks:
+                problems.append(f"{where}: pools.{name}.tasks: {task!r} is not a configured task")
+            elif task in owner:
+                problems.append(
+                    f"{where}: pools.{name}.tasks: task {task!r} is already served by pool"
+                    f" {owner[task]!r}; a task belongs to exactly one pool"
+                )
+            else:
+                owner[task] = name
+    for task in settings.tasks:
+        if task not in owner:
+            problems.append(
+                f"{loaded.where('tasks', task)}: tasks.{task}: served by no pool;"
+                " add it to the tasks of one [pools.NAME]"
+            )
+    return problems
 
 
 def _describe(exc: ValidationError, path: Path, text: str, environ: Mapping[str, str]) -> list[str]:

@@ -13,6 +13,7 @@ generation; pools are held by name from the start.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import os
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,27 +103,84 @@ class ReloadRecord:
 
 @dataclass
 class _Drain:
+    """Pools being drained, each with its own grace deadline."""
+
     reason: str  # "shutdown" or "reload"
-    pools: dict[str, Pool]
     started: float
-    deadline: float
-    forced: bool = False
+    pools: dict[str, Pool] = field(default_factory=dict)
+    deadlines: dict[str, float] = field(default_factory=dict)
+    forced: set[str] = field(default_factory=set)  # pools whose grace is over
     pending: LoadedConfig | None = None  # the config to start when a reload drain ends
     pending_registry: dict[str, TaskSpec] = field(default_factory=dict)
     source: str = ""
 
 
 def plan_pools(settings: Settings, registry: dict[str, TaskSpec]) -> dict[str, PoolPlan]:
-    """The single [pool] table is one pool named `default` serving every task."""
-    config = PoolConfig(
-        name="default",
-        workers=settings.pool.workers,
-        grace_seconds=settings.shutdown.grace_seconds,
-        lease_seconds=settings.queue.lease_seconds,
-        poll_interval_seconds=settings.queue.poll_interval_seconds,
-    )
-    refs = tuple(sorted((name, spec.source) for name, spec in registry.items()))
-    return {"default": PoolPlan(config, refs)}
+    """Named pools from [pools.NAME]; a lone [pool] table is one pool `default` for every task."""
+    common = {
+        "lease_seconds": settings.queue.lease_seconds,
+        "poll_interval_seconds": settings.queue.poll_interval_seconds,
+    }
+    if not settings.pools:
+        config = PoolConfig(
+            name="default",
+            workers=settings.pool.workers,
+            grace_seconds=settings.shutdown.grace_seconds,
+            kind=settings.pool.kind,
+            **common,
+        )
+        return {"default": PoolPlan(config, _refs(registry, registry.keys()))}
+    plans = {}
+    for name, pool in settings.pools.items():
+        config = PoolConfig(
+            name=name,
+            workers=pool.workers,
+            grace_seconds=pool.grace_seconds or settings.shutdown.grace_seconds,
+            kind=pool.kind,
+            **common,
+        )
+        plans[name] = PoolPlan(config, _refs(registry, pool.tasks))
+    return plans
+
+
+def plan_to_json(plan: PoolPlan) -> dict[str, Any]:
+    return {"config": dataclasses.asdict(plan.config), "tasks": [list(t) for t in plan.task_refs]}
+
+
+def plan_from_json(data: dict[str, Any]) -> PoolPlan:
+    return PoolPlan(PoolConfig(**data["config"]), tuple(tuple(t) for t in data["tasks"]))  # type: ignore[misc]
+
+
+def _refs(registry: dict[str, TaskSpec], names: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((name, registry[name].source) for name in names if name in registry))
+
+
+def diff_plans(
+    old: dict[str, PoolPlan], new: dict[str, PoolPlan], *, everything: str = ""
+) -> dict[str, str]:
+    """Pool name -> why it restarts (supervisord's reread): new, removed, or what changed.
+
+    `everything` names a change that concerns every pool (the queue), restarting all.
+    """
+    changes = {}
+    for name in sorted(old.keys() | new.keys()):
+        before, after = old.get(name), new.get(name)
+        if before is None:
+            changes[name] = "new pool"
+        elif after is None:
+            changes[name] = "removed"
+        elif everything:
+            changes[name] = everything
+        elif before != after:
+            parts = [
+                f"{field} {getattr(before.config, field)} -> {getattr(after.config, field)}"
+                for field in ("workers", "kind", "grace_seconds", "lease_seconds")
+                if getattr(before.config, field) != getattr(after.config, field)
+            ]
+            if before.task_refs != after.task_refs:
+                parts.append("tasks changed")
+            changes[name] = ", ".join(parts) or "settings changed"
+    return changes
 
 
 class Supervisor:
@@ -238,7 +296,9 @@ class Supervisor:
         now = self.clock()
         wake = now + TICK_SECONDS
         if self._drain is not None:
-            wake = min(wake, self._drain.deadline)
+            drain = self._drain
+            pending = [d for n, d in drain.deadlines.items() if n not in drain.forced]
+            wake = min([wake, *pending])
         if self._reload_due is not None:
             wake = min(wake, self._reload_due)
         interval = self.notifier.watchdog_interval
@@ -262,7 +322,7 @@ class Supervisor:
             name = signal.Signals(signum).name
             if self._stop_requested:
                 log.warning("%s again during the drain: ending the grace now", name)
-                self._force(by_signal=True)
+                self._force(None, by_signal=True)
             else:
                 log.info("%s: stopping gracefully (grace %.1fs)", name, self._max_grace())
                 self._begin_stop()
@@ -277,11 +337,11 @@ class Supervisor:
         if self.notifier.watchdog_due(now):
             self.notifier.watchdog_ping(now)
         drain = self._drain
-        if drain is not None and not drain.forced and now >= drain.deadline:
-            log.warning(
-                "%s drain: grace of %.1fs is over", drain.reason, drain.deadline - drain.started
-            )
-            self._force(by_signal=False)
+        if drain is not None:
+            for name, deadline in list(drain.deadlines.items()):
+                if name not in drain.forced and now >= deadline:
+                    log.warning("pool %s: %s drain grace is over", name, drain.reason)
+                    self._force([name], by_signal=False)
         if self._reload_due is not None and now >= self._reload_due and self.phase is Phase.RUNNING:
             self._reload_due = None
             self._reload(self._reload_source)
@@ -300,22 +360,23 @@ class Supervisor:
             return
         self._begin_drain("shutdown", dict(self.pools))
 
-    def _force(self, *, by_signal: bool) -> None:
-        """End the grace: abandon whatever still runs (its job is released)."""
+    def _force(self, names: list[str] | None, *, by_signal: bool) -> None:
+        """End the grace of some pools (all when `names` is None): abandon what still runs."""
         drain = self._drain
         if drain is None:
             return
-        drain.forced = True
-        abandoned = sum(len(pool.abandon()) for pool in drain.pools.values())
+        abandoned = 0
+        for name in drain.pools if names is None else names:
+            drain.forced.add(name)
+            abandoned += len(drain.pools[name].abandon())
         if self._stop_requested and (abandoned or by_signal):
             self.exit_code = ExitCode.ABANDONED
 
     def _begin_drain(self, reason: str, pools: dict[str, Pool], **extra: Any) -> None:
-        now = self.clock()
-        grace = max((p.config.grace_seconds for p in pools.values()), default=0.0)
-        self._drain = _Drain(reason, {}, now, now + grace, **extra)
+        self._drain = _Drain(reason, self.clock(), **extra)
         if self.phase is not Phase.DRAINING:
             self._enter(Phase.DRAINING)
+        grace = max((p.config.grace_seconds for p in pools.values()), default=0.0)
         self.notifier.extend_timeout(grace + 5.0)
         self._drain_more(pools)
         if not self._drain.pools:
@@ -323,10 +384,12 @@ class Supervisor:
 
     def _drain_more(self, pools: dict[str, Pool]) -> None:
         assert self._drain is not None
+        now = self.clock()
         for name, pool in pools.items():
             if name in self._drain.pools or pool.drained:
                 continue
             self._drain.pools[name] = pool
+            self._drain.deadlines[name] = now + pool.config.grace_seconds
             cancelled = pool.begin_drain()
             log.info(
                 "pool %s generation %d draining (%s): %d running, %d cancelled",
@@ -394,28 +457,36 @@ class Supervisor:
                 log.error("config rejected, keeping the running config: %s", problem)
             self._record_reload("rejected", "; ".join(exc.problems), source)
             return
-        old_plans = plan_pools(self.loaded.settings, self.registry)
-        new_plans = plan_pools(loaded.settings, registry)
-        queue_changed = loaded.settings.queue != self.loaded.settings.queue
-        changed = {
-            name
-            for name in old_plans.keys() | new_plans.keys()
-            if queue_changed or old_plans.get(name) != new_plans.get(name)
-        }
-        if loaded.settings.effective() == self.loaded.settings.effective() and not changed:
-            log.info("reload (%s): config unchanged", source.replace("_", " "))
+        changes = self.reload_plan(loaded, registry)
+        how = source.replace("_", " ")
+        if loaded.settings.effective() == self.loaded.settings.effective() and not changes:
+            log.info("reload (%s): config unchanged", how)
             self._record_reload("unchanged", "", source)
             return
         self.notifier.reloading(self.status_line("reloading"))
-        if not changed:
+        kept = sorted(self.pools.keys() - changes.keys())
+        log.info(
+            "reload (%s): %s%s",
+            how,
+            "; ".join(f"pool {n} restarts ({why})" for n, why in changes.items())
+            or "no pool restarts",
+            f"; unchanged: {', '.join(kept)}" if kept else "",
+        )
+        if not changes:
             self._apply(loaded, registry, source, restarted=set())
             return
-        log.info(
-            "reload (%s): restarting pools %s", source.replace("_", " "), ", ".join(sorted(changed))
-        )
-        to_drain = {name: pool for name, pool in self.pools.items() if name in changed}
+        to_drain = {name: pool for name, pool in self.pools.items() if name in changes}
         self._begin_drain(
             "reload", to_drain, pending=loaded, pending_registry=registry, source=source
+        )
+
+    def reload_plan(self, loaded: LoadedConfig, registry: dict[str, TaskSpec]) -> dict[str, str]:
+        """Which pools a reload to `loaded` would restart, and why."""
+        everything = "queue changed" if loaded.settings.queue != self.loaded.settings.queue else ""
+        return diff_plans(
+            plan_pools(self.loaded.settings, self.registry),
+            plan_pools(loaded.settings, registry),
+            everything=everything,
         )
 
     def _apply(
@@ -503,6 +574,9 @@ class Supervisor:
     def _start_http(self, settings: Settings) -> None:
         m = settings.metrics
         endpoints = Endpoints(self.metrics.registry, self.healthy, self.ready, self.status)
+        endpoints.extra_routes["/api/config"] = lambda request: request.send_json(
+            self.config_view()
+        )
         self.http = HttpServer(
             m.host, m.port, endpoints, tls_cert=m.tls_cert_file, tls_key=m.tls_key_file
         )
@@ -584,6 +658,19 @@ class Supervisor:
                 "source": record.source,
                 "at": record.at,
             },
+        }
+
+    def config_view(self) -> dict[str, Any]:
+        """The running config and pool plans, for `reload --dry-run` (secrets hidden)."""
+        from daemon.queue import redact_url
+
+        effective = self.loaded.settings.effective()
+        effective["queue"]["url"] = redact_url(effective["queue"]["url"])
+        plans = plan_pools(self.loaded.settings, self.registry)
+        return {
+            "config": str(self.loaded.path),
+            "effective": effective,
+            "plans": {name: plan_to_json(plan) for name, plan in plans.items()},
         }
 
     def _dump_state(self) -> None:
