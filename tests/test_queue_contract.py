@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import redis
 
 from daemon.queue.base import (
     Failure,
@@ -29,7 +30,7 @@ from daemon.queue.base import (
 )
 from daemon.queue.redis import RedisQueue, redact_url
 from daemon.queue.sqlite import SqliteQueue
-from tests.support.redis_server import REDIS_SERVER, RedisServer, free_port, redis_servers
+from tests.support.redis_server import RedisServer, free_port, redis_servers
 
 T = TypeVar("T")
 MakeQueue = Callable[..., Queue]
@@ -55,14 +56,8 @@ def poll(condition: Callable[[], T], what: str, deadline: float = DEADLINE) -> T
 @pytest.fixture(scope="module")
 def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the contract tests; each test gets its own key prefix."""
-    if not REDIS_SERVER.exists():
-        pytest.fail(f"{REDIS_SERVER} is missing: apt-get install redis-server")
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.kill()
+    with redis_servers(tmp_path_factory.mktemp("redis")) as start:
+        yield start()
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -206,6 +201,19 @@ def test_delayed_job_is_fetched_only_once_due(queue: Queue) -> None:
     assert (job.id, job.payload) == (soon, "soon")
     assert time.time() >= before + 0.2  # never before it was due
     assert counts(queue) == (0, 1, 1, 0)
+
+
+@pytest.mark.parametrize("delay", [float("nan"), float("inf")])
+def test_delay_must_be_a_finite_number(
+    queue: Queue, delay: float, request: pytest.FixtureRequest
+) -> None:
+    if isinstance(queue, SqliteQueue):
+        # Reported to the lead: SqliteQueue.enqueue stores inf (a job that never runs)
+        # and lets NaN out as sqlite3.IntegrityError. Remove once enqueue checks it.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="SqliteQueue does not refuse it"))
+    with pytest.raises(QueueError):
+        queue.enqueue("t", 1, delay=delay)
+    assert counts(queue) == (0, 0, 0, 0)
 
 
 def test_expired_lease_is_delivered_again_counting_an_attempt(make_queue: MakeQueue) -> None:
@@ -479,6 +487,26 @@ def test_redis_queue_survives_a_restart_without_losing_jobs(
         queue.close()
 
 
+def test_redis_queue_works_again_after_redis_lost_its_data(start_redis: StartRedis) -> None:
+    server = start_redis(appendonly=False)
+    queue = RedisQueue.from_url(server.url, retry=FAST_RETRY, consumer="amnesiac")
+    try:
+        queue.enqueue("t", "before")
+        [old] = queue.fetch(1, ["t"], 3600)
+        server.restart()  # no persistence: keys, streams and the group are gone
+
+        assert counts(queue) == (0, 0, 0, 0)
+        new_id = queue.enqueue("t", "after")
+        assert new_id == old.id  # the id counter started over too...
+        [new] = queue.fetch(1, ["t"], 3600)
+        queue.settle(acks=[old])  # ...but the old lease token does not match the new job
+        assert counts(queue) == (0, 0, 1, 0)
+        queue.settle(acks=[new])
+        assert counts(queue) == (0, 0, 0, 0)
+    finally:
+        queue.close()
+
+
 def test_redis_queue_unreachable_is_unavailable_not_a_crash() -> None:
     url = f"redis://:{SECRET}@127.0.0.1:{free_port()}/0"
     queue = RedisQueue.from_url(url, connect_timeout=1.0)
@@ -529,6 +557,54 @@ def test_redis_over_a_unix_socket(start_redis: StartRedis) -> None:
         assert [j.payload for j in queue.fetch(1, ["t"], 60)] == [{"via": "socket"}]
         assert queue.stats().leased == 1
         assert job_id
+    finally:
+        queue.close()
+
+
+def test_redis_over_tls(start_redis: StartRedis) -> None:
+    server = start_redis(tls=True, password=SECRET)
+    assert server.url.startswith("rediss://")
+    queue = RedisQueue.from_url(server.url, password=SECRET)
+    try:
+        job_id = queue.enqueue("t", "sealed")
+        assert [j.id for j in queue.fetch(1, ["t"], 60)] == [job_id]
+    finally:
+        queue.close()
+    plain = RedisQueue.from_url(f"redis://127.0.0.1:{server.port}/0", password=SECRET)
+    try:
+        with pytest.raises(QueueUnavailable):  # the server speaks only TLS
+            plain.ping()
+    finally:
+        plain.close()
+
+
+def test_redis_leaves_nothing_behind_finished_jobs(shared_redis: RedisServer) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    queue = RedisQueue.from_url(shared_redis.url, retry=FAST_RETRY, prefix=prefix)
+    try:
+        queue.enqueue("t", 1, key="a")
+        queue.enqueue("t", 2, key="b")
+        queue.enqueue("u", 3, delay=0.01)
+        acked, dead = queue.fetch(2, ["t"], 60)
+        queue.settle(acks=[acked], failures=[Failure(dead, "x", retry=False)])
+        queue.dead_purge()
+        [late] = poll(lambda: queue.fetch(1, ["u"], 60), "the delayed job is fetched")
+        queue.settle(acks=[late])
+        queue.close()  # also leaves the consumer groups
+
+        raw = redis.Redis.from_url(shared_redis.url, decode_responses=True, protocol=2)
+        with raw:
+            left = set(raw.scan_iter(f"{prefix}:*"))
+            # What may stay: the id counter, the task list and the (empty) streams.
+            assert left == {
+                f"{prefix}:seq",
+                f"{prefix}:tasks",
+                *(f"{prefix}:stream:{t}" for t in "tu"),
+            }
+            for task in "tu":
+                stream = f"{prefix}:stream:{task}"
+                assert raw.xlen(stream) == 0
+                assert [g["consumers"] for g in raw.xinfo_groups(stream)] == [0]
     finally:
         queue.close()
 

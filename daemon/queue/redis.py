@@ -34,13 +34,14 @@ Standalone Redis 7 only: the scripts build key names from the prefix.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
 import socket
 import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -79,8 +80,8 @@ _QUERY_SECRET = re.compile(r"(?i)([?&;](?:ssl_)?password=)[^&;#]*")
 
 _PRELUDE = r"""
 local P, G = ARGV[1], ARGV[2]
-local HORIZON = 100000000000
-local RELEASED = '~released'
+local HORIZON = @HORIZON@
+local RELEASED = '@RELEASED@'
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -347,10 +348,11 @@ return out
 
 _DEAD_MOVE = r"""
 -- ARGV[3]: 'retry' or 'purge'; ARGV[4..]: job ids, or none to take the next batch of all.
+-- Returns {moved, looked at}.
 local op, dead = ARGV[3], P .. ':dead'
 local ids = {}
 for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
-if #ids == 0 then ids = redis.call('ZRANGE', dead, 0, 499) end
+if #ids == 0 then ids = redis.call('ZRANGE', dead, 0, @BATCH@ - 1) end
 local moved = 0
 for _, id in ipairs(ids) do
   local jk = job_key(id)
@@ -365,11 +367,11 @@ for _, id in ipairs(ids) do
       redis.call('DEL', jk)
       forget_key(id, f[3])
     end
-  elseif not f[1] then
-    redis.call('ZREM', dead, id)
+  else
+    redis.call('ZREM', dead, id)  -- not dead (any more): it has no place in the set
   end
 end
-return moved
+return {moved, #ids}
 """
 
 _BURY = r"""
@@ -471,7 +473,7 @@ class RedisQueue:
         self._client = client
         self._closed = threading.Event()
         self._scripts = {
-            name: client.register_script(_PRELUDE + body)
+            name: client.register_script(_lua(body))
             for name, body in {
                 "enqueue": _ENQUEUE,
                 "fetch": _FETCH,
@@ -484,9 +486,7 @@ class RedisQueue:
             }.items()
         }
         # Read-only: flagged so, which lets Redis run it even under memory pressure.
-        self._scripts["stats"] = client.register_script(
-            "#!lua flags=no-writes\n" + _PRELUDE + _STATS
-        )
+        self._scripts["stats"] = client.register_script("#!lua flags=no-writes\n" + _lua(_STATS))
 
     @classmethod
     def from_url(
@@ -530,8 +530,8 @@ class RedisQueue:
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout,
                 health_check_interval=10,  # PING an idle connection before reuse
-                # One immediate retry on a broken connection (e.g. after a Redis restart);
-                # none on timeouts, where the command may have run already.
+                # One immediate retry on a broken connection (a Redis restart leaves stale
+                # sockets in the pool); none on timeouts, where the command may have run.
                 retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
                 client_name="drainpool-" + "".join(c if c.isalnum() else "-" for c in name),
                 **options,
@@ -578,6 +578,8 @@ class RedisQueue:
         self, task: str, payload: Any = None, *, delay: float = 0.0, key: str | None = None
     ) -> str:
         body = encode_payload(payload)
+        if not math.isfinite(delay):  # NaN or infinity would never come due, or poison the set
+            raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
         delay_ms = max(delay, 0.0) * 1000
         return str(self._run("enqueue", "enqueue", repr(delay_ms), key or "", task, body))
 
@@ -685,18 +687,18 @@ class RedisQueue:
 
     def _dead_move(self, op: str, ids: Sequence[str] | None) -> int:
         what = f"{op} dead jobs"
+        total = 0
         if ids is None:
-            moved = total = 0
             while True:  # each call takes the next batch of what is dead now
-                moved = int(self._run("dead_move", what, op))
-                total += moved
-                if moved == 0:
+                moved, looked_at = self._run("dead_move", what, op)
+                total += int(moved)
+                if int(looked_at) == 0:
                     return total
         numeric = [_job_id(i) for i in ids]
-        return sum(
-            int(self._run("dead_move", what, op, *numeric[start : start + BATCH]))
-            for start in range(0, len(numeric), BATCH)
-        )
+        for start in range(0, len(numeric), BATCH):
+            moved, _ = self._run("dead_move", what, op, *numeric[start : start + BATCH])
+            total += int(moved)
+        return total
 
     def bury_unknown(self, known_tasks: Collection[str]) -> int:
         with self._guard("list tasks"):
@@ -720,29 +722,34 @@ class RedisQueue:
             return
         self._closed.set()
         try:
-            self._run("forget", "leave the consumer group", self.consumer)
-        except QueueError:
-            pass  # best effort: a leftover consumer name is harmless
+            with suppress(QueueError):  # best effort: a leftover consumer name is harmless
+                self._run("forget", "leave the consumer group", self.consumer)
         finally:
             self._client.close()
 
 
+def _lua(body: str) -> str:
+    """One script: the shared prelude, then `body`, with the Python constants filled in."""
+    text = _PRELUDE + body
+    for name, value in (("HORIZON", HORIZON_MS), ("RELEASED", RELEASED), ("BATCH", BATCH)):
+        text = text.replace(f"@{name}@", str(value))
+    return text
+
+
 def _lease_ms(lease_seconds: float) -> int:
-    ms = max(int(lease_seconds * 1000), 0)
-    if ms >= HORIZON_MS:
-        raise QueueError(f"lease of {lease_seconds} s is too long for the Redis queue")
-    return ms
+    if not math.isfinite(lease_seconds) or lease_seconds * 1000 >= HORIZON_MS:
+        raise QueueError(f"a lease of {lease_seconds} s does not fit the Redis queue")
+    return max(int(lease_seconds * 1000), 0)
 
 
 def _job_id(raw: str) -> str:
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise QueueError(f"not a job id of this queue: {raw!r}")
     return str(int(raw))
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _loads_or_raw(body: str) -> Any:

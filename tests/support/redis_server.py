@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ class RedisServer:
         appendonly: bool = False,
         password: str | None = None,
         unixsocket: bool = False,
+        tls: bool = False,
         binary: Path = REDIS_SERVER,
     ) -> None:
         self.directory = Path(directory)
@@ -48,13 +50,17 @@ class RedisServer:
         self.password = password
         self.socket_path = self.directory / "redis.sock" if unixsocket else None
         self.binary = binary
+        # TLS only (no plain port): a self-signed certificate for 127.0.0.1 that is its own CA.
+        self.certificate = _self_signed_certificate(self.directory) if tls else None
         self.port = free_port()
         self.log_path = self.directory / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """redis:// URL without the password (tests add it where they mean to)."""
+        """The server's URL without the password (tests add it where they mean to)."""
+        if self.certificate is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.certificate[0]}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -62,9 +68,17 @@ class RedisServer:
         return self.proc.pid if self.proc else None
 
     def _argv(self) -> list[str]:
+        port = ["--port", str(self.port)]
+        if self.certificate is not None:
+            cert, key = self.certificate
+            port = [
+                "--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+            ]  # fmt: skip
         argv = [
             str(self.binary),
-            "--port", str(self.port),
+            *port,
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
             "--daemonize", "no",
@@ -120,7 +134,7 @@ class RedisServer:
     def _answers_ping(self) -> bool:
         # Raw RESP keeps this helper independent of the client under test.
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+            with self._connect() as s:
                 if self.password is not None:
                     s.sendall(_command("AUTH", self.password))
                     if not s.recv(64).startswith(b"+OK"):
@@ -129,6 +143,13 @@ class RedisServer:
                 return s.recv(64).startswith(b"+PONG")
         except OSError:
             return False
+
+    def _connect(self) -> socket.socket:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=1.0)
+        if self.certificate is None:
+            return raw
+        context = ssl.create_default_context(cafile=str(self.certificate[0]))
+        return context.wrap_socket(raw, server_hostname="127.0.0.1")
 
     def stop(self, deadline: float = STOP_DEADLINE) -> None:
         """Graceful stop (SIGTERM: Redis flushes its append-only file), SIGKILL if it hangs."""
@@ -165,6 +186,20 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    argv = [
+        "openssl", "req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-addext", "subjectAltName=IP:127.0.0.1",
+        "-keyout", str(key), "-out", str(cert),
+    ]  # fmt: skip
+    subprocess.run(
+        argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60
+    )
+    return cert, key
 
 
 class _PortTaken(RuntimeError):
