@@ -1,0 +1,759 @@
+"""The shared queue: Redis Streams with one consumer group, for several daemons.
+
+Why this shape (the issue's design, and where it was bent, with reasons):
+
+- One stream per task (`{prefix}:stream:{task}`), so a pool reads only the
+  streams of the tasks it serves. A stream entry only points at a job hash
+  (`{prefix}:job:{id}`, id from INCR) that holds the body, the attempt count
+  and the current lease token; the id survives retries and releases.
+- A lease is the pending entry's idle time, with one twist: every lease is
+  written into the entry's delivery time (XCLAIM ... TIME deadline - HORIZON),
+  so the idle time passes HORIZON exactly when *that* lease expires. One
+  threshold then finds expired leases whatever lease each daemon asked for,
+  which keeps SQLite's per-job deadlines (a reclaimer with a shorter lease
+  would otherwise steal running jobs). `XPENDING ... IDLE HORIZON` shows the
+  expired entries; XAUTOCLAIM would claim them before we know which fit in
+  the n free slots across several task streams, so fetch peeks, picks the n
+  oldest across streams and XCLAIMs exactly those.
+- A released job stays pending, handed to the pseudo-consumer `~released`
+  with an idle time past HORIZON: it is fetched again first, at its old
+  place, like SQLite's release. Stats count that consumer's entries as ready.
+- The lease token is random per fetch and checked inside the scripts against
+  the job hash, so a stale holder's ack, release, fail or renew is a no-op.
+- Delayed jobs and retry backoff live in a sorted set per task, moved into
+  the stream by the fetch script when due. Dead letters: a sorted set by
+  failure time, error and traceback in the job hash. Idempotency keys: one
+  hash, cleared when the job is acked or purged.
+- Every change of a job's state is one Lua script, so it is atomic: no
+  crash can leave a job in two places or none. Times come from Redis (TIME),
+  one clock for all daemons.
+
+Standalone Redis 7 only: the scripts build key names from the prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import socket
+import threading
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from daemon.queue.base import (
+    DeadJob,
+    Failure,
+    Job,
+    QueueError,
+    QueueStats,
+    QueueUnavailable,
+    RetryPolicy,
+    encode_payload,
+)
+
+PASSWORD_ENV = "DRAINPOOL_REDIS_PASSWORD"
+HORIZON_MS = 100_000_000_000  # ~3 years: longer than any lease, shorter than the epoch
+RELEASED = "~released"  # pseudo-consumer holding released jobs (ready again)
+BATCH = 500  # jobs per script call where a call may touch many jobs
+
+# Replies that mean "Redis cannot serve us right now", not "the request is wrong".
+# Every other failure that is not an error reply (connection, timeout, a server
+# that does not speak RESP) is unavailability too.
+_TRANSIENT_REPLIES = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.NoPermissionError,  # ACLs can be fixed without restarting us
+)
+_TRANSIENT_PREFIXES = ("MISCONF", "BUSY", "NOREPLICAS")
+_QUERY_SECRET = re.compile(r"(?i)([?&;](?:ssl_)?password=)[^&;#]*")
+
+_PRELUDE = r"""
+local P, G = ARGV[1], ARGV[2]
+local HORIZON = @HORIZON@
+local RELEASED = '@RELEASED@'
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local function secs(ms) return string.format('%.6f', ms / 1000) end
+local function stream_key(task) return P .. ':stream:' .. task end
+local function delayed_key(task) return P .. ':delayed:' .. task end
+local function job_key(id) return P .. ':job:' .. id end
+local function ensure_group(s) redis.pcall('XGROUP', 'CREATE', s, G, '0', 'MKSTREAM') end
+local function push_ready(id, task)
+  local s = stream_key(task)
+  ensure_group(s)
+  local entry = redis.call('XADD', s, '*', 'job', id)
+  redis.call('HSET', job_key(id), 'state', 'ready', 'entry', entry, 'token', '')
+  redis.call('SADD', P .. ':tasks', task)
+end
+local function schedule(id, task, due)
+  redis.call('ZADD', delayed_key(task), due, id)
+  redis.call('HSET', job_key(id), 'state', 'delayed', 'entry', '', 'token', '')
+  redis.call('SADD', P .. ':tasks', task)
+end
+local function drop_entry(task, entry)
+  if entry and entry ~= '' then
+    redis.call('XACK', stream_key(task), G, entry)
+    redis.call('XDEL', stream_key(task), entry)
+  end
+end
+local function bury(id, task, entry, err, tb, now)
+  drop_entry(task, entry)
+  redis.call('ZREM', delayed_key(task), id)
+  redis.call('HSET', job_key(id), 'state', 'dead', 'token', '', 'entry', '',
+    'error', err, 'traceback', tb, 'failed_at', secs(now))
+  redis.call('ZADD', P .. ':dead', now, id)
+end
+local function forget_key(id, key)
+  if key and key ~= '' and redis.call('HGET', P .. ':keys', key) == id then
+    redis.call('HDEL', P .. ':keys', key)
+  end
+end
+local function entry_ms(entry) return tonumber(string.match(entry, '^(%d+)')) end
+local function last_delivered(s)
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', s)) do
+    local name, last
+    for k = 1, #g, 2 do
+      if g[k] == 'name' then name = g[k + 1] end
+      if g[k] == 'last-delivered-id' then last = g[k + 1] end
+    end
+    if name == G then return last end
+  end
+  return '0-0'
+end
+"""
+
+_ENQUEUE = r"""
+-- ARGV[3..]: delay_ms, key, then (task, payload) pairs; one pair when a key or delay is given
+local delay, key = tonumber(ARGV[3]), ARGV[4]
+if key ~= '' then
+  local old = redis.call('HGET', P .. ':keys', key)
+  if old and redis.call('EXISTS', job_key(old)) == 1 then return old end
+end
+local now = now_ms()
+local id
+for i = 5, #ARGV, 2 do
+  local task = ARGV[i]
+  id = tostring(redis.call('INCR', P .. ':seq'))
+  redis.call('HSET', job_key(id), 'task', task, 'payload', ARGV[i + 1],
+    'enqueued_at', secs(now), 'attempts', 0, 'key', key)
+  if delay > 0 then schedule(id, task, now + delay) else push_ready(id, task) end
+end
+if key ~= '' then redis.call('HSET', P .. ':keys', key, id) end
+return id
+"""
+
+_FETCH = r"""
+-- ARGV[3..]: consumer, token, n, lease_ms, max_attempts, batch, tasks...
+local me, token, n = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local lease, max_attempts, batch = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local now = now_ms()
+local streams = {}
+for i = 9, #ARGV do
+  local task = ARGV[i]
+  local d = delayed_key(task)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', d, '-inf', now, 'LIMIT', 0, batch)) do
+    redis.call('ZREM', d, id)
+    if redis.call('EXISTS', job_key(id)) == 1 then push_ready(id, task) end
+  end
+  local s = stream_key(task)
+  if redis.call('EXISTS', s) == 1 then
+    ensure_group(s)
+    local cands = {}
+    -- Pending entries idle past the horizon: expired leases and released jobs.
+    for _, p in ipairs(redis.call('XPENDING', s, G, 'IDLE', HORIZON, '-', '+', n)) do
+      local e = redis.call('XRANGE', s, p[1], p[1])
+      if #e == 0 then
+        redis.call('XACK', s, G, p[1])
+      else
+        cands[#cands + 1] = {entry = p[1], id = e[1][2][2], pel = true}
+      end
+    end
+    if #cands < n then
+      local fresh = redis.call('XRANGE', s, '(' .. last_delivered(s), '+', 'COUNT', n - #cands)
+      for _, e in ipairs(fresh) do cands[#cands + 1] = {entry = e[1], id = e[2][2], pel = false} end
+    end
+    streams[#streams + 1] = {task = task, s = s, cands = cands, pos = 1, pel = {}, fresh = 0}
+  end
+end
+-- Merge the streams' heads oldest first (entry time, then job id), as SQLite orders by due time.
+local chosen = {}
+while #chosen < n do
+  local best, bc
+  for _, st in ipairs(streams) do
+    local c = st.cands[st.pos]
+    if c then
+      local older = bc == nil or entry_ms(c.entry) < entry_ms(bc.entry)
+        or (entry_ms(c.entry) == entry_ms(bc.entry) and tonumber(c.id) < tonumber(bc.id))
+      if older then best, bc = st, c end
+    end
+  end
+  if best == nil then break end
+  best.pos = best.pos + 1
+  if bc.pel then best.pel[#best.pel + 1] = bc.entry else best.fresh = best.fresh + 1 end
+  chosen[#chosen + 1] = {st = best, c = bc}
+end
+local deliver = math.floor(now + lease - HORIZON)
+for _, st in ipairs(streams) do
+  local taken = st.pel
+  if st.fresh > 0 then
+    -- Delivers exactly the entries peeked above: nothing ran in between.
+    local r = redis.call('XREADGROUP', 'GROUP', G, me, 'COUNT', st.fresh, 'STREAMS', st.s, '>')
+    for _, e in ipairs(r[1][2]) do taken[#taken + 1] = e[1] end
+  end
+  if #taken > 0 then
+    -- The lease deadline goes into the delivery time (see the module docstring).
+    local claim = {'XCLAIM', st.s, G, me, 0}
+    for _, entry in ipairs(taken) do claim[#claim + 1] = entry end
+    for _, opt in ipairs({'TIME', deliver, 'JUSTID'}) do claim[#claim + 1] = opt end
+    redis.call(unpack(claim))
+  end
+end
+local out = {}
+for _, pick in ipairs(chosen) do
+  local task, c = pick.st.task, pick.c
+  local jk = job_key(c.id)
+  if redis.call('EXISTS', jk) == 0 then
+    drop_entry(task, c.entry)
+  else
+    local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
+    if attempts > max_attempts then
+      bury(c.id, task, c.entry,
+        'lease expired ' .. (attempts - 1) .. ' times: its worker died each time', '', now)
+    else
+      redis.call('HSET', jk, 'state', 'leased', 'token', token, 'entry', c.entry)
+      local f = redis.call('HMGET', jk, 'payload', 'enqueued_at')
+      out[#out + 1] = {c.id, task, f[1], attempts, f[2]}
+    end
+  end
+end
+return out
+"""
+
+_RENEW = r"""
+-- ARGV[3..]: consumer, lease_ms, then (id, token) pairs
+local me, lease = ARGV[3], tonumber(ARGV[4])
+local deliver = math.floor(now_ms() + lease - HORIZON)
+for i = 5, #ARGV, 2 do
+  local f = redis.call('HMGET', job_key(ARGV[i]), 'token', 'state', 'task', 'entry')
+  if ARGV[i + 1] ~= '' and f[1] == ARGV[i + 1] and f[2] == 'leased' then
+    redis.call('XCLAIM', stream_key(f[3]), G, me, 0, f[4], 'TIME', deliver, 'JUSTID')
+  end
+end
+return 0
+"""
+
+_SETTLE = r"""
+-- ARGV[3..]: groups of (op, id, token, delay_ms, error, traceback),
+-- op: A = ack, R = release, F = fail and retry, D = fail for good (dead)
+local now = now_ms()
+for i = 3, #ARGV, 6 do
+  local op, id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local jk = job_key(id)
+  local f = redis.call('HMGET', jk, 'token', 'state', 'task', 'entry', 'key')
+  if token ~= '' and f[1] == token and f[2] == 'leased' then
+    local task, entry = f[3], f[4]
+    if op == 'A' then
+      drop_entry(task, entry)
+      redis.call('DEL', jk)
+      forget_key(id, f[5])
+    elseif op == 'R' then
+      redis.call('HINCRBY', jk, 'attempts', -1)
+      -- Stays pending at its place, idle past the horizon: the next fetch takes it first.
+      local kept = redis.call('XCLAIM', stream_key(task), G, RELEASED, 0, entry,
+        'TIME', 0, 'JUSTID')
+      if #kept == 0 then
+        push_ready(id, task)
+      else
+        redis.call('HSET', jk, 'state', 'ready', 'token', '')
+      end
+    elseif op == 'F' then
+      drop_entry(task, entry)
+      redis.call('HSET', jk, 'error', ARGV[i + 4], 'traceback', ARGV[i + 5])
+      schedule(id, task, now + tonumber(ARGV[i + 3]))
+    else
+      bury(id, task, entry, ARGV[i + 4], ARGV[i + 5], now)
+    end
+  end
+end
+return 0
+"""
+
+
+_STATS = r"""
+local now = now_ms()
+local ready, delayed, leased, oldest = 0, 0, 0, nil
+local function seen(ms) if ms and (oldest == nil or ms < oldest) then oldest = ms end end
+for _, task in ipairs(redis.call('SMEMBERS', P .. ':tasks')) do
+  local s = stream_key(task)
+  if redis.call('EXISTS', s) == 1 then
+    local pending, released = 0, 0
+    local ok, summary = pcall(redis.call, 'XPENDING', s, G)
+    if ok then
+      pending = tonumber(summary[1])
+      for _, c in ipairs(summary[4] or {}) do
+        if c[1] == RELEASED then released = tonumber(c[2]) end
+      end
+      if released > 0 then
+        seen(entry_ms(redis.call('XPENDING', s, G, '-', '+', 1, RELEASED)[1][1]))
+      end
+      local head = redis.call('XRANGE', s, '(' .. last_delivered(s), '+', 'COUNT', 1)
+      if #head > 0 then seen(entry_ms(head[1][1])) end
+    end
+    ready = ready + math.max(redis.call('XLEN', s) - pending, 0) + released
+    leased = leased + pending - released
+  end
+  local d = delayed_key(task)
+  local due = redis.call('ZCOUNT', d, '-inf', now)
+  ready = ready + due
+  delayed = delayed + redis.call('ZCARD', d) - due
+  if due > 0 then seen(tonumber(redis.call('ZRANGE', d, 0, 0, 'WITHSCORES')[2])) end
+end
+local age = ''
+if oldest then age = secs(math.max(now - oldest, 0)) end
+return {ready, delayed, leased, redis.call('ZCARD', P .. ':dead'), age}
+"""
+
+_DEAD_LIST = r"""
+-- ARGV[3]: limit. Returns the newest dead jobs plus any tied with the last failure time.
+local limit, dead = tonumber(ARGV[3]), P .. ':dead'
+local ids = redis.call('ZREVRANGE', dead, 0, limit - 1, 'WITHSCORES')
+local out, seen = {}, {}
+local function add(id)
+  if not seen[id] then
+    seen[id] = true
+    local f = redis.call('HMGET', job_key(id), 'task', 'payload', 'attempts', 'error',
+      'traceback', 'failed_at')
+    if f[1] then out[#out + 1] = {id, f[1], f[2], f[3], f[4], f[5], f[6]} end
+  end
+end
+for i = 1, #ids, 2 do add(ids[i]) end
+if #ids == 2 * limit then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', dead, ids[#ids], ids[#ids])) do add(id) end
+end
+return out
+"""
+
+_DEAD_MOVE = r"""
+-- ARGV[3]: 'retry' or 'purge'; ARGV[4..]: job ids, or none to take the next batch of all.
+-- Returns {moved, looked at}.
+local op, dead = ARGV[3], P .. ':dead'
+local ids = {}
+for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+if #ids == 0 then ids = redis.call('ZRANGE', dead, 0, @BATCH@ - 1) end
+local moved = 0
+for _, id in ipairs(ids) do
+  local jk = job_key(id)
+  local f = redis.call('HMGET', jk, 'state', 'task', 'key')
+  if f[1] == 'dead' then
+    moved = moved + 1
+    redis.call('ZREM', dead, id)
+    if op == 'retry' then
+      redis.call('HSET', jk, 'attempts', 0, 'failed_at', '')
+      push_ready(id, f[2])
+    else
+      redis.call('DEL', jk)
+      forget_key(id, f[3])
+    end
+  else
+    redis.call('ZREM', dead, id)  -- not dead (any more): it has no place in the set
+  end
+end
+return {moved, #ids}
+"""
+
+_BURY = r"""
+-- ARGV[3..]: task, error, cursor ('' = start with the delayed set), batch.
+-- Returns {buried, next cursor or '' when done}.
+local task, err, cursor, batch = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local now, buried = now_ms(), 0
+local d, s = delayed_key(task), stream_key(task)
+if cursor == '' then
+  local ids = redis.call('ZRANGE', d, 0, batch - 1)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', d, id)
+    if redis.call('EXISTS', job_key(id)) == 1 then
+      bury(id, task, '', err, '', now)
+      buried = buried + 1
+    end
+  end
+  if #ids == batch then return {buried, ''} end
+  cursor = '0-0'
+end
+if redis.call('EXISTS', s) == 0 then return {buried, 'done'} end
+ensure_group(s)
+local entries = redis.call('XRANGE', s, '(' .. cursor, '+', 'COUNT', batch)
+for _, e in ipairs(entries) do
+  local id = e[2][2]
+  local p = redis.call('XPENDING', s, G, e[1], e[1], 1)
+  -- A live lease belongs to a daemon that still serves the task (another config, mid-rollout).
+  local live = #p > 0 and p[1][2] ~= RELEASED and tonumber(p[1][3]) < HORIZON
+  if not live then
+    if redis.call('EXISTS', job_key(id)) == 1 then
+      bury(id, task, e[1], err, '', now)
+      buried = buried + 1
+    else
+      drop_entry(task, e[1])
+    end
+  end
+end
+if #entries < batch then return {buried, 'done'} end
+return {buried, entries[#entries][1]}
+"""
+
+_FORGET_CONSUMER = r"""
+-- ARGV[3]: consumer. Drop it from every group where it holds nothing.
+for _, task in ipairs(redis.call('SMEMBERS', P .. ':tasks')) do
+  local s = stream_key(task)
+  if redis.call('EXISTS', s) == 1 then
+    local ok, p = pcall(redis.call, 'XPENDING', s, G, '-', '+', 1, ARGV[3])
+    if ok and #p == 0 then redis.call('XGROUP', 'DELCONSUMER', s, G, ARGV[3]) end
+  end
+end
+return 0
+"""
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password (in the userinfo or the query) replaced by ***.
+
+    Plain string work rather than urlsplit: a password holding '/', '?' or '#'
+    unescaped would make a parser cut the URL elsewhere and show half of it.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***" if "@" in url or "password" in url.lower() else url
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, hostpart = rest[:at], rest[at + 1 :]
+        user, colon, _ = userinfo.partition(":")
+        # A lone userinfo may be a password without its colon; a '/', '?' or '#' in
+        # the user means that '@' was not in the authority: show nothing before it.
+        if not colon or any(c in user for c in "/?#"):
+            rest = f"***@{hostpart}"
+        else:
+            rest = f"{user}:***@{hostpart}"
+    return scheme + "://" + _QUERY_SECRET.sub(r"\1***", rest)
+
+
+def default_consumer() -> str:
+    """This daemon's consumer name: host and pid, unique among live daemons."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class RedisQueue:
+    """The `Queue` protocol on Redis Streams (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        retry: RetryPolicy | None = None,
+        prefix: str = "drainpool",
+        consumer: str | None = None,
+        where: str = "redis",
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self.prefix = prefix
+        self.group = prefix
+        self.consumer = consumer or default_consumer()
+        self.where = where  # redacted URL: the only form that reaches messages and logs
+        self._client = client
+        self._closed = threading.Event()
+        self._scripts = {
+            name: client.register_script(_lua(body))
+            for name, body in {
+                "enqueue": _ENQUEUE,
+                "fetch": _FETCH,
+                "renew": _RENEW,
+                "settle": _SETTLE,
+                "dead_list": _DEAD_LIST,
+                "dead_move": _DEAD_MOVE,
+                "bury": _BURY,
+                "forget": _FORGET_CONSUMER,
+            }.items()
+        }
+        # Read-only: flagged so, which lets Redis run it even under memory pressure.
+        self._scripts["stats"] = client.register_script("#!lua flags=no-writes\n" + _lua(_STATS))
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        retry: RetryPolicy | None = None,
+        password: str | None = None,
+        prefix: str | None = None,
+        consumer: str | None = None,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 3.0,
+    ) -> RedisQueue:
+        """Open `redis://`, `rediss://` (TLS) or `unix://` URLs; connects lazily.
+
+        The password comes from the URL, else `password`, else $DRAINPOOL_REDIS_PASSWORD.
+        A `prefix` query parameter (default "drainpool") names the keys and the group.
+        """
+        where = redact_url(url)
+        base, _, query = url.partition("?")
+        pairs = parse_qsl(query, keep_blank_values=True)
+        url_prefix = next((v for k, v in reversed(pairs) if k == "prefix"), None)
+        kept = [(k, v) for k, v in pairs if k != "prefix"]  # ours, not redis-py's
+        clean = f"{base}?{urlencode(kept)}" if kept else base
+        try:
+            has_password = bool(urlsplit(url).password) or any(k == "password" for k, _ in kept)
+        except ValueError as exc:
+            raise QueueError(f"invalid redis URL {where}: {exc}") from None
+        options: dict[str, Any] = {}
+        if not url.startswith("unix:"):
+            options["socket_keepalive"] = True  # a dead peer is noticed on idle TCP too
+        secret = None if has_password else (password or os.environ.get(PASSWORD_ENV) or None)
+        if secret:
+            options["password"] = secret
+        name = consumer or default_consumer()
+        try:
+            client = redis.Redis.from_url(
+                clean,
+                decode_responses=True,
+                protocol=2,  # RESP2 replies: the shapes the scripts and parsers expect
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                health_check_interval=10,  # PING an idle connection before reuse
+                # One immediate retry on a broken connection (a Redis restart leaves stale
+                # sockets in the pool); none on timeouts, where the command may have run.
+                retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
+                client_name="drainpool-" + "".join(c if c.isalnum() else "-" for c in name),
+                **options,
+            )
+            # Build (not connect) one connection now, so that an unknown URL option
+            # is refused at start-up rather than at the first command.
+            pool = client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)
+        except (ValueError, TypeError) as exc:
+            raise QueueError(f"invalid redis URL {where}: {exc}") from None
+        return cls(
+            client,
+            retry=retry,
+            prefix=prefix or url_prefix or "drainpool",
+            consumer=name,
+            where=where,
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisQueue({self.where!r}, prefix={self.prefix!r}, consumer={self.consumer!r})"
+
+    # -- plumbing ---------------------------------------------------------
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Turn redis-py errors into one-line queue errors that never carry a secret."""
+        try:
+            yield
+        except redis.exceptions.ResponseError as exc:
+            message = _one_line(exc)
+            if isinstance(exc, _TRANSIENT_REPLIES) or message.startswith(_TRANSIENT_PREFIXES):
+                raise QueueUnavailable(f"{self.where}: cannot {what}: {message}") from None
+            raise QueueError(f"{self.where}: cannot {what}: {message}") from None
+        except redis.exceptions.RedisError as exc:
+            raise QueueUnavailable(f"{self.where}: cannot {what}: {_one_line(exc)}") from None
+
+    def _run(self, script: str, what: str, *args: Any) -> Any:
+        with self._guard(what):
+            return self._scripts[script](args=[self.prefix, self.group, *args])
+
+    # -- producers --------------------------------------------------------
+
+    def enqueue(
+        self, task: str, payload: Any = None, *, delay: float = 0.0, key: str | None = None
+    ) -> str:
+        body = encode_payload(payload)
+        if not math.isfinite(delay):  # NaN or infinity would never come due, or poison the set
+            raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
+        delay_ms = max(delay, 0.0) * 1000
+        return str(self._run("enqueue", "enqueue", repr(delay_ms), key or "", task, body))
+
+    def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
+        rows = [(task, encode_payload(payload)) for task, payload in jobs]
+        # One script per batch: each batch is atomic, and Redis is never blocked for long.
+        for start in range(0, len(rows), BATCH):
+            flat = [x for row in rows[start : start + BATCH] for x in row]
+            self._run("enqueue", "enqueue", "0", "", *flat)
+        return len(rows)
+
+    # -- consumers --------------------------------------------------------
+
+    def fetch(self, n: int, tasks: Collection[str], lease_seconds: float) -> list[Job]:
+        if n <= 0 or not tasks:
+            return []
+        token = secrets.token_hex(8)
+        rows = self._run(
+            "fetch",
+            "fetch jobs",
+            self.consumer,
+            token,
+            n,
+            _lease_ms(lease_seconds),
+            self.retry.max_attempts,
+            BATCH,
+            *dict.fromkeys(tasks),
+        )
+        jobs: list[Job] = []
+        bad: list[Failure] = []
+        for job_id, task, body, attempts, enqueued_at in rows:
+            try:
+                payload = json.loads(body)
+            except (TypeError, ValueError) as exc:
+                job = Job(str(job_id), task, None, int(attempts), token, float(enqueued_at))
+                bad.append(Failure(job, f"payload is not valid JSON: {exc}", retry=False))
+                continue
+            jobs.append(Job(str(job_id), task, payload, int(attempts), token, float(enqueued_at)))
+        if bad:
+            self.settle(failures=bad)
+        return jobs
+
+    def renew(self, jobs: Sequence[Job], lease_seconds: float) -> None:
+        if not jobs:
+            return
+        pairs = [x for j in jobs for x in (_job_id(j.id), j.token)]
+        self._run("renew", "renew leases", self.consumer, _lease_ms(lease_seconds), *pairs)
+
+    def settle(
+        self,
+        acks: Sequence[Job] = (),
+        releases: Sequence[Job] = (),
+        failures: Sequence[Failure] = (),
+    ) -> None:
+        ops: list[Any] = []
+        for j in acks:
+            ops += ["A", _job_id(j.id), j.token, 0, "", ""]
+        for j in releases:
+            ops += ["R", _job_id(j.id), j.token, 0, "", ""]
+        for f in failures:
+            if f.retry and not self.retry.is_final(f.job.attempt):
+                delay_ms = self.retry.delay_after(f.job.attempt) * 1000
+                ops += ["F", _job_id(f.job.id), f.job.token, repr(delay_ms), f.error, f.traceback]
+            else:
+                ops += ["D", _job_id(f.job.id), f.job.token, 0, f.error, f.traceback]
+        if ops:
+            self._run("settle", "settle jobs", *ops)
+
+    # -- inspection and dead letters --------------------------------------
+
+    def stats(self) -> QueueStats:
+        ready, delayed, leased, dead, age = self._run("stats", "count jobs")
+        return QueueStats(
+            ready=int(ready),
+            delayed=int(delayed),
+            leased=int(leased),
+            dead=int(dead),
+            oldest_ready_age_seconds=float(age) if age else None,
+        )
+
+    def dead_list(self, limit: int = 100) -> list[DeadJob]:
+        if limit <= 0:
+            return []
+        rows = self._run("dead_list", "list dead jobs", limit)
+        dead = [
+            DeadJob(
+                id=str(r[0]),
+                task=r[1],
+                payload=_loads_or_raw(r[2] or ""),
+                attempts=int(r[3] or 0),
+                error=r[4] or "",
+                traceback=r[5] or "",
+                failed_at=float(r[6] or 0),
+            )
+            for r in rows
+        ]
+        dead.sort(key=lambda d: (d.failed_at, int(d.id)), reverse=True)
+        return dead[:limit]
+
+    def dead_retry(self, ids: Sequence[str] | None = None) -> int:
+        return self._dead_move("retry", ids)
+
+    def dead_purge(self, ids: Sequence[str] | None = None) -> int:
+        return self._dead_move("purge", ids)
+
+    def _dead_move(self, op: str, ids: Sequence[str] | None) -> int:
+        what = f"{op} dead jobs"
+        total = 0
+        if ids is None:
+            while True:  # each call takes the next batch of what is dead now
+                moved, looked_at = self._run("dead_move", what, op)
+                total += int(moved)
+                if int(looked_at) == 0:
+                    return total
+        numeric = [_job_id(i) for i in ids]
+        for start in range(0, len(numeric), BATCH):
+            moved, _ = self._run("dead_move", what, op, *numeric[start : start + BATCH])
+            total += int(moved)
+        return total
+
+    def bury_unknown(self, known_tasks: Collection[str]) -> int:
+        with self._guard("list tasks"):
+            tasks = sorted(set(self._client.smembers(f"{self.prefix}:tasks")) - set(known_tasks))
+        buried = 0
+        for task in tasks:
+            error = f"task {task!r} is not configured"
+            cursor = ""
+            while cursor != "done":
+                count, cursor = self._run("bury", "bury jobs", task, error, cursor, BATCH)
+                buried += int(count)
+        return buried
+
+    def ping(self) -> None:
+        with self._guard("ping"):
+            self._client.ping()
+
+    def close(self) -> None:
+        """Leave the groups where this consumer holds nothing, then drop the connections."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        try:
+            with suppress(QueueError):  # best effort: a leftover consumer name is harmless
+                self._run("forget", "leave the consumer group", self.consumer)
+        finally:
+            self._client.close()
+
+
+def _lua(body: str) -> str:
+    """One script: the shared prelude, then `body`, with the Python constants filled in."""
+    text = _PRELUDE + body
+    for name, value in (("HORIZON", HORIZON_MS), ("RELEASED", RELEASED), ("BATCH", BATCH)):
+        text = text.replace(f"@{name}@", str(value))
+    return text
+
+
+def _lease_ms(lease_seconds: float) -> int:
+    if not math.isfinite(lease_seconds) or lease_seconds * 1000 >= HORIZON_MS:
+        raise QueueError(f"a lease of {lease_seconds} s does not fit the Redis queue")
+    return max(int(lease_seconds * 1000), 0)
+
+
+def _job_id(raw: str) -> str:
+    if not (raw.isascii() and raw.isdigit()):
+        raise QueueError(f"not a job id of this queue: {raw!r}")
+    return str(int(raw))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _loads_or_raw(body: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body

@@ -1,0 +1,241 @@
+"""A real redis-server for tests: own port, own directory, always killed by pid.
+
+Why not a shared server: tests stop and restart Redis under the queue, so each
+test that does that needs its own. Starting one costs a few tens of ms.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REDIS_SERVER = Path("/usr/bin/redis-server")
+START_DEADLINE = 20.0  # seconds: generous, the machine is shared and noisy
+STOP_DEADLINE = 10.0
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server process on 127.0.0.1, restartable on the same port and directory."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        unixsocket: bool = False,
+        tls: bool = False,
+        binary: Path = REDIS_SERVER,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.appendonly = appendonly
+        self.password = password
+        self.socket_path = self.directory / "redis.sock" if unixsocket else None
+        self.binary = binary
+        # TLS only (no plain port): a self-signed certificate for 127.0.0.1 that is its own CA.
+        self.certificate = _self_signed_certificate(self.directory) if tls else None
+        self.port = free_port()
+        self.log_path = self.directory / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's URL without the password (tests add it where they mean to)."""
+        if self.certificate is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.certificate[0]}"
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def _argv(self) -> list[str]:
+        port = ["--port", str(self.port)]
+        if self.certificate is not None:
+            cert, key = self.certificate
+            port = [
+                "--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        argv = [
+            str(self.binary),
+            *port,
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--daemonize", "no",
+            "--save", "",  # no RDB snapshots: persistence is only what appendonly says
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--logfile", "",  # to stdout, which goes to our log file
+        ]  # fmt: skip
+        if self.password is not None:
+            argv += ["--requirepass", self.password]
+        if self.socket_path is not None:
+            argv += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        return argv
+
+    def start(self, deadline: float = START_DEADLINE) -> None:
+        """Start the server and return once it answers PING; raise with its log if not.
+
+        The first start may lose the race for its port to another process (free_port
+        only asked the kernel): then it takes a new port. A restart keeps its port.
+        """
+        first = self.proc is None
+        for _ in range(3):
+            try:
+                return self._start_once(deadline)
+            except _PortTaken:
+                if not first:
+                    raise
+                self.port = free_port()
+        raise RuntimeError(f"redis-server found no free port:\n{self.log_tail()}")
+
+    def _start_once(self, deadline: float) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"redis-server already running (pid {self.proc.pid})")
+        with open(self.log_path, "ab") as log:
+            offset = log.tell()  # what this start writes begins here
+            self.proc = subprocess.Popen(
+                self._argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                with open(self.log_path, "rb") as log:
+                    log.seek(offset)
+                    said = log.read().decode(errors="replace")
+                if "Address already in use" in said:
+                    raise _PortTaken(said)
+                raise RuntimeError(f"redis-server exited at start:\n{said[-2000:]}")
+            if self._answers_ping():
+                return
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"redis-server did not answer PING in {deadline} s:\n{self.log_tail()}")
+
+    def _answers_ping(self) -> bool:
+        # Raw RESP keeps this helper independent of the client under test.
+        try:
+            with self._connect() as s:
+                if self.password is not None:
+                    s.sendall(_command("AUTH", self.password))
+                    if not s.recv(64).startswith(b"+OK"):
+                        return False
+                s.sendall(_command("PING"))
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def _connect(self) -> socket.socket:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=1.0)
+        if self.certificate is None:
+            return raw
+        context = ssl.create_default_context(cafile=str(self.certificate[0]))
+        return context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+    def stop(self, deadline: float = STOP_DEADLINE) -> None:
+        """Graceful stop (SIGTERM: Redis flushes its append-only file), SIGKILL if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL by pid and reap: a crash, or the last resort of a teardown."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    argv = [
+        "openssl", "req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-addext", "subjectAltName=IP:127.0.0.1",
+        "-keyout", str(key), "-out", str(cert),
+    ]  # fmt: skip
+    subprocess.run(
+        argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60
+    )
+    return cert, key
+
+
+class _PortTaken(RuntimeError):
+    """redis-server could not bind its port."""
+
+
+def _command(*words: str) -> bytes:
+    out = [f"*{len(words)}\r\n".encode()]
+    for w in words:
+        raw = w.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
+
+
+@contextmanager
+def redis_servers(base_dir: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start redis-servers on demand (RedisServer's options); all are killed on exit."""
+    if not REDIS_SERVER.exists():  # fail, not skip: a skipped backend would pass CI silently
+        pytest.fail(f"{REDIS_SERVER} is missing: apt-get install redis-server")
+    servers: list[RedisServer] = []
+
+    def start(**options: Any) -> RedisServer:
+        server = RedisServer(base_dir / f"redis-{len(servers)}", **options)
+        servers.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.kill()
+
+
+@pytest.fixture
+def redis_server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """The same as a fixture (register with `pytest_plugins = ["tests.support.redis_server"]`)."""
+    with redis_servers(tmp_path) as start:
+        yield start
