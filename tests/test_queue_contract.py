@@ -204,13 +204,7 @@ def test_delayed_job_is_fetched_only_once_due(queue: Queue) -> None:
 
 
 @pytest.mark.parametrize("delay", [float("nan"), float("inf")])
-def test_delay_must_be_a_finite_number(
-    queue: Queue, delay: float, request: pytest.FixtureRequest
-) -> None:
-    if isinstance(queue, SqliteQueue):
-        # Reported to the lead: SqliteQueue.enqueue stores inf (a job that never runs)
-        # and lets NaN out as sqlite3.IntegrityError. Remove once enqueue checks it.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="SqliteQueue does not refuse it"))
+def test_delay_must_be_a_finite_number(queue: Queue, delay: float) -> None:
     with pytest.raises(QueueError):
         queue.enqueue("t", 1, delay=delay)
     assert counts(queue) == (0, 0, 0, 0)

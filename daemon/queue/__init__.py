@@ -13,6 +13,7 @@ from daemon.queue.base import (
     QueueStats,
     QueueUnavailable,
     RetryPolicy,
+    redact_url,
 )
 
 __all__ = [
@@ -27,16 +28,6 @@ __all__ = [
     "from_url",
     "redact_url",
 ]
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and check-config."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
 
 
 def from_url(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -103,6 +104,39 @@ def encode_payload(payload: Any) -> str:
         return json.dumps(payload, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise QueueError(f"payload is not JSON-serialisable: {exc}") from exc
+
+
+_QUERY_SECRET = re.compile(r"(?i)([?&;](?:ssl_)?password=)[^&;#]*")
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password (in the userinfo or the query) replaced by ***.
+
+    Plain string work rather than urlsplit: a password holding '/', '?' or '#'
+    unescaped would make a parser cut the URL elsewhere and show half of it.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***" if "@" in url or "password" in url.lower() else url
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, hostpart = rest[:at], rest[at + 1 :]
+        user, colon, _ = userinfo.partition(":")
+        # A lone userinfo may be a password without its colon; a '/', '?' or '#' in
+        # the user means that '@' was not in the authority: show nothing before it.
+        if not colon or any(c in user for c in "/?#"):
+            rest = f"***@{hostpart}"
+        else:
+            rest = f"{user}:***@{hostpart}"
+    return scheme + "://" + _QUERY_SECRET.sub(r"\1***", rest)
+
+
+def loads_or_raw(body: str) -> Any:
+    """A stored payload as JSON, or the raw text when it is not (shown in dead letters)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body
 
 
 @runtime_checkable

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import secrets
 import socket
 import threading
@@ -58,6 +57,8 @@ from daemon.queue.base import (
     QueueUnavailable,
     RetryPolicy,
     encode_payload,
+    loads_or_raw,
+    redact_url,
 )
 
 PASSWORD_ENV = "DRAINPOOL_REDIS_PASSWORD"
@@ -76,7 +77,6 @@ _TRANSIENT_REPLIES = (
     redis.exceptions.NoPermissionError,  # ACLs can be fixed without restarting us
 )
 _TRANSIENT_PREFIXES = ("MISCONF", "BUSY", "NOREPLICAS")
-_QUERY_SECRET = re.compile(r"(?i)([?&;](?:ssl_)?password=)[^&;#]*")
 
 _PRELUDE = r"""
 local P, G = ARGV[1], ARGV[2]
@@ -426,28 +426,6 @@ return 0
 """
 
 
-def redact_url(url: str) -> str:
-    """Return `url` with any password (in the userinfo or the query) replaced by ***.
-
-    Plain string work rather than urlsplit: a password holding '/', '?' or '#'
-    unescaped would make a parser cut the URL elsewhere and show half of it.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "***" if "@" in url or "password" in url.lower() else url
-    at = rest.rfind("@")
-    if at >= 0:
-        userinfo, hostpart = rest[:at], rest[at + 1 :]
-        user, colon, _ = userinfo.partition(":")
-        # A lone userinfo may be a password without its colon; a '/', '?' or '#' in
-        # the user means that '@' was not in the authority: show nothing before it.
-        if not colon or any(c in user for c in "/?#"):
-            rest = f"***@{hostpart}"
-        else:
-            rest = f"{user}:***@{hostpart}"
-    return scheme + "://" + _QUERY_SECRET.sub(r"\1***", rest)
-
-
 def default_consumer() -> str:
     """This daemon's consumer name: host and pid, unique among live daemons."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -668,7 +646,7 @@ class RedisQueue:
             DeadJob(
                 id=str(r[0]),
                 task=r[1],
-                payload=_loads_or_raw(r[2] or ""),
+                payload=loads_or_raw(r[2] or ""),
                 attempts=int(r[3] or 0),
                 error=r[4] or "",
                 traceback=r[5] or "",
@@ -750,10 +728,3 @@ def _job_id(raw: str) -> str:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _loads_or_raw(body: str) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return body

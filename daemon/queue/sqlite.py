@@ -15,6 +15,7 @@ never an enqueue: producers' connections commit with synchronous=FULL.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import sqlite3
@@ -33,6 +34,7 @@ from daemon.queue.base import (
     QueueUnavailable,
     RetryPolicy,
     encode_payload,
+    loads_or_raw,
 )
 
 T = TypeVar("T")
@@ -165,6 +167,8 @@ class SqliteQueue:
         self, task: str, payload: Any = None, *, delay: float = 0.0, key: str | None = None
     ) -> str:
         body = encode_payload(payload)
+        if not math.isfinite(delay):
+            raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
         now = self._clock()
 
         def insert(conn: sqlite3.Connection) -> str:
@@ -338,7 +342,7 @@ class SqliteQueue:
             write=False,
         )
         return [
-            DeadJob(str(r[0]), r[1], _loads_or_raw(r[2]), r[3], r[4] or "", r[5] or "", r[6] or 0)
+            DeadJob(str(r[0]), r[1], loads_or_raw(r[2]), r[3], r[4] or "", r[5] or "", r[6] or 0)
             for r in rows
         ]
 
@@ -406,10 +410,3 @@ def _job_id(raw: str) -> int:
         return int(raw)
     except ValueError:
         raise QueueError(f"not a job id of this queue: {raw!r}") from None
-
-
-def _loads_or_raw(body: str) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return body
