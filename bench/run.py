@@ -143,6 +143,7 @@ def main(argv: list[str]) -> int:
         sizes = dataclasses.replace(sizes, reps=ns.reps, peer_reps=ns.reps)
     chosen = select(ns.only)
     work = BENCH / ".work"
+    shutil.rmtree(work / "logs", ignore_errors=True)  # logs of this run only, numbered from 1
     work.mkdir(exist_ok=True)
     results = Results()
     ctx = Context(sizes, work, results, Children(work / "logs"), quick=ns.quick)
