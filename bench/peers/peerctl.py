@@ -1,0 +1,50 @@
+"""The bench's hands inside the peers' virtual environment (never run by the project's Python).
+
+    peerctl.py versions                      JSON {package: version} of the peers
+    peerctl.py enqueue PEER TASK N [ARG...]  enqueue N jobs; prints JSON {"seconds": ...}
+    peerctl.py pending PEER                  prints JSON {"pending": ...}
+
+PEER is dramatiq, huey or celery; its app module is `<PEER>_app`. The bench
+(system Python) runs this with bench/.venv-peers/bin/python and PYTHONPATH
+holding bench/ and bench/peers/, and BENCH_REDIS_URL set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from importlib.metadata import version
+
+PEERS = ("dramatiq", "huey", "celery")
+PACKAGES = ("dramatiq", "huey", "celery", "kombu", "redis")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="peerctl")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("versions")
+    enqueue = sub.add_parser("enqueue")
+    enqueue.add_argument("peer", choices=PEERS)
+    enqueue.add_argument("task")
+    enqueue.add_argument("n", type=int)
+    enqueue.add_argument("args", nargs="*", type=float)
+    pending = sub.add_parser("pending")
+    pending.add_argument("peer", choices=PEERS)
+    ns = parser.parse_args()
+
+    if ns.command == "versions":
+        print(json.dumps({name: version(name) for name in PACKAGES}))
+        return
+    app = importlib.import_module(f"{ns.peer}_app")
+    if ns.command == "enqueue":
+        start = time.monotonic()
+        app.enqueue(ns.task, ns.n, list(ns.args))
+        print(json.dumps({"seconds": time.monotonic() - start}))
+    else:
+        print(json.dumps({"pending": app.pending()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""What RESULTS.md says besides the samples: context, targets, ratios, method."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+from context import BENCH, REPO, Context, Sizes
+from harness import REDIS_SERVER
+from results import Derived, Results, median_of, ratio, worst_of
+
+IDEAL_10MS = 8 / 0.010  # 8 workers, each finishing one 10 ms job at a time
+
+
+def start_rows(argv: list[str], wall: float) -> list[tuple[str, str]]:
+    """Rows known before the run: when, what command, how busy the machine already was."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(wall))
+    command = shlex.join(["python", "bench/run.py", *argv])
+    return [
+        ("date", when),
+        ("command", f"`{command}`"),
+        ("load average at start (1, 5, 15 min)", _load()),
+    ]
+
+
+def end_rows(ctx: Context, elapsed: float) -> list[tuple[str, str]]:
+    """Rows known after the run: duration, load, versions, machine."""
+    rows = [
+        ("mode", "quick (--quick): small sizes, for checking the bench" if ctx.quick else "full"),
+        ("repetitions", f"{ctx.sizes.reps} (daemon, baselines), {ctx.sizes.peer_reps} (peers)"),
+        ("duration", f"{elapsed:.0f} s"),
+        ("load average at end", _load()),
+        ("drainpool", _drainpool_version()),
+        (
+            "Python",
+            f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
+        ),
+        ("SQLite", sqlite3.sqlite_version),
+        ("redis-server", _redis_version()),
+    ]
+    peers = _peer_versions(ctx)
+    if peers:
+        rows.append(("peers (bench/.venv-peers)", peers))
+    rows += _machine_rows(ctx.work)
+    return rows
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _drainpool_version() -> str:
+    try:
+        version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        version = "?"
+    commit = _git("rev-parse", "--short", "HEAD") or "?"
+    dirty = " + uncommitted changes" if _git("status", "--porcelain", "--", "daemon") else ""
+    return f"{version}, commit {commit}{dirty}"
+
+
+def _redis_version() -> str:
+    if not Path(REDIS_SERVER).exists():
+        return "not installed"
+    out = subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip()
+
+
+def _peer_versions(ctx: Context) -> str:
+    python = ctx.peers_python_if_ready()
+    if python is None:
+        return ""
+    done = subprocess.run(
+        [str(python), str(BENCH / "peers" / "peerctl.py"), "versions"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return "unknown (peerctl versions failed)"
+    return ", ".join(f"{k} {v}" for k, v in json.loads(done.stdout).items())
+
+
+def _machine_rows(work: Path) -> list[tuple[str, str]]:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    usable = len(os.sched_getaffinity(0))
+    return [
+        ("CPU", f"{cpu}; {os.cpu_count()} cores, {usable} usable by the bench"),
+        ("memory", f"{mem_kib / 1024 / 1024:.1f} GiB"),
+        ("kernel", f"{platform.system()} {platform.release()}"),
+        ("disk of the queues (bench/.work)", _filesystem(work)),
+    ]
+
+
+def _filesystem(path: Path) -> str:
+    best = ("?", "?", "")
+    real = str(path.resolve())
+    for line in Path("/proc/mounts").read_text().splitlines():
+        device, mount, fstype = line.split()[:3]
+        if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(
+            best[2]
+        ):
+            best = (device, fstype, mount)
+    free = shutil.disk_usage(path).free / 2**30
+    return f"{best[0]} ({best[1]}) mounted on {best[2]}, {free:.0f} GiB free"
+
+
+def _all_equal(key: str, want: float) -> Derived:
+    """Every sample (not just the median) equals `want`: "all 8 jobs back" is all or nothing."""
+
+    def compute(results: Results) -> float | None:
+        values = results.samples.get(key)
+        return min(values) if values else None
+
+    return Derived(
+        f"jobs back in the queue after SIGTERM, fewest in any repetition (of {want:g})",
+        compute,
+        unit="jobs",
+        digits=0,
+        target=(f"all {want:g}, every repetition", lambda v: v == want),
+    )
+
+
+def _share_of_ideal(
+    source: str | Callable[[Results], float | None],
+) -> Callable[[Results], float | None]:
+    """A 10 ms rate as a percentage of 8 workers' ideal 800 jobs/s."""
+    get = median_of(source) if isinstance(source, str) else source
+
+    def compute(results: Results) -> float | None:
+        value = get(results)
+        return None if value is None else value / IDEAL_10MS * 100
+
+    return compute
+
+
+def _at_most(label: str, key: str, limit: float, unit: str = "s", digits: int = 3) -> Derived:
+    """A target on a median that must not exceed `limit`."""
+    return Derived(
+        label,
+        median_of(key),
+        unit=unit,
+        digits=digits,
+        target=(f"<= {limit:g} {unit}", lambda v: v <= limit),
+    )
+
+
+def derived_rows(sizes: Sizes) -> list[Derived]:
+    """The issue's targets first, then ratios that place the numbers."""
+    small, large = min(sizes.depths), max(sizes.depths)
+    depth_10ms = [f"drainpool.depth.10ms.{d}" for d in sizes.depths]
+    rows = [
+        Derived(
+            "no-op jobs/s, daemon start to last job done, 8 workers, SQLite",
+            median_of("drainpool.noop.e2e"),
+            unit="jobs/s",
+            digits=0,
+            target=(">= 10,000", lambda v: v >= 10_000),
+        ),
+        Derived(
+            "no-op, drainpool / dramatiq, same bodies (both count by Redis INCR)",
+            ratio("drainpool.noop_incr.e2e", "dramatiq.noop"),
+            target=(">= 2.5x", lambda v: v >= 2.5),
+        ),
+        Derived(
+            f"10 ms jobs, sustained, worst depth, share of ideal {IDEAL_10MS:.0f}/s",
+            _share_of_ideal(worst_of(depth_10ms, min)),
+            unit="%",
+            digits=1,
+            target=(">= 97 %", lambda v: v >= 97),
+        ),
+        _at_most("SIGTERM to exit, 8 cooperative tasks in flight", "drainpool.sigterm.exit", 0.15),
+        _all_equal("drainpool.sigterm.back", 8),
+        _at_most(
+            "config write to new generation READY=1, debounce_ms = 50",
+            "drainpool.reload.ready",
+            0.25,
+        ),
+        _at_most("start to READY=1", "drainpool.start_to_ready", 0.3),
+        _at_most("idle RSS", "drainpool.idle_rss", 45, unit="MiB", digits=1),
+        Derived(
+            f"flat scaling: no-op sustained, {large:,} queued / {small:,} queued",
+            ratio(f"drainpool.depth.noop.{large}", f"drainpool.depth.noop.{small}"),
+            target=(
+                ">= 0.90x" + ("" if large >= 1_000_000 else " (at 1M; quick mode is smaller)"),
+                lambda v: v >= 0.9,
+            ),
+        ),
+        Derived(
+            "no-op, drainpool (start to last) / ThreadPoolExecutor(8)",
+            ratio("drainpool.noop.e2e", "tpe.noop"),
+        ),
+        Derived(
+            "no-op, drainpool sustained / raw SQLite insert+delete (NORMAL)",
+            ratio("drainpool.noop.steady", "sqlite.normal"),
+        ),
+        Derived(
+            "10 ms, ThreadPoolExecutor(8), share of ideal",
+            _share_of_ideal("tpe.10ms"),
+            unit="%",
+            digits=1,
+        ),
+    ]
+    for peer in ("huey", "celery"):  # dramatiq's ratio is a target above
+        rows.append(
+            Derived(
+                f"no-op, drainpool / {peer}, same bodies (Redis INCR)",
+                ratio("drainpool.noop_incr.e2e", f"{peer}.noop"),
+            )
+        )
+    for peer in ("dramatiq", "huey", "celery"):
+        rows.append(
+            Derived(
+                f"10 ms, {peer}, share of ideal",
+                _share_of_ideal(f"{peer}.10ms"),
+                unit="%",
+                digits=1,
+            )
+        )
+    return rows
+
+
+def method_lines(sizes: Sizes) -> list[str]:
+    return [
+        "- Every system runs the same bodies (bench/bodies.py): a no-op, a 10 ms `time.sleep`, "
+        "and for SIGTERM a long wait (drainpool: cooperative `ctx.sleep`; the peers: "
+        "`time.sleep`, having no such hook).",
+        "- Jobs are queued first, then the daemon or worker is started. A rate 'start to last "
+        "done' runs from just before the process is spawned to the N-th completion.",
+        "- Completions: the peers and the drainpool '+ Redis INCR' rows count with one Redis "
+        "INCR per job, and the N-th pushes its CLOCK_MONOTONIC time to Redis. drainpool's own "
+        "rows count in process and report by datagram every 100 jobs; 'sustained' is the rate "
+        "between the first and the last report (start-up and fetch warm-up excluded).",
+        f"- Depth rows: {', '.join(f'{d:,}' for d in sizes.depths)} jobs queued with "
+        "`enqueue --file` before the start; a run stops after a window of "
+        f"{sizes.depth_noop_window:,} no-op or {sizes.sleep_jobs:,} 10 ms completions "
+        "(SIGTERM), and the queue is topped up between repetitions.",
+        "- Readiness and reloads: NOTIFY_SOCKET points at the bench's own datagram socket; "
+        "times are READY=1 / RELOADING=1 arrivals. A reload is an atomic-rename write that "
+        "toggles pool.workers between 8 and 7.",
+        "- SIGTERM: 8 jobs in flight (each reported its start), SIGTERM, exit time from a pidfd. "
+        "'back in the queue' is drainpool's `queue stats` ready+delayed, or for a peer the "
+        "messages a later worker would still get (bench/peers/*_app.py `pending`).",
+        "- Idle RSS: one job queued, started, the job done, then idle for "
+        f"{sizes.settle_seconds:g} s; VmRSS summed over the process and its descendants.",
+        "- Raw limits: ThreadPoolExecutor(8) with every job submitted up front; a Python loop "
+        "doing one SQLite INSERT and one DELETE per job, a commit each, WAL, in bench/.work.",
+        "- Medians over the repetitions, with min-max; ratios are of medians from this run. "
+        "The machine is shared: the load averages above say how busy it was.",
+        "- Peers: bench/peers/setup.sh installs the pinned bench/peers/requirements.txt into "
+        "bench/.venv-peers; Redis is /usr/bin/redis-server on a free loopback port, no "
+        "persistence, started and stopped by the run.",
+    ]
