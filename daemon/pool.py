@@ -287,15 +287,14 @@ class Pool:
                 finished = stopping and not self._has_active() and not batch
                 free = self._free_slots()
             try:
-                if batch:
-                    self._queue.settle(batch.acks, batch.releases, batch.failures)
+                want = free if free and not stopping and time.monotonic() >= next_fetch else 0
+                fetched = self._exchange(batch, want)
                 if finished:
                     break
                 if time.monotonic() >= next_renew:
                     self._renew()
                     next_renew = time.monotonic() + renew_every
-                if free and not stopping and time.monotonic() >= next_fetch:
-                    fetched = self._fetch(free)
+                if want:
                     # Full batch: more is likely waiting. Otherwise back off towards the poll cap.
                     poll = (
                         MIN_POLL_SECONDS
@@ -331,17 +330,35 @@ class Pool:
     def _free_slots(self) -> int:
         return self.config.workers - len(self._running) - len(self._handed)
 
-    def _fetch(self, free: int) -> int:
-        jobs = self._queue.fetch(free, self.tasks.keys(), self.config.lease_seconds)
-        if not jobs:
+    def _exchange(self, batch: _Settlement, want: int) -> int:
+        """Settle what finished and fetch for free slots in one queue round trip."""
+        lease = self.config.lease_seconds
+        if batch:
+            jobs = self._queue.settle_and_fetch(
+                batch.acks, batch.releases, batch.failures, want, self.tasks.keys(), lease
+            )
+        elif want:
+            jobs = self._queue.fetch(want, self.tasks.keys(), lease)
+        else:
             return 0
+        self._hand_over(jobs)
+        return len(jobs)
+
+    def _hand_over(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
         with self._lock:
             if self._stopping:  # a drain began while we fetched: these were never handed over
                 self._settle.releases.extend(jobs)
                 self._dispatch_wake.notify()
-                return len(jobs)
+                return
             self._handed.extend(jobs)
             self._work_ready.notify(len(jobs))
+
+    def _fetch(self, free: int) -> int:
+        """Fetch and hand over up to `free` jobs (tests drive this directly)."""
+        jobs = self._queue.fetch(free, self.tasks.keys(), self.config.lease_seconds)
+        self._hand_over(jobs)
         return len(jobs)
 
     def _renew(self) -> None:

@@ -170,6 +170,18 @@ class Queue(Protocol):
         """Ack (remove), release (ready again, attempt not counted) or fail jobs, atomically."""
         ...
 
+    def settle_and_fetch(
+        self,
+        acks: Sequence[Job],
+        releases: Sequence[Job],
+        failures: Sequence[Failure],
+        n: int,
+        tasks: Collection[str],
+        lease_seconds: float,
+    ) -> list[Job]:
+        """`settle(...)` then `fetch(n, ...)`, in one round trip where the backend can."""
+        ...
+
     def stats(self) -> QueueStats: ...
 
     def dead_list(self, limit: int = 100) -> list[DeadJob]: ...

@@ -606,6 +606,19 @@ class RedisQueue:
         pairs = [x for j in jobs for x in (_job_id(j.id), j.token)]
         self._run("renew", "renew leases", self.consumer, _lease_ms(lease_seconds), *pairs)
 
+    def settle_and_fetch(
+        self,
+        acks: Sequence[Job],
+        releases: Sequence[Job],
+        failures: Sequence[Failure],
+        n: int,
+        tasks: Collection[str],
+        lease_seconds: float,
+    ) -> list[Job]:
+        """Two scripts: settling must not wait on, nor fail with, a fetch."""
+        self.settle(acks, releases, failures)
+        return self.fetch(n, tasks, lease_seconds)
+
     def settle(
         self,
         acks: Sequence[Job] = (),
