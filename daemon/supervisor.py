@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon import settings as settings_mod
+from daemon.console import Console, ConsoleSource
 from daemon.exitcodes import ExitCode
 from daemon.httpserver import Endpoints, HttpServer
 from daemon.logs import configure_logging
 from daemon.metrics import OUTCOMES, Metrics
-from daemon.pool import Pool, PoolConfig
+from daemon.pool import Pool, PoolConfig, RecentOutcomes
 from daemon.queue import Queue, RetryPolicy, from_url
 from daemon.settings import ConfigError, LoadedConfig, Settings
 from daemon.systemd import Notifier
@@ -43,6 +44,7 @@ log = logging.getLogger("drainpool.supervisor")
 TICK_SECONDS = 0.5  # the loop turns at least this often (healthz, watchdog, deadlines)
 STALL_SECONDS = 10.0  # /healthz fails when the loop has not turned for this long
 MAX_DEBOUNCE_SECONDS = 2.0  # a stream of edits still reloads at least this often
+RECENT_OUTCOMES = 200  # finished jobs the console shows
 
 
 class Phase(enum.Enum):
@@ -151,6 +153,7 @@ class Supervisor:
         self.http: HttpServer | None = None
         self.watcher: ConfigWatcher | None = None
         self.reload_record = ReloadRecord()
+        self.recent = RecentOutcomes(RECENT_OUTCOMES)  # across generations, for the console
         self.exit_code = ExitCode.OK
         self.queue_ok = True
         self.queue_problem = ""
@@ -402,7 +405,13 @@ class Supervisor:
             for name in old_plans.keys() | new_plans.keys()
             if queue_changed or old_plans.get(name) != new_plans.get(name)
         }
-        if loaded.settings.effective() == self.loaded.settings.effective() and not changed:
+        # effective() masks the console token, so a token change is compared on its own.
+        same_console = loaded.settings.console == self.loaded.settings.console
+        if (
+            loaded.settings.effective() == self.loaded.settings.effective()
+            and same_console
+            and not changed
+        ):
             log.info("reload (%s): config unchanged", source.replace("_", " "))
             self._record_reload("unchanged", "", source)
             return
@@ -472,6 +481,7 @@ class Supervisor:
             self.metrics,
             on_drained=lambda p: self.inbox.put(PoolDrained(p)),
             on_queue_health=self._on_queue_health,
+            recent=self.recent,
         )
         pool.start()
         self.pools[name] = pool
@@ -502,7 +512,23 @@ class Supervisor:
 
     def _start_http(self, settings: Settings) -> None:
         m = settings.metrics
-        endpoints = Endpoints(self.metrics.registry, self.healthy, self.ready, self.status)
+        console = Console(
+            ConsoleSource(
+                status=self.status,
+                queue=lambda: self.queue,
+                outcomes=self.recent.snapshot,
+                settings=lambda: self.loaded.settings.console,
+                request_reload=lambda: self.inbox.put(ReloadRequest("console")),
+            )
+        )
+        endpoints = Endpoints(
+            self.metrics.registry,
+            self.healthy,
+            self.ready,
+            self.status,
+            extra_routes=console.get_routes(),
+            post_routes=console.post_routes(),
+        )
         self.http = HttpServer(
             m.host, m.port, endpoints, tls_cert=m.tls_cert_file, tls_key=m.tls_key_file
         )
