@@ -257,7 +257,8 @@
   }
 
   function renderInfo() {
-    $("actions").hidden = !info.actions;
+    // The token field serves actions, and reading when the endpoint is not on loopback.
+    $("actions").hidden = !(info.actions || info.reading_needs_token);
     $("actions-off").hidden = info.actions;
     for (const node of document.querySelectorAll(".action-only")) node.hidden = !info.actions;
   }
@@ -291,7 +292,6 @@
       document.body.dataset.loaded = "1";
     } catch (error) {
       if (error.status === 401 || error.status === 403) {
-        $("actions").hidden = false;
         showProblem("Not allowed to read: " + error.message + ". Enter the console token above.");
       } else {
         showProblem("Cannot reach the daemon: " + error.message);
