@@ -192,8 +192,7 @@ class Console:
     def _check_read(self, handler: Handler) -> None:
         settings = self.source.settings()
         if _bound_to_loopback(handler):
-            if not _loopback_host(handler.headers.get("Host", "")):
-                raise Refused(403, "the Host header must name a loopback address")
+            _check_loopback_host(handler)
             return
         if settings.token is None:
             raise Refused(
@@ -207,6 +206,8 @@ class Console:
         if not settings.actions:
             raise Refused(403, "console actions are off (console.actions = false)")
         self._check_token(handler, settings)
+        if _bound_to_loopback(handler):
+            _check_loopback_host(handler)  # defence in depth: the token already guards it
         if handler.headers.get(CSRF_HEADER) != "1":
             raise Refused(403, f"missing header {CSRF_HEADER}: 1")
         _check_same_origin(handler)
@@ -310,6 +311,12 @@ def _bound_to_loopback(handler: Handler) -> bool:
         return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+def _check_loopback_host(handler: Handler) -> None:
+    """Refuse a loopback-bound request whose Host names another machine (DNS rebinding)."""
+    if not _loopback_host(handler.headers.get("Host", "")):
+        raise Refused(403, "the Host header must name a loopback address")
 
 
 def _loopback_host(host_header: str) -> bool:

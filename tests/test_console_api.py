@@ -290,6 +290,7 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int]] = [
     ("GET", "/api/dead?limit=0", {}, 400),
     ("GET", "/api/dead?limit=x", {}, 400),
     ("GET", "/api/dead", {"host": "attacker.example"}, 403),  # DNS rebinding
+    ("POST", "/api/dead/retry", {"body": {"all": True}, "host": "attacker.example"}, 403),
     ("GET", "/api/queue", {"host": "localhost"}, 200),
     ("GET", "/api/queue", {"host": "[::1]"}, 200),
 ]
