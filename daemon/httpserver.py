@@ -1,7 +1,8 @@
-"""One small HTTP server for /metrics, /healthz, /readyz and the JSON /api/.
+"""One small HTTP server for /metrics, /healthz, /readyz, the JSON /api/ and the console.
 
-It only reads: every answer comes from callbacks that return snapshots the
-supervisor keeps, so a slow scrape can never block the supervisor's loop. It
+Every answer comes from callbacks that return snapshots the supervisor keeps,
+so a slow scrape can never block the supervisor's loop; the only writes are
+the console's POST routes (daemon/console.py), which guard themselves. It
 binds to loopback unless the config says otherwise.
 """
 
@@ -13,7 +14,7 @@ import os
 import selectors
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +23,12 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 log = logging.getLogger("drainpool.http")
+
+MAX_BODY_BYTES = 64 * 1024  # the console's POST bodies are a few ids; refuse anything bigger
+
+BUILTIN_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/api/status"})
+
+Route = Callable[["Handler"], None]
 
 
 @dataclass
@@ -32,10 +39,15 @@ class Endpoints:
     healthy: Callable[[], bool]
     ready: Callable[[], bool]
     status: Callable[[], dict[str, Any]]
-    extra_routes: dict[str, Callable[[BaseHTTPRequestHandler], None]] = field(default_factory=dict)
+    extra_routes: dict[str, Route] = field(default_factory=dict)
+    post_routes: dict[str, Route] = field(default_factory=dict)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class BodyTooLarge(Exception):
+    """The request has no usable length or a body over MAX_BODY_BYTES; it was answered."""
+
+
+class Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
@@ -43,33 +55,73 @@ class _Handler(BaseHTTPRequestHandler):
         endpoints = self.server.endpoints
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._send(200, generate_latest(endpoints.registry), CONTENT_TYPE_LATEST)
+            self.reply(200, generate_latest(endpoints.registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             ok = endpoints.healthy()
-            self._send(200 if ok else 503, b"ok\n" if ok else b"supervisor loop stalled\n")
+            self.reply(200 if ok else 503, b"ok\n" if ok else b"supervisor loop stalled\n")
         elif path == "/readyz":
             ok = endpoints.ready()
-            self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+            self.reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
         elif path == "/api/status":
             self.send_json(endpoints.status())
         elif path in endpoints.extra_routes:
             endpoints.extra_routes[path](self)
+        elif path in endpoints.post_routes:
+            self.reply(405, b"use POST\n", headers={"Allow": "POST"})
         else:
-            self._send(404, b"not found\n")
+            self.reply(404, b"not found\n")
 
     def send_json(self, data: Any, code: int = 200) -> None:
-        self._send(code, json.dumps(data, indent=1).encode(), "application/json")
+        self.reply(code, json.dumps(data, indent=1).encode(), "application/json")
 
-    def _send(
-        self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
+    def do_POST(self) -> None:
+        endpoints = self.server.endpoints
+        path = self.path.split("?", 1)[0]
+        route = endpoints.post_routes.get(path)
+        if route is not None:
+            route(self)
+            return
+        # The body was not read: close, or its bytes would be parsed as the next request.
+        self.close_connection = True
+        if path in endpoints.extra_routes or path in BUILTIN_PATHS:
+            self.reply(405, b"use GET\n", headers={"Allow": "GET", "Connection": "close"})
+        else:
+            self.reply(404, b"not found\n", headers={"Connection": "close"})
+
+    def read_body(self, limit: int = MAX_BODY_BYTES) -> bytes:
+        """The request body, at most `limit` bytes; otherwise answer 411/413 and raise."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            self.reply(411, b"send a Content-Length\n", headers={"Connection": "close"})
+            raise BodyTooLarge
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > limit:
+            self.close_connection = True
+            self.reply(413, b"request body too large\n", headers={"Connection": "close"})
+            raise BodyTooLarge
+        return self.rfile.read(length) if length else b""
+
+    def reply(
+        self,
+        code: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        headers: Mapping[str, str] | None = None,
     ) -> None:
+        """Send one whole response; routes outside this module answer through it."""
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s - %s", self.address_string(), format % args)
@@ -93,7 +145,7 @@ class HttpServer:
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
     ) -> None:
-        self._server = _Server((host, port), _Handler)
+        self._server = _Server((host, port), Handler)
         self._server.endpoints = endpoints
         if tls_cert is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

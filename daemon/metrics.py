@@ -153,7 +153,7 @@ class Metrics:
         r.register(self.queue_depth)
         for result in ("applied", "rejected", "unchanged"):
             self.config_reloads.labels(result=result)
-        for reason in ("config_file", "sighup"):
+        for reason in ("config_file", "sighup", "console"):
             self.pool_restarts.labels(reason=reason)
         self.last_reload_ok.set(1)
         self.last_reload_success.set(time.time())

@@ -46,6 +46,36 @@ class PoolConfig:
     kind: str = "thread"
 
 
+class RecentOutcomes:
+    """The last `size` outcomes of every generation, newest last, for the console.
+
+    Bounded (a deque with maxlen) and cheap: one short lock per finished job.
+    The lock lets the HTTP thread copy it while workers append.
+    """
+
+    def __init__(self, size: int = 200) -> None:
+        self._lock = threading.Lock()
+        self._items: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+
+    def add(self, pool: Pool, job: Job, outcome: str, seconds: float | None) -> None:
+        item = {
+            "job_id": job.id,
+            "task": job.task,
+            "attempt": job.attempt,
+            "outcome": outcome,
+            "seconds": None if seconds is None else round(seconds, 3),
+            "at": time.time(),
+            "pool": pool.config.name,
+            "generation": pool.generation,
+        }
+        with self._lock:
+            self._items.append(item)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._items)
+
+
 @dataclass(slots=True)
 class _Running:
     job: Job
@@ -77,6 +107,7 @@ class Pool:
         *,
         on_drained: Callable[[Pool], None] = lambda pool: None,
         on_queue_health: Callable[[bool, str], None] = lambda ok, why: None,
+        recent: RecentOutcomes | None = None,
     ) -> None:
         self.config = config
         self.generation = generation
@@ -86,6 +117,7 @@ class Pool:
         self._metrics = metrics
         self._on_drained = on_drained
         self._on_queue_health = on_queue_health
+        self._recent = recent or RecentOutcomes(1)
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)  # workers wait here
         self._dispatch_wake = threading.Condition(self._lock)  # the dispatcher waits here
@@ -131,6 +163,7 @@ class Pool:
             self._dispatch_wake.notify()
         for job in cancelled:
             self._metrics.record(job.task, "cancelled", None)
+            self._recent.add(self, job, "cancelled", None)
         self.counts["cancelled"] += len(cancelled)
         return len(cancelled)
 
@@ -147,6 +180,7 @@ class Pool:
         for entry in abandoned:
             self._metrics.in_flight.labels(task=entry.job.task).dec()
             self._metrics.record(entry.job.task, "abandoned", now - entry.started)
+            self._recent.add(self, entry.job, "abandoned", now - entry.started)
             log.warning(
                 "abandoned job %s (%s) on thread %s after %.1fs: it ignored the shutdown event;"
                 " the job goes back to the queue",
@@ -257,6 +291,7 @@ class Pool:
             self._dispatch_wake.notify()
         metrics.in_flight.labels(task=job.task).dec()
         metrics.record(job.task, outcome, seconds)
+        self._recent.add(self, job, outcome, seconds)
 
     # -- dispatcher -----------------------------------------------------------
 

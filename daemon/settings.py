@@ -17,11 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_PATH = Path("/etc/drainpool/drainpool.toml")
 ENV_PREFIX = "DRAINPOOL_"
+MIN_TOKEN_LENGTH = 16  # a console token shorter than this is a password, not a token
 TASK_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -86,6 +96,33 @@ class MetricsSettings(_Section):
     tls_key_file: Path | None = None
 
 
+class ConsoleSettings(_Section):
+    """The web console at / (issue 11): reading is always on, actions only when asked for.
+
+    The token may come from the environment (DRAINPOOL_CONSOLE__TOKEN) so it need not
+    sit in a file; it is a SecretStr, so check-config and the effective config show
+    asterisks, never the value.
+    """
+
+    actions: bool = False  # retry, purge and reload from the browser or the API
+    token: SecretStr | None = None  # bearer token for actions, and for reading off loopback
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters")
+        return token
+
+    @model_validator(mode="after")
+    def _actions_need_token(self) -> ConsoleSettings:
+        if self.actions and self.token is None:
+            raise ValueError(
+                "console.actions = true needs console.token (or DRAINPOOL_CONSOLE__TOKEN)"
+            )
+        return self
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -135,6 +172,7 @@ class Settings(BaseSettings):
     queue: QueueSettings = QueueSettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
+    console: ConsoleSettings = ConsoleSettings()
     tasks: dict[TaskName, TaskRef | CommandTask] = Field(default_factory=dict)
 
     @classmethod
@@ -150,7 +188,11 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
     def effective(self) -> dict[str, Any]:
-        """A plain dict of every value, for diffs and for check-config."""
+        """A plain dict of every value, for diffs and for check-config.
+
+        Secrets (console.token) show as asterisks here, so a diff of two effective
+        configs cannot see a changed token: compare the sections themselves for that.
+        """
         return self.model_dump(mode="json")
 
 

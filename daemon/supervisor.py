@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon import settings as settings_mod
+from daemon.console import Console, ConsoleSource
 from daemon.exitcodes import ExitCode
 from daemon.httpserver import Endpoints, HttpServer
 from daemon.logs import configure_logging
 from daemon.metrics import OUTCOMES, Metrics
-from daemon.pool import Pool, PoolConfig
+from daemon.pool import Pool, PoolConfig, RecentOutcomes
 from daemon.queue import Queue, RetryPolicy, from_url
 from daemon.settings import ConfigError, LoadedConfig, Settings
 from daemon.systemd import Notifier
@@ -44,6 +45,7 @@ log = logging.getLogger("drainpool.supervisor")
 TICK_SECONDS = 0.5  # the loop turns at least this often (healthz, watchdog, deadlines)
 STALL_SECONDS = 10.0  # /healthz fails when the loop has not turned for this long
 MAX_DEBOUNCE_SECONDS = 2.0  # a stream of edits still reloads at least this often
+RECENT_OUTCOMES = 200  # finished jobs the console shows
 
 
 class Phase(enum.Enum):
@@ -209,6 +211,7 @@ class Supervisor:
         self.http: HttpServer | None = None
         self.watcher: ConfigWatcher | None = None
         self.reload_record = ReloadRecord()
+        self.recent = RecentOutcomes(RECENT_OUTCOMES)  # across generations, for the console
         self.exit_code = ExitCode.OK
         self.queue_ok = True
         self.queue_problem = ""
@@ -459,7 +462,13 @@ class Supervisor:
             return
         changes = self.reload_plan(loaded, registry)
         how = source.replace("_", " ")
-        if loaded.settings.effective() == self.loaded.settings.effective() and not changes:
+        # effective() masks the console token, so a token change is compared on its own.
+        same_console = loaded.settings.console == self.loaded.settings.console
+        if (
+            loaded.settings.effective() == self.loaded.settings.effective()
+            and same_console
+            and not changes
+        ):
             log.info("reload (%s): config unchanged", how)
             self._record_reload("unchanged", "", source)
             return
@@ -543,6 +552,7 @@ class Supervisor:
             self.metrics,
             on_drained=lambda p: self.inbox.put(PoolDrained(p)),
             on_queue_health=self._on_queue_health,
+            recent=self.recent,
         )
         pool.start()
         self.pools[name] = pool
@@ -573,7 +583,23 @@ class Supervisor:
 
     def _start_http(self, settings: Settings) -> None:
         m = settings.metrics
-        endpoints = Endpoints(self.metrics.registry, self.healthy, self.ready, self.status)
+        console = Console(
+            ConsoleSource(
+                status=self.status,
+                queue=lambda: self.queue,
+                outcomes=self.recent.snapshot,
+                settings=lambda: self.loaded.settings.console,
+                request_reload=lambda: self.inbox.put(ReloadRequest("console")),
+            )
+        )
+        endpoints = Endpoints(
+            self.metrics.registry,
+            self.healthy,
+            self.ready,
+            self.status,
+            extra_routes=console.get_routes(),
+            post_routes=console.post_routes(),
+        )
         endpoints.extra_routes["/api/config"] = lambda request: request.send_json(
             self.config_view()
         )

@@ -55,7 +55,7 @@ DAEMON_METRICS: tuple[Metric, ...] = (
     ),
     Metric("drainpool_pool_workers", "gauge"),
     Metric("drainpool_pool_generation", "gauge"),
-    Metric("drainpool_pool_restarts", "counter", {"reason": ("config_file", "sighup")}),
+    Metric("drainpool_pool_restarts", "counter", {"reason": ("config_file", "sighup", "console")}),
     Metric("drainpool_drain_duration_seconds", "histogram", {"reason": ("shutdown", "reload")}),
     Metric("drainpool_drain_grace_seconds", "gauge"),
     Metric("drainpool_config_reloads", "counter", {"result": ("applied", "rejected", "unchanged")}),
