@@ -351,7 +351,10 @@ def test_grafana_provisioning_matches_the_mounts(compose: dict[str, Any]) -> Non
         if source.get("type") == "prometheus"
     ]
     assert datasources, "no Prometheus datasource in config/grafana/provisioning/datasources"
+    # Host networking: a name resolves through the container's extra_hosts.
+    hosts = dict(entry.split(":", 1) for entry in grafana.get("extra_hosts", []))
+    hosts.setdefault("localhost", "127.0.0.1")
     for source in datasources:
         url = urlsplit(source["url"])
-        host = "127.0.0.1" if url.hostname == "localhost" else url.hostname
-        assert f"{host}:{url.port}" == listen, (source["url"], listen)
+        host = hosts.get(url.hostname or "", url.hostname)
+        assert f"{host}:{url.port}" == listen, (source["url"], hosts, listen)

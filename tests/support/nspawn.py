@@ -47,9 +47,9 @@ CACHE_DIR = Path(os.environ.get("DRAINPOOL_NSPAWN_CACHE", "/var/tmp/drainpool-ns
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Where the host's staging directory appears inside the container (read-only).
 HOST_MOUNT = "/mnt/host"
-# bookworm's interpreter, for the wheels fetched on the host.
+# bookworm's interpreter and C library, for the wheels fetched on the host.
 CONTAINER_PYTHON = "3.11"
-CONTAINER_GLIBC = "2_36"
+CONTAINER_GLIBC_MINOR = 36
 
 T = TypeVar("T")
 _names = itertools.count()
@@ -197,12 +197,16 @@ def wheelhouse(repo: Path, dest: Path, log: Path) -> Path:
         run("wheel", "--no-deps", "--wheel-dir", str(dest), str(src))
         (wheel,) = dest.glob("drainpool-*.whl")
         # Wheels for the container's interpreter, whatever Python runs the tests.
+        # pip does not widen a given --platform to older glibc tags, so every
+        # tag that bookworm's glibc can load is listed.
+        arch = platform.machine()
+        tags = [f"manylinux_2_{minor}_{arch}" for minor in range(CONTAINER_GLIBC_MINOR, 16, -1)]
         run(
             "download",
             "--only-binary=:all:",
             f"--python-version={CONTAINER_PYTHON}",
             "--implementation=cp",
-            f"--platform=manylinux_{CONTAINER_GLIBC}_{platform.machine()}",
+            *(f"--platform={tag}" for tag in [*tags, f"manylinux2014_{arch}"]),
             "--dest",
             str(dest),
             str(wheel),
@@ -344,8 +348,17 @@ class Container:
         out = self.run(["systemctl", "show", unit, *(f"--property={p}" for p in props)]).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
-    def journal(self, unit: str) -> str:
-        return self.run(["journalctl", "--no-pager", "-o", "cat", "-u", unit], check=False).stdout
+    def cursor(self) -> str:
+        """The journal's current position, to read only what comes after it."""
+        out = self.run(["journalctl", "--no-pager", "--lines=0", "--show-cursor"]).stdout
+        return out.strip().rpartition("-- cursor: ")[2]
+
+    def journal(self, unit: str, after: str | None = None) -> str:
+        """The unit's journal (messages only), from after cursor `after` if given."""
+        argv = ["journalctl", "--no-pager", "--output=cat", f"--unit={unit}"]
+        if after:
+            argv.append(f"--after-cursor={after}")
+        return self.run(argv, check=False).stdout
 
     def stop(self) -> None:
         """Power the container off; kill it by pid if it does not go in time."""
