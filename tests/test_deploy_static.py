@@ -26,9 +26,12 @@ from tests.support.deployfiles import (
     MIN_STOP_MARGIN_SECONDS,
     REPO,
     UNIT,
+    Instruction,
     dockerignored,
     exec_argv,
+    final_stage,
     grace_seconds,
+    image_env,
     parse_duration,
     read_dockerfile,
     read_unit,
@@ -171,12 +174,8 @@ def test_hadolint_as_run_here_flags_a_bad_dockerfile(tmp_path: Path) -> None:
 
 
 def test_the_dockerfile_runs_the_daemon_as_pid_1_without_root() -> None:
-    final: list[Any] = []
-    for instruction in read_dockerfile():
-        if instruction.keyword == "FROM":
-            final = []  # only the last stage is the image
-        final.append(instruction)
-    by_keyword: dict[str, list[Any]] = {}
+    final = final_stage(read_dockerfile())
+    by_keyword: dict[str, list[Instruction]] = {}
     for instruction in final:
         by_keyword.setdefault(instruction.keyword, []).append(instruction)
 
@@ -195,8 +194,7 @@ def test_the_dockerfile_runs_the_daemon_as_pid_1_without_root() -> None:
     assert str(METRICS_PORT) in by_keyword["EXPOSE"][-1].args.split()
     volumes = " ".join(i.args for i in by_keyword["VOLUME"])
     assert "/var/lib/drainpool" in volumes
-    env = " ".join(i.args for i in by_keyword["ENV"])
-    assert "DRAINPOOL_METRICS__HOST=0.0.0.0" in env.split()
+    assert image_env(final)["DRAINPOOL_METRICS__HOST"] == "0.0.0.0"
 
 
 def test_every_file_the_dockerfile_copies_is_in_the_build_context() -> None:

@@ -128,6 +128,25 @@ def read_dockerfile(path: Path = DOCKERFILE) -> list[Instruction]:
     return instructions
 
 
+def final_stage(instructions: list[Instruction]) -> list[Instruction]:
+    """The instructions after the last FROM: what the image is made of."""
+    starts = [i for i, instruction in enumerate(instructions) if instruction.keyword == "FROM"]
+    return instructions[starts[-1] :]
+
+
+def image_env(instructions: list[Instruction]) -> dict[str, str]:
+    """The ENV of the final stage (only the KEY=VALUE form, as written here)."""
+    env: dict[str, str] = {}
+    for instruction in final_stage(instructions):
+        if instruction.keyword == "ENV":
+            for word in shlex.split(instruction.args):
+                key, sep, value = word.partition("=")
+                if not sep:
+                    raise ValueError(f"line {instruction.line}: ENV without '=': {word!r}")
+                env[key] = value
+    return env
+
+
 def dockerignored(relative: str, path: Path = DOCKERIGNORE) -> bool:
     """Whether .dockerignore keeps `relative` (or a parent of it) out of the context.
 

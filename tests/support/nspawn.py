@@ -89,6 +89,22 @@ def until(check: Callable[[], T | None], timeout: float, what: str, every: float
         time.sleep(every)
 
 
+def pid1_child(parent: int) -> int | None:
+    """The child of `parent` that is PID 1 of its own pid namespace, if any yet.
+
+    systemd-nspawn and `unshare --pid --fork` both start one; this is its pid
+    as the host sees it, the one to signal, kill or nsenter.
+    """
+    for children in Path(f"/proc/{parent}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for pid in children.read_text().split():
+                status = Path(f"/proc/{pid}/status").read_text()
+                nspid = re.search(r"^NSpid:\s+(.*)$", status, re.M)
+                if nspid and len(nspid.group(1).split()) > 1 and nspid.group(1).split()[-1] == "1":
+                    return int(pid)
+    return None
+
+
 # --- the root tree ---------------------------------------------------------------------
 
 
@@ -273,18 +289,10 @@ class Container:
         until(self._booted, timeout, "the container to finish booting")
 
     def _find_leader(self) -> int | None:
-        """The container's PID 1: the nspawn child whose innermost pid is 1."""
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"systemd-nspawn exited {self.proc.returncode}: see {self.log}")
-        for children in Path(f"/proc/{self.proc.pid}/task").glob("*/children"):
-            for pid in children.read_text().split():
-                with contextlib.suppress(OSError):
-                    status = Path(f"/proc/{pid}/status").read_text()
-                    nspid = re.search(r"^NSpid:\s+(.*)$", status, re.M)
-                    if nspid and nspid.group(1).split()[-1] == "1":
-                        return int(pid)
-        return None
+        return pid1_child(self.proc.pid)
 
     def _booted(self) -> bool:
         assert self.proc is not None
