@@ -36,9 +36,11 @@ Environment=PYTHONPATH={mount}/probe
 ExecStart=/usr/bin/python3 {mount}/probe/notify_probe.py
 RuntimeDirectory=probe
 WatchdogSec={watchdog}
-TimeoutStopSec=3s
+TimeoutStopSec={stop_timeout}s
 {extra}
 """
+# Generous, so that a starved probe still answers SIGTERM well inside it.
+PROBE_STOP_TIMEOUT = 6
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,9 @@ def container(stage: Path) -> Iterator[Container]:
 
 def _install_probe(container: Container, name: str, watchdog: str = "0", extra: str = "") -> str:
     unit = f"{name}.service"
-    text = PROBE_UNIT.format(mount=HOST_MOUNT, watchdog=watchdog, extra=extra)
+    text = PROBE_UNIT.format(
+        mount=HOST_MOUNT, watchdog=watchdog, stop_timeout=PROBE_STOP_TIMEOUT, extra=extra
+    )
     container.put(f"/etc/systemd/system/{unit}", text)
     container.run(["systemctl", "daemon-reload"])
     return unit
@@ -121,15 +125,15 @@ def test_start_returns_only_after_ready(container: Container, tmp_path: Path) ->
 
 
 def test_the_watchdog_is_fed_by_the_loop_and_bites_when_it_hangs(container: Container) -> None:
-    unit = _install_probe(container, "probe-watchdog", watchdog="2s")
+    unit = _install_probe(container, "probe-watchdog", watchdog="4s")
     pid = _run_probe(container, unit)
 
     def pings() -> int:
         out = container.run(["cat", "/run/probe/pings"], check=False).stdout.strip()
         return int(out or 0)
 
-    # Five pings at 1 s intervals span two whole WatchdogSec=2s periods.
-    until(lambda: pings() >= 5, 120, "five watchdog pings")
+    # Four pings, one every 2 s, span one and a half WatchdogSec=4s periods.
+    until(lambda: pings() >= 4, 120, "four watchdog pings")
     props = container.show(unit, "ActiveState", "MainPID", "NRestarts")
     assert props == {"ActiveState": "active", "MainPID": pid, "NRestarts": "0"}
 
@@ -155,9 +159,13 @@ def test_extend_timeout_lets_a_drain_outlive_timeout_stop_sec(
         60,
         "STOPPING=1 to arrive",
     )
-    # Past TimeoutStopSec=3s (with a second to spare) the unit is either still
+    # Past TimeoutStopSec (with a second to spare) the unit is either still
     # draining (extended) or already killed (plain).
-    until(lambda: time.monotonic() - stop_sent > 4.0, 10, "TimeoutStopSec to pass")
+    until(
+        lambda: time.monotonic() - stop_sent > PROBE_STOP_TIMEOUT + 1,
+        PROBE_STOP_TIMEOUT + 10,
+        "TimeoutStopSec to pass",
+    )
     state = container.show(unit, "ActiveState")["ActiveState"]
     if extend:
         assert state == "deactivating"
