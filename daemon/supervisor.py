@@ -304,9 +304,9 @@ class Supervisor:
             wake = min([wake, *pending])
         if self._reload_due is not None:
             wake = min(wake, self._reload_due)
-        interval = self.notifier.watchdog_interval
+        interval = self.notifier.watchdog_interval  # the gap between pings
         if interval:
-            wake = min(wake, now + interval / 2)
+            wake = min(wake, now + interval)
         return max(wake - now, 0.001)
 
     def _handle(self, item: object) -> None:
