@@ -602,7 +602,7 @@ class Supervisor:
         elif self.queue_ok and self._queue_down_since is not None:
             down = self.clock() - self._queue_down_since
             self._queue_down_since = None
-            log.info("queue available again after %.1fs; ready", down)
+            log.info("queue available again after %.1fs", down)
             self.notifier.status(self.status_line())
             if self._bury_due:
                 self._bury_unknown()
