@@ -16,6 +16,7 @@ from typing import Any
 
 from daemon import __version__
 from daemon.exitcodes import ExitCode
+from daemon.queue.base import QueueError, QueueUnavailable
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -31,6 +32,12 @@ def dispatch(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except UsageError as exc:
+        print(f"drainpool: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except QueueUnavailable as exc:  # Redis down: one line, and a code a script can retry on
+        print(f"drainpool: queue unavailable: {exc}", file=sys.stderr)
+        return 1
+    except QueueError as exc:
         print(f"drainpool: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     except KeyboardInterrupt:
@@ -163,7 +170,6 @@ def _open_queue(loaded: Any) -> Any:
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
     from daemon import bulk
-    from daemon.queue import QueueError
 
     loaded, _ = _load(args, tasks=False)
     known = sorted(loaded.settings.tasks)
@@ -173,6 +179,8 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         queue = _open_queue(loaded)
         try:
             return bulk.enqueue_file(queue, args.file, known, skip_invalid=args.skip_invalid)
+        except QueueUnavailable:
+            raise
         except (QueueError, OSError) as exc:
             raise UsageError(str(exc)) from None
         finally:
@@ -193,6 +201,8 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     queue = _open_queue(loaded)
     try:
         job_id = queue.enqueue(args.task, payload, delay=delay, key=args.key)
+    except QueueUnavailable:
+        raise
     except QueueError as exc:
         raise UsageError(str(exc)) from None
     finally:

@@ -9,6 +9,7 @@ task names, outcomes, reasons), never a job id.
 from __future__ import annotations
 
 import platform
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -56,18 +57,32 @@ QUEUE_STATES = ("ready", "delayed", "leased", "dead")
 
 
 class QueueDepthCollector(Collector):
-    """Reads queue counts at scrape time, so the gauge is never stale."""
+    """Reads queue counts at scrape time, so the gauge is never stale.
 
-    def __init__(self) -> None:
+    The read runs on a helper thread and a scrape waits for it at most
+    `timeout` seconds: a queue that hangs (a frozen Redis, a locked SQLite
+    file) costs the scrape its queue samples, never the scrape itself. One
+    read at a time: scrapes that come while it hangs share it, never pile up.
+    """
+
+    def __init__(self, timeout: float = 2.0) -> None:
         self.source: Callable[[], QueueStats] | None = None
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._read: _StatsRead | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         source = self.source
         if source is None:
             return
-        try:
-            stats = source()
-        except Exception:  # an unreachable queue shows as missing samples and /readyz 503
+        with self._lock:
+            read = self._read
+            if read is None or read.done.is_set():
+                read = self._read = _StatsRead(source)
+        if not read.done.wait(self.timeout):
+            return  # still waiting on the queue: missing samples, and /readyz says why
+        stats = read.stats
+        if stats is None:  # an unreachable queue shows as missing samples and /readyz 503
             return
         jobs = GaugeMetricFamily(
             "drainpool_queue_jobs", "Jobs in the queue by state.", labels=["state"]
@@ -81,6 +96,23 @@ class QueueDepthCollector(Collector):
         )
         age.add_metric([], stats.oldest_ready_age_seconds or 0.0)
         yield age
+
+
+class _StatsRead:
+    """One queue read on its own daemon thread (it may outlive the scrape that began it)."""
+
+    def __init__(self, source: Callable[[], QueueStats]) -> None:
+        self.done = threading.Event()
+        self.stats: QueueStats | None = None
+        threading.Thread(target=self._run, args=(source,), name="queue-stats", daemon=True).start()
+
+    def _run(self, source: Callable[[], QueueStats]) -> None:
+        try:
+            self.stats = source()
+        except Exception:
+            self.stats = None
+        finally:
+            self.done.set()
 
 
 class Metrics:

@@ -133,6 +133,7 @@ class Pool:
         )
         self.drain_started: float | None = None
         self.counts: collections.Counter[str] = collections.Counter()  # outcomes of this generation
+        self.unsettled = 0  # jobs left to their leases: the queue failed past the grace
 
     # -- lifecycle (called by the supervisor) -------------------------------
 
@@ -302,6 +303,7 @@ class Pool:
         next_renew = time.monotonic() + renew_every
         next_fetch = 0.0
         backoff = 0.0
+        healthy = False  # as last reported through on_queue_health
         while True:
             with self._lock:
                 while True:
@@ -337,26 +339,47 @@ class Pool:
                         else min(poll * 2, self.config.poll_interval_seconds)
                     )
                     next_fetch = time.monotonic() + (0 if fetched == free else poll)
-                if backoff:
-                    backoff = 0.0
+                backoff = 0.0
+                if not healthy:  # also the first success: the queue may have been down at start
+                    healthy = True
                     self._on_queue_health(True, "")
-            except QueueUnavailable as exc:
+            except Exception as exc:
                 if batch:
-                    self._requeue_settlement(batch)
+                    self._requeue_settlement(batch)  # kept: acks are retried once it is back
+                if isinstance(exc, QueueUnavailable):
+                    healthy = False
+                    self._on_queue_health(False, str(exc))  # the supervisor logs changes, once
+                elif not backoff:  # one traceback per streak of errors, not one per retry
+                    log.exception("pool %s: dispatcher error; retrying", self.config.name)
+                if self._give_up_settling():
+                    break
                 backoff = min(max(backoff * 2, 0.1), 5.0)
-                if backoff == 0.1:
-                    log.error("queue unavailable, retrying with backoff: %s", exc)
-                self._on_queue_health(False, str(exc))
                 with self._lock:
                     self._dispatch_wake.wait(backoff * (0.5 + random.random() / 2))
-            except Exception:
-                log.exception("pool %s: dispatcher error; retrying", self.config.name)
-                if batch:
-                    self._requeue_settlement(batch)
-                with self._lock:
-                    self._dispatch_wake.wait(1.0)
         self._drained = True
         self._on_drained(self)
+
+    def _give_up_settling(self) -> bool:
+        """Once the grace is over (abandon), stop retrying a queue that keeps failing.
+
+        Without this, a stop while Redis is down would never end. What is left
+        unsettled keeps its lease in the queue and is delivered again when that
+        lease expires: at-least-once, as for a crash.
+        """
+        with self._lock:
+            if not self._abandon_requested:
+                return False
+            batch, self._settle = self._settle, _Settlement()
+        self.unsettled = len(batch.acks) + len(batch.releases) + len(batch.failures)
+        if self.unsettled:
+            log.error(
+                "pool %s: the grace is over and the queue still fails: %d jobs left unsettled"
+                " (%d of them completed); they run again once their leases expire",
+                self.config.name,
+                self.unsettled,
+                len(batch.acks),
+            )
+        return True
 
     def _has_active(self) -> bool:
         """Anything still running that was not abandoned (abandoned threads may linger)."""

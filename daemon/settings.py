@@ -86,6 +86,13 @@ class QueueSettings(_Section):
     def _known_scheme(cls, url: str) -> str:
         if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
             raise ValueError("must start with sqlite:///, redis://, rediss:// or unix://")
+        if not url.startswith("sqlite:"):
+            from daemon.queue import QueueError, check_url
+
+            try:  # an unknown option must fail here (check-config, reload), not at first use
+                check_url(url)
+            except QueueError as exc:
+                raise ValueError(str(exc)) from None
         return url
 
 

@@ -34,7 +34,7 @@ from daemon.httpserver import Endpoints, HttpServer
 from daemon.logs import configure_logging
 from daemon.metrics import OUTCOMES, Metrics
 from daemon.pool import Pool, PoolConfig, RecentOutcomes
-from daemon.queue import Queue, RetryPolicy, from_url
+from daemon.queue import Queue, QueueStats, QueueUnavailable, RetryPolicy, from_url
 from daemon.settings import ConfigError, LoadedConfig, Settings
 from daemon.systemd import Notifier
 from daemon.tasks import TaskSpec, build_registry
@@ -70,6 +70,11 @@ class IllegalTransition(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class ConfigChanged:
     """The watcher saw the config file (or its directory's ..data link) change."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueHealthChanged:
+    """A dispatcher saw the queue go away or come back; `queue_ok` holds the latest word."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +220,8 @@ class Supervisor:
         self.exit_code = ExitCode.OK
         self.queue_ok = True
         self.queue_problem = ""
+        self._queue_down_since: float | None = None  # as logged by the loop
+        self._bury_due = False  # bury_unknown could not run: retry when the queue is back
         self._drain: _Drain | None = None
         self._stop_requested = False
         self._reload_due: float | None = None
@@ -240,6 +247,7 @@ class Supervisor:
         self.metrics.state.state(Phase.STARTING.value)
         self.queue = self._open_queue(self.loaded)
         self.metrics.queue_depth.source = self._queue_stats
+        self._ping_queue()
         self._bury_unknown()
         self._start_http(settings)
         for name, plan in plan_pools(settings, self.registry).items():
@@ -319,6 +327,8 @@ class Supervisor:
             self._request_reload(item.source, self.clock())
         elif isinstance(item, PoolDrained):
             self._on_pool_drained(item.pool)
+        elif isinstance(item, QueueHealthChanged):
+            self._on_queue_health_changed()
 
     def _on_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -422,6 +432,8 @@ class Supervisor:
             log.info("pool %s generation %d ended: %s", name, pool.generation, counts)
             if pool.stray_threads():
                 self._stray.append(pool)
+            if pool.unsettled and self._stop_requested:  # left to their leases, not released
+                self.exit_code = ExitCode.ABANDONED
             if self.pools.get(name) is pool:
                 del self.pools[name]
         log.info("%s drain finished in %.3fs", drain.reason, elapsed)
@@ -562,19 +574,59 @@ class Supervisor:
         retry = RetryPolicy(q.max_attempts, q.retry_backoff_seconds, q.retry_backoff_max_seconds)
         return from_url(q.url, base_dir=loaded.base_dir, retry=retry, durable_commits=False)
 
-    def _queue_stats(self) -> Any:
-        assert self.queue is not None
+    def _queue_stats(self) -> QueueStats:
+        if self.queue is None or not self.queue_ok:  # a scrape must not wait on a queue known down
+            raise QueueUnavailable(self.queue_problem)
         return self.queue.stats()
 
+    def _ping_queue(self) -> None:
+        """At start: a queue that does not answer makes the daemon not ready, not dead.
+
+        The pools start anyway; their dispatchers retry with backoff and report
+        the queue healthy at their first success, so work begins by itself.
+        """
+        assert self.queue is not None
+        try:
+            self.queue.ping()
+        except QueueUnavailable as exc:
+            self._on_queue_health(False, str(exc))
+            self._on_queue_health_changed()  # now: a pool may report it back before the loop runs
+
     def _on_queue_health(self, ok: bool, why: str) -> None:
-        # Called from dispatcher threads: plain attribute writes, read by /readyz.
+        # Called from dispatcher threads on every attempt while the queue fails: plain
+        # attribute writes, read by /readyz; the loop logs a change once (issue 6).
+        changed = ok != self.queue_ok
         self.queue_ok = ok
         self.queue_problem = why
+        if changed:
+            self.inbox.put(QueueHealthChanged())
+
+    def _on_queue_health_changed(self) -> None:
+        """One log line when the queue goes, one when it comes back (not one per retry)."""
+        if not self.queue_ok and self._queue_down_since is None:
+            self._queue_down_since = self.clock()
+            log.error(
+                "queue unavailable (not ready; retrying with backoff): %s", self.queue_problem
+            )
+            self.notifier.status(self.status_line("waiting for the queue"))
+        elif self.queue_ok and self._queue_down_since is not None:
+            down = self.clock() - self._queue_down_since
+            self._queue_down_since = None
+            log.info("queue available again after %.1fs", down)
+            self.notifier.status(self.status_line())
+            if self._bury_due:
+                self._bury_unknown()
 
     def _bury_unknown(self) -> None:
         assert self.queue is not None
+        self._bury_due = not self.queue_ok
+        if self._bury_due:
+            return  # known down: do it once the queue is back rather than fail now
         try:
             buried = self.queue.bury_unknown(self.registry.keys())
+        except QueueUnavailable:
+            self._bury_due = True  # the dispatchers will see it too and report it
+            return
         except Exception as exc:
             log.error("could not dead-letter jobs of unconfigured tasks: %s", exc)
             return

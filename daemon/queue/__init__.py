@@ -25,6 +25,7 @@ __all__ = [
     "QueueStats",
     "QueueUnavailable",
     "RetryPolicy",
+    "check_url",
     "from_url",
     "redact_url",
 ]
@@ -53,4 +54,21 @@ def from_url(
         from daemon.queue.redis import RedisQueue  # needs the optional redis extra
 
         return RedisQueue.from_url(url, retry=retry)
-    raise QueueError(f"unsupported queue URL {url!r}: use sqlite:///PATH or redis://HOST:PORT/DB")
+    raise QueueError(
+        f"unsupported queue URL {redact_url(url)!r}: use sqlite:///PATH or redis://HOST:PORT/DB"
+    )
+
+
+def check_url(url: str) -> None:
+    """Raise QueueError for a URL that from_url would refuse; never connects or creates.
+
+    For config validation: a Redis URL with an unknown option fails check-config
+    and a reload instead of the daemon's start or the pools' restart.
+    """
+    if url.startswith("sqlite:"):
+        return  # opening would create the file; the path is checked when the daemon opens it
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        from_url(url)  # raises the one message for an unknown scheme
+    from daemon.queue.redis import RedisQueue
+
+    RedisQueue.from_url(url).discard()

@@ -707,6 +707,11 @@ class RedisQueue:
         with self._guard("ping"):
             self._client.ping()
 
+    def discard(self) -> None:
+        """Drop the connections without a word to Redis (a queue opened only to check it)."""
+        self._closed.set()
+        self._client.close()
+
     def close(self) -> None:
         """Leave the groups where this consumer holds nothing, then drop the connections."""
         if self._closed.is_set():
