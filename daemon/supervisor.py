@@ -32,6 +32,7 @@ from daemon.httpserver import Endpoints, HttpServer
 from daemon.logs import configure_logging
 from daemon.metrics import OUTCOMES, Metrics
 from daemon.pool import Pool, PoolConfig
+from daemon.procpool import ProcessPool
 from daemon.queue import Queue, RetryPolicy, from_url
 from daemon.settings import ConfigError, LoadedConfig, Settings
 from daemon.systemd import Notifier
@@ -120,6 +121,7 @@ def plan_pools(settings: Settings, registry: dict[str, TaskSpec]) -> dict[str, P
         grace_seconds=settings.shutdown.grace_seconds,
         lease_seconds=settings.queue.lease_seconds,
         poll_interval_seconds=settings.queue.poll_interval_seconds,
+        kind=settings.pool.kind,
     )
     refs = tuple(sorted((name, spec.source) for name, spec in registry.items()))
     return {"default": PoolPlan(config, refs)}
@@ -464,7 +466,8 @@ class Supervisor:
         generation = self.generations.get(name, 0) + 1
         self.generations[name] = generation
         tasks = {task: registry[task] for task, _ in plan.task_refs}
-        pool = Pool(
+        pool_class = ProcessPool if plan.config.kind == "process" else Pool
+        pool = pool_class(
             plan.config,
             generation,
             tasks,
