@@ -9,6 +9,7 @@ set, with no polling interval to tune.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import traceback
 from collections.abc import Callable
@@ -23,6 +24,17 @@ class Interrupted(BaseException):
     A BaseException, like asyncio.CancelledError, so that a task's broad
     `except Exception:` does not swallow the request to stop.
     """
+
+
+# systemd's variables for the main process: a child that used them would speak for the unit.
+_MAIN_PROCESS_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")
+
+
+def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for processes the daemon starts for tasks (workers, commands)."""
+    env = {k: v for k, v in os.environ.items() if k not in _MAIN_PROCESS_ONLY}
+    env.update(extra or {})
+    return env
 
 
 class JobFailed(Exception):

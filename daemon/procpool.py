@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any
 
-from daemon.context import Interrupted, JobFailed, TaskContext
+from daemon.context import Interrupted, JobFailed, TaskContext, child_environment
 from daemon.logs import JsonFormatter
 from daemon.pool import Pool
 from daemon.procworker import BOOTSTRAP, Channel
@@ -65,6 +65,7 @@ class _Worker:
                 [*argv, str(theirs.fileno()), json.dumps(sys.path), json.dumps(config)],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
+                env=child_environment(),
                 start_new_session=True,  # no terminal or group signal reaches it; we signal it
             )
         except BaseException:

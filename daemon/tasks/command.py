@@ -38,7 +38,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from daemon.context import Interrupted, JobFailed, ShutdownEvent, TaskContext
+from daemon.context import (
+    Interrupted,
+    JobFailed,
+    ShutdownEvent,
+    TaskContext,
+    child_environment,
+)
 from daemon.settings import CommandTask
 
 KILL_AFTER_TIMEOUT_SECONDS = 5.0  # SIGTERM at timeout_seconds, SIGKILL this much later
@@ -157,7 +163,7 @@ def _run(ctx: TaskContext, argv: list[str], ref: CommandTask) -> dict[str, Any]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=ref.cwd,
-            env={**os.environ, **ref.env},
+            env=child_environment(ref.env),
             start_new_session=True,  # its own process group, signalled as a whole
         )
     except OSError as exc:
@@ -235,6 +241,9 @@ class _Child:
         if self.signal_group(signum):
             # Stopped by us: whatever it exits with, its work may be unfinished (run again).
             self.stopped_for_shutdown = True
+            why = "the grace is over" if signum == signal.SIGKILL else "shutdown requested"
+            log = self.logger.warning if signum == signal.SIGKILL else self.logger.info
+            log("%s: %s to command pid %d and its group", why, signum.name, self.proc.pid)
         if signum == signal.SIGTERM:
             return
         if threading.get_ident() != self.owner:
