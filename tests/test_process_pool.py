@@ -50,9 +50,9 @@ def test_cpu_bound_task_that_never_checks_is_killed_at_the_deadline(
     daemon = factory.start(config, env=env)
     pid = wait_until(lambda: started_pid(log, "1"), what="spin started")
     assert wait_until(lambda: running_pids(daemon).get("1")) == pid
+    wait_until(lambda: len(children(daemon.pid)) == 2, what="one worker process per slot")
     seen = descendants(daemon.pid)
     assert pid in seen and seen[pid].ppid == daemon.pid, "the task runs in a child process"
-    assert len(children(daemon.pid)) == 2, "one worker process per slot"
     assert set(seen) | {daemon.pid} <= set(marked(marker)), "the marker scan sees them"
 
     daemon.signal(signal.SIGTERM)
@@ -171,8 +171,9 @@ def test_switching_pool_kind_by_reload(factory: DaemonFactory, tmp_path: Path) -
     reload()
     pid, parent = ran_in()
     assert pid != daemon.pid and parent == daemon.pid
+    wait_until(lambda: len(children(daemon.pid)) == 2, what="one worker process per slot")
     seen = descendants(daemon.pid)
-    assert pid in seen and len(children(daemon.pid)) == 2
+    assert pid in seen
 
     configure("thread")
     reload()
