@@ -13,10 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from daemon.procpool import KILL_AFTER_SECONDS
+from daemon.metrics import Metrics
+from daemon.pool import PoolConfig
+from daemon.procpool import KILL_AFTER_SECONDS, ProcessPool
+from daemon.queue.base import RetryPolicy
+from daemon.queue.sqlite import SqliteQueue
+from daemon.tasks import TaskSpec, _resolve
 from tests.support.daemon import Daemon, DaemonFactory, queue_stats, wait_until
 from tests.support.joblog import count, events
-from tests.support.procs import assert_nothing_left, children, descendants, marked, new_marker
+from tests.support.procs import (
+    assert_nothing_left,
+    children,
+    descendants,
+    marked,
+    new_marker,
+    read,
+)
 from tests.test_e2e_jobs import dead_list
 from tests.test_e2e_stop import enqueue_jobs, generation_counts
 
@@ -184,3 +196,34 @@ def test_switching_pool_kind_by_reload(factory: DaemonFactory, tmp_path: Path) -
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
     assert_nothing_left(seen.values(), marker)
+
+
+def test_in_process_outcomes_cross_as_json_with_the_childs_traceback(tmp_path: Path) -> None:
+    """A ProcessPool driven directly, on a real SQLite queue and real child processes."""
+    queue = SqliteQueue(tmp_path / "q.db", retry=RetryPolicy(max_attempts=1))
+    refs = {"fail": "daemon.tasks.examples:fail", "odd": "tests.support.tasks:unjsonable"}
+    tasks: dict[str, TaskSpec] = {name: _resolve(name, ref) for name, ref in refs.items()}
+    metrics = Metrics()
+    pool = ProcessPool(
+        PoolConfig("default", 2, 5.0, 30.0, 0.05, "process"), 1, tasks, queue, metrics
+    )
+    queue.enqueue("fail", {"message": "no disk"})
+    queue.enqueue("odd", {})
+    pool.start()
+    try:
+        wait_until(lambda: pool.counts["failed"] == 1 and pool.counts["completed"] == 1)
+        pids = wait_until(lambda: len(pool.snapshot()["processes"]) == 2 and pool.snapshot())
+    finally:
+        pool.begin_drain()
+        wait_until(lambda: pool.drained, what="drained")
+        pool.join()
+    (dead,) = queue.dead_list(10)
+    assert dead.error == "DemandedFailure: no disk"
+    # The traceback is the child's own, from the task's module.
+    assert "daemon/tasks/examples.py" in dead.traceback and "in fail" in dead.traceback
+    # The set JSON cannot hold came back as its repr: the job completed, the worker lived.
+    stats = queue.stats()
+    assert (stats.ready, stats.leased, stats.dead) == (0, 0, 1)
+    queue.close()
+    assert pool.stray_threads() == 0
+    assert [read(pid) for pid in pids["processes"]] == [None, None], "children reaped"

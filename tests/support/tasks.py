@@ -105,3 +105,8 @@ async def async_record(ctx: TaskContext, payload: dict[str, Any]) -> str:
         raise
     append(log, f"done {ctx.job_id} {os.getpid()}")
     return "ok"
+
+
+def unjsonable(ctx: TaskContext, payload: Any) -> set[int]:
+    """Returns what JSON cannot hold: a process worker sends its repr back instead."""
+    return {1, 2}
