@@ -178,7 +178,8 @@ class ProcessPool(Pool):
     # -- worker threads ----------------------------------------------------------
 
     def _worker_loop(self) -> None:
-        self._local.worker = self._spawn_logged()
+        # No Python task to serve (only commands): no child to keep idle.
+        self._local.worker = self._spawn_logged() if self._child_config["tasks"] else None
         try:
             super()._worker_loop()
         finally:
