@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import traceback
 from collections.abc import Callable
@@ -57,6 +58,17 @@ def failure_details(exc: BaseException) -> tuple[str, str, bool]:
     if isinstance(exc, JobFailed):
         return exc.error, exc.traceback, exc.retry
     return f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)), True
+
+
+def exit_description(returncode: int) -> str:
+    """How a child process ended, from its Popen returncode (negative: the signal)."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:  # a real-time signal has no name
+        name = str(-returncode)
+    return f"killed by signal {name}"
 
 
 class ShutdownEvent(threading.Event):

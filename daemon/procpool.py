@@ -33,7 +33,13 @@ import threading
 import time
 from typing import Any
 
-from daemon.context import Interrupted, JobFailed, TaskContext, child_environment
+from daemon.context import (
+    Interrupted,
+    JobFailed,
+    TaskContext,
+    child_environment,
+    exit_description,
+)
 from daemon.logs import JsonFormatter
 from daemon.pool import Pool
 from daemon.procworker import BOOTSTRAP, Channel
@@ -82,6 +88,12 @@ class _Worker:
             ours.close()
             raise
         self.channel = Channel(ours)
+        # poll, not select: select() cannot watch fds above 1023, which a big pool can reach.
+        self._either = select.poll()  # a reply or the child's end
+        self._either.register(ours, select.POLLIN)
+        self._either.register(self.pidfd, select.POLLIN)
+        self._end = select.poll()  # the child's end only
+        self._end.register(self.pidfd, select.POLLIN)
         self.lock = threading.Lock()
         self.exited = threading.Event()
         self.job_id: str | None = None  # guarded by the pool's lock
@@ -93,12 +105,13 @@ class _Worker:
             self.channel.send(message)
         except OSError:
             raise WorkerDied(self.death()) from None
+        sock = self.channel.sock.fileno()
         while (reply := self.channel.take()) is None:
-            ready, _, _ = select.select([self.channel.sock, self.pidfd], [], [])
-            if self.channel.sock in ready:
+            ready = {fd for fd, _ in self._either.poll()}
+            if sock in ready:
                 if not self.channel.fill():
                     raise WorkerDied(self.death())
-            else:  # the child is gone though a grandchild may still hold its socket
+            elif ready:  # the child is gone though a grandchild may still hold its socket
                 raise WorkerDied(self.death())
         return reply
 
@@ -106,8 +119,7 @@ class _Worker:
         """Whether the child has ended, reaped or not (it may die between jobs)."""
         if self.exited.is_set():
             return True
-        ready, _, _ = select.select([self.pidfd], [], [], 0)
-        return bool(ready)
+        return bool(self._end.poll(0))
 
     def send_shutdown(self) -> None:
         with contextlib.suppress(OSError):  # a dead child needs no telling
@@ -126,9 +138,7 @@ class _Worker:
             self.signal(signal.SIGKILL)
             self.reap(REAP_SECONDS)
             return "closed its socket and stopped answering"
-        if code < 0:
-            return f"killed by signal {signal.Signals(-code).name}"
-        return f"exited with code {code}"
+        return exit_description(code)
 
     def dispose(self) -> None:
         """Release the fds of a child that has been reaped."""
@@ -138,8 +148,7 @@ class _Worker:
     def reap(self, timeout: float) -> int | None:
         """Wait up to `timeout` for the child to end, then reap it with its group."""
         if not self.exited.is_set():
-            ready, _, _ = select.select([self.pidfd], [], [], timeout)
-            if not ready:
+            if not self._end.poll(timeout * 1000):
                 return None
             with self.lock:
                 # Its leftovers in the group go too; the unreaped leader keeps the id ours.

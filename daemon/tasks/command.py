@@ -44,6 +44,7 @@ from daemon.context import (
     ShutdownEvent,
     TaskContext,
     child_environment,
+    exit_description,
 )
 from daemon.settings import CommandTask
 
@@ -183,22 +184,14 @@ def _run(ctx: TaskContext, argv: list[str], ref: CommandTask) -> dict[str, Any]:
     if child.timed_out:
         message = f"{argv[0]} timed out after {ref.timeout_seconds:g}s{_stderr(tail)}"
         raise JobFailed(message, traceback=tail)
-    code = proc.returncode
-    if code != 0:
-        how = f"killed by signal {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+    if proc.returncode != 0:
+        how = exit_description(proc.returncode)
         raise JobFailed(f"{argv[0]} {how}{_stderr(tail)}", traceback=tail)
     return {"exit_code": 0, "seconds": round(seconds, 3)}
 
 
 def _stderr(tail: str) -> str:
     return f"; stderr: {tail[-STDERR_TAIL:]}" if tail else ""
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
 
 
 class _Child:
