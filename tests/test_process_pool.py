@@ -81,6 +81,42 @@ def test_cpu_bound_task_that_never_checks_is_killed_at_the_deadline(
     assert_nothing_left(seen.values(), marker)
 
 
+def test_reload_kills_a_task_that_never_checks_and_the_daemon_goes_on(
+    factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """What a thread pool cannot do at a reload: leave no stray behind a runaway task."""
+    log = tmp_path / "jobs.log"
+
+    def configure(workers: int) -> Path:
+        return factory.config(
+            pool={"workers": workers, "kind": "process"},
+            shutdown={"grace_seconds": GRACE},
+            reload={"watch": False},
+            tasks={"spin": "tests.support.tasks:spin"},
+        )
+
+    config = configure(2)
+    enqueue_jobs(factory, config, [{"task": "spin", "payload": {"log": str(log)}}])
+    marker, env = new_marker()
+    daemon = factory.start(config, env=env)
+    first = wait_until(lambda: started_pid(log, "1"), what="spin started")
+    seen = descendants(daemon.pid)
+    configure(3)
+    result = factory.cli("reload", "--pid", str(daemon.pid), config=config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Generation 2 runs the released job again, in a new process; the first one is gone.
+    second = wait_until(lambda: started_pid(log, "1") != first and started_pid(log, "1"))
+    assert read(first) is None, "killed and reaped"
+    assert daemon.metric("drainpool_tasks_abandoned_total", task="spin") == 1
+    assert daemon.metric("drainpool_stray_threads") == 0
+    assert daemon.status()["state"] == "running"
+    assert second in children(daemon.pid)
+    seen |= descendants(daemon.pid)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 1  # the second run is abandoned at the stop's deadline
+    assert_nothing_left(seen.values(), marker)
+
+
 @pytest.mark.parametrize(
     ("how", "reason"),
     [
