@@ -301,10 +301,15 @@ class _Child:
             return
         buffer = self.lines[fd]
         buffer += data
-        while (match := _LINE_END.search(buffer)) or len(buffer) > LINE_MAX:
-            cut = match.start() if match else LINE_MAX
-            self._emit(name, bytes(buffer[:cut]))
-            del buffer[: cut + 1 if match else cut]
+        while True:
+            if match := _LINE_END.search(buffer, 0, LINE_MAX + 1):
+                self._emit(name, bytes(buffer[: match.start()]))
+                del buffer[: match.end()]
+            elif len(buffer) > LINE_MAX:
+                self._emit(name, bytes(buffer[:LINE_MAX]))
+                del buffer[:LINE_MAX]
+            else:
+                break
 
     def _flush(self, fd: int, name: str) -> None:
         buffer = self.lines[fd]
