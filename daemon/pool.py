@@ -18,12 +18,11 @@ import logging
 import random
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.context import Interrupted, TaskContext
+from daemon.context import Interrupted, ShutdownEvent, TaskContext, failure_details
 from daemon.metrics import Metrics
 from daemon.queue.base import Failure, Job, Queue, QueueUnavailable
 from daemon.tasks import TaskSpec
@@ -43,7 +42,7 @@ class PoolConfig:
     grace_seconds: float
     lease_seconds: float
     poll_interval_seconds: float
-    kind: str = "thread"
+    kind: str = "thread"  # "process": daemon.procpool.ProcessPool runs each worker in a child
 
 
 class RecentOutcomes:
@@ -112,7 +111,7 @@ class Pool:
         self.config = config
         self.generation = generation
         self.tasks = dict(tasks)
-        self.shutdown = threading.Event()  # the generation's cancellation token
+        self.shutdown = ShutdownEvent()  # the generation's cancellation token
         self._queue = queue
         self._metrics = metrics
         self._on_drained = on_drained
@@ -178,6 +177,9 @@ class Pool:
                 entry.abandoned = True
                 self._settle.releases.append(entry.job)
             self._dispatch_wake.notify()
+        # Marked abandoned first, so a result that a forced stop provokes is ignored; then
+        # listeners (command tasks) kill what they started.
+        self.shutdown.expire()
         for entry in abandoned:
             self._metrics.in_flight.labels(task=entry.job.task).dec()
             self._metrics.record(entry.job.task, "abandoned", now - entry.started)
@@ -274,8 +276,9 @@ class Pool:
                 failure = Failure(job, "raised Interrupted while no shutdown was requested")
         except BaseException as exc:  # a task's SystemExit is its failure, not ours
             outcome = "failed"
-            message = f"{type(exc).__name__}: {exc}"[:ERROR_TAIL]
-            failure = Failure(job, message, traceback.format_exc()[-10 * ERROR_TAIL :])
+            message, trace, retry = failure_details(exc)
+            message = message[:ERROR_TAIL]
+            failure = Failure(job, message, trace[-10 * ERROR_TAIL :], retry)
             logger.warning("job %s failed (attempt %d): %s", job.id, job.attempt, message)
         seconds = time.monotonic() - entry.started
         with self._lock:

@@ -34,6 +34,7 @@ from daemon.httpserver import Endpoints, HttpServer
 from daemon.logs import configure_logging
 from daemon.metrics import OUTCOMES, Metrics
 from daemon.pool import Pool, PoolConfig, RecentOutcomes
+from daemon.procpool import ProcessPool
 from daemon.queue import Queue, QueueStats, QueueUnavailable, RetryPolicy, from_url
 from daemon.settings import ConfigError, LoadedConfig, Settings
 from daemon.systemd import Notifier
@@ -556,7 +557,8 @@ class Supervisor:
         generation = self.generations.get(name, 0) + 1
         self.generations[name] = generation
         tasks = {task: registry[task] for task, _ in plan.task_refs}
-        pool = Pool(
+        pool_class = ProcessPool if plan.config.kind == "process" else Pool
+        pool = pool_class(
             plan.config,
             generation,
             tasks,

@@ -45,9 +45,9 @@ def build_registry(loaded: LoadedConfig) -> dict[str, TaskSpec]:
 
 def _resolve(name: str, ref: str | CommandTask) -> TaskSpec:
     if isinstance(ref, CommandTask):
-        from daemon.tasks.command import command_handler
+        from daemon.tasks.command import command_handler, command_source
 
-        return TaskSpec(name, " ".join(ref.command), "command", command_handler(ref))
+        return TaskSpec(name, command_source(ref), "command", command_handler(ref))
     module_name, _, attr_path = ref.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
@@ -59,8 +59,12 @@ def _resolve(name: str, ref: str | CommandTask) -> TaskSpec:
             raise ValueError(f"cannot import {ref!r}: {module_name} has no {attr_path!r}")
     if not callable(target):
         raise ValueError(f"{ref!r} is not callable")
-    kind: TaskKind = "async" if inspect.iscoroutinefunction(target) else "function"
-    return TaskSpec(name, ref, kind, target)
+    if inspect.iscoroutinefunction(target):
+        from daemon.tasks.asyncrun import run_async
+
+        # Wrapped once here, so the pool calls every kind the same way (no per-job branch).
+        return TaskSpec(name, ref, "async", run_async(target))
+    return TaskSpec(name, ref, "function", target)
 
 
 def task_names(registry: Mapping[str, TaskSpec]) -> list[str]:

@@ -54,3 +54,59 @@ def stray(ctx: TaskContext, payload: dict[str, Any]) -> str:
     time.sleep(seconds)
     append(payload["log"], f"finish {ctx.job_id} run{run}")
     return "late"
+
+
+# -- tasks for process workers, async tasks and command tasks (the non-cooperative issue) --
+
+
+def whoami(ctx: TaskContext, payload: dict[str, Any]) -> int:
+    """Log which process ran the job: `pid JOB PID`, then `parent JOB PPID`."""
+    append(payload["log"], f"pid {ctx.job_id} {os.getpid()}")
+    append(payload["log"], f"parent {ctx.job_id} {os.getppid()}")
+    return os.getpid()
+
+
+def spin(ctx: TaskContext, payload: dict[str, Any]) -> str:
+    """CPU-bound and never checks the context: only killing its process stops it early."""
+    if payload.get("ignore_sigterm"):
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # in a process worker: its main thread
+    append(payload["log"], f"start {ctx.job_id} {os.getpid()}")
+    end = time.monotonic() + float(payload.get("seconds", 3600))
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    append(payload["log"], f"done {ctx.job_id} {os.getpid()}")
+    return "spun"
+
+
+def crash(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    """Kill the worker process: `how` is "segv" (a real segfault) or "exit" (os._exit(code))."""
+    append(payload["log"], f"start {ctx.job_id} {os.getpid()}")
+    if payload["how"] == "segv":
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    os._exit(int(payload.get("code", 3)))
+
+
+async def async_record(ctx: TaskContext, payload: dict[str, Any]) -> str:
+    """The async twin of `record`: `await ctx.sleep(seconds)`, logging start/done/interrupted."""
+    import asyncio
+
+    log = payload["log"]
+    append(log, f"start {ctx.job_id} {os.getpid()}")
+    try:
+        await asyncio.sleep(0)  # a real await before the cancellable one
+        await ctx.sleep(float(payload.get("seconds", 0)))  # type: ignore[func-returns-value]
+    except BaseException as exc:
+        append(log, f"interrupted {ctx.job_id} {type(exc).__name__}")
+        raise
+    append(log, f"done {ctx.job_id} {os.getpid()}")
+    return "ok"
+
+
+def unjsonable(ctx: TaskContext, payload: Any) -> set[int]:
+    """Returns what JSON cannot hold: a process worker sends its repr back instead."""
+    return {1, 2}
