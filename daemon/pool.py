@@ -128,9 +128,9 @@ class Pool:
             self._settle.releases.extend(cancelled)
             self._work_ready.notify_all()
             self._dispatch_wake.notify()
+            self.counts["cancelled"] += len(cancelled)
         for job in cancelled:
             self._metrics.record(job.task, "cancelled", None)
-        self.counts["cancelled"] += len(cancelled)
         return len(cancelled)
 
     def abandon(self) -> list[Job]:
@@ -142,6 +142,7 @@ class Pool:
             for entry in abandoned:
                 entry.abandoned = True
                 self._settle.releases.append(entry.job)
+            self.counts["abandoned"] += len(abandoned)  # under the lock, as workers count
             self._dispatch_wake.notify()
         for entry in abandoned:
             self._metrics.in_flight.labels(task=entry.job.task).dec()
@@ -154,7 +155,6 @@ class Pool:
                 entry.thread,
                 now - entry.started,
             )
-        self.counts["abandoned"] += len(abandoned)
         return [entry.job for entry in abandoned]
 
     @property
@@ -335,12 +335,19 @@ class Pool:
         if not jobs:
             return 0
         with self._lock:
-            if self._stopping:  # a drain began while we fetched: these were never handed over
+            stopping = self._stopping
+            if stopping:
+                # A drain began while we fetched: leased for this generation and never
+                # started, so cancelled like the handed ones (every job gets one outcome).
                 self._settle.releases.extend(jobs)
+                self.counts["cancelled"] += len(jobs)
                 self._dispatch_wake.notify()
-                return len(jobs)
-            self._handed.extend(jobs)
-            self._work_ready.notify(len(jobs))
+            else:
+                self._handed.extend(jobs)
+                self._work_ready.notify(len(jobs))
+        if stopping:
+            for job in jobs:
+                self._metrics.record(job.task, "cancelled", None)
         return len(jobs)
 
     def _renew(self) -> None:
