@@ -567,13 +567,20 @@ class Supervisor:
         )
 
     def status(self) -> dict[str, Any]:
+        """The /api/status document; runs on the HTTP thread, never on the loop."""
         record = self.reload_record
+        queue, problem = None, self.queue_problem
+        try:
+            queue = self._queue_stats().as_dict()
+        except Exception as exc:  # the answer must come even when the queue cannot
+            problem = problem or f"{type(exc).__name__}: {exc}"
         return {
             "pid": os.getpid(),
             "state": self.phase.value,
             "ready": self.ready(),
             "queue_ok": self.queue_ok,
-            "queue_problem": self.queue_problem,
+            "queue_problem": problem,
+            "queue": queue,
             "config": str(self.loaded.path),
             "started_at": self.started_at,
             "pools": [p.snapshot() for p in list(self.pools.values())],
