@@ -54,3 +54,15 @@ def stray(ctx: TaskContext, payload: dict[str, Any]) -> str:
     time.sleep(seconds)
     append(payload["log"], f"finish {ctx.job_id} run{run}")
     return "late"
+
+
+def gate(ctx: TaskContext, payload: dict[str, Any]) -> str:
+    """Ignores the event and returns once the file `release` exists: the test ends it.
+
+    A drain therefore lasts exactly as long as the test wants, which lets it look
+    at the daemon while it drains without any timing assumption.
+    """
+    release = payload["release"]
+    while not os.path.exists(release):
+        time.sleep(0.01)  # test code: a short poll keeps the task free of daemon internals
+    return "released"
