@@ -66,3 +66,8 @@ def gate(ctx: TaskContext, payload: dict[str, Any]) -> str:
     while not os.path.exists(release):
         time.sleep(0.01)  # test code: a short poll keeps the task free of daemon internals
     return "released"
+
+
+def say(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    """Logs `text` through the task's own logger, which tags records with job and task."""
+    ctx.logger.info("task says %s", payload["text"])
