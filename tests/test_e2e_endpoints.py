@@ -26,6 +26,7 @@ from tests.support.daemon import (
     Daemon,
     DaemonFactory,
     base_config,
+    enqueue,
     free_port,
     render_config,
     wait_until,
@@ -70,8 +71,7 @@ class Prober:
 
 
 def gate_job(factory: DaemonFactory, config: Path, release: Path) -> None:
-    done = factory.cli("enqueue", "gate", json.dumps({"release": str(release)}), config=config)
-    assert done.returncode == 0, done.stderr
+    enqueue(factory, config, "gate", {"release": str(release)})
 
 
 def wait_running(daemon: Daemon, task: str) -> None:

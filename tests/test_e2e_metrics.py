@@ -26,6 +26,7 @@ from tests.support.daemon import (
     DaemonFactory,
     base_config,
     daemons,
+    enqueue,
     render_config,
     wait_until,
     write_atomic,
@@ -74,12 +75,6 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def value(text: str, name: str, **labels: str) -> float | None:
     return samples(text).get((name, frozenset(labels.items())))
-
-
-def enqueue(factory: DaemonFactory, config: Path, task: str, payload: object = None) -> str:
-    done = factory.cli("enqueue", task, json.dumps(payload or {}), config=config)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 def running_tasks(daemon: Daemon) -> set[str]:

@@ -16,6 +16,7 @@ from tests.support.daemon import (
     Daemon,
     DaemonFactory,
     base_config,
+    enqueue,
     render_config,
     wait_until,
     write_atomic,
@@ -28,12 +29,6 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "tasks": {"say": "tests.support.tasks:say"},
 }
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def enqueue(factory: DaemonFactory, config: Path, task: str, payload: dict[str, Any]) -> str:
-    done = factory.cli("enqueue", task, json.dumps(payload), config=config)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 def start_jobs(factory: DaemonFactory, config: Path, daemon: Daemon) -> dict[str, str]:
