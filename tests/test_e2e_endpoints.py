@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -207,3 +208,25 @@ def test_endpoint_moves_on_reload_and_frees_its_ports(
 def test_unknown_path_is_404(factory: DaemonFactory) -> None:
     daemon = factory.start(factory.config())
     assert daemon.get("/nothing-here") == (404, "not found\n")
+
+
+def test_readyz_is_503_while_the_queue_is_unreachable(
+    factory: DaemonFactory, tmp_path: Path
+) -> None:
+    daemon = factory.start(factory.config())
+    assert daemon.get("/readyz")[0] == 200
+    database = tmp_path / "queue.db"
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{database}{suffix}", tmp_path / f"moved{suffix}")
+    database.mkdir()  # a directory where the database was: every open fails until it goes
+    wait_until(lambda: daemon.get("/readyz") == (503, "not ready\n"), what="/readyz 503")
+    assert daemon.get("/healthz") == (200, "ok\n")  # the daemon itself is fine: no restart
+    status = daemon.status()
+    assert status["queue"] is None and "queue.db" in status["queue_problem"]
+    assert "drainpool_queue_jobs" not in daemon.get("/metrics")[1]
+    shown = factory.cli("status", "--pid", str(daemon.pid))
+    assert re.search(r"^queue        unavailable: .*queue\.db", shown.stdout, re.M), shown
+    database.rmdir()  # the daemon creates a fresh database and carries on
+    wait_until(lambda: daemon.get("/readyz")[0] == 200, what="/readyz 200 again")
+    assert daemon.status()["queue"]["ready"] == 0

@@ -10,8 +10,11 @@ it under load and every dashboard and alert expression returns data.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.queue.sqlite import SqliteQueue
 from tests.support.daemon import (
+    REPO,
     Daemon,
     DaemonFactory,
     base_config,
@@ -258,3 +262,25 @@ def assert_rules_evaluated(prom: Prometheus) -> None:
         )
 
     wait_until(evaluated, what="every alert rule evaluated without error")
+
+
+def test_metrics_module_registers_nothing_at_import() -> None:
+    """One registry per Metrics(): importing registers nothing, and two never collide."""
+    probe = (
+        "import prometheus_client\n"
+        "names = lambda: {m.name for m in prometheus_client.REGISTRY.collect()}\n"
+        "before = names()\n"
+        "from daemon.metrics import Metrics\n"
+        "assert names() == before, names() - before\n"
+        "first, second = Metrics(), Metrics()\n"
+        "assert names() == before\n"
+        "assert first.registry.get_sample_value('drainpool_pool_generation') == 0\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
