@@ -51,7 +51,8 @@ OVERRIDES: dict[str, dict[str, object]] = {
     "pool": {"workers": 3},
     "shutdown": {"grace_seconds": 1.0},
     "reload": {"watch": False},
-    "queue": {"max_attempts": 2, "retry_backoff_seconds": 0.05},
+    # A long lease: no renewal (a write) falls inside the test's hold of the write lock.
+    "queue": {"max_attempts": 2, "retry_backoff_seconds": 0.05, "lease_seconds": 600},
 }
 
 
