@@ -206,11 +206,15 @@ def _report(record: dict[str, Any], status: dict[str, Any]) -> int:
 def status(args: argparse.Namespace) -> int:
     try:
         base, current = find_daemon(args)
+        first = True
         while True:
             text = json.dumps(current, indent=1) if args.json else render_status(current)
             if args.watch and sys.stdout.isatty():
-                sys.stdout.write("\033[H\033[J")
+                sys.stdout.write("\033[H\033[J")  # cursor home, clear: redraw in place
+            elif args.watch and not first:
+                print()  # not a terminal: one block per refresh, a blank line between
             print(text, flush=True)
+            first = False
             if not args.watch:
                 return ExitCode.OK
             time.sleep(1.0)
@@ -236,10 +240,9 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"  in flight  {task}: {count}")
     queue = status.get("queue")
     if queue:
-        lines.append(
-            "queue        "
-            + ", ".join(f"{k} {queue[k]}" for k in ("ready", "delayed", "leased", "dead"))
-        )
+        counts = ", ".join(f"{k} {queue[k]}" for k in ("ready", "delayed", "leased", "dead"))
+        age = queue.get("oldest_ready_age_seconds")
+        lines.append(f"queue        {counts}" + (f" (oldest ready {age:.1f}s)" if age else ""))
     elif status.get("queue_problem"):
         lines.append(f"queue        unavailable: {status['queue_problem']}")
     record = status["reload"]

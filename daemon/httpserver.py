@@ -43,6 +43,10 @@ class Endpoints:
     post_routes: dict[str, Route] = field(default_factory=dict)
 
 
+HANDSHAKE_SECONDS = 10.0  # a TLS client that says nothing is dropped after this
+CLIENT_TIMEOUT_SECONDS = 30.0  # and so is one that stops mid-request
+
+
 class BodyTooLarge(Exception):
     """The request has no usable length or a body over MAX_BODY_BYTES; it was answered."""
 
@@ -50,6 +54,7 @@ class BodyTooLarge(Exception):
 class Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    timeout = CLIENT_TIMEOUT_SECONDS
 
     def do_GET(self) -> None:
         endpoints = self.server.endpoints
@@ -131,6 +136,19 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     endpoints: Endpoints
 
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            # The handshake runs here, on the request's own thread. Done in accept(),
+            # on the serving thread, one client that connects and says nothing would
+            # stall every endpoint, /healthz included.
+            request.settimeout(HANDSHAKE_SECONDS)
+            try:
+                request.do_handshake()
+            except OSError as exc:  # ssl.SSLError is an OSError
+                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+        super().finish_request(request, client_address)
+
 
 class HttpServer:
     """Serves the endpoints on a background thread until `stop()`."""
@@ -150,7 +168,9 @@ class HttpServer:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(tls_cert, tls_key)
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.scheme = "https" if tls_cert else "http"
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)

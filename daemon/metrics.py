@@ -18,6 +18,7 @@ from prometheus_client import (
     Counter,
     Enum,
     Gauge,
+    GCCollector,
     Histogram,
     Info,
     PlatformCollector,
@@ -52,6 +53,15 @@ TASK_BUCKETS = (
 )
 DRAIN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 OUTCOMES = ("completed", "failed", "interrupted", "cancelled", "abandoned")
+DRAIN_REASONS = ("shutdown", "reload")
+OUTCOME_HELP = {
+    "started": "Tasks that started running.",
+    "completed": "Tasks that returned; their jobs were acked.",
+    "failed": "Tasks that raised; their jobs were retried with backoff or dead-lettered.",
+    "interrupted": "Tasks that stopped on the shutdown event; their jobs were released.",
+    "cancelled": "Jobs fetched for a pool that drained before they started; released.",
+    "abandoned": "Tasks still running when the drain grace ran out; their jobs were released.",
+}
 PHASES = ("starting", "running", "draining", "stopped")
 QUEUE_STATES = ("ready", "delayed", "leased", "dead")
 
@@ -121,14 +131,16 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The three collectors prometheus_client puts on its default registry.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.in_flight = Gauge(
             "drainpool_tasks_in_flight", "Tasks running right now.", ["task"], registry=r
         )
         self.outcome_counters = {
-            name: Counter(f"drainpool_tasks_{name}", f"Tasks {name}.", ["task"], registry=r)
-            for name in ("started", *OUTCOMES)
+            name: Counter(f"drainpool_tasks_{name}", help_text, ["task"], registry=r)
+            for name, help_text in OUTCOME_HELP.items()
         }
         self.duration = Histogram(
             "drainpool_task_duration_seconds",
@@ -187,6 +199,9 @@ class Metrics:
             self.config_reloads.labels(result=result)
         for reason in ("config_file", "sighup", "console"):
             self.pool_restarts.labels(reason=reason)
+        # Children at 0 from the start, so increase() sees the first drain of each kind.
+        for reason in DRAIN_REASONS:
+            self.drain_duration.labels(reason=reason)
         self.last_reload_ok.set(1)
         self.last_reload_success.set(time.time())
 

@@ -161,10 +161,8 @@ class Pool:
             self._settle.releases.extend(cancelled)
             self._work_ready.notify_all()
             self._dispatch_wake.notify()
-        for job in cancelled:
-            self._metrics.record(job.task, "cancelled", None)
-            self._recent.add(self, job, "cancelled", None)
-        self.counts["cancelled"] += len(cancelled)
+            self.counts["cancelled"] += len(cancelled)
+        self._record_cancelled(cancelled)
         return len(cancelled)
 
     def abandon(self) -> list[Job]:
@@ -176,6 +174,7 @@ class Pool:
             for entry in abandoned:
                 entry.abandoned = True
                 self._settle.releases.append(entry.job)
+            self.counts["abandoned"] += len(abandoned)  # under the lock, as workers count
             self._dispatch_wake.notify()
         # Marked abandoned first, so a result that a forced stop provokes is ignored; then
         # listeners (command tasks) kill what they started.
@@ -192,7 +191,6 @@ class Pool:
                 entry.thread,
                 now - entry.started,
             )
-        self.counts["abandoned"] += len(abandoned)
         return [entry.job for entry in abandoned]
 
     @property
@@ -409,12 +407,23 @@ class Pool:
         if not jobs:
             return
         with self._lock:
-            if self._stopping:  # a drain began while we fetched: these were never handed over
+            stopping = self._stopping
+            if stopping:
+                # A drain began while we fetched: leased for this generation and never
+                # started, so cancelled like the handed ones (every job gets one outcome).
                 self._settle.releases.extend(jobs)
+                self.counts["cancelled"] += len(jobs)
                 self._dispatch_wake.notify()
-                return
-            self._handed.extend(jobs)
-            self._work_ready.notify(len(jobs))
+            else:
+                self._handed.extend(jobs)
+                self._work_ready.notify(len(jobs))
+        if stopping:
+            self._record_cancelled(jobs)
+
+    def _record_cancelled(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self._metrics.record(job.task, "cancelled", None)
+            self._recent.add(self, job, "cancelled", None)
 
     def _fetch(self, free: int) -> int:
         """Fetch and hand over up to `free` jobs (tests drive this directly)."""

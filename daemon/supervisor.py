@@ -486,17 +486,16 @@ class Supervisor:
             self._record_reload("unchanged", "", source)
             return
         self.notifier.reloading(self.status_line("reloading"))
+        if not changes:  # log, metrics or console settings: applied in place
+            self._apply(loaded, registry, source, restarted=set())
+            return
         kept = sorted(self.pools.keys() - changes.keys())
         log.info(
             "reload (%s): %s%s",
             how,
-            "; ".join(f"pool {n} restarts ({why})" for n, why in changes.items())
-            or "no pool restarts",
+            "; ".join(f"pool {n} restarts ({why})" for n, why in changes.items()),
             f"; unchanged: {', '.join(kept)}" if kept else "",
         )
-        if not changes:
-            self._apply(loaded, registry, source, restarted=set())
-            return
         to_drain = {name: pool for name, pool in self.pools.items() if name in changes}
         self._begin_drain(
             "reload", to_drain, pending=loaded, pending_registry=registry, source=source
@@ -721,13 +720,20 @@ class Supervisor:
         )
 
     def status(self) -> dict[str, Any]:
+        """The /api/status document; runs on the HTTP thread, never on the loop."""
         record = self.reload_record
+        queue, problem = None, self.queue_problem
+        try:
+            queue = self._queue_stats().as_dict()
+        except Exception as exc:  # the answer must come even when the queue cannot
+            problem = problem or f"{type(exc).__name__}: {exc}"
         return {
             "pid": os.getpid(),
             "state": self.phase.value,
             "ready": self.ready(),
             "queue_ok": self.queue_ok,
-            "queue_problem": self.queue_problem,
+            "queue_problem": problem,
+            "queue": queue,
             "config": str(self.loaded.path),
             "started_at": self.started_at,
             "pools": [p.snapshot() for p in list(self.pools.values())],

@@ -317,3 +317,12 @@ def queue_stats(factory: DaemonFactory, config: Path) -> dict[str, Any]:
     result = factory.cli("queue", "stats", "--json", config=config)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def enqueue(
+    factory: DaemonFactory, config: Path, task: str, payload: Any = None, *options: str
+) -> str:
+    """`drainpool enqueue TASK JSON [OPTIONS]` through the real command; the job's id."""
+    done = factory.cli("enqueue", task, json.dumps(payload or {}), *options, config=config)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.promql import selectors
+
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "config" / "prometheus" / "alerts.yml"
 DASHBOARD = REPO / "config" / "grafana" / "drainpool.json"
@@ -133,3 +135,16 @@ def dashboard_and_alert_expressions(
         for e in raw_dashboard_expressions(dashboard)
     ]
     return found + alert_expressions(alerts_path)
+
+
+def names_not_in(known: set[str] | frozenset[str]) -> list[tuple[str, str | None]]:
+    """(origin, metric name) of every selector of the dashboard and the alerts not in `known`."""
+    return sorted(
+        {
+            (expression.origin, selector.name)
+            for expression in dashboard_and_alert_expressions()
+            for selector in selectors(expression.expr)
+            if selector.name not in known
+        },
+        key=str,
+    )

@@ -58,6 +58,7 @@ DAEMON_METRICS: tuple[Metric, ...] = (
     Metric("drainpool_pool_restarts", "counter", {"reason": ("config_file", "sighup", "console")}),
     Metric("drainpool_drain_duration_seconds", "histogram", {"reason": ("shutdown", "reload")}),
     Metric("drainpool_drain_grace_seconds", "gauge"),
+    Metric("drainpool_stray_threads", "gauge"),
     Metric("drainpool_config_reloads", "counter", {"result": ("applied", "rejected", "unchanged")}),
     Metric("drainpool_config_last_reload_successful", "gauge"),
     Metric("drainpool_config_last_reload_success_timestamp_seconds", "gauge"),

@@ -110,3 +110,20 @@ async def async_record(ctx: TaskContext, payload: dict[str, Any]) -> str:
 def unjsonable(ctx: TaskContext, payload: Any) -> set[int]:
     """Returns what JSON cannot hold: a process worker sends its repr back instead."""
     return {1, 2}
+
+
+def gate(ctx: TaskContext, payload: dict[str, Any]) -> str:
+    """Ignores the event and returns once the file `release` exists: the test ends it.
+
+    A drain therefore lasts exactly as long as the test wants, which lets it look
+    at the daemon while it drains without any timing assumption.
+    """
+    release = payload["release"]
+    while not os.path.exists(release):
+        time.sleep(0.01)  # test code: a short poll keeps the task free of daemon internals
+    return "released"
+
+
+def say(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    """Logs `text` through the task's own logger, which tags records with job and task."""
+    ctx.logger.info("task says %s", payload["text"])
