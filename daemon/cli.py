@@ -16,6 +16,7 @@ from typing import Any
 
 from daemon import __version__
 from daemon.exitcodes import ExitCode
+from daemon.queue.base import QueueError, QueueUnavailable
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -31,6 +32,12 @@ def dispatch(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except UsageError as exc:
+        print(f"drainpool: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except QueueUnavailable as exc:  # a fault of the storage, not of the command: exit 1
+        print(f"drainpool: queue unavailable: {exc}", file=sys.stderr)
+        return ExitCode.ABANDONED
+    except QueueError as exc:  # a request the queue refuses: a payload, an id, a time
         print(f"drainpool: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     except KeyboardInterrupt:
@@ -150,17 +157,16 @@ def _open_queue(loaded: Any) -> Any:
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
     from daemon import bulk
-    from daemon.queue import QueueError
 
     loaded, _ = _load(args, tasks=False)
     known = sorted(loaded.settings.tasks)
     if args.file is not None:
-        if args.task or args.payload or args.key or args.delay or args.at:
+        if args.task or args.payload or args.key or args.delay or args.at is not None:
             raise UsageError("--file takes no TASK, JSON, --key, --delay or --at")
         queue = _open_queue(loaded)
         try:
             return bulk.enqueue_file(queue, args.file, known, skip_invalid=args.skip_invalid)
-        except (QueueError, OSError) as exc:
+        except OSError as exc:
             raise UsageError(str(exc)) from None
         finally:
             queue.close()
@@ -176,12 +182,12 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         raise UsageError(f"payload is not valid JSON: {exc}") from None
     delay = args.delay
     if args.at is not None:
+        if args.delay:
+            raise UsageError("give --delay or --at, not both")
         delay = bulk.seconds_until(args.at)
     queue = _open_queue(loaded)
     try:
         job_id = queue.enqueue(args.task, payload, delay=delay, key=args.key)
-    except QueueError as exc:
-        raise UsageError(str(exc)) from None
     finally:
         queue.close()
     print(job_id)
@@ -202,6 +208,12 @@ def _cmd_queue(args: argparse.Namespace) -> int:
         count = queue.dead_retry(ids) if args.dead_action == "retry" else queue.dead_purge(ids)
         verb = "retried" if args.dead_action == "retry" else "purged"
         print(f"{count} dead jobs {verb}")
+        if ids is not None and count < len(set(ids)):
+            print(
+                f"drainpool: {len(set(ids)) - count} of the ids given are not dead jobs",
+                file=sys.stderr,
+            )
+            return ExitCode.ABANDONED
         return ExitCode.OK
     finally:
         queue.close()
