@@ -286,14 +286,17 @@ class Pool:
                 finished = stopping and not self._has_active() and not batch
                 free = self._free_slots()
             try:
+                used_queue = bool(batch)
                 if batch:
                     self._queue.settle(batch.acks, batch.releases, batch.failures)
                 if finished:
                     break
                 if time.monotonic() >= next_renew:
+                    used_queue = True
                     self._renew()
                     next_renew = time.monotonic() + renew_every
                 if free and not stopping and time.monotonic() >= next_fetch:
+                    used_queue = True
                     fetched = self._fetch(free)
                     # Full batch: more is likely waiting. Otherwise back off towards the poll cap.
                     poll = (
@@ -302,7 +305,9 @@ class Pool:
                         else min(poll * 2, self.config.poll_interval_seconds)
                     )
                     next_fetch = time.monotonic() + (0 if fetched == free else poll)
-                if backoff:
+                if used_queue:
+                    # Every success is reported, not only the first after a failure: the
+                    # supervisor also hears of failures from elsewhere (stats at a scrape).
                     backoff = 0.0
                     self._on_queue_health(True, "")
             except QueueUnavailable as exc:

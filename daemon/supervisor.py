@@ -32,7 +32,7 @@ from daemon.httpserver import Endpoints, HttpServer
 from daemon.logs import configure_logging
 from daemon.metrics import OUTCOMES, Metrics
 from daemon.pool import Pool, PoolConfig
-from daemon.queue import Queue, RetryPolicy, from_url
+from daemon.queue import Queue, QueueUnavailable, RetryPolicy, from_url
 from daemon.settings import ConfigError, LoadedConfig, Settings
 from daemon.systemd import Notifier
 from daemon.tasks import TaskSpec, build_registry
@@ -154,6 +154,8 @@ class Supervisor:
         self.exit_code = ExitCode.OK
         self.queue_ok = True
         self.queue_problem = ""
+        self._queue_faults: dict[str, str] = {}  # source -> problem; /readyz 503 unless empty
+        self._queue_faults_lock = threading.Lock()
         self._drain: _Drain | None = None
         self._stop_requested = False
         self._reload_due: float | None = None
@@ -471,7 +473,7 @@ class Supervisor:
             self.queue,
             self.metrics,
             on_drained=lambda p: self.inbox.put(PoolDrained(p)),
-            on_queue_health=self._on_queue_health,
+            on_queue_health=lambda ok, why: self._on_queue_health(f"pool {name}", ok, why),
         )
         pool.start()
         self.pools[name] = pool
@@ -482,13 +484,37 @@ class Supervisor:
         return from_url(q.url, base_dir=loaded.base_dir, retry=retry, durable_commits=False)
 
     def _queue_stats(self) -> Any:
+        """Queue counts for a scrape; a failure here makes /readyz 503 as well."""
         assert self.queue is not None
-        return self.queue.stats()
+        try:
+            stats = self.queue.stats()
+        except QueueUnavailable as exc:
+            self._on_queue_health("stats", False, str(exc))
+            raise
+        self._on_queue_health("stats", True, "")
+        return stats
 
-    def _on_queue_health(self, ok: bool, why: str) -> None:
-        # Called from dispatcher threads: plain attribute writes, read by /readyz.
-        self.queue_ok = ok
-        self.queue_problem = why
+    def _on_queue_health(self, source: str, ok: bool, why: str) -> None:
+        """Fed by each pool's dispatcher and by stats reads, from their own threads.
+
+        A pool that just used the queue successfully also clears a stats failure:
+        the queue works, and the next scrape may be far off. A stats success
+        clears only its own, since reads can succeed where writes fail (read-only).
+        """
+        with self._queue_faults_lock:
+            was_ok = not self._queue_faults
+            if not ok:
+                self._queue_faults[source] = why
+            else:
+                self._queue_faults.pop(source, None)
+                if source != "stats":
+                    self._queue_faults.pop("stats", None)
+            self.queue_ok = not self._queue_faults
+            self.queue_problem = "; ".join(sorted(set(self._queue_faults.values())))
+        if self.queue_ok and not was_ok:
+            log.info("queue reachable again (%s): ready", source)
+        elif was_ok and not self.queue_ok:
+            log.warning("not ready: queue unavailable (%s): %s", source, why)
 
     def _bury_unknown(self) -> None:
         assert self.queue is not None
