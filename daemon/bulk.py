@@ -1,9 +1,11 @@
 """Bulk enqueue from a JSON-lines file: bounded memory, one transaction per batch.
 
 By default a file with any bad line is rejected whole, so a first pass
-validates everything before a second pass enqueues; standard input is spooled
-to a temporary file during the first pass so it can be read twice. With
---skip-invalid one pass enqueues the good lines and reports the bad ones.
+validates everything before a second pass enqueues; standard input (or any
+file that cannot seek, such as a pipe) is spooled to a temporary file during
+the first pass so it can be read twice. With --skip-invalid one pass enqueues
+the good lines and reports the bad ones. Lines are read as bytes and decoded
+one by one, so a line that is not UTF-8 is a bad line like any other.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import IO, Any
 
 from daemon.exitcodes import ExitCode
-from daemon.queue.base import Queue, QueueError, encode_payload
+from daemon.queue.base import Queue, QueueError, QueueUnavailable, encode_payload
 
 BATCH = 1000
 MAX_REPORTED = 20  # bad lines printed one by one before a count takes over
@@ -35,8 +37,12 @@ def seconds_until(when: str) -> float:
     return max(target - time.time(), 0.0)
 
 
-def parse_line(line: str, known: list[str]) -> tuple[str, Any]:
+def parse_line(raw: bytes | str, known: list[str]) -> tuple[str, Any]:
     """One job from one line; ValueError says what is wrong with it."""
+    try:
+        line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
         entry = json.loads(line)
     except ValueError as exc:
@@ -86,7 +92,7 @@ class _Progress:
             self._stream.write("\r\033[K")
 
 
-def _lines(source: IO[str]) -> Iterator[tuple[int, str]]:
+def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     for number, line in enumerate(source, start=1):
         if line.strip():
             yield number, line
@@ -95,9 +101,10 @@ def _lines(source: IO[str]) -> Iterator[tuple[int, str]]:
 def enqueue_file(queue: Queue, name: str, known: list[str], *, skip_invalid: bool) -> int:
     """Enqueue every line of `name` ('-' is stdin); print a summary; return the exit code."""
     err = sys.stderr
-    source: IO[str] = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115
-    spool: IO[str] | None = None
+    source: IO[bytes] = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
+    spool: IO[bytes] | None = None
     bad = 0
+    added = [0]  # grows batch by batch, so a failure can say how far it got
 
     def report(number: int, reason: str) -> None:
         nonlocal bad
@@ -106,9 +113,10 @@ def enqueue_file(queue: Queue, name: str, known: list[str], *, skip_invalid: boo
             print(f"{name}:{number}: {reason}", file=err)
 
     try:
+        total = None
         if not skip_invalid:
-            if name == "-":
-                spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+            if name == "-" or not source.seekable():
+                spool = tempfile.TemporaryFile("w+b")  # noqa: SIM115
             total = 0
             for number, line in _lines(source):
                 try:
@@ -117,35 +125,39 @@ def enqueue_file(queue: Queue, name: str, known: list[str], *, skip_invalid: boo
                 except ValueError as exc:
                     report(number, str(exc))
                 if spool is not None:
-                    spool.write(line if line.endswith("\n") else line + "\n")
+                    spool.write(line if line.endswith(b"\n") else line + b"\n")
             if bad:
                 more = f" ({bad - MAX_REPORTED} more not shown)" if bad > MAX_REPORTED else ""
                 print(f"{name}: {bad} bad lines{more}: nothing enqueued", file=err)
                 return ExitCode.USAGE
             if spool is not None:
                 spool.seek(0)
-                source = spool
+                source, spool = spool, source
             else:
                 source.seek(0)
-        else:
-            total = None
-        added = _enqueue_stream(queue, source, known, report, total)
+        _enqueue_stream(queue, source, known, report, total, added)
+    except QueueUnavailable as exc:
+        print(f"{name}: {added[0]} jobs enqueued, then the queue failed: {exc}", file=err)
+        return ExitCode.ABANDONED
     finally:
-        if source is not sys.stdin:
-            source.close()
-        if spool is not None:
-            spool.close()
+        for stream in (source, spool):
+            if stream is not None and stream is not sys.stdin.buffer:
+                stream.close()
     skipped = f", {bad} bad lines skipped" if bad else ""
-    print(f"{name}: {added} jobs enqueued{skipped}", file=err)
+    print(f"{name}: {added[0]} jobs enqueued{skipped}", file=err)
     return ExitCode.OK
 
 
 def _enqueue_stream(
-    queue: Queue, source: IO[str], known: list[str], report: Any, total: int | None
-) -> int:
+    queue: Queue,
+    source: IO[bytes],
+    known: list[str],
+    report: Callable[[int, str], None],
+    total: int | None,
+    added: list[int],
+) -> None:
     progress = _Progress(sys.stderr)
     batch: list[tuple[str, Any]] = []
-    added = 0
     for number, line in _lines(source):
         try:
             batch.append(parse_line(line, known))
@@ -153,10 +165,9 @@ def _enqueue_stream(
             report(number, str(exc))
             continue
         if len(batch) >= BATCH:
-            added += queue.enqueue_many(batch)
+            added[0] += queue.enqueue_many(batch)
             batch.clear()
-            progress.update(added, total)
+            progress.update(added[0], total)
     if batch:
-        added += queue.enqueue_many(batch)
+        added[0] += queue.enqueue_many(batch)
     progress.done()
-    return added

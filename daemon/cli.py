@@ -34,10 +34,10 @@ def dispatch(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"drainpool: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    except QueueUnavailable as exc:  # Redis down: one line, and a code a script can retry on
+    except QueueUnavailable as exc:  # a fault of the storage, not of the command: exit 1
         print(f"drainpool: queue unavailable: {exc}", file=sys.stderr)
-        return 1
-    except QueueError as exc:
+        return ExitCode.ABANDONED
+    except QueueError as exc:  # a request the queue refuses: a payload, an id, a time
         print(f"drainpool: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     except KeyboardInterrupt:
@@ -174,7 +174,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     loaded, _ = _load(args, tasks=False)
     known = sorted(loaded.settings.tasks)
     if args.file is not None:
-        if args.task or args.payload or args.key or args.delay or args.at:
+        if args.task or args.payload or args.key or args.delay or args.at is not None:
             raise UsageError("--file takes no TASK, JSON, --key, --delay or --at")
         queue = _open_queue(loaded)
         try:
@@ -197,6 +197,8 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         raise UsageError(f"payload is not valid JSON: {exc}") from None
     delay = args.delay
     if args.at is not None:
+        if args.delay:
+            raise UsageError("give --delay or --at, not both")
         delay = bulk.seconds_until(args.at)
     queue = _open_queue(loaded)
     try:
@@ -225,6 +227,12 @@ def _cmd_queue(args: argparse.Namespace) -> int:
         count = queue.dead_retry(ids) if args.dead_action == "retry" else queue.dead_purge(ids)
         verb = "retried" if args.dead_action == "retry" else "purged"
         print(f"{count} dead jobs {verb}")
+        if ids is not None and count < len(set(ids)):
+            print(
+                f"drainpool: {len(set(ids)) - count} of the ids given are not dead jobs",
+                file=sys.stderr,
+            )
+            return ExitCode.ABANDONED
         return ExitCode.OK
     finally:
         queue.close()

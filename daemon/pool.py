@@ -304,7 +304,6 @@ class Pool:
         next_renew = time.monotonic() + renew_every
         next_fetch = 0.0
         backoff = 0.0
-        healthy = False  # as last reported through on_queue_health
         while True:
             with self._lock:
                 while True:
@@ -326,10 +325,12 @@ class Pool:
                 free = self._free_slots()
             try:
                 want = free if free and not stopping and time.monotonic() >= next_fetch else 0
+                used_queue = bool(batch or want)
                 fetched = self._exchange(batch, want)
                 if finished:
                     break
                 if time.monotonic() >= next_renew:
+                    used_queue = True
                     self._renew()
                     next_renew = time.monotonic() + renew_every
                 if want:
@@ -340,15 +341,15 @@ class Pool:
                         else min(poll * 2, self.config.poll_interval_seconds)
                     )
                     next_fetch = time.monotonic() + (0 if fetched == free else poll)
-                backoff = 0.0
-                if not healthy:  # also the first success: the queue may have been down at start
-                    healthy = True
+                if used_queue:
+                    # Every success is reported, not only the first after a failure: the
+                    # supervisor also hears of failures from elsewhere (stats at a scrape).
+                    backoff = 0.0
                     self._on_queue_health(True, "")
             except Exception as exc:
                 if batch:
                     self._requeue_settlement(batch)  # kept: acks are retried once it is back
                 if isinstance(exc, QueueUnavailable):
-                    healthy = False
                     self._on_queue_health(False, str(exc))  # the supervisor logs changes, once
                 elif not backoff:  # one traceback per streak of errors, not one per retry
                     log.exception("pool %s: dispatcher error; retrying", self.config.name)

@@ -45,6 +45,7 @@ log = logging.getLogger("drainpool.supervisor")
 
 TICK_SECONDS = 0.5  # the loop turns at least this often (healthz, watchdog, deadlines)
 STALL_SECONDS = 10.0  # /healthz fails when the loop has not turned for this long
+ANY_SUCCESS_CLEARS = frozenset({"start", "stats"})  # queue faults a pool's success clears
 MAX_DEBOUNCE_SECONDS = 2.0  # a stream of edits still reloads at least this often
 RECENT_OUTCOMES = 200  # finished jobs the console shows
 
@@ -223,6 +224,8 @@ class Supervisor:
         self.queue_problem = ""
         self._queue_down_since: float | None = None  # as logged by the loop
         self._bury_due = False  # bury_unknown could not run: retry when the queue is back
+        self._queue_faults: dict[str, str] = {}  # source -> problem; /readyz 503 unless empty
+        self._queue_faults_lock = threading.Lock()
         self._drain: _Drain | None = None
         self._stop_requested = False
         self._reload_due: float | None = None
@@ -564,7 +567,7 @@ class Supervisor:
             self.queue,
             self.metrics,
             on_drained=lambda p: self.inbox.put(PoolDrained(p)),
-            on_queue_health=self._on_queue_health,
+            on_queue_health=lambda ok, why: self._on_queue_health(f"pool {name}", ok, why),
             recent=self.recent,
         )
         pool.start()
@@ -576,9 +579,19 @@ class Supervisor:
         return from_url(q.url, base_dir=loaded.base_dir, retry=retry, durable_commits=False)
 
     def _queue_stats(self) -> QueueStats:
-        if self.queue is None or not self.queue_ok:  # a scrape must not wait on a queue known down
+        """Queue counts for a scrape; a failure here makes /readyz 503 as well."""
+        if self.queue is None:
+            raise QueueUnavailable("no queue yet")
+        if set(self._queue_faults) - ANY_SUCCESS_CLEARS:
+            # A pool sees the queue down: a scrape must not wait on it too.
             raise QueueUnavailable(self.queue_problem)
-        return self.queue.stats()
+        try:
+            stats = self.queue.stats()
+        except QueueUnavailable as exc:
+            self._on_queue_health("stats", False, str(exc))
+            raise
+        self._on_queue_health("stats", True, "")
+        return stats
 
     def _ping_queue(self) -> None:
         """At start: a queue that does not answer makes the daemon not ready, not dead.
@@ -590,16 +603,31 @@ class Supervisor:
         try:
             self.queue.ping()
         except QueueUnavailable as exc:
-            self._on_queue_health(False, str(exc))
+            self._on_queue_health("start", False, str(exc))
             self._on_queue_health_changed()  # now: a pool may report it back before the loop runs
 
-    def _on_queue_health(self, ok: bool, why: str) -> None:
-        # Called from dispatcher threads on every attempt while the queue fails: plain
-        # attribute writes, read by /readyz; the loop logs a change once (issue 6).
-        changed = ok != self.queue_ok
-        self.queue_ok = ok
-        self.queue_problem = why
-        if changed:
+    def _on_queue_health(self, source: str, ok: bool, why: str) -> None:
+        """Fed by each pool's dispatcher, the start-up ping and stats reads, from their threads.
+
+        A pool that just used the queue successfully also clears the start-up
+        and stats failures: the queue works, and the next scrape may be far off.
+        A stats success clears only its own, since reads can succeed where writes
+        fail (read-only). The loop logs a change of readiness once (not per retry).
+        """
+        if ok and not self._queue_faults:
+            return  # the hot path: every dispatcher round reports its success
+        with self._queue_faults_lock:
+            was_ok = not self._queue_faults
+            if not ok:
+                self._queue_faults[source] = why
+            else:
+                self._queue_faults.pop(source, None)
+                if source != "stats":
+                    for other in ANY_SUCCESS_CLEARS:
+                        self._queue_faults.pop(other, None)
+            self.queue_ok = not self._queue_faults
+            self.queue_problem = "; ".join(sorted(set(self._queue_faults.values())))
+        if self.queue_ok != was_ok:
             self.inbox.put(QueueHealthChanged())
 
     def _on_queue_health_changed(self) -> None:

@@ -229,6 +229,11 @@ def test_readyz_is_503_while_the_queue_is_unreachable(
     assert "drainpool_queue_jobs" not in daemon.get("/metrics")[1]
     shown = factory.cli("status", "--pid", str(daemon.pid))
     assert re.search(r"^queue        unavailable: .*queue\.db", shown.stdout, re.M), shown
-    database.rmdir()  # the daemon creates a fresh database and carries on
+    # The daemon never creates an empty database in place of a lost one (README, Queue):
+    # the fault clears when the operator puts the file back.
+    database.rmdir()
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(tmp_path / f"moved{suffix}", f"{database}{suffix}")
     wait_until(lambda: daemon.get("/readyz")[0] == 200, what="/readyz 200 again")
     assert daemon.status()["queue"]["ready"] == 0

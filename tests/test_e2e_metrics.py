@@ -113,7 +113,8 @@ def cancel_in_a_reload_drain(scene: Scene) -> None:
 
         def dispatcher_blocked_in_fetch() -> bool:
             functions = thread_functions(dump_now(scene.daemon), "default-g1-dispatch")
-            return "fetch" in functions and functions[-1] == "_run"
+            # Innermost Python frame: the transaction runner, waiting in BEGIN IMMEDIATE.
+            return any("fetch" in f for f in functions) and functions[-1] in ("_once", "run")
 
         # Twice in a row: a dump that caught the fetch's lock-free read in passing is not enough.
         wait_until(

@@ -40,15 +40,17 @@ def from_url(
 ) -> Queue:
     """Open the queue at `url` (sqlite:///rel, sqlite:////abs, redis://, rediss://).
 
+    `Queue.from_url(url)` is the same for producers (daemon.queue.base.Queue).
+
     `base_dir` anchors a relative SQLite path (the config file's directory).
     Producers keep the default `durable_commits`; the daemon turns it off for
     its own connection (see daemon.queue.sqlite).
     """
     if url.startswith("sqlite:"):
-        from daemon.queue.sqlite import SqliteQueue, path_from_url
+        from daemon.queue.sqlite import SqliteQueue
 
-        return SqliteQueue(
-            path_from_url(url, base_dir), retry=retry, durable_commits=durable_commits
+        return SqliteQueue.from_url(
+            url, retry=retry, base_dir=base_dir, durable_commits=durable_commits
         )
     if url.startswith(("redis://", "rediss://", "unix://")):
         from daemon.queue.redis import RedisQueue  # needs the optional redis extra

@@ -141,7 +141,23 @@ def loads_or_raw(body: str) -> Any:
 
 @runtime_checkable
 class Queue(Protocol):
-    """A durable job queue with leases (see DESIGN.md, "Queue")."""
+    """A durable job queue with leases (see DESIGN.md, "Queue").
+
+    Producers open one with `Queue.from_url(url)`; each backend also offers its
+    own `from_url`, which opens only its kind of URL.
+    """
+
+    @classmethod
+    def from_url(cls, url: str, *, retry: RetryPolicy | None = None) -> Queue:
+        """Open the queue that `url` names: sqlite:///relative/to/cwd, sqlite:////abs, redis://.
+
+        A protocol member with a body: on `Queue` itself it picks the backend by
+        the URL's scheme (daemon.queue.from_url, which also takes the options
+        the daemon needs); backends override it with their own constructor.
+        """
+        from daemon.queue import from_url  # the package imports this module
+
+        return from_url(url, retry=retry)
 
     def enqueue(
         self, task: str, payload: Any = None, *, delay: float = 0.0, key: str | None = None

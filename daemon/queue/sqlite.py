@@ -3,28 +3,35 @@
 Why this shape: every state change is one conditional UPDATE or DELETE inside
 a write transaction, keyed on the job id *and* its lease token, so two daemons
 sharing the file (or a stale holder whose lease expired) can never both own a
-job. Fetching reads candidates first without the write lock (an idle daemon
-never blocks producers), then claims them with a re-checked condition.
+job. Fetching first looks for due jobs without the write lock (an idle daemon
+never blocks producers), then selects and claims them in one write transaction,
+so two daemons never race for the same rows. Each task's due jobs are one
+range of a partial index, so a fetch costs the same at ten jobs or ten million.
 
 Durability: the daemon's connection uses synchronous=NORMAL, which in WAL mode
 survives a killed process but may lose the last commits on power loss. What
 that can lose is an ack or a lease (the job runs again: at-least-once holds),
 never an enqueue: producers' connections commit with synchronous=FULL.
+
+A deleted or replaced file (see daemon/queue/sqlite_db.py): the jobs that were
+waiting in it are gone with it, as with any database. The jobs this queue had
+leased from it are still its own: when one of them ends in a release, a retry
+or a death, the job is written into the file now at the path (with a new id);
+an ack only removes a restored copy of the job, if the new file has one.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
-import os
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from daemon.queue.base import (
     DeadJob,
@@ -32,18 +39,16 @@ from daemon.queue.base import (
     Job,
     QueueError,
     QueueStats,
-    QueueUnavailable,
     RetryPolicy,
     encode_payload,
     loads_or_raw,
 )
+from daemon.queue.sqlite_db import Database
 
-T = TypeVar("T")
+log = logging.getLogger("drainpool.queue")
 
 WAITING, LEASED, DEAD = 0, 1, 2
-SCHEMA_VERSION = 1
-BUSY_RETRY_SECONDS = 60.0  # how long a writer keeps retrying a locked database
-IDENTITY_CHECK_SECONDS = 0.5  # how often to notice the file was deleted or replaced
+SCHEMA_VERSION = 2  # 2: the meta table (file id) of daemon.queue.sqlite_db
 BATCH_SIZE = 500  # parameters per IN (...) list, well under SQLite's limit
 
 _SCHEMA = """
@@ -84,6 +89,11 @@ def path_from_url(url: str, base_dir: Path | None) -> Path:
     return path
 
 
+# What a settlement does to one job: (job, new state or None when acked, due_at, attempts,
+# error, traceback, failed_at).
+_Change = tuple[Job, int | None, float, int, str | None, str | None, float | None]
+
+
 class SqliteQueue:
     """The `Queue` protocol on one SQLite file (see module docstring)."""
 
@@ -97,93 +107,42 @@ class SqliteQueue:
     ) -> None:
         self.path = Path(path)
         self.retry = retry or RetryPolicy()
-        self._synchronous = "FULL" if durable_commits else "NORMAL"
         self._clock = clock
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._inode: tuple[int, int] | None = None
-        self._identity_checked = 0.0
-        # Lease tokens only need to differ between fetches (they guard against stale
-        # holders, not attackers): a random prefix and a counter cost no syscall.
+        self._db = Database(
+            self.path,
+            _SCHEMA,
+            SCHEMA_VERSION,
+            synchronous="FULL" if durable_commits else "NORMAL",
+        )
+        self._run = self._db.run
         self._token_prefix = secrets.token_hex(4)
         self._token_counter = itertools.count()
 
-    # -- connection -------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        """Open (or reopen after the file was replaced) the connection; caller holds the lock."""
-        if self._conn is not None:
-            now = time.monotonic()
-            if now - self._identity_checked < IDENTITY_CHECK_SECONDS:
-                return self._conn
-            self._identity_checked = now
-            if self._file_identity() == self._inode:
-                return self._conn
-            self._conn.close()  # the file was deleted or replaced under us
-            self._conn = None
-            raise QueueUnavailable(f"{self.path}: database file was deleted or replaced")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=5.0, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                # executescript commits first, so the transaction is part of the script.
-                conn.executescript(
-                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
-                )
-        except sqlite3.Error as exc:
-            raise QueueUnavailable(f"{self.path}: cannot open queue database: {exc}") from exc
-        self._conn = conn
-        self._inode = self._file_identity()
-        return conn
-
-    def _file_identity(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
-
-    def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
-        """Run `fn` in one transaction, retrying while another writer holds the lock."""
-        deadline = time.monotonic() + BUSY_RETRY_SECONDS
-        pause = 0.005
-        while True:
-            with self._lock:
-                conn = self._connect()
-                try:
-                    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                    result = fn(conn)
-                    conn.execute("COMMIT")
-                    return result
-                except sqlite3.OperationalError as exc:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    busy = "locked" in str(exc) or "busy" in str(exc)
-                    if not busy or time.monotonic() > deadline:
-                        raise QueueUnavailable(f"{self.path}: {exc}") from exc
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            time.sleep(pause)  # lock released; another writer is committing
-            pause = min(pause * 2, 0.2)
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        retry: RetryPolicy | None = None,
+        base_dir: Path | None = None,
+        durable_commits: bool = True,
+    ) -> SqliteQueue:
+        """Open `sqlite:///relative` (to `base_dir`, else the working directory) or `sqlite:////abs`."""
+        return cls(path_from_url(url, base_dir), retry=retry, durable_commits=durable_commits)
 
     # -- producers --------------------------------------------------------
 
     def enqueue(
         self, task: str, payload: Any = None, *, delay: float = 0.0, key: str | None = None
     ) -> str:
-        body = encode_payload(payload)
         if not math.isfinite(delay):
             raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
+        body = encode_payload(payload)
         now = self._clock()
 
         def insert(conn: sqlite3.Connection) -> str:
             if key is not None:
+                # A key stays taken until its job is acked or purged (a dead job keeps it).
                 row = conn.execute("SELECT id FROM jobs WHERE idem_key = ?", (key,)).fetchone()
                 if row:
                     return str(row[0])
@@ -213,14 +172,9 @@ class SqliteQueue:
     def fetch(self, n: int, tasks: Collection[str], lease_seconds: float) -> list[Job]:
         if n <= 0 or not tasks:
             return []
-        now = self._clock()
-        candidates = self._run(lambda c: self._due_ids(c, n, tasks, now), write=False)
-        if not candidates:
-            return []
-        token = self._new_token()
-        return self._run(
-            lambda c: self._claim(c, candidates, token, now, lease_seconds), write=True
-        )
+        if not self._run(lambda c: _due_ids(c, 1, tasks, self._clock()), write=False):
+            return []  # nothing due: no write lock taken
+        return self._run(self._claimer(n, tasks, lease_seconds), write=True)
 
     def settle_and_fetch(
         self,
@@ -233,59 +187,50 @@ class SqliteQueue:
     ) -> list[Job]:
         """Settle and lease up to `n` more in one write transaction: the dispatcher's hot path.
 
-        The write lock is taken anyway to settle, so fetching inside the same
-        transaction saves two commits per round; with nothing to settle, the
-        lock-free read of `fetch` comes first as usual.
+        The write lock is taken anyway to settle, so claiming inside the same
+        transaction saves a commit and a lock round per job finished; with
+        nothing to settle, the lock-free look of `fetch` comes first as usual.
         """
         if not (acks or releases or failures):
             return self.fetch(n, tasks, lease_seconds)
-        now = self._clock()
-        settle = self._settlement(acks, releases, failures, now)
-        token = self._new_token()
+        settle = self._settlement(acks, releases, failures)
+        if n <= 0 or not tasks:
+            self._run(settle, write=True)
+            return []
+        claim = self._claimer(n, tasks, lease_seconds)
 
         def both(conn: sqlite3.Connection) -> list[Job]:
             settle(conn)
-            if n <= 0 or not tasks:
-                return []
-            candidates = self._due_ids(conn, n, tasks, now)
-            return self._claim(conn, candidates, token, now, lease_seconds) if candidates else []
+            return claim(conn)
 
         return self._run(both, write=True)
 
-    def _new_token(self) -> str:
-        return f"{self._token_prefix}{next(self._token_counter):x}"
-
-    def _claim(
-        self,
-        conn: sqlite3.Connection,
-        candidates: list[int],
-        token: str,
-        now: float,
-        lease_seconds: float,
-    ) -> list[Job]:
-        """Lease the candidates that are still due: a racing daemon's claim wins, not both."""
-        marks = ",".join("?" * len(candidates))
-        rows = conn.execute(
-            f"UPDATE jobs SET state = {LEASED}, due_at = ?, token = ?, attempts = attempts + 1"
-            f" WHERE id IN ({marks}) AND state < {DEAD} AND due_at <= ?"
-            " RETURNING id, task, payload, attempts, enqueued_at",
-            (now + lease_seconds, token, *candidates, now),
-        ).fetchall()
-        return self._to_jobs(conn, rows, token, now)
-
-    @staticmethod
-    def _due_ids(conn: sqlite3.Connection, n: int, tasks: Collection[str], now: float) -> list[int]:
-        # One indexed range scan per task keeps the cost flat however long the queue is.
-        found: list[tuple[float, int]] = []
-        for task in tasks:
-            found += conn.execute(
-                "SELECT due_at, id FROM jobs WHERE state < 2 AND task = ? AND due_at <= ?"
-                " ORDER BY due_at LIMIT ?",
-                (task, now, n),
+    def _claimer(
+        self, n: int, tasks: Collection[str], lease_seconds: float
+    ) -> Callable[[sqlite3.Connection], list[Job]]:
+        def claim(conn: sqlite3.Connection) -> list[Job]:
+            # Under the write lock the due set cannot change: select and claim at once.
+            now = self._clock()
+            ids = _due_ids(conn, n, tasks, now)
+            if not ids:
+                return []  # another daemon took them between the look and the lock
+            token = self._new_token()
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(
+                f"UPDATE jobs SET state = {LEASED}, due_at = ?, token = ?, attempts = attempts + 1"
+                f" WHERE id IN ({marks}) RETURNING id, task, payload, attempts, enqueued_at",
+                (now + lease_seconds, token, *ids),
             ).fetchall()
-        if len(tasks) > 1:
-            found.sort()
-        return [job_id for _, job_id in found[:n]]
+            order = {job_id: i for i, job_id in enumerate(ids)}
+            rows.sort(key=lambda row: order[row[0]])  # RETURNING has no defined order
+            return self._to_jobs(conn, rows, token, now)
+
+        return claim
+
+    def _new_token(self) -> str:
+        # The file's epoch (see _adopt), then a random per-process prefix and a counter:
+        # unique between fetches and between daemons, without a getrandom call per fetch.
+        return f"{self._db.epoch}-{self._token_prefix}{next(self._token_counter):x}"
 
     def _to_jobs(
         self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]], token: str, now: float
@@ -294,6 +239,7 @@ class SqliteQueue:
         for job_id, task, body, attempts, enqueued_at in rows:
             error = ""
             if attempts > self.retry.max_attempts:
+                # The wording and the count are shared with the Redis backend (contract tests).
                 error = f"lease expired {attempts - 1} times: its worker died each time"
             else:
                 try:
@@ -330,54 +276,86 @@ class SqliteQueue:
         failures: Sequence[Failure] = (),
     ) -> None:
         if acks or releases or failures:
-            self._run(self._settlement(acks, releases, failures, self._clock()), write=True)
+            self._run(self._settlement(acks, releases, failures), write=True)
 
     def _settlement(
-        self,
-        acks: Sequence[Job],
-        releases: Sequence[Job],
-        failures: Sequence[Failure],
-        now: float,
+        self, acks: Sequence[Job], releases: Sequence[Job], failures: Sequence[Failure]
     ) -> Callable[[sqlite3.Connection], None]:
         """The statements of one settle, every one guarded by id and lease token."""
-        retries = []
-        deaths = []
+        now = self._clock()
+        # What becomes of each job: (job, state, due_at, attempts, error, traceback, failed_at);
+        # decided once, so a busy retry of the transaction keeps the same jittered delays.
+        changes: list[_Change] = []
+        for j in releases:  # keeps its place: due at its enqueue time, attempt not counted
+            changes.append((j, WAITING, min(j.enqueued_at, now), j.attempt - 1, None, None, None))
         for f in failures:
-            if f.retry and not self.retry.is_final(f.job.attempt):
-                due = now + self.retry.delay_after(f.job.attempt)
-                retries.append((due, f.error, f.traceback, int(f.job.id), f.job.token))
+            j = f.job
+            if f.retry and not self.retry.is_final(j.attempt):
+                due = now + self.retry.delay_after(j.attempt)
+                changes.append((j, WAITING, due, j.attempt, f.error, f.traceback, None))
             else:
-                deaths.append((f.error, f.traceback, now, int(f.job.id), f.job.token))
+                changes.append((j, DEAD, now, j.attempt, f.error, f.traceback, now))
 
         def apply(conn: sqlite3.Connection) -> None:
-            if acks:
-                conn.executemany(
-                    "DELETE FROM jobs WHERE id = ? AND token = ?",
-                    [(int(j.id), j.token) for j in acks],
-                )
-            if releases:
-                # A released job keeps its place: due again at its enqueue time, attempt
-                # not counted.
-                conn.executemany(
-                    f"UPDATE jobs SET state = {WAITING}, due_at = MIN(enqueued_at, ?),"
-                    f" token = NULL, attempts = attempts - 1"
-                    f" WHERE id = ? AND token = ? AND state = {LEASED}",
-                    [(now, int(j.id), j.token) for j in releases],
-                )
-            if retries:
-                conn.executemany(
-                    f"UPDATE jobs SET state = {WAITING}, due_at = ?, token = NULL, error = ?,"
-                    f" traceback = ? WHERE id = ? AND token = ? AND state = {LEASED}",
-                    retries,
-                )
-            if deaths:
-                conn.executemany(
-                    f"UPDATE jobs SET state = {DEAD}, token = NULL, error = ?, traceback = ?,"
-                    f" failed_at = ? WHERE id = ? AND token = ? AND state = {LEASED}",
-                    deaths,
-                )
+            mine = f"{self._db.epoch}-"
+            conn.executemany(
+                "DELETE FROM jobs WHERE id = ? AND token = ?",
+                [(int(j.id), j.token) for j in acks if j.token.startswith(mine)],
+            )
+            conn.executemany(
+                "UPDATE jobs SET state = ?, due_at = ?, attempts = ?, token = NULL,"
+                " error = COALESCE(?, error), traceback = COALESCE(?, traceback),"
+                f" failed_at = ? WHERE id = ? AND token = ? AND state = {LEASED}",
+                [
+                    (*c[1:], int(c[0].id), c[0].token)
+                    for c in changes
+                    if c[0].token.startswith(mine)
+                ],
+            )
+            orphans = [c for c in changes if not c[0].token.startswith(mine)]
+            orphans += [
+                (j, None, 0.0, 0, None, None, None) for j in acks if not j.token.startswith(mine)
+            ]
+            if orphans:
+                self._adopt(conn, orphans)
 
         return apply
+
+    def _adopt(self, conn: sqlite3.Connection, changes: list[_Change]) -> None:
+        """Settle jobs leased from a file that was since deleted or replaced (module docstring)."""
+        for job, *_ in changes:
+            if job.token.split(".", 1)[0] == self._db.file_id:
+                # The file now at the path is a copy of the old one (a restored backup):
+                # its copy of this job (same id, task and enqueue time) gives way.
+                conn.execute(
+                    "DELETE FROM jobs WHERE id = ? AND task = ? AND enqueued_at = ?",
+                    (int(job.id), job.task, job.enqueued_at),
+                )
+        for job, state, due_at, attempts, error, traceback, failed_at in changes:
+            if state is None:
+                continue  # acked: done, nothing to keep
+            cur = conn.execute(
+                "INSERT INTO jobs (task, payload, state, due_at, attempts, enqueued_at, error,"
+                " traceback, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.task,
+                    encode_payload(job.payload),
+                    state,
+                    due_at,
+                    attempts,
+                    job.enqueued_at,
+                    error,
+                    traceback,
+                    failed_at,
+                ),
+            )
+            log.warning(
+                "job %s was leased from a database file that has since been deleted or replaced;"
+                " written into %s as job %s",
+                job.id,
+                self.path,
+                cur.lastrowid,
+            )
 
     # -- inspection and dead letters --------------------------------------
 
@@ -467,10 +445,7 @@ class SqliteQueue:
         self._run(lambda c: c.execute("SELECT 1").fetchone(), write=False)
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()
 
 
 def _job_id(raw: str) -> int:
@@ -478,3 +453,19 @@ def _job_id(raw: str) -> int:
         return int(raw)
     except ValueError:
         raise QueueError(f"not a job id of this queue: {raw!r}") from None
+
+
+def _due_ids(conn: sqlite3.Connection, n: int, tasks: Collection[str], now: float) -> list[int]:
+    """Ids of up to `n` due jobs of `tasks`, oldest due first (waiting or lease expired)."""
+    # One range of the partial index jobs_due per task: the cost does not grow with the
+    # queue (tests/test_queue_sqlite_durability.py asserts the plan).
+    found: list[tuple[float, int]] = []
+    for task in tasks:
+        found += conn.execute(
+            "SELECT due_at, id FROM jobs WHERE state < 2 AND task = ? AND due_at <= ?"
+            " ORDER BY due_at LIMIT ?",
+            (task, now, n),
+        ).fetchall()
+    if len(tasks) > 1:
+        found.sort()
+    return [job_id for _, job_id in found[:n]]

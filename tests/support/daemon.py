@@ -159,7 +159,13 @@ class NotifyListener:
 class Daemon:
     """One `python -m daemon run` subprocess and ways to look at it."""
 
-    def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),  # e.g. nsenter ... --: a command that execs the daemon
+    ) -> None:
         self.config = config
         self.workdir = workdir
         self.log_path = workdir / f"daemon-{time.monotonic_ns()}.log"
@@ -174,7 +180,7 @@ class Daemon:
         full_env.pop("DRAINPOOL_CONFIG", None)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "--config", str(config)],
+            [*prefix, sys.executable, "-m", "daemon", "run", "--config", str(config)],
             cwd=workdir,
             env=full_env,
             stdout=self._log,

@@ -1,0 +1,195 @@
+"""One SQLite file opened for the queue: WAL, busy retries, faults, file identity.
+
+A module of its own because what can go wrong with the file is one concern
+and the queue's semantics (daemon/queue/sqlite.py) are another:
+
+- Busy: a transaction that meets another writer's lock is retried (SQLite's
+  busy handler waits first, then this loop backs off) for BUSY_RETRY_SECONDS,
+  so "database is locked" never reaches a producer or the daemon early.
+- Faults: any other SQLite or OS error (disk full, read-only file system, I/O
+  error, a corrupt file) is raised as QueueUnavailable for the caller to retry;
+  all but a full disk also close the connection, so the next transaction starts
+  on a fresh one (a connection that met an I/O error, or that SQLite opened
+  read-only, would not recover by itself).
+- Identity: the file's (device, inode) is checked before and after every
+  transaction. SQLite keeps writing to a deleted file's inode, where nobody
+  would ever read it, so a connection to a deleted or replaced file is dropped;
+  a transaction that committed while the file was swapped is reported as
+  failed, to be done again on the new file. Once this object has opened the
+  file it never creates it again: a deleted queue is a fault that /readyz
+  shows until the file is restored or created anew (by `drainpool enqueue`).
+  `epoch` names the file (a random id kept inside it, and its inode, which
+  differs for a restored copy), so the queue can tell the lease tokens given
+  out for an old file from those of the file now at the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from daemon.queue.base import QueueUnavailable
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_SECONDS = 5.0  # SQLite's own busy handler, per attempt
+BUSY_RETRY_SECONDS = 60.0  # then this loop gives up and reports the queue unavailable
+# A random id made when the file is created; with the inode it names this very file.
+_META = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('file_id', lower(hex(randomblob(8))));
+"""
+_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_BUGS = (sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.IntegrityError)
+_HINTS = {
+    "SQLITE_READONLY": "the file or its file system is read-only",
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_IOERR": "an I/O error: a read-only or failing file system?",
+    "SQLITE_CANTOPEN": "the file or its directory cannot be opened",
+}
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF  # the primary code of an extended one
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    code = _primary_code(exc)
+    if code is not None:
+        return code in _BUSY_CODES
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+class Database:
+    """A lazily opened connection to one file, shared by the threads of one process."""
+
+    def __init__(self, path: Path, schema: str, version: int, *, synchronous: str) -> None:
+        self.path = path
+        self.file_id = ""  # made at the file's creation; a copy of the file has it too
+        self.epoch = ""  # names the file the connection is open on (set at each open)
+        self._schema = schema
+        self._version = version
+        self._synchronous = synchronous
+        self._lock = threading.Lock()  # one transaction at a time on the shared connection
+        self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None  # of the file last opened
+
+    def run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        """Run `fn` in one transaction; retry while busy; raise QueueUnavailable on faults."""
+        deadline = time.monotonic() + BUSY_RETRY_SECONDS
+        pause = 0.005
+        while True:
+            with self._lock:
+                try:
+                    return self._once(fn, write)
+                except sqlite3.Error as exc:
+                    if isinstance(exc, _BUGS):
+                        raise  # a bug in the caller's SQL, not a fault of the file
+                    if not is_busy(exc):
+                        if _primary_code(exc) != sqlite3.SQLITE_FULL:
+                            # A full disk leaves the connection sound (SQLite rolled back);
+                            # closing it would checkpoint and delete the WAL, freeing a
+                            # little space that the next commit fills again: a flapping fault.
+                            self._drop()
+                        raise self._unavailable(exc) from exc
+                    if time.monotonic() > deadline:
+                        raise self._unavailable(exc) from exc
+                except OSError as exc:
+                    self._drop()
+                    raise QueueUnavailable(f"{self.path}: {exc}") from exc
+            time.sleep(pause)  # lock released; another connection is writing
+            pause = min(pause * 2, 0.2)
+
+    def _once(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # the first error is the one to report
+                    conn.execute("ROLLBACK")
+            raise
+        if write and self._file_identity() != self._identity:
+            # Swapped during the transaction: the commit may have gone to the old file.
+            self._drop()
+            raise QueueUnavailable(f"{self.path}: database file was deleted or replaced")
+        return result
+
+    def _connect(self) -> sqlite3.Connection:
+        """The open connection if its file is still at the path, else a new one (lock held)."""
+        if self._conn is not None:
+            if self._file_identity() == self._identity:
+                return self._conn
+            self._drop()
+            raise QueueUnavailable(f"{self.path}: database file was deleted or replaced")
+        reopening = self._identity is not None
+        if reopening and not self.path.exists():
+            raise QueueUnavailable(
+                f"{self.path}: database file is gone (deleted while in use); waiting for it"
+                " to be restored or created again (`drainpool enqueue` creates it)"
+            )
+        if not reopening:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # mode=rw on a reopen: a file deleted since the check above is not created here.
+        uri = f"file:{urllib.parse.quote(str(self.path))}?mode={'rw' if reopening else 'rwc'}"
+        conn = sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=BUSY_TIMEOUT_SECONDS,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            if conn.execute("PRAGMA user_version").fetchone()[0] < self._version:
+                # executescript commits first, so the transaction is part of the script.
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;{self._schema}{_META}"
+                    f"PRAGMA user_version={self._version};COMMIT;"
+                )
+            (file_id,) = conn.execute("SELECT value FROM meta WHERE key = 'file_id'").fetchone()
+            identity = self._file_identity()
+            if identity is None:
+                raise QueueUnavailable(f"{self.path}: database file vanished while opening")
+        except BaseException:
+            conn.close()
+            raise
+        self.file_id = file_id
+        self.epoch = f"{file_id}.{identity[1]:x}"
+        self._conn, self._identity = conn, identity
+        return conn
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _drop(self) -> None:
+        """Forget the connection (the next transaction opens a fresh one)."""
+        if self._conn is not None:
+            # SQLite does not checkpoint into, or delete the WAL of, a file that moved.
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _unavailable(self, exc: sqlite3.Error) -> QueueUnavailable:
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        hint = next((h for prefix, h in _HINTS.items() if name.startswith(prefix)), "")
+        return QueueUnavailable(f"{self.path}: {exc}" + (f" ({hint})" if hint else ""))
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()

@@ -1,0 +1,410 @@
+"""The SQLite queue in-process on real files: query plans, leases, retries, faults.
+
+What needs a real daemon (kill -9, two daemons, many producers, a read-only or
+full file system) is in test_e2e_durable.py; the contract shared with the
+Redis backend is in test_queue_contract.py. These tests drive the clock by
+hand (the queue takes one), so no test waits for a lease to run out.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon import settings
+from daemon.metrics import Metrics
+from daemon.pool import Pool, PoolConfig
+from daemon.queue import Queue
+from daemon.queue import sqlite_db as sqlite_db_mod
+from daemon.queue.base import Failure, QueueError, QueueUnavailable, RetryPolicy
+from daemon.queue.sqlite import SqliteQueue, _due_ids
+from daemon.queue.sqlite_db import Database
+from daemon.supervisor import Phase, Supervisor
+from daemon.tasks import TaskSpec
+from daemon.tasks.examples import noop
+from tests.support.daemon import wait_until
+
+
+class Clock:
+    """A wall clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def open_queue(tmp_path: Path, clock: Clock) -> Iterator[Queue]:
+    """Open handles on one file (two handles act as two daemons); all closed at the end."""
+    opened: list[SqliteQueue] = []
+
+    def make(**kwargs: object) -> SqliteQueue:
+        retry = RetryPolicy(max_attempts=3, backoff_seconds=10, backoff_max_seconds=25)
+        queue = SqliteQueue(tmp_path / "queue.db", retry=retry, clock=clock, **kwargs)  # type: ignore[arg-type]
+        opened.append(queue)
+        return queue
+
+    yield make  # type: ignore[misc]
+    for queue in opened:
+        queue.close()
+
+
+def plan(conn: sqlite3.Connection, sql: str, *args: object) -> str:
+    return " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+
+
+# -- flat fetch cost --------------------------------------------------------
+
+
+def test_fetch_reads_one_range_of_the_partial_index_and_claims_by_primary_key(
+    tmp_path: Path,
+) -> None:
+    queue = SqliteQueue(tmp_path / "queue.db")
+    # Enough rows in every state that a full scan would show if the planner chose one.
+    queue.enqueue_many([("a", i) for i in range(3000)] + [("b", i) for i in range(3000)])
+    jobs = queue.fetch(1000, ["a"], 60)
+    queue.settle(failures=[Failure(j, "x", retry=False) for j in jobs[:500]])
+    queue.close()
+    conn = sqlite3.connect(tmp_path / "queue.db")
+    conn.execute("ANALYZE")  # statistics must not tempt the planner away either
+
+    traced: list[str] = []
+    conn.set_trace_callback(traced.append)
+    assert len(_due_ids(conn, 8, ["a", "b"], 4e9)) == 8
+    conn.set_trace_callback(None)
+    selects = [sql for sql in traced if sql.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 2  # one per task
+    fetch_plan = plan(
+        conn,
+        "SELECT due_at, id FROM jobs WHERE state < 2 AND task = ? AND due_at <= ?"
+        " ORDER BY due_at LIMIT ?",
+        "a",
+        4e9,
+        8,
+    )
+    assert fetch_plan == "SEARCH jobs USING INDEX jobs_due (task=? AND due_at<?)"
+    # Claims, renewals, acks and failures all reach their rows by the primary key.
+    for sql in (
+        "UPDATE jobs SET state = 1, due_at = 1, token = 't' WHERE id IN (1, 2, 3)",
+        "UPDATE jobs SET due_at = 1 WHERE id = 1 AND token = 't' AND state = 1",
+        "DELETE FROM jobs WHERE id = 1 AND token = 't'",
+    ):
+        assert plan(conn, sql) == "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)", sql
+    conn.close()
+
+
+# -- leases -----------------------------------------------------------------
+
+
+def test_a_stale_holder_can_neither_ack_fail_renew_nor_release(open_queue, clock: Clock) -> None:
+    first, second = open_queue(), open_queue()
+    job_id = first.enqueue("t", {"n": 1})
+    [stale] = first.fetch(1, ["t"], 30)
+    clock.now += 31  # the first holder's lease ran out: the job is due again
+    [live] = second.fetch(1, ["t"], 30)
+    assert (live.id, live.attempt) == (job_id, 2) and live.token != stale.token
+
+    first.settle(acks=[stale])
+    first.settle(failures=[Failure(stale, "late", retry=False)])
+    first.settle(failures=[Failure(stale, "late")])
+    first.settle(releases=[stale])
+    first.renew([stale], 3600)
+    assert first.stats().leased == 1 and first.dead_list() == []
+    clock.now += 29  # the stale renewal did not move the live lease: it still ends at +30
+    assert second.fetch(1, ["t"], 30) == []
+    second.renew([live], 30)
+    clock.now += 29
+    assert first.fetch(1, ["t"], 30) == []  # renewed by its holder, not due
+    second.settle(acks=[live])
+    assert first.stats().as_dict() == {
+        "ready": 0,
+        "delayed": 0,
+        "leased": 0,
+        "dead": 0,
+        "oldest_ready_age_seconds": None,
+    }
+
+
+def test_two_handles_fetching_at_once_never_share_a_job(tmp_path: Path) -> None:
+    seed = SqliteQueue(tmp_path / "queue.db")
+    seed.enqueue_many([("t", i) for i in range(600)])
+    seed.close()
+    got: list[list[str]] = [[], []]
+
+    def consume(slot: int) -> None:
+        queue = SqliteQueue(tmp_path / "queue.db", durable_commits=False)
+        try:
+            while jobs := queue.fetch(7, ["t"], 60):
+                got[slot] += [j.id for j in jobs]
+                queue.settle(acks=jobs)
+        finally:
+            queue.close()
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(got[0] + got[1], key=int) == [str(i) for i in range(1, 601)]
+    assert not set(got[0]) & set(got[1])
+
+
+# -- retries ----------------------------------------------------------------
+
+
+def test_backoff_doubles_from_the_configured_delay_with_jitter_and_a_cap() -> None:
+    policy = RetryPolicy(backoff_seconds=1.0, backoff_max_seconds=20.0, rng=random.Random(3))
+    for attempt, base in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 20), (12, 20)]:
+        delays = {policy.delay_after(attempt) for _ in range(50)}
+        assert all(base / 2 <= d <= base for d in delays), (attempt, delays)
+        assert len(delays) > 40  # jittered: retries of many jobs do not line up
+
+
+def test_a_failed_job_waits_out_its_backoff_then_dies_with_its_last_error(
+    open_queue, clock: Clock
+) -> None:
+    queue = open_queue()
+    job_id = queue.enqueue("t", "p")
+    for attempt, backoff in [(1, 10), (2, 20)]:
+        [job] = queue.fetch(1, ["t"], 30)
+        assert job.attempt == attempt
+        queue.settle(failures=[Failure(job, f"boom {attempt}", f"Traceback {attempt}")])
+        assert queue.stats().delayed == 1
+        clock.now += backoff / 2 - 0.01  # jitter keeps at least half the backoff
+        assert queue.fetch(1, ["t"], 30) == []
+        clock.now += backoff / 2 + 0.02
+    [job] = queue.fetch(1, ["t"], 30)
+    queue.settle(failures=[Failure(job, "boom 3", "Traceback 3")])
+    [dead] = queue.dead_list()
+    assert (dead.id, dead.attempts, dead.error, dead.traceback) == (
+        job_id,
+        3,
+        "boom 3",
+        "Traceback 3",
+    )
+
+
+# -- enqueue options ----------------------------------------------------------
+
+
+def test_idempotency_key_is_taken_until_the_job_is_acked_or_purged(open_queue) -> None:
+    queue = open_queue()
+    first = queue.enqueue("t", 1, key="k")
+    assert queue.enqueue("t", 2, key="k") == first
+    assert queue.enqueue("t", 3, key="k", delay=60) == first
+    assert queue.stats().ready == 1
+    [job] = queue.fetch(5, ["t"], 30)
+    assert job.payload == 1
+    assert queue.enqueue("t", 4, key="k") == first  # leased still counts as live
+    queue.settle(failures=[Failure(job, "no", retry=False)])
+    assert queue.enqueue("t", 5, key="k") == first  # so does dead: retry or purge it
+    assert queue.dead_purge([first]) == 1
+    second = queue.enqueue("t", 6, key="k")
+    assert second != first
+    [job] = queue.fetch(5, ["t"], 30)
+    queue.settle(acks=[job])
+    assert queue.enqueue("t", 7, key="k") not in (first, second)
+
+
+@pytest.mark.parametrize("delay", [float("nan"), float("inf"), float("-inf")])
+def test_a_delay_must_be_finite(open_queue, delay: float) -> None:
+    queue = open_queue()
+    with pytest.raises(QueueError, match="finite"):
+        queue.enqueue("t", 1, delay=delay)
+    assert queue.stats().ready + queue.stats().delayed == 0
+
+
+def test_queue_from_url_is_the_producers_entry_point(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    queue = Queue.from_url("sqlite:///rel/queue.db")
+    try:
+        assert isinstance(queue, SqliteQueue) and isinstance(queue, Queue)
+        assert queue.path == tmp_path / "rel" / "queue.db"
+        job_id = queue.enqueue("t", {"x": 1}, delay=5, key="once")
+        assert queue.enqueue("t", {"x": 2}, key="once") == job_id
+    finally:
+        queue.close()
+    with pytest.raises(QueueError, match="unsupported queue URL"):
+        Queue.from_url("postgres://nope")
+
+
+# -- busy and faults -------------------------------------------------------------
+
+
+def test_a_writer_waits_out_a_long_lock_instead_of_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite's busy handler gives up after 20 ms here, so the queue's own retry loop
+    # is what must carry the enqueue through a lock held ten times as long.
+    monkeypatch.setattr(sqlite_db_mod, "BUSY_TIMEOUT_SECONDS", 0.02)
+    queue = SqliteQueue(tmp_path / "queue.db")
+    queue.enqueue("t", 0)
+    holder = sqlite3.connect(tmp_path / "queue.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO jobs (task, payload, due_at, enqueued_at) VALUES ('t', '1', 0, 0)")
+    released = threading.Timer(0.2, lambda: holder.execute("COMMIT"))
+    released.start()
+    try:
+        queue.enqueue("t", 2)
+    finally:
+        released.join()
+        holder.close()
+    assert queue.stats().ready == 3
+    queue.close()
+
+
+def test_a_file_that_is_not_a_database_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    path.write_bytes(b"this is not an SQLite file" * 100)
+    queue = SqliteQueue(path)
+    with pytest.raises(QueueUnavailable, match="file is not a database"):
+        queue.enqueue("t", 1)
+    queue.close()
+
+
+def remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def test_deleted_file_is_not_recreated_and_held_jobs_move_to_the_new_file(
+    tmp_path: Path, open_queue, clock: Clock
+) -> None:
+    path = tmp_path / "queue.db"
+    daemon = open_queue(durable_commits=False)
+    for n in range(4):
+        daemon.enqueue("t", n)
+    daemon.enqueue("t", "waiting")
+    done, retried, released, dying = daemon.fetch(4, ["t"], 30)
+
+    remove_database(path)
+    with pytest.raises(QueueUnavailable, match="deleted or replaced"):
+        daemon.settle(acks=[done])
+    with pytest.raises(QueueUnavailable, match="waiting for it to be restored or created"):
+        daemon.ping()
+    assert not path.exists()  # the daemon's handle never makes an empty queue by itself
+
+    producer = open_queue()
+    new_job = producer.enqueue("t", "new")  # a producer may create it
+    daemon.settle(
+        acks=[done],
+        releases=[released],
+        failures=[Failure(retried, "again"), Failure(dying, "last", retry=False)],
+    )
+    stats = daemon.stats()
+    # Ready: the new job and the released one; delayed: the retry, for its backoff.
+    assert (stats.ready, stats.delayed, stats.leased, stats.dead) == (2, 1, 0, 1)
+    clock.now += 100
+    jobs = daemon.fetch(10, ["t"], 30)
+    by_payload = {j.payload: j for j in jobs}
+    assert by_payload["new"].id == new_job
+    assert by_payload[2].attempt == 1  # a release does not count an attempt
+    assert by_payload[1].attempt == 2  # a retry does
+    assert [(d.payload, d.error) for d in daemon.dead_list()] == [(3, "last")]
+    # "waiting" was in the deleted file and nobody held it: it went with the file.
+    assert {j.payload for j in jobs} == {1, 2, "new"}
+
+
+def test_a_commit_that_raced_the_file_away_is_reported_failed(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    db = Database(path, "CREATE TABLE IF NOT EXISTS t (x);", 1, synchronous="FULL")
+    db.run(lambda c: c.execute("INSERT INTO t VALUES (1)"), write=True)
+
+    def insert_while_the_file_goes(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t VALUES (2)")
+        remove_database(path)  # the commit that follows lands in the deleted file
+
+    with pytest.raises(QueueUnavailable, match="deleted or replaced"):
+        db.run(insert_while_the_file_goes, write=True)
+    db.close()
+
+
+def test_a_restored_copy_of_a_held_job_is_not_doubled(tmp_path: Path, open_queue) -> None:
+    path = tmp_path / "queue.db"
+    daemon = open_queue(durable_commits=False)
+    daemon.enqueue("t", "a")
+    daemon.enqueue("t", "b")
+    acked, released = daemon.fetch(2, ["t"], 30)
+    backup = tmp_path / "backup.db"
+    src, dst = sqlite3.connect(path), sqlite3.connect(backup)
+    src.backup(dst)  # a copy with both jobs, under the same leases
+    src.close()
+    dst.close()
+    remove_database(path)
+    shutil.move(backup, path)  # the operator restores it: the same rows in another file
+
+    with pytest.raises(QueueUnavailable, match="deleted or replaced"):
+        daemon.settle(acks=[acked], releases=[released])
+    daemon.settle(acks=[acked], releases=[released])  # the pool tries again after a backoff
+    [again] = daemon.fetch(5, ["t"], 30)
+    assert (again.payload, again.attempt) == ("b", 1)
+    assert daemon.stats().ready + daemon.stats().leased == 1
+
+
+# -- readiness: who tells the supervisor that the queue fails or works again -----------
+
+
+def test_readiness_follows_the_dispatcher_and_stats_without_flapping(tmp_path: Path) -> None:
+    config = tmp_path / "d.toml"
+    config.write_text('[queue]\nurl = "sqlite:///queue.db"\n')
+    sup = Supervisor(settings.load(config), {})
+    sup._enter(Phase.RUNNING)
+    assert sup.ready()
+    sup._on_queue_health("pool default", False, "disk I/O error")
+    assert not sup.ready() and sup.queue_problem == "disk I/O error"
+    sup._on_queue_health("stats", True, "")  # reads work on a read-only disk: not enough
+    assert not sup.ready()
+    sup._on_queue_health("pool default", True, "")
+    assert sup.ready()
+
+    (tmp_path / "queue.db").write_bytes(b"not a database" * 100)
+    sup.queue = SqliteQueue(tmp_path / "queue.db")
+    with pytest.raises(QueueUnavailable):
+        sup._queue_stats()  # what a scrape calls
+    assert not sup.ready() and "file is not a database" in sup.queue_problem
+    sup._on_queue_health("pool default", True, "")  # the queue was just used successfully
+    assert sup.ready()
+    sup.queue.close()
+
+
+def test_the_dispatcher_reports_the_queue_failing_and_working_again(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    path.write_bytes(b"not a database" * 100)
+    reports: list[tuple[bool, str]] = []
+    queue = SqliteQueue(path)
+    spec = TaskSpec("noop", "daemon.tasks.examples:noop", "function", noop)
+    pool = Pool(
+        PoolConfig("default", 1, 5.0, 30.0, 0.05),
+        1,
+        {"noop": spec},
+        queue,
+        Metrics(),
+        on_queue_health=lambda ok, why: reports.append((ok, why)),
+    )
+    pool.start()
+    try:
+        wait_until(lambda: reports and not reports[-1][0], what="the failure reported")
+        assert "file is not a database" in reports[-1][1]
+        path.unlink()  # the operator's repair: an empty queue in place of the broken file
+        wait_until(lambda: reports[-1][0], timeout=15, what="the recovery reported")
+        seen = len(reports)
+        wait_until(lambda: len(reports) > seen + 2, what="every later success reported too")
+        assert all(ok for ok, _ in reports[seen:])
+    finally:
+        pool.begin_drain()
+        wait_until(lambda: pool.drained, what="pool drained")
+        pool.join()
+        queue.close()
