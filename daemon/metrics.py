@@ -8,6 +8,7 @@ task names, outcomes, reasons), never a job id.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import threading
 import time
@@ -125,6 +126,47 @@ class _StatsRead:
             self.done.set()
 
 
+RESTART_REASONS = ("config_file", "sighup", "console")
+
+
+class _TaskSeries:
+    """The label children of one task in one pool, looked up once."""
+
+    def __init__(self, metrics: Metrics, pool: str, task: str) -> None:
+        self.in_flight = metrics.in_flight.labels(pool=pool, task=task)
+        self.counts = {
+            name: counter.labels(pool=pool, task=task)
+            for name, counter in metrics.outcome_counters.items()
+        }
+        self.durations = {
+            outcome: metrics.duration.labels(pool=pool, task=task, outcome=outcome)
+            for outcome in ("completed", "failed", "interrupted", "abandoned")
+        }
+
+
+class PoolMetrics:
+    """One pool's task series; its methods are the per-job path, so no label lookups."""
+
+    def __init__(self, metrics: Metrics, pool: str, tasks: Iterable[str]) -> None:
+        self._series = {task: _TaskSeries(metrics, pool, task) for task in tasks}
+
+    def started(self, task: str) -> None:
+        series = self._series[task]
+        series.counts["started"].inc()
+        series.in_flight.inc()
+
+    def finished(self, task: str, outcome: str, seconds: float) -> None:
+        """A task that ran ended: completed, failed, interrupted or abandoned."""
+        series = self._series[task]
+        series.in_flight.dec()
+        series.counts[outcome].inc()
+        series.durations[outcome].observe(seconds)
+
+    def cancelled(self, task: str) -> None:
+        """A job handed over that never started: no duration, never in flight."""
+        self._series[task].counts["cancelled"].inc()
+
+
 class Metrics:
     """The daemon's metrics; the supervisor and pools update them, HTTP exposes them."""
 
@@ -136,38 +178,46 @@ class Metrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)
         self.in_flight = Gauge(
-            "drainpool_tasks_in_flight", "Tasks running right now.", ["task"], registry=r
+            "drainpool_tasks_in_flight", "Tasks running right now.", ["pool", "task"], registry=r
         )
         self.outcome_counters = {
-            name: Counter(f"drainpool_tasks_{name}", help_text, ["task"], registry=r)
+            name: Counter(f"drainpool_tasks_{name}", help_text, ["pool", "task"], registry=r)
             for name, help_text in OUTCOME_HELP.items()
         }
         self.duration = Histogram(
             "drainpool_task_duration_seconds",
             "Run time of tasks by outcome.",
-            ["task", "outcome"],
+            ["pool", "task", "outcome"],
             buckets=TASK_BUCKETS,
             registry=r,
         )
-        self.pool_workers = Gauge("drainpool_pool_workers", "Worker slots of the pool.", registry=r)
+        self.pool_workers = Gauge(
+            "drainpool_pool_workers", "Worker slots of each pool.", ["pool"], registry=r
+        )
         self.pool_generation = Gauge(
-            "drainpool_pool_generation", "Generation number of the running pool.", registry=r
+            "drainpool_pool_generation",
+            "Generation number of each running pool.",
+            ["pool"],
+            registry=r,
         )
         self.pool_restarts = Counter(
             "drainpool_pool_restarts",
             "Pool restarts by a reload, by cause.",
-            ["reason"],
+            ["pool", "reason"],
             registry=r,
         )
         self.drain_duration = Histogram(
             "drainpool_drain_duration_seconds",
-            "Time from the start of a drain to its end.",
-            ["reason"],
+            "Time from the start of a drain to the end of each pool's drain.",
+            ["pool", "reason"],
             buckets=DRAIN_BUCKETS,
             registry=r,
         )
         self.drain_grace = Gauge(
-            "drainpool_drain_grace_seconds", "Configured shutdown.grace_seconds.", registry=r
+            "drainpool_drain_grace_seconds",
+            "Configured drain grace of each pool (shutdown.grace_seconds or its own).",
+            ["pool"],
+            registry=r,
         )
         self.config_reloads = Counter(
             "drainpool_config_reloads", "Config reloads by result.", ["result"], registry=r
@@ -197,26 +247,27 @@ class Metrics:
         r.register(self.queue_depth)
         for result in ("applied", "rejected", "unchanged"):
             self.config_reloads.labels(result=result)
-        for reason in ("config_file", "sighup", "console"):
-            self.pool_restarts.labels(reason=reason)
-        # Children at 0 from the start, so increase() sees the first drain of each kind.
-        for reason in DRAIN_REASONS:
-            self.drain_duration.labels(reason=reason)
         self.last_reload_ok.set(1)
         self.last_reload_success.set(time.time())
 
-    def declare_tasks(self, tasks: Iterable[str]) -> None:
-        """Create every task's series at 0, so rate() sees the first increase."""
-        for task in tasks:
-            self.in_flight.labels(task=task)
-            for counter in self.outcome_counters.values():
-                counter.labels(task=task)
+    def declare_pool(self, pool: str, workers: int, generation: int, grace: float) -> None:
+        """A pool's gauges, and its counters at 0 so increase() sees the first event."""
+        self.pool_workers.labels(pool=pool).set(workers)
+        self.pool_generation.labels(pool=pool).set(generation)
+        self.drain_grace.labels(pool=pool).set(grace)
+        for reason in RESTART_REASONS:
+            self.pool_restarts.labels(pool=pool, reason=reason)
+        for reason in DRAIN_REASONS:
+            self.drain_duration.labels(pool=pool, reason=reason)
 
-    def record(self, task: str, outcome: str, seconds: float | None) -> None:
-        """Count one outcome; cancelled jobs never ran, so they have no duration."""
-        self.outcome_counters[outcome].labels(task=task).inc()
-        if seconds is not None:
-            self.duration.labels(task=task, outcome=outcome).observe(seconds)
+    def forget_pool(self, pool: str) -> None:
+        """A removed pool: its gauges go (counters stay, as Prometheus expects)."""
+        for gauge in (self.pool_workers, self.pool_generation, self.drain_grace):
+            with contextlib.suppress(KeyError):
+                gauge.remove(pool)
+
+    def for_pool(self, pool: str, tasks: Iterable[str]) -> PoolMetrics:
+        return PoolMetrics(self, pool, tasks)
 
     def reload_result(self, result: str) -> None:
         self.config_reloads.labels(result=result).inc()

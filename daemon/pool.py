@@ -114,6 +114,7 @@ class Pool:
         self.shutdown = ShutdownEvent()  # the generation's cancellation token
         self._queue = queue
         self._metrics = metrics
+        self._task_metrics = metrics.for_pool(config.name, self.tasks)  # series at 0 from now
         self._on_drained = on_drained
         self._on_queue_health = on_queue_health
         self._recent = recent or RecentOutcomes(1)
@@ -137,7 +138,6 @@ class Pool:
     # -- lifecycle (called by the supervisor) -------------------------------
 
     def start(self) -> None:
-        self._metrics.declare_tasks(self.tasks)
         for i in range(self.config.workers):
             thread = threading.Thread(
                 target=self._worker_loop,
@@ -180,8 +180,7 @@ class Pool:
         # listeners (command tasks) kill what they started.
         self.shutdown.expire()
         for entry in abandoned:
-            self._metrics.in_flight.labels(task=entry.job.task).dec()
-            self._metrics.record(entry.job.task, "abandoned", now - entry.started)
+            self._task_metrics.finished(entry.job.task, "abandoned", now - entry.started)
             self._recent.add(self, entry.job, "abandoned", now - entry.started)
             log.warning(
                 "abandoned job %s (%s) on thread %s after %.1fs: it ignored the shutdown event;"
@@ -253,9 +252,8 @@ class Pool:
     def _run(self, entry: _Running) -> None:
         job = entry.job
         spec = self.tasks[job.task]
-        metrics = self._metrics
-        metrics.outcome_counters["started"].labels(task=job.task).inc()
-        metrics.in_flight.labels(task=job.task).inc()
+        metrics = self._task_metrics
+        metrics.started(job.task)
         logger = logging.LoggerAdapter(
             logging.getLogger(f"drainpool.task.{job.task}"), {"job_id": job.id, "task": job.task}
         )
@@ -291,8 +289,7 @@ class Pool:
             else:
                 self._settle.releases.append(job)
             self._dispatch_wake.notify()
-        metrics.in_flight.labels(task=job.task).dec()
-        metrics.record(job.task, outcome, seconds)
+        metrics.finished(job.task, outcome, seconds)
         self._recent.add(self, job, outcome, seconds)
 
     # -- dispatcher -----------------------------------------------------------
@@ -423,7 +420,7 @@ class Pool:
 
     def _record_cancelled(self, jobs: list[Job]) -> None:
         for job in jobs:
-            self._metrics.record(job.task, "cancelled", None)
+            self._task_metrics.cancelled(job.task)
             self._recent.add(self, job, "cancelled", None)
 
     def _fetch(self, free: int) -> int:

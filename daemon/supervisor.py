@@ -233,6 +233,7 @@ class Supervisor:
         self._reload_first = 0.0
         self._last_turn = clock()
         self._stray: list[Pool] = []
+        self._published_pools: set[str] = set()  # pools whose gauges are exported
         self.started_at = time.time()
 
     # -- phase ----------------------------------------------------------------
@@ -421,6 +422,9 @@ class Supervisor:
         drain = self._drain
         if drain is None or drain.pools.get(pool.config.name) is not pool:
             return
+        self.metrics.drain_duration.labels(pool=pool.config.name, reason=drain.reason).observe(
+            self.clock() - drain.started
+        )
         if all(p.drained for p in drain.pools.values()):
             self._finish_drain()
 
@@ -429,7 +433,6 @@ class Supervisor:
         assert drain is not None
         self._drain = None
         elapsed = self.clock() - drain.started
-        self.metrics.drain_duration.labels(reason=drain.reason).observe(elapsed)
         for name, pool in drain.pools.items():
             pool.join(timeout=1.0)
             counts = ", ".join(f"{k} {pool.counts[k]}" for k in OUTCOMES)
@@ -540,8 +543,8 @@ class Supervisor:
                 self._start_pool(name, plan, registry)
         if self.phase is not Phase.RUNNING:
             self._enter(Phase.RUNNING)
-        if restarted:
-            self.metrics.pool_restarts.labels(reason=source).inc()
+        for name in restarted & self.pools.keys():  # drained and started again (not removed)
+            self.metrics.pool_restarts.labels(pool=name, reason=source).inc()
         self._publish_pool_gauges()
         self._record_reload("applied", "", source)
         log.info("reload applied: %s", self.status_line())
@@ -717,9 +720,12 @@ class Supervisor:
             self.watcher.start()
 
     def _publish_pool_gauges(self) -> None:
-        self.metrics.pool_workers.set(sum(p.config.workers for p in self.pools.values()))
-        self.metrics.pool_generation.set(max(self.generations.values(), default=0))
-        self.metrics.drain_grace.set(self._max_grace())
+        for name in self._published_pools - self.pools.keys():
+            self.metrics.forget_pool(name)
+        for name, pool in self.pools.items():
+            config = pool.config
+            self.metrics.declare_pool(name, config.workers, pool.generation, config.grace_seconds)
+        self._published_pools = set(self.pools)
 
     def _max_grace(self) -> float:
         return max((p.config.grace_seconds for p in self.pools.values()), default=0.0)

@@ -79,7 +79,12 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 
 def value(text: str, name: str, **labels: str) -> float | None:
-    return samples(text).get((name, frozenset(labels.items())))
+    """A sample's value; a single-pool daemon's per-pool series carry pool="default"."""
+    found = samples(text)
+    exact = found.get((name, frozenset(labels.items())))
+    if exact is None and "pool" not in labels:
+        exact = found.get((name, frozenset({**labels, "pool": "default"}.items())))
+    return exact
 
 
 def running_tasks(daemon: Daemon) -> set[str]:
@@ -276,7 +281,10 @@ def test_metrics_module_registers_nothing_at_import() -> None:
         "assert names() == before, names() - before\n"
         "first, second = Metrics(), Metrics()\n"
         "assert names() == before\n"
-        "assert first.registry.get_sample_value('drainpool_pool_generation') == 0\n"
+        "first.declare_pool('default', 2, 1, 10.0)\n"
+        "generation = lambda m: m.registry.get_sample_value(\n"
+        "    'drainpool_pool_generation', {'pool': 'default'})\n"
+        "assert generation(first) == 1 and generation(second) is None\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe],

@@ -25,7 +25,7 @@ def make_pool(tmp_path: Path, workers: int = 2) -> tuple[Pool, SqliteQueue, Metr
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+    return metrics.registry.get_sample_value(name, {"pool": "default", **labels}) or 0.0
 
 
 def test_jobs_handed_over_but_not_started_are_cancelled_and_released(tmp_path: Path) -> None:

@@ -256,7 +256,7 @@ def _get(container: Container, path: str) -> tuple[int, str]:
 
 
 def _metric(container: Container, sample: str) -> float | None:
-    """The value of one exposition line, e.g. 'drainpool_pool_generation'."""
+    """The value of one exposition line, e.g. 'drainpool_pool_generation{pool="default"}'."""
     _, body = _get(container, "/metrics")
     for line in body.splitlines():
         name, _, value = line.rpartition(" ")
@@ -293,7 +293,7 @@ def test_reload_applies_a_changed_config_in_the_same_process(box: Container) -> 
     props = box.show(SERVICE, "ActiveState", "MainPID", "StatusText")
     assert (props["ActiveState"], props["MainPID"]) == ("active", pid)
     assert re.match(r"running\b.*generation 2\b.*\b3 workers\b", props["StatusText"])
-    assert _metric(box, "drainpool_pool_workers") == 3
+    assert _metric(box, 'drainpool_pool_workers{pool="default"}') == 3
     assert _metric(box, 'drainpool_config_reloads_total{result="applied"}') == 1
 
 
@@ -339,7 +339,7 @@ def test_stop_with_a_task_in_flight_drains_and_requeues_the_job(box: Container) 
     job = _drainpool(box, "enqueue", "sleep", json.dumps({"seconds": 600})).strip()
     assert job
     until(
-        lambda: _metric(box, 'drainpool_tasks_in_flight{task="sleep"}') == 1,
+        lambda: _metric(box, 'drainpool_tasks_in_flight{pool="default",task="sleep"}') == 1,
         60,
         "the sleep task to run",
     )

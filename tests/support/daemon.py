@@ -25,6 +25,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT = 30.0
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def wait_until(
@@ -254,10 +255,16 @@ class Daemon:
         return samples
 
     def metric(self, name: str, **labels: str) -> float:
-        key = name + (
-            "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
-        )
-        return self.metrics().get(key, 0.0)
+        """Sum of the samples of `name` whose labels include `labels` (0 when none)."""
+        total = 0.0
+        for key, value in self.metrics().items():
+            sample, _, rest = key.partition("{")
+            if sample != name:
+                continue
+            have = dict(LABEL.findall(rest))
+            if all(have.get(k) == v for k, v in labels.items()):
+                total += value
+        return total
 
 
 class DaemonFactory:
