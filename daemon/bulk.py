@@ -35,12 +35,28 @@ def seconds_until(when: str) -> float:
     return max(target - time.time(), 0.0)
 
 
-def parse_line(line: str, known: list[str]) -> tuple[str, Any]:
-    """One job from one line; ValueError says what is wrong with it."""
+def parse_json(text: str) -> Any:
+    """JSON from the command line or a file; ValueError says what is wrong with it.
+
+    Input is read with surrogateescape, so bytes that are not UTF-8 arrive as
+    lone surrogates: refused here rather than stored and handed to a task.
+    """
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("not UTF-8 text") from None
     try:
-        entry = json.loads(line)
+        return json.loads(text)
     except ValueError as exc:
         raise ValueError(f"not valid JSON: {exc}") from None
+    except RecursionError:  # json.loads does not turn this one into a ValueError
+        raise ValueError("nested too deeply") from None
+
+
+def parse_line(line: str, known: list[str]) -> tuple[str, Any]:
+    """One job from one line; ValueError says what is wrong with it."""
+    entry = parse_json(line)
     if not isinstance(entry, dict):
         raise ValueError("not a JSON object")
     extra = set(entry) - {"task", "payload"}
@@ -95,7 +111,13 @@ def _lines(source: IO[str]) -> Iterator[tuple[int, str]]:
 def enqueue_file(queue: Queue, name: str, known: list[str], *, skip_invalid: bool) -> int:
     """Enqueue every line of `name` ('-' is stdin); print a summary; return the exit code."""
     err = sys.stderr
-    source: IO[str] = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115
+    # surrogateescape: a line that is not UTF-8 is one bad line (parse_payload), not a crash.
+    source: IO[str]
+    if name == "-":
+        sys.stdin.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+        source = sys.stdin
+    else:
+        source = open(name, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
     spool: IO[str] | None = None
     bad = 0
 
@@ -108,7 +130,9 @@ def enqueue_file(queue: Queue, name: str, known: list[str], *, skip_invalid: boo
     try:
         if not skip_invalid:
             if name == "-":
-                spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+                spool = tempfile.TemporaryFile(  # noqa: SIM115
+                    "w+", encoding="utf-8", errors="surrogateescape"
+                )
             total = 0
             for number, line in _lines(source):
                 try:

@@ -16,6 +16,7 @@ from typing import Any
 
 from daemon import __version__
 from daemon.exitcodes import ExitCode
+from daemon.queue.base import QueueError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -33,6 +34,9 @@ def dispatch(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"drainpool: {exc}", file=sys.stderr)
         return ExitCode.USAGE
+    except QueueError as exc:  # e.g. the queue file cannot be opened: one line, not a traceback
+        print(f"drainpool: queue error: {exc}", file=sys.stderr)
+        return ExitCode.ABANDONED
     except KeyboardInterrupt:
         return 130
 
@@ -184,9 +188,9 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
             f"unknown task {args.task!r}; configured tasks: {', '.join(known) or 'none'}"
         )
     try:
-        payload = json.loads(args.payload) if args.payload is not None else {}
+        payload = bulk.parse_json(args.payload) if args.payload is not None else {}
     except ValueError as exc:
-        raise UsageError(f"payload is not valid JSON: {exc}") from None
+        raise UsageError(f"payload is {exc}") from None
     delay = args.delay
     if args.at is not None:
         delay = bulk.seconds_until(args.at)

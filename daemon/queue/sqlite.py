@@ -14,7 +14,6 @@ never an enqueue: producers' connections commit with synchronous=FULL.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import secrets
@@ -33,6 +32,7 @@ from daemon.queue.base import (
     QueueStats,
     QueueUnavailable,
     RetryPolicy,
+    decode_payload,
     encode_payload,
     loads_or_raw,
 )
@@ -213,7 +213,7 @@ class SqliteQueue:
             rows = conn.execute(
                 f"UPDATE jobs SET state = {LEASED}, due_at = ?, token = ?, attempts = attempts + 1"
                 f" WHERE id IN ({marks}) AND state < {DEAD} AND due_at <= ?"
-                " RETURNING id, task, payload, attempts, enqueued_at",
+                " RETURNING id, task, CAST(payload AS BLOB), attempts, enqueued_at",
                 (now + lease_seconds, token, *candidates, now),
             ).fetchall()
             return self._to_jobs(conn, rows, token, now)
@@ -243,10 +243,7 @@ class SqliteQueue:
             if attempts > self.retry.max_attempts:
                 error = f"lease expired {attempts - 1} times: its worker died each time"
             else:
-                try:
-                    payload = json.loads(body)
-                except ValueError as exc:
-                    error = f"payload is not valid JSON: {exc}"
+                payload, error = decode_payload(body)
             if error:
                 conn.execute(
                     f"UPDATE jobs SET state = {DEAD}, token = NULL, error = ?, traceback = '',"
@@ -335,7 +332,8 @@ class SqliteQueue:
     def dead_list(self, limit: int = 100) -> list[DeadJob]:
         rows = self._run(
             lambda c: c.execute(
-                "SELECT id, task, payload, attempts, error, traceback, failed_at FROM jobs"
+                "SELECT id, task, CAST(payload AS BLOB), attempts, error, traceback, failed_at"
+                " FROM jobs"
                 " WHERE state = 2 ORDER BY failed_at DESC, id DESC LIMIT ?",
                 (limit,),
             ).fetchall(),
