@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.support.daemon import Daemon, DaemonFactory, queue_stats, wait_until
 
-RELOADS = int(os.environ.get("DRAINPOOL_LEAK_RELOADS", "1000"))
+RELOADS = int(os.environ.get("DRAINPOOL_LEAK_RELOADS", "1000"))  # even: 2 workers at the end
 WARMUP = 100  # caches, the allocator's arenas and the first imports settle by then
 THREAD_SLACK = 2  # an HTTP request thread of our own poll may still be winding down
 FD_SLACK = 2  # and its socket
@@ -79,8 +79,9 @@ def write_config(factory: DaemonFactory, workers: int) -> Path:
     )
 
 
-def enqueue_load(factory: DaemonFactory, config: Path, count: int) -> None:
-    """Short cooperative jobs, one in twenty stubborn (abandoned at a reload)."""
+def loaded_daemon(factory: DaemonFactory, count: int) -> tuple[Path, Daemon]:
+    """A daemon with 2 workers and `count` jobs waiting: one in twenty is stubborn."""
+    config = write_config(factory, 2)
     lines = []
     for i in range(count):
         if i % 20 == 0:
@@ -90,14 +91,13 @@ def enqueue_load(factory: DaemonFactory, config: Path, count: int) -> None:
     text = "".join(json.dumps(line) + "\n" for line in lines)
     result = factory.cli("enqueue", "--file", "-", config=config, input=text)
     assert result.returncode == 0, result.stderr
+    return config, factory.start(config)
 
 
 def test_a_thousand_reloads_under_load_keep_threads_fds_and_memory_flat(
     factory: DaemonFactory,
 ) -> None:
-    config = write_config(factory, 2)
-    enqueue_load(factory, config, 40_000)
-    daemon = factory.start(config)
+    config, daemon = loaded_daemon(factory, 40_000)
     samples: dict[int, Sample] = {}
     stray_seen = 0
     for i in range(1, RELOADS + 1):
@@ -125,9 +125,7 @@ def test_a_thousand_reloads_under_load_keep_threads_fds_and_memory_flat(
 def test_a_thousand_sighups_as_fast_as_possible_then_the_latest_config_wins(
     factory: DaemonFactory,
 ) -> None:
-    config = write_config(factory, 2)
-    enqueue_load(factory, config, 2_000)
-    daemon = factory.start(config)
+    _, daemon = loaded_daemon(factory, 2_000)
     for _ in range(1000):
         daemon.signal(signal.SIGHUP)
     # Still up, and every queued SIGHUP was handled (coalesced: the file never changed).
