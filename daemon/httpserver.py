@@ -128,6 +128,8 @@ class HttpServer:
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.scheme = "https" if tls_cert else "http"
         self._wake_r, self._wake_w = os.pipe()
+        self._wake_poll = select.poll()
+        self._wake_poll.register(self._wake_r, select.POLLIN)
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
 
     @property
@@ -162,8 +164,8 @@ class HttpServer:
                         starved = True
                         # The connection is still pending, so select would return at once:
                         # without this pause the thread spins on a full CPU until it clears.
-                        # select(2) itself needs no descriptor.
-                        if select.select([self._wake_r], [], [], ACCEPT_RETRY_SECONDS)[0]:
+                        # poll(2) needs no descriptor of its own (epoll would).
+                        if self._wake_poll.poll(ACCEPT_RETRY_SECONDS * 1000):
                             return
                     elif starved:
                         log.info("the metrics endpoint accepts connections again")
