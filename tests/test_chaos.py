@@ -13,15 +13,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.chaos import run_chaos, verify
+from tests.support.chaos import ChaosResult, run_chaos, verify
 from tests.support.daemon import DaemonFactory
+from tests.support.redis_server import redis_servers
 
 
-def chaos_parameters() -> tuple[int, float, int]:
-    jobs = int(os.environ.get("DRAINPOOL_CHAOS_JOBS", "2000"))
-    seconds = float(os.environ.get("DRAINPOOL_CHAOS_SECONDS", "40"))
+def chaos_parameters(jobs: int = 2000, seconds: float = 40) -> tuple[int, float, int]:
+    """CI's bounded size unless the environment asks for another (or a replay)."""
+    jobs = int(os.environ.get("DRAINPOOL_CHAOS_JOBS", jobs))
+    seconds = float(os.environ.get("DRAINPOOL_CHAOS_SECONDS", seconds))
     seed = int(os.environ.get("DRAINPOOL_CHAOS_SEED") or random.SystemRandom().randrange(10**9))
     return jobs, seconds, seed
+
+
+def check(result: ChaosResult) -> None:
+    problems = verify(result)
+    assert not problems, f"{result.summary()}\n" + "\n".join(problems[:50])
+    # The run did what it is for: reloads, stops and kills all happened.
+    assert {"term", "kill"} <= {lt.ended for lt in result.lifetimes}, result.summary()
 
 
 @pytest.mark.slow
@@ -62,8 +71,17 @@ def test_chaos_sqlite_nothing_lost(factory: DaemonFactory, tmp_path: Path) -> No
       for the final stop of an idle daemon; no traceback in any daemon log.
     """
     jobs, seconds, seed = chaos_parameters()
-    result = run_chaos(factory, tmp_path, jobs=jobs, seconds=seconds, seed=seed)
-    problems = verify(result)
-    assert not problems, f"{result.summary()}\n" + "\n".join(problems[:50])
-    # The run did what it is for: reloads, stops and kills all happened.
-    assert {"term", "kill"} <= {lt.ended for lt in result.lifetimes}, result.summary()
+    check(run_chaos(factory, tmp_path, jobs=jobs, seconds=seconds, seed=seed))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_chaos_redis_nothing_lost(factory: DaemonFactory, tmp_path: Path) -> None:
+    """The same run and the same checks with the queue in a real redis-server.
+
+    Smaller by default (CI time); the same environment variables size it.
+    """
+    jobs, seconds, seed = chaos_parameters(jobs=1000, seconds=25)
+    with redis_servers(tmp_path / "redis") as start_redis:
+        url = start_redis().url
+        check(run_chaos(factory, tmp_path, jobs=jobs, seconds=seconds, seed=seed, queue_url=url))

@@ -150,6 +150,14 @@ def make_config(rng: random.Random, queue_url: str) -> dict[str, dict[str, Any]]
     return config
 
 
+def one_pool_config(queue_url: str, workers: int) -> dict[str, dict[str, Any]]:
+    """Every task, one pool: for the producers' CLI and for the calm at the end."""
+    config = make_config(random.Random(0), queue_url)
+    config.pop("pools", None)
+    config["pool"] = {"workers": workers}
+    return config
+
+
 def bad_config(good: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     bad = {section: dict(values) for section, values in good.items()}
     bad["shutdown"]["grace_seconds"] = -1.0
@@ -175,10 +183,7 @@ class _Chaos:
         self.lifetimes: list[Lifetime] = []
         self.actions: collections.Counter[str] = collections.Counter()
         write_atomic(self.config, render_config(self.good))
-        producer = make_config(random.Random(0), queue_url)
-        producer.pop("pools", None)
-        producer["pool"] = {"workers": 1}
-        write_atomic(self.producer, render_config(producer))
+        write_atomic(self.producer, render_config(one_pool_config(queue_url, 1)))
 
     @property
     def current(self) -> Lifetime:
@@ -276,17 +281,23 @@ def run_chaos(
     for how in ("term", "kill"):  # whatever the dice said, each kind of stop happens
         if how not in chaos.actions:
             chaos.act(how)
-    # Calm: a valid config, then the last daemon finishes everything (killed daemons'
-    # leases run out within LEASE_SECONDS).
-    if chaos.bad:
-        chaos.write(chaos.good)
-        chaos.current.daemon.signal(signal.SIGHUP)
+    # Calm: one pool with 8 workers (the dice may have left a slow pool with one), then
+    # the last daemon finishes everything (killed daemons' leases run out within
+    # LEASE_SECONDS).
+    chaos.write(one_pool_config(queue_url, 8))
+    chaos.current.daemon.signal(signal.SIGHUP)
+    wait_until(
+        lambda: chaos.current.daemon.metric("drainpool_pool_workers") == 8,
+        what=f"the daemon on the calm config (seed {seed})",
+    )
 
     def drained() -> dict[str, Any] | None:
         stats = chaos.queue_stats()
         return stats if stats["ready"] + stats["delayed"] + stats["leased"] == 0 else None
 
+    calm = time.monotonic()
     wait_until(drained, timeout=max(180.0, jobs / 10), what=f"the queue to drain (seed {seed})")
+    out(f"chaos seed {seed}: the queue drained {time.monotonic() - calm:.1f}s after the chaos")
     final = chaos.current.daemon
     counters = {k: v for k, v in final.metrics().items() if k.startswith("drainpool_tasks_")}
     final.signal(signal.SIGTERM)
