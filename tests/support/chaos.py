@@ -254,7 +254,7 @@ def run_chaos(
     out: Callable[[str], None] = print,
 ) -> ChaosResult:
     """Run the schedule for `seconds` while `jobs` jobs are added; finish the queue; stop."""
-    out(f"chaos seed {seed} (replay with DRAINPOOL_CHAOS_SEED={seed})")
+    out(f"chaos seed {seed} (replay: DRAINPOOL_CHAOS_SEED={seed}, or bench/chaos.py --seed {seed})")
     chaos = _Chaos(factory, tmp, seed, queue_url, out)
     all_jobs, kinds = make_jobs(random.Random(f"{seed}-jobs"), jobs, chaos.log)
     # Two fifths at once, the rest in chunks over the first two thirds of the run.
