@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.support.chaos import run_chaos, verify
+from tests.support.chaos import run_chaos
+from tests.support.chaos_verify import verify
 from tests.support.daemon import daemons
 from tests.support.redis_server import redis_servers
 

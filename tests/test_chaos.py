@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.chaos import ChaosResult, run_chaos, verify
+from tests.support.chaos import ChaosResult, run_chaos
+from tests.support.chaos_verify import verify
 from tests.support.daemon import DaemonFactory
 from tests.support.redis_server import redis_servers
 
@@ -38,7 +39,7 @@ def check(result: ChaosResult) -> None:
 def test_chaos_sqlite_nothing_lost(factory: DaemonFactory, tmp_path: Path) -> None:
     """Mixed jobs under a seeded schedule of reloads, bad configs, SIGTERM and kill -9.
 
-    What must hold at the end (each is one block of `verify`):
+    What must hold at the end (each is one check in tests/support/chaos_verify.py):
 
     - Nothing lost: the queue holds nothing ready, delayed or leased, and every
       job number either logged `done` or is in the dead-letter list.

@@ -8,7 +8,8 @@ O_APPEND task log, the daemons' own logs and counters, and the queue say.
 The schedule is a function of the seed; the timing of the machine is not, so
 a seed replays the same actions in the same order, not the same interleaving.
 
-The test module and bench/chaos.py both call these two functions.
+The test module and bench/chaos.py both call `run_chaos`, then
+tests/support/chaos_verify.py's `verify`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import collections
 import contextlib
 import json
 import random
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -33,13 +33,6 @@ MAX_ATTEMPTS = 5
 LEASE_SECONDS = 5.0  # short, so a killed daemon's jobs come back soon
 GRACES = (0.2, 0.5, 1.0, 2.0)
 STOP_TIMEOUT = 60.0  # a stop takes at most the grace; the rest is the machine's noise
-ENDED = re.compile(
-    r"pool (\S+) generation (\d+) ended: completed (\d+), failed (\d+), interrupted (\d+),"
-    r" cancelled (\d+), abandoned (\d+)"
-)
-ABANDONED = re.compile(r"abandoned job (\S+) \(")
-OUTCOMES = ("completed", "failed", "interrupted", "cancelled", "abandoned")
-LINE_KINDS = {"done": "completed", "failed": "failed", "interrupted": "interrupted"}
 
 # (action, weight): mostly reloads, a stop or a kill every few seconds.
 ACTIONS = (
@@ -321,191 +314,3 @@ def run_chaos(
     )
     out(result.summary())
     return result
-
-
-# -- verification -------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TaskLine:
-    kind: str  # start, done, failed, interrupted
-    job: str
-    attempt: int
-    pid: int
-    n: int
-    lifetime: int
-
-
-def read_task_log(path: Path) -> tuple[list[TaskLine], list[str]]:
-    """The task lines, each with the lifetime whose marker precedes it; and malformed lines."""
-    lines: list[TaskLine] = []
-    malformed: list[str] = []
-    lifetime = -1
-    for raw in path.read_text().splitlines():
-        parts = raw.split()
-        if len(parts) == 2 and parts[0] == "lifetime":
-            lifetime = int(parts[1])
-        elif len(parts) == 5 and parts[0] in ("start", *LINE_KINDS):
-            kind, job, attempt, pid, n = parts
-            lines.append(TaskLine(kind, job, int(attempt), int(pid), int(n), lifetime))
-        else:
-            malformed.append(raw)
-    return lines, malformed
-
-
-@dataclass
-class DaemonRecord:
-    """What one lifetime's daemon said about itself in its log."""
-
-    counts: collections.Counter[str]  # summed over every generation that ended
-    abandoned: set[str]  # job ids
-    abandoned_lines: int
-    tracebacks: int
-
-
-def read_daemon_log(text: str) -> DaemonRecord:
-    counts: collections.Counter[str] = collections.Counter()
-    for match in ENDED.finditer(text):
-        counts.update(dict(zip(OUTCOMES, map(int, match.groups()[2:]), strict=True)))
-    abandoned = ABANDONED.findall(text)
-    return DaemonRecord(counts, set(abandoned), len(abandoned), text.count("Traceback"))
-
-
-def compare_counts(
-    where: str, daemon: dict[str, float], lines: collections.Counter[str], abandoned: int
-) -> list[str]:
-    """The daemon's outcome counts against the task log's lines of the same lifetime.
-
-    Every start has exactly one outcome: completed, failed, interrupted or
-    abandoned. An abandoned run may still log done, failed or interrupted
-    later (its result is ignored), so each kind may exceed the daemon's count,
-    by at most the number of abandoned runs in all.
-    """
-    problems = []
-    ran = sum(daemon.get(k, 0) for k in ("completed", "failed", "interrupted", "abandoned"))
-    if lines["start"] != ran:
-        problems.append(f"{where}: {lines['start']} start lines but {ran} outcomes {daemon}")
-    excess = 0
-    for kind, outcome in LINE_KINDS.items():
-        extra = lines[kind] - daemon.get(outcome, 0)
-        excess += extra
-        if extra < 0:
-            problems.append(f"{where}: {lines[kind]} {kind} lines < {outcome} {daemon}")
-    if excess > abandoned:
-        problems.append(
-            f"{where}: {excess} lines beyond the daemon's counts, {abandoned} abandoned"
-        )
-    return problems
-
-
-def verify(result: ChaosResult) -> list[str]:
-    """Every invariant of the run; an empty list when all hold (see tests/test_chaos.py)."""
-    problems: list[str] = []
-    lines, malformed = read_task_log(result.log)
-    if malformed:
-        problems.append(f"{len(malformed)} malformed task log lines, e.g. {malformed[:3]}")
-    records = {lt.index: read_daemon_log(lt.daemon.log()) for lt in result.lifetimes}
-    ended = {lt.index: lt.ended for lt in result.lifetimes}
-    killed = {i for i, how in ended.items() if how == "kill"}
-
-    # One job id per job number and back.
-    ids: dict[int, set[str]] = collections.defaultdict(set)
-    numbers: dict[str, set[int]] = collections.defaultdict(set)
-    for line in lines:
-        ids[line.n].add(line.job)
-        numbers[line.job].add(line.n)
-    problems += [f"job number {n} ran under ids {sorted(j)}" for n, j in ids.items() if len(j) > 1]
-    problems += [f"job id {j} ran as numbers {sorted(n)}" for j, n in numbers.items() if len(n) > 1]
-
-    # Nothing waits, nothing is leased: every job was acked or is dead.
-    stats = result.stats
-    if stats["ready"] or stats["delayed"] or stats["leased"] or stats["dead"] != len(result.dead):
-        problems.append(f"queue not settled: {stats}, {len(result.dead)} in the dead list")
-    dead = {job["payload"]["n"]: job for job in result.dead}
-    done = collections.Counter(line.n for line in lines if line.kind == "done")
-    lost = [n for n in range(result.jobs) if n not in dead and not done[n]]
-    if lost:
-        problems.append(f"{len(lost)} jobs lost (neither done nor dead): {lost[:20]}")
-
-    # Dead only by failing max_attempts times, or by leases that a kill -9 left to expire.
-    for n, job in dead.items():
-        error = job["error"]
-        by_kill = error.startswith("lease expired") and killed
-        by_failure = (
-            result.kinds[n] == "doomed"
-            and error.startswith("RuntimeError: chaos: failing attempt")
-            and job["attempts"] == MAX_ATTEMPTS
-        )
-        if not (by_kill or by_failure):
-            problems.append(f"job {n} ({result.kinds[n]}) dead for no reason: {job}")
-    problems += [
-        f"doomed job {n} was not dead-lettered"
-        for n, kind in result.kinds.items()
-        if kind == "doomed" and n not in dead
-    ]
-
-    # Completed twice only where a kill -9 (done, never acked) or an abandonment explains it.
-    abandoned_in = {(i, job) for i, record in records.items() for job in record.abandoned}
-    unexplained = collections.Counter()
-    for line in lines:
-        if line.kind == "done" and not (
-            line.lifetime in killed or (line.lifetime, line.job) in abandoned_in
-        ):
-            unexplained[line.n] += 1
-    for n, count in unexplained.items():
-        if count > (0 if n in dead else 1):
-            problems.append(f"job {n} completed {count} times with no kill or abandonment")
-
-    # One end (done or failed) per delivered attempt, unless the job was abandoned.
-    ever_abandoned = {job for _, job in abandoned_in}
-    ends = collections.Counter(
-        (line.job, line.attempt) for line in lines if line.kind in ("done", "failed")
-    )
-    problems += [
-        f"job {job} attempt {attempt} ended {count} times"
-        for (job, attempt), count in ends.items()
-        if count > 1 and job not in ever_abandoned
-    ]
-
-    # Per lifetime: the daemon's own counts agree with the task log.
-    per_lifetime: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    for line in lines:
-        per_lifetime[line.lifetime][line.kind] += 1
-    for lt in result.lifetimes:
-        record = records[lt.index]
-        where = f"lifetime {lt.index} ({lt.ended}, rc {lt.rc})"
-        if record.tracebacks:
-            problems.append(f"{where}: {record.tracebacks} tracebacks in {lt.daemon.log_path}")
-        if record.abandoned_lines != record.counts["abandoned"] and lt.ended != "kill":
-            problems.append(f"{where}: abandoned lines and counts differ {record}")
-        seen = per_lifetime[lt.index]
-        if lt.ended == "kill":
-            # Only the generations that ended before the kill were counted.
-            ran = sum(record.counts[k] for k in ("completed", "failed", "interrupted", "abandoned"))
-            if seen["start"] < ran or lt.rc != -signal.SIGKILL:
-                problems.append(f"{where}: {seen['start']} starts < {ran} counted outcomes")
-            continue
-        problems += compare_counts(where, record.counts, seen, record.counts["abandoned"])
-        allowed = {"term": {0, 1}, "final": {0}, "double_term": {0, 1, -signal.SIGTERM}}
-        if lt.rc not in allowed[lt.ended] or (
-            lt.rc == 1 and lt.ended == "term" and not record.counts["abandoned"]
-        ):
-            problems.append(f"{where}: unexpected exit code")
-
-    # The final daemon's Prometheus counters, per task, against its lifetime's lines.
-    final = result.lifetimes[-1]
-    task_of = {n: ("flaky" if kind == "doomed" else kind) for n, kind in result.kinds.items()}
-    for task in ("coop", "slow", "flaky", "stubborn"):
-        seen = collections.Counter(
-            line.kind for line in lines if line.lifetime == final.index and task_of[line.n] == task
-        )
-        counters = {
-            outcome: result.final_counters.get(
-                f'drainpool_tasks_{outcome}_total{{task="{task}"}}', 0
-            )
-            for outcome in ("started", *OUTCOMES)
-        }
-        if counters["started"] != seen["start"]:
-            problems.append(f"final {task}: started_total {counters} vs {seen['start']} starts")
-        problems += compare_counts(f"final {task}", counters, seen, int(counters["abandoned"]))
-    return problems
