@@ -34,7 +34,6 @@ from tests.support.daemon import REPO, DaemonFactory, queue_stats, render_config
 FUZZ = settings(
     max_examples=60,
     deadline=None,
-    derandomize=False,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
