@@ -37,16 +37,32 @@ def seconds_until(when: str) -> float:
     return max(target - time.time(), 0.0)
 
 
+def parse_json(text: str) -> Any:
+    """JSON from the command line or a file; ValueError says what is wrong with it.
+
+    Input is read with surrogateescape, so bytes that are not UTF-8 arrive as
+    lone surrogates: refused here rather than stored and handed to a task.
+    """
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("not UTF-8 text") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    except RecursionError:  # json.loads does not turn this one into a ValueError
+        raise ValueError("nested too deeply") from None
+
+
 def parse_line(raw: bytes | str, known: list[str]) -> tuple[str, Any]:
     """One job from one line; ValueError says what is wrong with it."""
     try:
         line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        entry = json.loads(line)
-    except ValueError as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
+    entry = parse_json(line)
     if not isinstance(entry, dict):
         raise ValueError("not a JSON object")
     extra = set(entry) - {"task", "payload"}

@@ -192,9 +192,9 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
             f"unknown task {args.task!r}; configured tasks: {', '.join(known) or 'none'}"
         )
     try:
-        payload = json.loads(args.payload) if args.payload is not None else {}
+        payload = bulk.parse_json(args.payload) if args.payload is not None else {}
     except ValueError as exc:
-        raise UsageError(f"payload is not valid JSON: {exc}") from None
+        raise UsageError(f"payload is {exc}") from None
     delay = args.delay
     if args.at is not None:
         if args.delay:

@@ -8,11 +8,14 @@ binds to loopback unless the config says otherwise.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import select
 import selectors
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -131,10 +134,33 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("%s - %s", self.address_string(), format % args)
 
 
+# accept(2) failing for want of resources: the connection stays in the backlog.
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPT_RETRY_SECONDS = 0.1
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client must not keep the process alive
     allow_reuse_address = True
     endpoints: Endpoints
+    starved: OSError | None = None  # the last accept that failed for want of resources
+
+    def get_request(self) -> tuple[Any, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in _OUT_OF_RESOURCES and not isinstance(exc, ssl.SSLError):
+                self.starved = exc
+            raise  # socketserver drops the attempt; _serve backs off
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver would print a traceback to stderr for a client that hung up
+        # before its answer (a scrape that timed out): that is not the daemon's error.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("client %s went away: %s", client_address, exc)
+        else:
+            log.exception("error answering %s", client_address)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if isinstance(request, ssl.SSLSocket):
@@ -173,6 +199,8 @@ class HttpServer:
             )
         self.scheme = "https" if tls_cert else "http"
         self._wake_r, self._wake_w = os.pipe()
+        self._wake_poll = select.poll()
+        self._wake_poll.register(self._wake_r, select.POLLIN)
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
 
     @property
@@ -186,6 +214,7 @@ class HttpServer:
     def _serve(self) -> None:
         # Own loop instead of serve_forever: a pipe wakes it at once on stop, where
         # serve_forever would notice only at its next poll interval.
+        starved = False
         with selectors.DefaultSelector() as selector:
             selector.register(self._server.socket, selectors.EVENT_READ)
             selector.register(self._wake_r, selectors.EVENT_READ)
@@ -194,6 +223,24 @@ class HttpServer:
                     if key.fileobj == self._wake_r:
                         return
                     self._server.handle_request()
+                    error, self._server.starved = self._server.starved, None
+                    if error is not None:
+                        if not starved:
+                            log.error(
+                                "cannot accept connections on the metrics endpoint: %s;"
+                                " retrying every %.1fs",
+                                error,
+                                ACCEPT_RETRY_SECONDS,
+                            )
+                        starved = True
+                        # The connection is still pending, so select would return at once:
+                        # without this pause the thread spins on a full CPU until it clears.
+                        # poll(2) needs no descriptor of its own (epoll would).
+                        if self._wake_poll.poll(ACCEPT_RETRY_SECONDS * 1000):
+                            return
+                    elif starved:
+                        log.info("the metrics endpoint accepts connections again")
+                        starved = False
 
     def stop(self) -> None:
         """Stop serving and free the port."""

@@ -27,7 +27,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 DEFAULT_CONFIG_PATH = Path("/etc/drainpool/drainpool.toml")
 ENV_PREFIX = "DRAINPOOL_"
@@ -39,8 +44,15 @@ class ConfigError(Exception):
     """The config cannot be used; `problems` holds one line per problem."""
 
     def __init__(self, problems: list[str]) -> None:
+        # One line each, whatever a key, a path or an import error held: control
+        # characters are shown escaped, never sent raw to a terminal or a journal.
+        problems = [_printable(p) for p in problems]
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class _Section(BaseModel):
@@ -243,6 +255,8 @@ def load(path: Path) -> LoadedConfig:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path, text, os.environ)) from None
+    except SettingsError as exc:  # a whole section from the environment that is not JSON
+        raise ConfigError([_env_problem(exc)]) from None
     loaded = LoadedConfig(settings, path, text)
     problems = check_pools(loaded, explicit_pool="pool" in data)
     if problems:
@@ -302,6 +316,15 @@ def _describe(exc: ValidationError, path: Path, text: str, environ: Mapping[str,
             where = f"{path}:{line}" if line else str(path)
             problems.append(f"{where}: {key}: {message}")
     return sorted(set(problems), key=problems.index)
+
+
+def _env_problem(exc: SettingsError) -> str:
+    """Name the variable: pydantic-settings only says which field it could not parse."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    if not match:
+        return f"environment: {exc}"
+    name = ENV_PREFIX + match.group(1).upper()
+    return f"environment {name}: {match.group(1)}: not valid JSON (a table must be a JSON object)"
 
 
 def _wrong_union_branch(err: Any) -> bool:

@@ -104,6 +104,26 @@ def encode_payload(payload: Any) -> str:
         return json.dumps(payload, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise QueueError(f"payload is not JSON-serialisable: {exc}") from exc
+    except RecursionError:
+        raise QueueError("payload is nested too deeply") from None
+
+
+def decode_payload(body: str | bytes | None) -> tuple[Any, str]:
+    """A stored payload and "", or None and why it cannot be decoded (it is dead-lettered).
+
+    json.loads raises RecursionError, not ValueError, on deep nesting; a row
+    written by something else may not even be UTF-8.
+    """
+    try:
+        text = body.decode() if isinstance(body, bytes) else body
+    except UnicodeDecodeError as exc:
+        return None, f"payload is not UTF-8 text: {exc}"
+    try:
+        return json.loads(text), ""
+    except (TypeError, ValueError) as exc:  # TypeError: no payload at all
+        return None, f"payload is not valid JSON: {exc}"
+    except RecursionError:
+        return None, "payload is nested too deeply to decode"
 
 
 _QUERY_SECRET = re.compile(r"(?i)([?&;](?:ssl_)?password=)[^&;#]*")
@@ -131,12 +151,12 @@ def redact_url(url: str) -> str:
     return scheme + "://" + _QUERY_SECRET.sub(r"\1***", rest)
 
 
-def loads_or_raw(body: str) -> Any:
+def loads_or_raw(body: str | bytes) -> Any:
     """A stored payload as JSON, or the raw text when it is not (shown in dead letters)."""
-    try:
-        return json.loads(body)
-    except ValueError:
-        return body
+    payload, error = decode_payload(body)
+    if error:
+        return body.decode(errors="replace") if isinstance(body, bytes) else body
+    return payload
 
 
 @runtime_checkable

@@ -33,7 +33,6 @@ Standalone Redis 7 only: the scripts build key names from the prefix.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import secrets
@@ -56,6 +55,7 @@ from daemon.queue.base import (
     QueueStats,
     QueueUnavailable,
     RetryPolicy,
+    decode_payload,
     encode_payload,
     loads_or_raw,
     redact_url,
@@ -589,11 +589,10 @@ class RedisQueue:
         jobs: list[Job] = []
         bad: list[Failure] = []
         for job_id, task, body, attempts, enqueued_at in rows:
-            try:
-                payload = json.loads(body)
-            except (TypeError, ValueError) as exc:
+            payload, error = decode_payload(body)
+            if error:
                 job = Job(str(job_id), task, None, int(attempts), token, float(enqueued_at))
-                bad.append(Failure(job, f"payload is not valid JSON: {exc}", retry=False))
+                bad.append(Failure(job, error, retry=False))
                 continue
             jobs.append(Job(str(job_id), task, payload, int(attempts), token, float(enqueued_at)))
         if bad:

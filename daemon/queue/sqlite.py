@@ -23,7 +23,6 @@ an ack only removes a restored copy of the job, if the new file has one.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import secrets
@@ -40,6 +39,7 @@ from daemon.queue.base import (
     QueueError,
     QueueStats,
     RetryPolicy,
+    decode_payload,
     encode_payload,
     loads_or_raw,
 )
@@ -218,7 +218,8 @@ class SqliteQueue:
             marks = ",".join("?" * len(ids))
             rows = conn.execute(
                 f"UPDATE jobs SET state = {LEASED}, due_at = ?, token = ?, attempts = attempts + 1"
-                f" WHERE id IN ({marks}) RETURNING id, task, payload, attempts, enqueued_at",
+                f" WHERE id IN ({marks})"
+                " RETURNING id, task, CAST(payload AS BLOB), attempts, enqueued_at",
                 (now + lease_seconds, token, *ids),
             ).fetchall()
             order = {job_id: i for i, job_id in enumerate(ids)}
@@ -242,10 +243,7 @@ class SqliteQueue:
                 # The wording and the count are shared with the Redis backend (contract tests).
                 error = f"lease expired {attempts - 1} times: its worker died each time"
             else:
-                try:
-                    payload = json.loads(body)
-                except ValueError as exc:
-                    error = f"payload is not valid JSON: {exc}"
+                payload, error = decode_payload(body)
             if error:
                 conn.execute(
                     f"UPDATE jobs SET state = {DEAD}, token = NULL, error = ?, traceback = '',"
@@ -381,7 +379,8 @@ class SqliteQueue:
     def dead_list(self, limit: int = 100) -> list[DeadJob]:
         rows = self._run(
             lambda c: c.execute(
-                "SELECT id, task, payload, attempts, error, traceback, failed_at FROM jobs"
+                "SELECT id, task, CAST(payload AS BLOB), attempts, error, traceback, failed_at"
+                " FROM jobs"
                 " WHERE state = 2 ORDER BY failed_at DESC, id DESC LIMIT ?",
                 (limit,),
             ).fetchall(),
