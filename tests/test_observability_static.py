@@ -44,6 +44,7 @@ from tests.support.metric_names import (
     DAEMON_METRICS,
     SCRAPE_SERIES,
     daemon_sample_names,
+    is_per_pool,
     metric_of_sample,
     missing_from_exposition,
 )
@@ -64,6 +65,10 @@ PROVISIONING = DASHBOARD.parent / "provisioning"
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 JOB_FILTER = ("job", "=~", "$job")
 INSTANCE_FILTER = ("instance", "=~", "$instance")
+POOL_FILTER = ("pool", "=~", "$pool")
+# Label values the stand-in exporter gives where the config decides them. Two pools, so
+# that an expression matching pools up wrongly (on the instance alone) errors out there.
+STAND_IN_VALUES: dict[str, tuple[str, ...]] = {"pool": ("quick", "heavy")}
 EXPECTED_ALERTS = {
     "DrainpoolDown",
     "DrainpoolConfigReloadFailing",
@@ -153,7 +158,7 @@ def test_dashboard_variables() -> None:
     variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
     datasource = variables["datasource"]
     assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus")
-    for name in ("job", "instance"):
+    for name in ("job", "instance", "pool"):
         variable = variables[name]
         assert variable["type"] == "query"
         assert variable["datasource"] == DATASOURCE_REF
@@ -162,6 +167,12 @@ def test_dashboard_variables() -> None:
     queries = {e.origin: e.expr for e in raw_dashboard_expressions(load_dashboard())}
     [instances] = selectors(queries["variable $instance"])
     assert instances.matches(*JOB_FILTER), "the instance list must follow the chosen job"
+    [pools] = selectors(queries["variable $pool"])
+    assert is_per_pool(metric_of_sample(pools.name or "")), "the pool list needs a pool label"
+    assert pools.matches(*JOB_FILTER) and pools.matches(*INSTANCE_FILTER), (
+        "the pool list must follow the chosen job and instances"
+    )
+    assert variables["pool"]["multi"] and variables["pool"]["includeAll"]
 
 
 def test_dashboard_identity() -> None:
@@ -197,13 +208,45 @@ def test_panels_do_not_overlap() -> None:
             cells[(x, y)] = panel["title"]
 
 
-@pytest.mark.parametrize("expression", panel_and_annotation_expressions(), ids=lambda e: e.origin)
-def test_query_filters_every_selector_by_job_and_instance(expression: Expression) -> None:
-    found = selectors(expression.expr)
-    assert found, f"no series selector found in {expression.expr}"
+def missing_filters(expr: str) -> list[str]:
+    """The variable filters a dashboard query's selectors lack, e.g. 'x lacks pool=~"$pool"'.
+
+    Every selector follows $job and $instance; one of a per-pool metric follows
+    $pool as well, or picking a pool would leave part of a panel showing all pools.
+    """
+    found = selectors(expr)
+    if not found:
+        return [f"no series selector found in {expr}"]
+    problems = []
     for selector in found:
-        assert selector.matches(*JOB_FILTER), f'{selector.name} lacks job=~"$job"'
-        assert selector.matches(*INSTANCE_FILTER), f'{selector.name} lacks instance=~"$instance"'
+        wanted = [JOB_FILTER, INSTANCE_FILTER]
+        if is_per_pool(metric_of_sample(selector.name or "")):
+            wanted.append(POOL_FILTER)
+        problems += [
+            f'{selector.name} lacks {label}{op}"{value}"'
+            for label, op, value in wanted
+            if not selector.matches(label, op, value)
+        ]
+    return problems
+
+
+@pytest.mark.parametrize("expression", panel_and_annotation_expressions(), ids=lambda e: e.origin)
+def test_query_filters_every_selector_by_job_instance_and_pool(expression: Expression) -> None:
+    assert missing_filters(expression.expr) == []
+
+
+def test_filter_lint_catches_a_missing_pool_filter() -> None:
+    """The lint above passes only if it can fail: a per-pool selector without $pool must."""
+    scoped = 'job=~"$job", instance=~"$instance"'
+    expr = (
+        f'sum(drainpool_pool_workers{{{scoped}, pool=~"$pool"}})'
+        f" - sum(drainpool_tasks_in_flight{{{scoped}}}) + drainpool_stray_threads{{{scoped}}}"
+    )
+    assert missing_filters(expr) == ['drainpool_tasks_in_flight lacks pool=~"$pool"']
+    assert missing_filters("sum(drainpool_queue_jobs)") == [
+        'drainpool_queue_jobs lacks job=~"$job"',
+        'drainpool_queue_jobs lacks instance=~"$instance"',
+    ]
 
 
 @pytest.mark.parametrize("expression", panel_and_annotation_expressions(), ids=lambda e: e.origin)
@@ -279,11 +322,12 @@ def test_label_filters_use_contract_values() -> None:
 
 
 def contract_registry() -> tuple[CollectorRegistry, Gauge]:
-    """A registry with every contract family and one child per fixed label value.
+    """A registry with every contract family and one child per label value.
 
     Not the daemon: a stand-in with the same metric shapes, so that every
-    dashboard query can be shown to return series from a real scrape. The
-    returned probe gauge lets a test change a value and watch it arrive.
+    dashboard query can be shown to return series from a real scrape. Labels
+    the config decides take STAND_IN_VALUES, else "example". The returned probe
+    gauge lets a test change a value and watch it arrive.
     """
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
@@ -303,7 +347,12 @@ def contract_registry() -> tuple[CollectorRegistry, Gauge]:
             continue
         kind = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}[metric.kind]
         family = kind(metric.name, help_text, list(metric.labels), registry=registry)
-        combos = itertools.product(*[values or ("example",) for values in metric.labels.values()])
+        combos = itertools.product(
+            *[
+                values or STAND_IN_VALUES.get(label, ("example",))
+                for label, values in metric.labels.items()
+            ]
+        )
         for combo in combos:
             child = family.labels(*combo) if combo else family
             if isinstance(child, Histogram):

@@ -61,10 +61,16 @@ def substitute(expr: str, values: dict[str, str]) -> str:
 
 
 def _variable_values(
-    dashboard: dict[str, Any], job: str, instance: str, rate_interval: str
+    dashboard: dict[str, Any], job: str, instance: str, pool: str, rate_interval: str
 ) -> dict[str, str]:
     """Test values for every variable the dashboard may use."""
-    values = {**_BUILTINS, "__rate_interval": rate_interval, "job": job, "instance": instance}
+    values = {
+        **_BUILTINS,
+        "__rate_interval": rate_interval,
+        "job": job,
+        "instance": instance,
+        "pool": pool,
+    }
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "custom":  # a regex of all its options, as "All" would be
             options = [option.strip() for option in variable["query"].split(",")]
@@ -118,18 +124,20 @@ def alert_expressions(path: Path = ALERTS) -> list[Expression]:
 def dashboard_and_alert_expressions(
     job: str = "drainpool",
     instance: str = ".+",
+    pool: str = ".+",
     rate_interval: str = RATE_INTERVAL,
     dashboard_path: Path = DASHBOARD,
     alerts_path: Path = ALERTS,
 ) -> list[Expression]:
     """Every PromQL expression of the dashboard and the alert rules, ready to query.
 
-    Grafana variables are replaced by test values: $job and $instance by the
-    given regexes, $__rate_interval by `rate_interval` (four scrapes), a custom
-    variable by all of its options.
+    Grafana variables are replaced by test values: $job, $instance and $pool by
+    the given regexes (".+" is what the dashboard's "All" selects for $pool),
+    $__rate_interval by `rate_interval` (four scrapes), a custom variable by
+    all of its options.
     """
     dashboard = json.loads(dashboard_path.read_text())
-    values = _variable_values(dashboard, job, instance, rate_interval)
+    values = _variable_values(dashboard, job, instance, pool, rate_interval)
     found = [
         Expression(e.origin, substitute(e.expr, values))
         for e in raw_dashboard_expressions(dashboard)

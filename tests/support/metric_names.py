@@ -37,27 +37,31 @@ class Metric:
         return (self.name,)
 
 
-TASK = {"task": None}
+# `pool` and `task` take their values from the config; a lone [pool] table is pool="default".
+POOL: dict[str, tuple[str, ...] | None] = {"pool": None}
+POOL_TASK: dict[str, tuple[str, ...] | None] = {"pool": None, "task": None}
 DURATION_OUTCOMES = ("completed", "failed", "interrupted", "abandoned")
+RESTART_REASONS = ("config_file", "sighup", "console")
+DRAIN_REASONS = ("shutdown", "reload")
 
 DAEMON_METRICS: tuple[Metric, ...] = (
-    Metric("drainpool_tasks_in_flight", "gauge", TASK),
-    Metric("drainpool_tasks_started", "counter", TASK),
-    Metric("drainpool_tasks_completed", "counter", TASK),
-    Metric("drainpool_tasks_failed", "counter", TASK),
-    Metric("drainpool_tasks_interrupted", "counter", TASK),
-    Metric("drainpool_tasks_cancelled", "counter", TASK),
-    Metric("drainpool_tasks_abandoned", "counter", TASK),
+    Metric("drainpool_tasks_in_flight", "gauge", POOL_TASK),
+    Metric("drainpool_tasks_started", "counter", POOL_TASK),
+    Metric("drainpool_tasks_completed", "counter", POOL_TASK),
+    Metric("drainpool_tasks_failed", "counter", POOL_TASK),
+    Metric("drainpool_tasks_interrupted", "counter", POOL_TASK),
+    Metric("drainpool_tasks_cancelled", "counter", POOL_TASK),
+    Metric("drainpool_tasks_abandoned", "counter", POOL_TASK),
     Metric(
         "drainpool_task_duration_seconds",
         "histogram",
-        {"task": None, "outcome": DURATION_OUTCOMES},
+        {**POOL_TASK, "outcome": DURATION_OUTCOMES},
     ),
-    Metric("drainpool_pool_workers", "gauge"),
-    Metric("drainpool_pool_generation", "gauge"),
-    Metric("drainpool_pool_restarts", "counter", {"reason": ("config_file", "sighup", "console")}),
-    Metric("drainpool_drain_duration_seconds", "histogram", {"reason": ("shutdown", "reload")}),
-    Metric("drainpool_drain_grace_seconds", "gauge"),
+    Metric("drainpool_pool_workers", "gauge", POOL),
+    Metric("drainpool_pool_generation", "gauge", POOL),
+    Metric("drainpool_pool_restarts", "counter", {**POOL, "reason": RESTART_REASONS}),
+    Metric("drainpool_drain_duration_seconds", "histogram", {**POOL, "reason": DRAIN_REASONS}),
+    Metric("drainpool_drain_grace_seconds", "gauge", POOL),
     Metric("drainpool_stray_threads", "gauge"),
     Metric("drainpool_config_reloads", "counter", {"result": ("applied", "rejected", "unchanged")}),
     Metric("drainpool_config_last_reload_successful", "gauge"),
@@ -82,6 +86,11 @@ DAEMON_METRICS: tuple[Metric, ...] = (
 SCRAPE_SERIES: frozenset[str] = frozenset(
     {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added"}
 )
+
+
+def is_per_pool(metric: Metric | None) -> bool:
+    """Whether a family has one series per pool, so a dashboard query must filter by $pool."""
+    return metric is not None and "pool" in metric.labels
 
 
 def metric_of_sample(sample_name: str) -> Metric | None:
