@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import Daemon, DaemonFactory, render_config, wait_until, write_atomic
+from tests.support.daemon import (
+    LABEL,
+    Daemon,
+    DaemonFactory,
+    render_config,
+    wait_until,
+    write_atomic,
+)
 from tests.support.tasks import append
 
 TASKS = "tests.support.chaos_tasks"
@@ -292,7 +299,7 @@ def run_chaos(
     wait_until(drained, timeout=max(180.0, jobs / 10), what=f"the queue to drain (seed {seed})")
     out(f"chaos seed {seed}: the queue drained {time.monotonic() - calm:.1f}s after the chaos")
     final = chaos.current.daemon
-    counters = {k: v for k, v in final.metrics().items() if k.startswith("drainpool_tasks_")}
+    counters = per_task(final.metrics())
     final.signal(signal.SIGTERM)
     chaos.current.rc = final.wait_exit(STOP_TIMEOUT)
     chaos.current.ended = "final"
@@ -314,3 +321,14 @@ def run_chaos(
     )
     out(result.summary())
     return result
+
+
+def per_task(samples: dict[str, float]) -> dict[str, float]:
+    """drainpool_tasks_* samples keyed `name{task="T"}`, summed over the pools that served T."""
+    counters: collections.Counter[str] = collections.Counter()
+    for key, value in samples.items():
+        name, _, rest = key.partition("{")
+        if name.startswith("drainpool_tasks_"):
+            task = dict(LABEL.findall(rest)).get("task")
+            counters[f'{name}{{task="{task}"}}'] += value
+    return dict(counters)
