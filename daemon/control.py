@@ -116,7 +116,7 @@ def find_daemon(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 def dry_run(args: argparse.Namespace) -> int:
     """Print what a reload would do, pool by pool, without doing it (supervisorctl reread)."""
     from daemon.cli import _load
-    from daemon.supervisor import diff_plans, plan_from_json, plan_pools
+    from daemon.plan import diff_plans, plan_from_json, plan_pools
 
     try:
         base, _ = find_daemon(args)

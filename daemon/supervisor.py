@@ -13,7 +13,6 @@ generation; pools are held by name from the start.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import logging
 import os
@@ -23,17 +22,19 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from daemon import settings as settings_mod
 from daemon.console import Console, ConsoleSource
 from daemon.exitcodes import ExitCode
+from daemon.health import QueueHealth
 from daemon.httpserver import Endpoints, HttpServer
 from daemon.logs import configure_logging
 from daemon.metrics import OUTCOMES, Metrics
-from daemon.pool import Pool, PoolConfig, RecentOutcomes
+from daemon.plan import PoolPlan, diff_plans, plan_pools, plan_to_json
+from daemon.pool import Pool, RecentOutcomes
 from daemon.procpool import ProcessPool
 from daemon.queue import Queue, QueueStats, QueueUnavailable, RetryPolicy, from_url
 from daemon.settings import ConfigError, LoadedConfig, Settings
@@ -45,7 +46,6 @@ log = logging.getLogger("drainpool.supervisor")
 
 TICK_SECONDS = 0.5  # the loop turns at least this often (healthz, watchdog, deadlines)
 STALL_SECONDS = 10.0  # /healthz fails when the loop has not turned for this long
-ANY_SUCCESS_CLEARS = frozenset({"start", "stats"})  # queue faults a pool's success clears
 MAX_DEBOUNCE_SECONDS = 2.0  # a stream of edits still reloads at least this often
 RECENT_OUTCOMES = 200  # finished jobs the console shows
 
@@ -91,14 +91,6 @@ class ReloadRequest:
     source: str
 
 
-@dataclass(frozen=True, slots=True)
-class PoolPlan:
-    """What one named pool should be, derived from Settings; compared at reload."""
-
-    config: PoolConfig
-    task_refs: tuple[tuple[str, str], ...]  # (name, source) of the tasks it serves
-
-
 @dataclass
 class ReloadRecord:
     """The last reload attempt, for `drainpool reload` and the status API."""
@@ -122,74 +114,6 @@ class _Drain:
     pending: LoadedConfig | None = None  # the config to start when a reload drain ends
     pending_registry: dict[str, TaskSpec] = field(default_factory=dict)
     source: str = ""
-
-
-def plan_pools(settings: Settings, registry: dict[str, TaskSpec]) -> dict[str, PoolPlan]:
-    """Named pools from [pools.NAME]; a lone [pool] table is one pool `default` for every task."""
-    common = {
-        "lease_seconds": settings.queue.lease_seconds,
-        "poll_interval_seconds": settings.queue.poll_interval_seconds,
-    }
-    if not settings.pools:
-        config = PoolConfig(
-            name="default",
-            workers=settings.pool.workers,
-            grace_seconds=settings.shutdown.grace_seconds,
-            kind=settings.pool.kind,
-            **common,
-        )
-        return {"default": PoolPlan(config, _refs(registry, registry.keys()))}
-    plans = {}
-    for name, pool in settings.pools.items():
-        config = PoolConfig(
-            name=name,
-            workers=pool.workers,
-            grace_seconds=pool.grace_seconds or settings.shutdown.grace_seconds,
-            kind=pool.kind,
-            **common,
-        )
-        plans[name] = PoolPlan(config, _refs(registry, pool.tasks))
-    return plans
-
-
-def plan_to_json(plan: PoolPlan) -> dict[str, Any]:
-    return {"config": dataclasses.asdict(plan.config), "tasks": [list(t) for t in plan.task_refs]}
-
-
-def plan_from_json(data: dict[str, Any]) -> PoolPlan:
-    return PoolPlan(PoolConfig(**data["config"]), tuple(tuple(t) for t in data["tasks"]))  # type: ignore[misc]
-
-
-def _refs(registry: dict[str, TaskSpec], names: Iterable[str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((name, registry[name].source) for name in names if name in registry))
-
-
-def diff_plans(
-    old: dict[str, PoolPlan], new: dict[str, PoolPlan], *, everything: str = ""
-) -> dict[str, str]:
-    """Pool name -> why it restarts (supervisord's reread): new, removed, or what changed.
-
-    `everything` names a change that concerns every pool (the queue), restarting all.
-    """
-    changes = {}
-    for name in sorted(old.keys() | new.keys()):
-        before, after = old.get(name), new.get(name)
-        if before is None:
-            changes[name] = "new pool"
-        elif after is None:
-            changes[name] = "removed"
-        elif everything:
-            changes[name] = everything
-        elif before != after:
-            parts = [
-                f"{field} {getattr(before.config, field)} -> {getattr(after.config, field)}"
-                for field in ("workers", "kind", "grace_seconds", "lease_seconds")
-                if getattr(before.config, field) != getattr(after.config, field)
-            ]
-            if before.task_refs != after.task_refs:
-                parts.append("tasks changed")
-            changes[name] = ", ".join(parts) or "settings changed"
-    return changes
 
 
 class Supervisor:
@@ -220,12 +144,9 @@ class Supervisor:
         self.reload_record = ReloadRecord()
         self.recent = RecentOutcomes(RECENT_OUTCOMES)  # across generations, for the console
         self.exit_code = ExitCode.OK
-        self.queue_ok = True
-        self.queue_problem = ""
+        self.queue_health = QueueHealth()
         self._queue_down_since: float | None = None  # as logged by the loop
         self._bury_due = False  # bury_unknown could not run: retry when the queue is back
-        self._queue_faults: dict[str, str] = {}  # source -> problem; /readyz 503 unless empty
-        self._queue_faults_lock = threading.Lock()
         self._drain: _Drain | None = None
         self._stop_requested = False
         self._reload_due: float | None = None
@@ -585,7 +506,7 @@ class Supervisor:
         """Queue counts for a scrape; a failure here makes /readyz 503 as well."""
         if self.queue is None:
             raise QueueUnavailable("no queue yet")
-        if set(self._queue_faults) - ANY_SUCCESS_CLEARS:
+        if self.queue_health.down_for_pools():
             # A pool sees the queue down: a scrape must not wait on it too.
             raise QueueUnavailable(self.queue_problem)
         try:
@@ -610,28 +531,18 @@ class Supervisor:
             self._on_queue_health_changed()  # now: a pool may report it back before the loop runs
 
     def _on_queue_health(self, source: str, ok: bool, why: str) -> None:
-        """Fed by each pool's dispatcher, the start-up ping and stats reads, from their threads.
-
-        A pool that just used the queue successfully also clears the start-up
-        and stats failures: the queue works, and the next scrape may be far off.
-        A stats success clears only its own, since reads can succeed where writes
-        fail (read-only). The loop logs a change of readiness once (not per retry).
-        """
-        if ok and not self._queue_faults:
-            return  # the hot path: every dispatcher round reports its success
-        with self._queue_faults_lock:
-            was_ok = not self._queue_faults
-            if not ok:
-                self._queue_faults[source] = why
-            else:
-                self._queue_faults.pop(source, None)
-                if source != "stats":
-                    for other in ANY_SUCCESS_CLEARS:
-                        self._queue_faults.pop(other, None)
-            self.queue_ok = not self._queue_faults
-            self.queue_problem = "; ".join(sorted(set(self._queue_faults.values())))
-        if self.queue_ok != was_ok:
+        """Fed by each pool's dispatcher, the start-up ping and stats reads, from their threads;
+        the loop logs a change of readiness once (not per retry)."""
+        if self.queue_health.report(source, ok, why):
             self.inbox.put(QueueHealthChanged())
+
+    @property
+    def queue_ok(self) -> bool:
+        return self.queue_health.ok
+
+    @property
+    def queue_problem(self) -> str:
+        return self.queue_health.problem
 
     def _on_queue_health_changed(self) -> None:
         """One log line when the queue goes, one when it comes back (not one per retry)."""
