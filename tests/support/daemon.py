@@ -29,11 +29,18 @@ LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def wait_until(
-    predicate: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT, what: str = ""
+    predicate: Callable[[], Any],
+    timeout: float = DEFAULT_TIMEOUT,
+    what: str = "",
+    every: float = 0.2,
 ) -> Any:
-    """Poll `predicate` until it returns something truthy, or fail after `timeout`."""
+    """Poll `predicate` until it returns something truthy, or fail after `timeout`.
+
+    The pause grows from 10 ms to `every` (raise it for costly checks, such as a
+    command run inside a container).
+    """
     deadline = time.monotonic() + timeout
-    pause = 0.01
+    pause = min(0.01, every)
     while True:
         value = predicate()
         if value:
@@ -41,7 +48,7 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(pause)
-        pause = min(pause * 1.5, 0.2)
+        pause = min(pause * 1.5, every)
 
 
 def free_port() -> int:

@@ -27,9 +27,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
+
+from tests.support.daemon import wait_until
 
 SUITE = "bookworm"
 VARIANT = "minbase"
@@ -77,16 +79,8 @@ def host_runs_systemd() -> bool:
     return Path("/run/systemd/system").is_dir()
 
 
-def until(check: Callable[[], T | None], timeout: float, what: str, every: float = 0.2) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
+# The suite's one poll-with-a-deadline helper, under the name this module's callers use.
+until = wait_until
 
 
 def pid1_child(parent: int) -> int | None:
