@@ -29,7 +29,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 from tests.support.daemon import wait_until
 
@@ -53,7 +52,6 @@ HOST_MOUNT = "/mnt/host"
 CONTAINER_PYTHON = "3.11"
 CONTAINER_GLIBC_MINOR = 36
 
-T = TypeVar("T")
 _names = itertools.count()
 
 
