@@ -9,6 +9,7 @@ running on defaults would hide a typo in a path.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -407,7 +408,8 @@ def to_toml(data: Mapping[str, Any]) -> str:
 
 
 def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f'"{key}"'
+    # A JSON string is a valid TOML basic string: quotes and backslashes escaped.
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def _toml_value(value: Any) -> str:
@@ -417,6 +419,4 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    import json
-
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string

@@ -98,3 +98,12 @@ def test_effective_config_round_trips_through_toml(tmp_path: Path) -> None:
     loaded = load(write(tmp_path, '[tasks]\ns = "daemon.tasks.examples:sleep"\n'))
     rendered = settings.to_toml(loaded.settings.effective())
     assert settings.Settings(**tomllib.loads(rendered)).effective() == loaded.settings.effective()
+
+
+def test_effective_config_with_odd_keys_is_valid_toml(tmp_path: Path) -> None:
+    import tomllib
+
+    text = '[tasks.t]\ncommand = ["echo"]\n[tasks.t.env]\n"A\\"B" = "1"\n"C D" = "2"\n'
+    loaded = load(write(tmp_path, text))
+    rendered = settings.to_toml(loaded.settings.effective())
+    assert tomllib.loads(rendered)["tasks"]["t"]["env"] == {'A"B': "1", "C D": "2"}
