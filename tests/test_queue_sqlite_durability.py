@@ -23,7 +23,7 @@ from daemon.pool import Pool, PoolConfig
 from daemon.queue import Queue
 from daemon.queue import sqlite_db as sqlite_db_mod
 from daemon.queue.base import Failure, QueueError, QueueUnavailable, RetryPolicy
-from daemon.queue.sqlite import SqliteQueue, _due_ids
+from daemon.queue.sqlite import ACK_SQL, SqliteQueue, _due_ids
 from daemon.queue.sqlite_db import Database
 from daemon.supervisor import Phase, Supervisor
 from daemon.tasks import TaskSpec
@@ -100,9 +100,11 @@ def test_fetch_reads_one_range_of_the_partial_index_and_claims_by_primary_key(
     for sql in (
         "UPDATE jobs SET state = 1, due_at = 1, token = 't' WHERE id IN (1, 2, 3)",
         "UPDATE jobs SET due_at = 1 WHERE id = 1 AND token = 't' AND state = 1",
-        "DELETE FROM jobs WHERE id = 1 AND token = 't'",
     ):
         assert plan(conn, sql) == "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)", sql
+    ack_plan = plan(conn, ACK_SQL, '[[1, "t"], [2, "t"]]')
+    assert ack_plan.startswith("SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"), ack_plan
+    assert "SCAN jobs" not in ack_plan
     conn.close()
 
 

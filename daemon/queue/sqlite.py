@@ -23,6 +23,7 @@ an ack only removes a restored copy of the job, if the new file has one.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import secrets
@@ -70,6 +71,13 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs(task, due_at) WHERE state < 2;
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, due_at);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
 """
+# Acks of a whole batch in one statement, not one step per job: each step lets go of the
+# GIL, and under load every step then waits its turn to take it back. The parameter is
+# a JSON list of [id, token] pairs; both reach the row by the primary key.
+ACK_SQL = (
+    "DELETE FROM jobs WHERE (id, token) IN"
+    " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
+)
 # AUTOINCREMENT: ids are never reused, so a log line or a stale token can never
 # point at a different job after the first one was acked.
 
@@ -296,20 +304,20 @@ class SqliteQueue:
 
         def apply(conn: sqlite3.Connection) -> None:
             mine = f"{self._db.epoch}-"
-            conn.executemany(
-                "DELETE FROM jobs WHERE id = ? AND token = ?",
-                [(int(j.id), j.token) for j in acks if j.token.startswith(mine)],
-            )
-            conn.executemany(
-                "UPDATE jobs SET state = ?, due_at = ?, attempts = ?, token = NULL,"
-                " error = COALESCE(?, error), traceback = COALESCE(?, traceback),"
-                f" failed_at = ? WHERE id = ? AND token = ? AND state = {LEASED}",
-                [
-                    (*c[1:], int(c[0].id), c[0].token)
-                    for c in changes
-                    if c[0].token.startswith(mine)
-                ],
-            )
+            deletes = [(int(j.id), j.token) for j in acks if j.token.startswith(mine)]
+            if deletes:
+                # One statement for the whole batch (json_each), not one step per job.
+                conn.execute(ACK_SQL, (json.dumps(deletes),))
+            updates = [
+                (*c[1:], int(c[0].id), c[0].token) for c in changes if c[0].token.startswith(mine)
+            ]
+            if updates:
+                conn.executemany(
+                    "UPDATE jobs SET state = ?, due_at = ?, attempts = ?, token = NULL,"
+                    " error = COALESCE(?, error), traceback = COALESCE(?, traceback),"
+                    f" failed_at = ? WHERE id = ? AND token = ? AND state = {LEASED}",
+                    updates,
+                )
             orphans = [c for c in changes if not c[0].token.startswith(mine)]
             orphans += [
                 (j, None, 0.0, 0, None, None, None) for j in acks if not j.token.startswith(mine)

@@ -109,7 +109,9 @@ class Database:
             pause = min(pause * 2, 0.2)
 
     def _once(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
-        conn = self._connect()
+        # A write checks the file after its commit (below), which also covers a swap
+        # before it: one stat per transaction, not two, on the dispatcher's hot path.
+        conn = self._conn if write and self._conn is not None else self._connect()
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             result = fn(conn)
