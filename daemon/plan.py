@@ -37,6 +37,7 @@ def plan_pools(settings: Settings, registry: dict[str, TaskSpec]) -> dict[str, P
             workers=settings.pool.workers,
             grace_seconds=settings.shutdown.grace_seconds,
             kind=settings.pool.kind,
+            prefetch=settings.pool.prefetch,
             **common,
         )
         return {"default": PoolPlan(config, _refs(registry, registry.keys()))}
@@ -47,6 +48,7 @@ def plan_pools(settings: Settings, registry: dict[str, TaskSpec]) -> dict[str, P
             workers=pool.workers,
             grace_seconds=pool.grace_seconds or settings.shutdown.grace_seconds,
             kind=pool.kind,
+            prefetch=pool.prefetch,
             **common,
         )
         plans[name] = PoolPlan(config, _refs(registry, pool.tasks))
@@ -84,7 +86,7 @@ def diff_plans(
         elif before != after:
             parts = [
                 f"{field} {getattr(before.config, field)} -> {getattr(after.config, field)}"
-                for field in ("workers", "kind", "grace_seconds", "lease_seconds")
+                for field in ("workers", "kind", "prefetch", "grace_seconds", "lease_seconds")
                 if getattr(before.config, field) != getattr(after.config, field)
             ]
             if before.task_refs != after.task_refs:

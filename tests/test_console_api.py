@@ -71,7 +71,8 @@ def test_reads_match_the_pools_and_the_queue(factory: DaemonFactory, tmp_path: P
     daemon = factory.start(console_config(factory, workers=2))
     with open_queue(tmp_path) as queue:
         dead = make_dead(queue, tmp_path, 2)
-        holds = [queue.enqueue("hold", hold_payload(tmp_path)) for _ in range(3)]
+        # 2 workers and a reserve of 1 (pool.prefetch): 3 leased, the 4th waits in the queue.
+        holds = [queue.enqueue("hold", hold_payload(tmp_path)) for _ in range(4)]
         wait_until(
             lambda: (
                 len(api(daemon, "/api/running")["running"]) == 2
@@ -79,6 +80,7 @@ def test_reads_match_the_pools_and_the_queue(factory: DaemonFactory, tmp_path: P
             ),
             what="2 running and 1 ready",
         )
+        assert daemon.status()["pools"][0]["handed"] == 1
 
         running = api(daemon, "/api/running")["running"]
         in_status = [r for pool in daemon.status()["pools"] for r in pool["running"]]
@@ -97,7 +99,7 @@ def test_reads_match_the_pools_and_the_queue(factory: DaemonFactory, tmp_path: P
                 expected.leased,
                 expected.dead,
             ]
-            == [1, 0, 2, 2]
+            == [1, 0, 3, 2]
         )
         assert stats["oldest_ready_age_seconds"] >= 0
 

@@ -131,7 +131,8 @@ def test_console_shows_the_daemon_and_retries_a_dead_job(
         queue.enqueue("flaky", job_payload(tmp_path, error="OSError: disk full on /var/spool"))
         queue.enqueue("flaky", job_payload(tmp_path, error="upstream answered 503\nretry later"))
         dead = sorted(wait_dead(queue, 2), key=int)
-        for _ in range(4):
+        # 2 workers and a reserve of 1 (pool.prefetch): 3 leased, 2 ready.
+        for _ in range(5):
             queue.enqueue("hold", job_payload(tmp_path))
         wait_until(
             lambda: queue.stats().ready == 2 and len(api(daemon, "/api/running")["running"]) == 2,
@@ -148,7 +149,7 @@ def test_console_shows_the_daemon_and_retries_a_dead_job(
         assert row[1:3] == [task["task"], str(task["attempt"])]
     shown = dict(zip(console.texts("#queue .label"), console.texts("#queue .num"), strict=True))
     assert shown == {k: str(stats[k]) for k in ("ready", "delayed", "leased", "dead")}
-    assert shown["ready"] == "2" and shown["leased"] == "2" and shown["dead"] == "2"
+    assert shown["ready"] == "2" and shown["leased"] == "3" and shown["dead"] == "2"
     assert console.texts("#oldest") != ["none ready"]
     assert console.texts("#running-count") == ["2"]
     assert sorted(console.job_ids("#dead tr")) == dead

@@ -50,11 +50,12 @@ def test_sigterm_mid_run_loses_nothing_and_a_restart_finishes(
     assert stats["leased"] == 0 and stats["dead"] == 0
     assert stats["ready"] + len(done) == 1000, "a job was lost"
     # The daemon's own counts agree with what the tasks logged. (A job may complete at the
-    # very moment of the signal, so "8 in flight" is 1 to 8 interrupted plus cancelled.)
+    # very moment of the signal, so "8 in flight" is 1 to 8 interrupted plus cancelled; the
+    # pool holds at most its 8 workers and a reserve of 1, pool.prefetch.)
     outcomes = generation_counts(daemon.log())
     assert outcomes["interrupted"] == len(interrupted)
     assert 1 <= outcomes["interrupted"] <= 8
-    assert outcomes["interrupted"] + outcomes["cancelled"] <= 8
+    assert outcomes["interrupted"] + outcomes["cancelled"] <= 8 + 1
     assert outcomes["completed"] == len(done)
     assert outcomes["abandoned"] == 0
 

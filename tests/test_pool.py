@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from daemon.metrics import Metrics
 from daemon.pool import Pool, PoolConfig
 from daemon.queue.sqlite import SqliteQueue
@@ -13,14 +15,16 @@ from daemon.tasks.examples import noop, sleep
 from tests.support.daemon import wait_until
 
 
-def make_pool(tmp_path: Path, workers: int = 2) -> tuple[Pool, SqliteQueue, Metrics]:
+def make_pool(
+    tmp_path: Path, workers: int = 2, prefetch: int = 1
+) -> tuple[Pool, SqliteQueue, Metrics]:
     queue = SqliteQueue(tmp_path / "q.db")
     metrics = Metrics()
     tasks = {
         "sleep": TaskSpec("sleep", "daemon.tasks.examples:sleep", "function", sleep),
         "noop": TaskSpec("noop", "daemon.tasks.examples:noop", "function", noop),
     }
-    config = PoolConfig("default", workers, 5.0, 30.0, 0.05)
+    config = PoolConfig("default", workers, 5.0, 30.0, 0.05, prefetch=prefetch)
     return Pool(config, 1, tasks, queue, metrics), queue, metrics
 
 
@@ -44,6 +48,31 @@ def test_jobs_handed_over_but_not_started_are_cancelled_and_released(tmp_path: P
     stats = queue.stats()
     assert (stats.ready, stats.leased) == (3, 0)
     assert sample(metrics, "drainpool_tasks_started_total", task="noop") == 0
+    queue.close()
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+def test_a_pool_leases_its_free_workers_and_its_reserve_and_a_drain_cancels_the_reserve(
+    tmp_path: Path, prefetch: int
+) -> None:
+    pool, queue, metrics = make_pool(tmp_path, workers=2, prefetch=prefetch)
+    for _ in range(8):
+        queue.enqueue("sleep", {"seconds": 3600})
+    pool.start()
+    wait_until(
+        lambda: len(pool.snapshot()["running"]) == 2 and queue.stats().leased == 2 + prefetch,
+        what=f"2 running and {prefetch} reserved",
+    )
+    # Settled: nothing more is leased while both workers stay busy.
+    assert pool._free_slots() == 0
+    assert (pool.snapshot()["handed"], queue.stats().ready) == (prefetch, 6 - prefetch)
+    assert pool.begin_drain() == prefetch  # the reserve never started: cancelled at once
+    wait_until(lambda: pool.drained, what="drained")
+    pool.join()
+    assert (pool.counts["interrupted"], pool.counts["cancelled"]) == (2, prefetch)
+    assert sample(metrics, "drainpool_tasks_cancelled_total", task="sleep") == prefetch
+    stats = queue.stats()
+    assert (stats.ready, stats.leased) == (8, 0)
     queue.close()
 
 

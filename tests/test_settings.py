@@ -38,11 +38,13 @@ def test_defaults_then_file_then_environment(
 def test_every_problem_is_one_line_naming_file_line_and_key(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        '[pool]\nworkers = 2000\nkind = "fiber"\n\n[queue]\nbogus = 1\n[tasks]\nx = "nocolon"\n',
+        '[pool]\nworkers = 2000\nkind = "fiber"\nprefetch = -1\n[queue]\nbogus = 1\n'
+        '[tasks]\nx = "nocolon"\n',
     )
     assert problems(path) == [
         f"{path}:2: pool.workers: Input should be less than or equal to 1024",
         f"{path}:3: pool.kind: Input should be 'thread' or 'process'",
+        f"{path}:4: pool.prefetch: Input should be greater than or equal to 0",
         f"{path}:6: queue.bogus: unknown key",
         f"{path}:8: tasks.x: 'nocolon' is not 'module:function'",
     ]
