@@ -189,6 +189,22 @@ def depth(ctx: Context) -> None:
                     _metric(f"depth.{kind}.{d}", f"{label}, {d:,} queued, sustained", "jobs/s"),
                     steady,
                 )
+                if kind == "noop":
+                    # The same window at every depth (the smallest depth's whole queue), so
+                    # the flat-scaling ratio compares like with like: a long window also
+                    # holds WAL checkpoints that a short one never reaches.
+                    flat = min(s.depths)
+                    first = steady_rate(events, flat)
+                    if first is None:
+                        raise BenchError(f"too few progress reports in the first {flat:,} jobs")
+                    ctx.results.add(
+                        _metric(
+                            f"depth.noop_first.{d}",
+                            f"no-op, {d:,} queued, sustained over the first {flat:,} jobs",
+                            "jobs/s",
+                        ),
+                        first,
+                    )
                 ctx.results.add(
                     _metric(
                         f"depth.{kind}.{d}.from_start",
