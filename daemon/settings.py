@@ -264,10 +264,32 @@ def load(path: Path) -> LoadedConfig:
     except SettingsError as exc:  # a whole section from the environment that is not JSON
         raise ConfigError([_env_problem(exc)]) from None
     loaded = LoadedConfig(settings, path, text)
-    problems = check_pools(loaded, explicit_pool="pool" in data)
+    problems = misspelt_environment(os.environ) + check_pools(loaded, explicit_pool="pool" in data)
     if problems:
         raise ConfigError(problems)
     return loaded
+
+
+def misspelt_environment(environ: Mapping[str, str]) -> list[str]:
+    """DRAINPOOL_POOL_WORKERS and the like: one underscore where two belong.
+
+    pydantic-settings ignores a variable that maps to no field, so without this
+    the override an operator meant would silently not happen. Only names that
+    begin with a section are reported; other DRAINPOOL_ variables are not ours.
+    """
+    problems = []
+    for name in sorted(environ):
+        rest = name[len(ENV_PREFIX) :].lower() if name.startswith(ENV_PREFIX) else ""
+        if not rest or "__" in rest:
+            continue
+        for section in Settings.model_fields:
+            if rest.startswith(f"{section}_"):
+                key = rest[len(section) + 1 :].upper()
+                problems.append(
+                    f"environment {name}: not a setting; a section and its key are joined by"
+                    f" two underscores: {ENV_PREFIX}{section.upper()}__{key}"
+                )
+    return problems
 
 
 def check_pools(loaded: LoadedConfig, *, explicit_pool: bool) -> list[str]:

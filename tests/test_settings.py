@@ -65,6 +65,25 @@ def test_environment_problem_names_the_variable(
     assert problem.startswith("environment DRAINPOOL_POOL__WORKERS: pool.workers:")
 
 
+def test_one_underscore_where_two_belong_is_an_error_not_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRAINPOOL_POOL_WORKERS", "3")
+    monkeypatch.setenv("DRAINPOOL_SHUTDOWN_GRACE_SECONDS", "1")
+    # Other DRAINPOOL_ variables (the Redis password, tooling) are not settings: left alone.
+    monkeypatch.setenv("DRAINPOOL_REDIS_PASSWORD", "secret")
+    monkeypatch.setenv("DRAINPOOL_CONFIG", str(tmp_path / "drainpool.toml"))
+    assert problems(write(tmp_path, "[pool]\nworkers = 2\n")) == [
+        "environment DRAINPOOL_POOL_WORKERS: not a setting; a section and its key are joined"
+        " by two underscores: DRAINPOOL_POOL__WORKERS",
+        "environment DRAINPOOL_SHUTDOWN_GRACE_SECONDS: not a setting; a section and its key"
+        " are joined by two underscores: DRAINPOOL_SHUTDOWN__GRACE_SECONDS",
+    ]
+    monkeypatch.delenv("DRAINPOOL_POOL_WORKERS")
+    monkeypatch.delenv("DRAINPOOL_SHUTDOWN_GRACE_SECONDS")
+    assert load(write(tmp_path, "[pool]\nworkers = 2\n")).settings.pool.workers == 2
+
+
 def test_missing_file_is_an_error_not_defaults(tmp_path: Path) -> None:
     assert problems(tmp_path / "nope.toml") == [f"{tmp_path / 'nope.toml'}: config file not found"]
 
