@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.pool import PoolConfig
-from daemon.settings import Settings
+from daemon.settings import PoolSettings, Settings
 from daemon.tasks import TaskSpec
 
 
@@ -27,32 +27,25 @@ class PoolPlan:
 
 def plan_pools(settings: Settings, registry: dict[str, TaskSpec]) -> dict[str, PoolPlan]:
     """Named pools from [pools.NAME]; a lone [pool] table is one pool `default` for every task."""
-    common = {
-        "lease_seconds": settings.queue.lease_seconds,
-        "poll_interval_seconds": settings.queue.poll_interval_seconds,
-    }
-    if not settings.pools:
-        config = PoolConfig(
-            name="default",
-            workers=settings.pool.workers,
-            grace_seconds=settings.shutdown.grace_seconds,
-            kind=settings.pool.kind,
-            prefetch=settings.pool.prefetch,
-            **common,
-        )
-        return {"default": PoolPlan(config, _refs(registry, registry.keys()))}
-    plans = {}
-    for name, pool in settings.pools.items():
-        config = PoolConfig(
+
+    def config(name: str, pool: PoolSettings, grace_seconds: float | None) -> PoolConfig:
+        return PoolConfig(
             name=name,
             workers=pool.workers,
-            grace_seconds=pool.grace_seconds or settings.shutdown.grace_seconds,
+            grace_seconds=grace_seconds or settings.shutdown.grace_seconds,
+            lease_seconds=settings.queue.lease_seconds,
+            poll_interval_seconds=settings.queue.poll_interval_seconds,
             kind=pool.kind,
             prefetch=pool.prefetch,
-            **common,
         )
-        plans[name] = PoolPlan(config, _refs(registry, pool.tasks))
-    return plans
+
+    if not settings.pools:
+        plan = PoolPlan(config("default", settings.pool, None), _refs(registry, registry.keys()))
+        return {"default": plan}
+    return {
+        name: PoolPlan(config(name, pool, pool.grace_seconds), _refs(registry, pool.tasks))
+        for name, pool in settings.pools.items()
+    }
 
 
 def plan_to_json(plan: PoolPlan) -> dict[str, Any]:

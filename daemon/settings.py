@@ -60,21 +60,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-PREFETCH_HELP = "jobs leased beyond the free workers, so a worker that finishes starts at once"
-
-
 class PoolSettings(_Section):
     workers: int = Field(8, ge=1, le=1024, description="worker slots of the pool")
     kind: Literal["thread", "process"] = "thread"
-    prefetch: int = Field(1, ge=0, le=1024, description=PREFETCH_HELP)
+    prefetch: int = Field(
+        1, ge=0, le=1024, description="jobs leased beyond the free workers (see pool.Pool)"
+    )
 
 
-class NamedPoolSettings(_Section):
+class NamedPoolSettings(PoolSettings):
     """One of several pools: its own concurrency and grace, and the tasks it serves."""
 
-    workers: int = Field(8, ge=1, le=1024)
-    kind: Literal["thread", "process"] = "thread"
-    prefetch: int = Field(1, ge=0, le=1024, description=PREFETCH_HELP)
     grace_seconds: float | None = Field(None, gt=0, le=86_400, description="overrides shutdown's")
     tasks: list[str] = Field(min_length=1)
 
