@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -103,8 +102,7 @@ def test_async_task_interrupted_at_an_await_by_sigterm(
     wait_until(lambda: count(log, "done") == {"1": 1}, what="the short job completed")
     wait_until(lambda: count(log, "start").get("2"), what="the long job awaits")
     seen = descendants(daemon.pid)
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
     # The CancelledError arrived at the await inside the task, which saw it and let it go.
     assert ("interrupted", "2", "CancelledError") in events(log)
     counts = generation_counts(daemon.log())

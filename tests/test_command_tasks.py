@@ -51,8 +51,7 @@ def test_sleep_60_is_interrupted_by_sigterm(
     assert proc is not None and proc.pgrp == pid, "the command leads its own process group"
     assert proc.ppid == daemon.pid, "commands run from the daemon, in either kind of pool"
     seen = descendants(daemon.pid)
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
     counts = generation_counts(daemon.log())
     assert (counts["interrupted"], counts["abandoned"]) == (1, 0)
     assert queue_stats(factory, config)["ready"] == 1
@@ -106,8 +105,7 @@ def test_failing_command_keeps_its_stderr_in_the_dead_letter(
     # Both streams went to the log, line by line, with the job's id.
     daemon.wait_log(r"stdout: opening /nonexistent/a b \[job 1 open\]")
     daemon.wait_log(r"stderr: cannot open /nonexistent/a b \[job 1 open\]")
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def test_command_over_its_timeout_fails(factory: DaemonFactory, tmp_path: Path) -> None:
@@ -121,8 +119,7 @@ def test_command_over_its_timeout_fails(factory: DaemonFactory, tmp_path: Path) 
     wait_until(lambda: dead_list(factory, config), what="job dead")
     assert dead_list(factory, config)[0]["error"] == "sleep timed out after 0.5s"
     assert group(pid) == []
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def test_injection_attempts_in_a_payload_are_one_literal_argument(
@@ -153,8 +150,7 @@ def test_injection_attempts_in_a_payload_are_one_literal_argument(
     for out, value in zip(outs, hostile, strict=True):
         assert json.loads(out.read_text()) == [value]
     assert victim.is_dir() and not canary.exists()
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def test_payload_that_cannot_fit_goes_to_the_dead_letters_at_once(
@@ -175,8 +171,7 @@ def test_payload_that_cannot_fit_goes_to_the_dead_letters_at_once(
     assert dead["3"]["error"] == prefix + "field 'seconds' must be a string or a number"
     assert dead["4"]["error"].startswith(prefix + "field 'seconds' starts with '-'")
     assert dead["5"]["error"] == prefix + "the payload must be a JSON object, not list"
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 @pytest.mark.parametrize(
@@ -213,5 +208,4 @@ def test_command_gets_its_env_and_cwd_but_not_the_daemons_notify_socket(
     daemon = factory.start(config)
     assert daemon.notify.count("READY") == 1  # the daemon itself has a NOTIFY_SOCKET
     daemon.wait_log(rf"stdout: hello none {workdir} \[job 1 show\]")
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()

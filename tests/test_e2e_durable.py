@@ -54,11 +54,6 @@ def readyz(daemon: Daemon) -> int:
     return daemon.get("/readyz")[0]
 
 
-def stop(daemon: Daemon) -> None:
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
-
-
 # -- leases -------------------------------------------------------------------
 
 
@@ -87,7 +82,7 @@ def test_kill_9_loses_no_job_and_reruns_only_what_the_dead_daemon_held(
     assert running <= twice  # delivered again once their lease expired
     assert twice <= held & started  # and nothing else ran twice
     assert max(starts.values()) == 2
-    stop(restarted)
+    restarted.terminate()
     assert queue_stats(factory, config)["leased"] == 0
 
 
@@ -103,7 +98,7 @@ def test_a_task_that_runs_three_times_its_lease_is_delivered_once(
     wait_until(lambda: count(log, "done")["1"] == 1, what="the long job done")
     assert count(log, "start") == {"1": 1}
     assert daemon.metric("drainpool_tasks_started_total", task="record") == 1
-    stop(daemon)
+    daemon.terminate()
     stats = queue_stats(factory, config)
     assert (stats["ready"], stats["leased"], stats["dead"]) == (0, 0, 0)
 
@@ -122,7 +117,7 @@ def test_two_daemons_on_one_file_complete_each_of_2000_jobs_exactly_once(
     per_daemon = [d.metric("drainpool_tasks_started_total", task="record") for d in daemons]
     assert sum(per_daemon) == 2000 and min(per_daemon) > 0, per_daemon
     for daemon in daemons:
-        stop(daemon)
+        daemon.terminate()
 
 
 # -- contention -------------------------------------------------------------------
@@ -166,7 +161,7 @@ def test_four_producers_racing_the_daemon_get_no_locked_error_and_lose_nothing(
     assert set(count(log, "done").values()) == {1}
     for text in [*(o.read_text() for o in outputs), daemon.log()]:
         assert "locked" not in text and "Traceback" not in text
-    stop(daemon)
+    daemon.terminate()
 
 
 # -- enqueue options and dead letters through the command line -----------------------
@@ -379,7 +374,7 @@ def test_queue_file_deleted_under_the_daemon(factory: DaemonFactory, tmp_path: P
     assert logs["retried"].read_text().splitlines()[-1].endswith(" 2")  # its second attempt
     assert sum(count(logs["acked"], "start").values()) == 1  # completed: not run again
     daemon.wait_log(r"written into .*queue\.db as job")
-    stop(daemon)
+    daemon.terminate()
 
 
 @needs_root
@@ -407,7 +402,7 @@ def test_full_file_system_blocks_then_recovers_without_losing_a_job(
     wait_until(lambda: readyz(daemon) == 200, what="/readyz 200 once there is room")
     wait_until(lambda: len(count(log, "done")) == 6, what="all six jobs done")
     assert set(count(log, "start").values()) == {1}  # the daemon lived: no job twice
-    stop(daemon)
+    daemon.terminate()
 
 
 @needs_root
@@ -454,4 +449,4 @@ def test_file_system_turning_read_only_under_the_daemon(
     # leased with them. Nothing else does, and nothing is lost.
     assert len({job for job, n in starts.items() if n > 1} - taken) <= 1
     assert daemon.proc.poll() is None
-    stop(daemon)
+    daemon.terminate()

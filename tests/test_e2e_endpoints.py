@@ -139,8 +139,7 @@ def test_healthz_is_503_while_the_supervisor_loop_is_stuck(
         writer.write(text)
     daemon.wait_log(r"reload \(sighup\): config unchanged")
     wait_until(lambda: daemon.get("/healthz")[0] == 200, what="/healthz 200 again")
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def test_metrics_over_tls(factory: DaemonFactory, tmp_path: Path) -> None:
@@ -160,8 +159,7 @@ def test_metrics_over_tls(factory: DaemonFactory, tmp_path: Path) -> None:
         get(f"{base}/metrics")  # not trusted by default
     with pytest.raises((OSError, http.client.HTTPException)):  # plain HTTP gets no answer
         get(f"http://127.0.0.1:{daemon.port}/metrics")
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def refused(port: int) -> bool:
@@ -202,8 +200,7 @@ def test_endpoint_moves_on_reload_and_frees_its_ports(
     status = json.loads(get(f"http://127.0.0.1:{second}/api/status")[1])
     assert status["pools"][0]["generation"] == 1, "a new address must not restart the pool"
     assert refused(first) and bindable(first)  # the old server is gone, in the same process
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
     assert refused(second) and bindable(second)
 
 

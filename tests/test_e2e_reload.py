@@ -52,8 +52,7 @@ def test_sighup_starts_a_new_generation_and_reruns_interrupted_jobs(
     assert daemon.metric("drainpool_pool_restarts_total", reason="sighup") == 1
     assert daemon.metric("drainpool_config_reloads_total", result="applied") == 1
     assert daemon.metric("drainpool_tasks_interrupted_total", task="record") == 2
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def _atomic_rename(path: Path, text: str) -> None:
@@ -86,8 +85,7 @@ def test_config_edit_reloads(factory: DaemonFactory, tmp_path: Path, style: str)
     EDITS[style](config, render_config(base_config(tmp_path, pool={"workers": 6})))
     wait_until(lambda: workers_are(daemon, 6, 2), what=f"reload after {style}")
     assert daemon.metric("drainpool_pool_restarts_total", reason="config_file") == 1
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def test_configmap_symlink_swap_reloads(factory: DaemonFactory, tmp_path: Path) -> None:
@@ -110,8 +108,7 @@ def test_configmap_symlink_swap_reloads(factory: DaemonFactory, tmp_path: Path) 
         leftover.unlink()
     (confdir / "..v1").rmdir()
     wait_until(lambda: workers_are(daemon, 7, 2), what="reload after the ..data swap")
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 INVALID = {
@@ -165,8 +162,7 @@ def test_invalid_config_at_reload_keeps_the_old_generation(
     result = factory.cli("reload", "--pid", str(daemon.pid))
     assert result.returncode == 78, result.stderr
     assert message in result.stderr
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 @pytest.mark.parametrize("kind", sorted(INVALID))
@@ -197,8 +193,7 @@ def test_a_burst_of_edits_coalesces_and_ends_on_the_last_file(
         for r in ("applied", "unchanged", "rejected")
     )
     assert 1 <= reloads <= 5, f"{reloads} reloads for one burst"
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def test_reload_command_waits_for_the_new_generation(factory: DaemonFactory) -> None:
@@ -212,5 +207,4 @@ def test_reload_command_waits_for_the_new_generation(factory: DaemonFactory) -> 
     assert applied.returncode == 0, applied.stderr
     assert "reload applied" in applied.stdout and "(4 workers)" in applied.stdout
     assert workers_are(daemon, 4, 2)  # no waiting: the command returned after the swap
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()

@@ -36,8 +36,7 @@ def test_sigterm_mid_run_loses_nothing_and_a_restart_finishes(
     daemon = factory.start(config)
     wait_until(lambda: sum(count(log, "done").values()) >= 8, what="8 jobs done")
     wait_until(lambda: len(daemon.status()["pools"][0]["running"]) == 8, what="8 in flight")
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
     daemon.notify.wait_for("STOPPING")
 
     started, done, interrupted = (count(log, kind) for kind in ("start", "done", "interrupted"))
@@ -64,8 +63,7 @@ def test_sigterm_mid_run_loses_nothing_and_a_restart_finishes(
     done = count(log, "done")
     assert len(done) == 1000 and max(done.values()) == 1
     wait_until(lambda: queue_stats(factory, config)["ready"] == 0, what="queue empty")
-    restarted.signal(signal.SIGTERM)
-    assert restarted.wait_exit() == 0
+    restarted.terminate()
 
 
 def test_task_ignoring_the_event_is_abandoned_and_its_job_released(
@@ -106,8 +104,7 @@ def test_stray_thread_finishing_late_does_not_ack_the_released_job(
     wait_until(lambda: daemon.metric("drainpool_tasks_completed_total", task="stray") == 1)
     wait_until(lambda: queue_stats(factory, config)["leased"] == 0, what="job acked")
     assert queue_stats(factory, config)["ready"] == 0
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def test_second_sigterm_ends_the_grace_at_once(factory: DaemonFactory) -> None:
@@ -144,5 +141,4 @@ def test_sigusr1_dumps_running_tasks_and_thread_stacks(factory: DaemonFactory) -
     assert log
     assert "thread MainThread:" in daemon.log()
     assert "in sleep" in daemon.log()  # the task's own frame in its thread's stack
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import signal
 import sqlite3
 import string
 import subprocess
@@ -438,8 +437,7 @@ def test_undecodable_jobs_in_the_queue_are_dead_lettered_and_the_rest_run(
     assert stats["ready"] == stats["leased"] == 0
     log_text = daemon.log()
     assert "dispatcher error" not in log_text and "Traceback" not in log_text, log_text
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def test_a_50_megabyte_payload_runs_and_the_daemon_stays_healthy(
@@ -458,5 +456,4 @@ def test_a_50_megabyte_payload_runs_and_the_daemon_stays_healthy(
     assert daemon.get("/healthz")[0] == 200
     stats = queue_stats(factory, config)
     assert stats["ready"] == stats["leased"] == stats["dead"] == 0
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()

@@ -92,8 +92,7 @@ def test_out_of_file_descriptors_errors_are_clear_and_the_daemon_recovers(
     daemon.signal(signal.SIGHUP)
     wait_until(lambda: daemon.metric("drainpool_pool_workers") == 2, what="the reload applied")
     assert "Traceback" not in daemon.log()
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
 
 
 def test_a_leaking_task_in_process_mode_fails_clearly_and_the_daemon_survives(
@@ -123,5 +122,4 @@ def test_a_leaking_task_in_process_mode_fails_clearly_and_the_daemon_survives(
     assert rss_kib < 256 * 1024, f"the daemon itself holds {rss_kib} KiB: the leak was not isolated"
     enqueue(factory, config, "record", {"log": str(log)})
     wait_until(lambda: count(log, "done"), what="a job done after the leak")
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()

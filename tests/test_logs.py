@@ -85,8 +85,7 @@ def test_json_logs_one_object_per_line_with_job_and_task(factory: DaemonFactory)
     assert any(f"job {ids['sleep']} task sleep attempt 1 running" in line for line in lines)
     assert "  thread MainThread:" in lines
     assert "job_id" not in dump  # the supervisor's record is about no single job
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
     assert json_records(daemon)[-1]["message"].startswith("shutdown drain finished")
 
 

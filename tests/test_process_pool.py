@@ -160,8 +160,7 @@ def test_worker_that_dies_fails_its_job_and_is_replaced(
     assert daemon.status()["state"] == "running"
 
     seen = descendants(daemon.pid)
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
     assert_nothing_left(seen.values(), marker)
 
 
@@ -229,8 +228,7 @@ def test_switching_pool_kind_by_reload(factory: DaemonFactory, tmp_path: Path) -
     # The process pool's drain closed its workers before generation 3 started.
     assert children(daemon.pid) == {}
     assert daemon.status()["pools"][0]["generation"] == 3
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait_exit() == 0
+    daemon.terminate()
     assert_nothing_left(seen.values(), marker)
 
 

@@ -213,6 +213,11 @@ class Daemon:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"daemon {self.pid} did not exit within {timeout}s") from None
 
+    def terminate(self) -> None:
+        """SIGTERM, and expect the clean stop: exit 0, every job settled."""
+        self.signal(signal.SIGTERM)
+        assert self.wait_exit() == 0, self.log()
+
     def stop(self) -> None:
         """Kill by pid if still running; always release the files and socket."""
         if self.proc.poll() is None:
