@@ -114,7 +114,9 @@ def test_readyz_is_503_while_draining_and_healthz_stays_200(
         release.touch()
         assert daemon.wait_exit() == 0
     assert prober.answers["/healthz"] and set(prober.answers["/healthz"]) == {200}
-    assert set(prober.answers["/readyz"]) == {200, 503}
+    # The 503s are proven by the waits above; the prober, pacing itself, may miss a short
+    # drain, so it only proves that /readyz never answered anything else.
+    assert 200 in prober.answers["/readyz"] and set(prober.answers["/readyz"]) <= {200, 503}
 
 
 def test_healthz_is_503_while_the_supervisor_loop_is_stuck(
