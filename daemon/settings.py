@@ -63,9 +63,19 @@ class _Section(BaseModel):
 class PoolSettings(_Section):
     workers: int = Field(8, ge=1, le=1024, description="worker slots of the pool")
     kind: Literal["thread", "process"] = "thread"
-    prefetch: int = Field(
-        1, ge=0, le=1024, description="jobs leased beyond the free workers (see pool.Pool)"
+    prefetch: int | Literal["auto"] = Field(
+        "auto", description='jobs leased beyond the free workers, or "auto" (see pool.Pool)'
     )
+
+    @field_validator("prefetch", mode="before")
+    @classmethod
+    def _prefetch(cls, value: Any) -> Any:
+        """One message for every wrong value, not one per branch of the union."""
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)  # from the environment
+        if value == "auto" or (type(value) is int and 0 <= value <= 1024):
+            return value
+        raise ValueError(f'must be "auto" or a whole number from 0 to 1024, not {value!r}')
 
 
 class NamedPoolSettings(PoolSettings):

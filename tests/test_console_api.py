@@ -80,7 +80,8 @@ def test_reads_match_the_pools_and_the_queue(factory: DaemonFactory, tmp_path: P
             ),
             what="2 running and 1 ready",
         )
-        assert daemon.status()["pools"][0]["handed"] == 1
+        pool = daemon.status()["pools"][0]
+        assert (pool["handed"], pool["reserve"]) == (1, 1)
 
         running = api(daemon, "/api/running")["running"]
         in_status = [r for pool in daemon.status()["pools"] for r in pool["running"]]

@@ -445,8 +445,9 @@ def test_file_system_turning_read_only_under_the_daemon(
     wait_until(lambda: len(count(log, "done")) == 6, what="all six jobs done")
     starts = count(log, "start")
     # Leases and acks committed just before the abort may not have reached the disk:
-    # those jobs may run again: the two running, and the reserve of pool.prefetch = 1
-    # leased with them. Nothing else does, and nothing is lost.
+    # those jobs may run again: the two running, and the reserve of one leased with them
+    # (prefetch "auto" keeps one for 1 s jobs on 2 workers). Nothing else does, and
+    # nothing is lost.
     assert len({job for job, n in starts.items() if n > 1} - taken) <= 1
     assert daemon.proc.poll() is None
     daemon.terminate()

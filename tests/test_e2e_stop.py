@@ -50,7 +50,8 @@ def test_sigterm_mid_run_loses_nothing_and_a_restart_finishes(
     assert stats["ready"] + len(done) == 1000, "a job was lost"
     # The daemon's own counts agree with what the tasks logged. (A job may complete at the
     # very moment of the signal, so "8 in flight" is 1 to 8 interrupted plus cancelled; the
-    # pool holds at most its 8 workers and a reserve of 1, pool.prefetch.)
+    # pool holds at most its 8 workers and a reserve of 1: prefetch "auto" keeps one for
+    # jobs of a second or more on 8 workers.)
     outcomes = generation_counts(daemon.log())
     assert outcomes["interrupted"] == len(interrupted)
     assert 1 <= outcomes["interrupted"] <= 8

@@ -44,7 +44,7 @@ def test_every_problem_is_one_line_naming_file_line_and_key(tmp_path: Path) -> N
     assert problems(path) == [
         f"{path}:2: pool.workers: Input should be less than or equal to 1024",
         f"{path}:3: pool.kind: Input should be 'thread' or 'process'",
-        f"{path}:4: pool.prefetch: Input should be greater than or equal to 0",
+        f'{path}:4: pool.prefetch: must be "auto" or a whole number from 0 to 1024, not -1',
         f"{path}:6: queue.bogus: unknown key",
         f"{path}:8: tasks.x: 'nocolon' is not 'module:function'",
     ]

@@ -41,7 +41,8 @@ def console_config(
         console["token"] = token
     return factory.config(
         name,
-        pool={"workers": workers},
+        # A fixed reserve of 1: the console tests count leased and ready jobs exactly.
+        pool={"workers": workers, "prefetch": 1},
         queue={"max_attempts": 1},
         reload={"watch": False},
         metrics={"host": host},
