@@ -8,6 +8,7 @@ task names, outcomes, reasons), never a job id.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import platform
 import threading
@@ -25,7 +26,12 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from daemon import __version__
@@ -129,42 +135,107 @@ class _StatsRead:
 RESTART_REASONS = ("config_file", "sighup", "console")
 
 
-class _TaskSeries:
-    """The label children of one task in one pool, looked up once."""
+DURATION_OUTCOMES = ("completed", "failed", "interrupted", "abandoned")
 
-    def __init__(self, metrics: Metrics, pool: str, task: str) -> None:
-        self.in_flight = metrics.in_flight.labels(pool=pool, task=task)
-        self.counts = {
-            name: counter.labels(pool=pool, task=task)
-            for name, counter in metrics.outcome_counters.items()
+
+class _TaskSeries:
+    """One task's numbers in one pool: plain counts under one lock, read at scrape time.
+
+    The per-job path takes this one lock twice per job; prometheus_client's
+    children took a lock per counter, gauge and histogram part, six per job,
+    each also a Python call, and under load every one competes for the GIL.
+    """
+
+    __slots__ = ("buckets", "counts", "in_flight", "lock", "sums")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.counts = dict.fromkeys(OUTCOME_HELP, 0)  # started and the five outcomes
+        # Per outcome, one count per bucket (the last is +Inf), not yet cumulative.
+        self.buckets = {o: [0] * (len(TASK_BUCKETS) + 1) for o in DURATION_OUTCOMES}
+        self.sums = dict.fromkeys(DURATION_OUTCOMES, 0.0)
+
+    def copy(self) -> tuple[int, dict[str, int], dict[str, list[int]], dict[str, float]]:
+        with self.lock:
+            buckets = {o: list(b) for o, b in self.buckets.items()}
+            return self.in_flight, dict(self.counts), buckets, dict(self.sums)
+
+
+class TaskSeriesCollector(Collector):
+    """drainpool_tasks_* and drainpool_task_duration_seconds from every pool's task series.
+
+    Series are never dropped: a counter of a removed pool or task keeps its
+    last value, as prometheus_client's labelled children did.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, str], _TaskSeries] = {}
+
+    def series(self, pool: str, task: str) -> _TaskSeries:
+        with self._lock:
+            return self._series.setdefault((pool, task), _TaskSeries())
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            items = sorted(self._series.items())
+        in_flight = GaugeMetricFamily(
+            "drainpool_tasks_in_flight", "Tasks running right now.", labels=["pool", "task"]
+        )
+        counters = {
+            name: CounterMetricFamily(f"drainpool_tasks_{name}", text, labels=["pool", "task"])
+            for name, text in OUTCOME_HELP.items()
         }
-        self.durations = {
-            outcome: metrics.duration.labels(pool=pool, task=task, outcome=outcome)
-            for outcome in ("completed", "failed", "interrupted", "abandoned")
-        }
+        durations = HistogramMetricFamily(
+            "drainpool_task_duration_seconds",
+            "Run time of tasks by outcome.",
+            labels=["pool", "task", "outcome"],
+        )
+        bounds = [str(float(b)) for b in TASK_BUCKETS] + ["+Inf"]
+        for (pool, task), series in items:
+            running, counts, buckets, sums = series.copy()
+            in_flight.add_metric([pool, task], running)
+            for name, family in counters.items():
+                family.add_metric([pool, task], counts[name])
+            for outcome in DURATION_OUTCOMES:
+                cumulative, total = [], 0
+                for bound, count in zip(bounds, buckets[outcome], strict=True):
+                    total += count
+                    cumulative.append((bound, total))
+                durations.add_metric([pool, task, outcome], cumulative, sums[outcome])
+        yield in_flight
+        yield from counters.values()
+        yield durations
 
 
 class PoolMetrics:
     """One pool's task series; its methods are the per-job path, so no label lookups."""
 
-    def __init__(self, metrics: Metrics, pool: str, tasks: Iterable[str]) -> None:
-        self._series = {task: _TaskSeries(metrics, pool, task) for task in tasks}
+    def __init__(self, collector: TaskSeriesCollector, pool: str, tasks: Iterable[str]) -> None:
+        self._series = {task: collector.series(pool, task) for task in tasks}
 
     def started(self, task: str) -> None:
         series = self._series[task]
-        series.counts["started"].inc()
-        series.in_flight.inc()
+        with series.lock:
+            series.counts["started"] += 1
+            series.in_flight += 1
 
     def finished(self, task: str, outcome: str, seconds: float) -> None:
         """A task that ran ended: completed, failed, interrupted or abandoned."""
         series = self._series[task]
-        series.in_flight.dec()
-        series.counts[outcome].inc()
-        series.durations[outcome].observe(seconds)
+        bucket = bisect.bisect_left(TASK_BUCKETS, seconds)  # le: the first bound >= seconds
+        with series.lock:
+            series.in_flight -= 1
+            series.counts[outcome] += 1
+            series.buckets[outcome][bucket] += 1
+            series.sums[outcome] += seconds
 
     def cancelled(self, task: str) -> None:
         """A job handed over that never started: no duration, never in flight."""
-        self._series[task].counts["cancelled"].inc()
+        series = self._series[task]
+        with series.lock:
+            series.counts["cancelled"] += 1
 
 
 class Metrics:
@@ -177,20 +248,8 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        self.in_flight = Gauge(
-            "drainpool_tasks_in_flight", "Tasks running right now.", ["pool", "task"], registry=r
-        )
-        self.outcome_counters = {
-            name: Counter(f"drainpool_tasks_{name}", help_text, ["pool", "task"], registry=r)
-            for name, help_text in OUTCOME_HELP.items()
-        }
-        self.duration = Histogram(
-            "drainpool_task_duration_seconds",
-            "Run time of tasks by outcome.",
-            ["pool", "task", "outcome"],
-            buckets=TASK_BUCKETS,
-            registry=r,
-        )
+        self.task_series = TaskSeriesCollector()
+        r.register(self.task_series)
         self.pool_workers = Gauge(
             "drainpool_pool_workers", "Worker slots of each pool.", ["pool"], registry=r
         )
@@ -267,7 +326,7 @@ class Metrics:
                 gauge.remove(pool)
 
     def for_pool(self, pool: str, tasks: Iterable[str]) -> PoolMetrics:
-        return PoolMetrics(self, pool, tasks)
+        return PoolMetrics(self.task_series, pool, tasks)
 
     def reload_result(self, result: str) -> None:
         self.config_reloads.labels(result=result).inc()
