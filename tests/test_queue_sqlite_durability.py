@@ -23,7 +23,7 @@ from daemon.pool import Pool, PoolConfig
 from daemon.queue import Queue
 from daemon.queue import sqlite_db as sqlite_db_mod
 from daemon.queue.base import Failure, QueueError, QueueUnavailable, RetryPolicy
-from daemon.queue.sqlite import ACK_SQL, SqliteQueue, _due_ids
+from daemon.queue.sqlite import ACK_SQL, SqliteQueue, _due_ids, _live_tasks
 from daemon.queue.sqlite_db import Database
 from daemon.supervisor import Phase, Supervisor
 from daemon.tasks import TaskSpec
@@ -105,6 +105,35 @@ def test_fetch_reads_one_range_of_the_partial_index_and_claims_by_primary_key(
     ack_plan = plan(conn, ACK_SQL, '[[1, "t"], [2, "t"]]')
     assert ack_plan.startswith("SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"), ack_plan
     assert "SCAN jobs" not in ack_plan
+    conn.close()
+
+
+def test_unknown_tasks_are_found_by_index_seeks_without_the_write_lock(tmp_path: Path) -> None:
+    queue = SqliteQueue(tmp_path / "queue.db")
+    queue.enqueue_many([(task, i) for task in ("a", "b", "c") for i in range(2000)])
+    conn = sqlite3.connect(tmp_path / "queue.db")
+    conn.execute("ANALYZE")
+    traced: list[str] = []
+    conn.set_trace_callback(traced.append)
+    assert _live_tasks(conn) == ["a", "b", "c"]
+    conn.set_trace_callback(None)
+    assert len(traced) == 4  # one seek per name and one that finds no more
+    plans = {plan(conn, sql) for sql in traced}
+    assert all(p.startswith("SEARCH jobs USING") for p in plans), plans  # never a SCAN
+
+    # Another writer holds the lock: with nothing to bury, start and reload do not wait.
+    conn.execute("BEGIN IMMEDIATE")
+    outcome: list[int] = []
+    looker = threading.Thread(target=lambda: outcome.append(queue.bury_unknown(["a", "b", "c"])))
+    looker.start()
+    looker.join(30)
+    assert outcome == [0] and conn.in_transaction
+    conn.rollback()
+    # An unknown task is still buried, under the lock (write=True), once it is free.
+    assert queue.bury_unknown(["a", "c"]) == 2000
+    stats = queue.stats()
+    assert (stats.ready, stats.dead) == (4000, 2000)
+    queue.close()
     conn.close()
 
 

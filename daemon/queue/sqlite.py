@@ -426,16 +426,17 @@ class SqliteQueue:
         return self._run(apply, write=True)
 
     def bury_unknown(self, known_tasks: Collection[str]) -> int:
+        # Looked up first without the write lock: a start or reload with nothing to bury
+        # (the usual case) never waits for it, nor makes the dispatchers wait.
+        known = set(known_tasks)
+        unknown = [t for t in self._run(_live_tasks, write=False) if t not in known]
+        if not unknown:
+            return 0
         now = self._clock()
-        known = sorted(known_tasks)
-        marks = ",".join("?" * len(known))
 
         def apply(conn: sqlite3.Connection) -> int:
-            rows = conn.execute(
-                f"SELECT DISTINCT task FROM jobs WHERE state < 2 AND task NOT IN ({marks})", known
-            ).fetchall()
             buried = 0
-            for (task,) in rows:
+            for task in unknown:
                 # Waiting jobs, and leases that expired: a live lease belongs to a daemon
                 # that still serves the task (another config, mid-rollout).
                 buried += conn.execute(
@@ -460,6 +461,23 @@ def _job_id(raw: str) -> int:
         return int(raw)
     except ValueError:
         raise QueueError(f"not a job id of this queue: {raw!r}") from None
+
+
+def _live_tasks(conn: sqlite3.Connection) -> list[str]:
+    """The task names of waiting and leased jobs, one index seek per name.
+
+    A skip-scan by hand over jobs_due: SELECT DISTINCT read the whole index,
+    0.6 s with a million jobs queued, at every start and reload.
+    """
+    names: list[str] = []
+    name = conn.execute("SELECT MIN(task) FROM jobs WHERE state < 2").fetchone()[0]
+    while name is not None:
+        names.append(name)
+        row = conn.execute(
+            "SELECT task FROM jobs WHERE state < 2 AND task > ? ORDER BY task LIMIT 1", (name,)
+        ).fetchone()
+        name = row[0] if row else None
+    return names
 
 
 def _due_ids(conn: sqlite3.Connection, n: int, tasks: Collection[str], now: float) -> list[int]:
