@@ -253,6 +253,8 @@ def method_lines(sizes: Sizes) -> list[str]:
         "`time.sleep`, having no such hook).",
         "- Jobs are queued first, then the daemon or worker is started. A rate 'start to last "
         "done' runs from just before the process is spawned to the N-th completion.",
+        "- drainpool's modules are byte-compiled before the run (compileall), as a wheel or "
+        "the container image has them; the peers come byte-compiled from pip.",
         "- Completions: the peers and the drainpool '+ Redis INCR' rows count with one Redis "
         "INCR per job, and the N-th pushes its CLOCK_MONOTONIC time to Redis. drainpool's own "
         "rows count in process and report by datagram every 100 jobs; 'sustained' is the rate "
