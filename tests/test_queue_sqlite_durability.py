@@ -137,6 +137,125 @@ def test_unknown_tasks_are_found_by_index_seeks_without_the_write_lock(tmp_path:
     conn.close()
 
 
+def test_claims_and_acks_write_only_the_indexes_the_queue_needs(tmp_path: Path) -> None:
+    queue = SqliteQueue(tmp_path / "queue.db")
+    queue.enqueue("t", 1)
+    queue.close()
+    conn = sqlite3.connect(tmp_path / "queue.db")
+    indexes = dict(
+        conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'"
+        )
+    )
+    conn.close()
+    # Each index is a B-tree write per claim and per ack. jobs_leased and jobs_dead are
+    # partial: a claim adds one small entry, an ack removes it, the dead are never touched.
+    assert set(indexes) == {"jobs_due", "jobs_leased", "jobs_dead", "jobs_key"}
+    assert "WHERE state = 1" in indexes["jobs_leased"]
+    assert "WHERE state = 2" in indexes["jobs_dead"]
+    assert "WHERE idem_key IS NOT NULL" in indexes["jobs_key"]
+
+
+def test_stats_count_from_indexes_and_match_a_full_scan(tmp_path: Path, clock: Clock) -> None:
+    queue = SqliteQueue(tmp_path / "queue.db", clock=clock)
+    queue.enqueue_many([("a", i) for i in range(30)] + [("b", i) for i in range(20)])
+    for _ in range(5):
+        queue.enqueue("a", "later", delay=600)
+    clock.now += 1
+    lapsing = queue.fetch(4, ["b"], 30)
+    held = queue.fetch(6, ["a"], 3600)
+    queue.settle(failures=[Failure(j, "x", retry=False) for j in held[:2]])
+    clock.now += 60  # the 4 leases of b have lapsed: due again, but not waiting
+    conn = sqlite3.connect(tmp_path / "queue.db")
+    conn.execute("ANALYZE")  # statistics must not change what is counted
+
+    stats = queue.stats()
+
+    rows = conn.execute("SELECT state, due_at FROM jobs NOT INDEXED").fetchall()
+    waiting = [due for state, due in rows if state == 0]
+    expected = (
+        sum(due <= clock.now for due in waiting),
+        sum(due > clock.now for due in waiting),
+        sum(state == 1 for state, _ in rows),
+        sum(state == 2 for state, _ in rows),
+    )
+    assert expected == (24 + 16, 5, 4 + 4, 2)
+    assert (stats.ready, stats.delayed, stats.leased, stats.dead) == expected
+    assert stats.oldest_ready_age_seconds == pytest.approx(clock.now - min(waiting))
+    # The counts of the small partial indexes never read the table.
+    for sql in (
+        "SELECT COUNT(*) FROM jobs WHERE state = 1",
+        "SELECT COUNT(*) FROM jobs WHERE state = 2",
+    ):
+        assert plan(conn, sql).startswith("SCAN jobs USING INDEX jobs_"), sql
+    assert len(lapsing) == 4
+    queue.close()
+    conn.close()
+
+
+def test_stats_and_dead_letters_never_wait_for_the_dispatchers_transaction(
+    tmp_path: Path,
+) -> None:
+    queue = SqliteQueue(tmp_path / "queue.db")
+    queue.enqueue("t", 1)
+    [job] = queue.fetch(1, ["t"], 60)
+    queue.settle(failures=[Failure(job, "boom", retry=False)])
+    answers: list[object] = []
+    with queue._db._lock:  # the dispatcher's connection, mid-transaction
+        reader = threading.Thread(
+            target=lambda: answers.extend([queue.stats().dead, queue.dead_list()[0].error])
+        )
+        reader.start()
+        reader.join(30)
+        assert answers == [1, "boom"]
+    queue.close()
+
+
+def test_a_version_2_file_is_upgraded_in_place_with_every_job_kept(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, task TEXT NOT NULL, payload TEXT NOT NULL,
+            state INTEGER NOT NULL DEFAULT 0, due_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, token TEXT, idem_key TEXT,
+            enqueued_at REAL NOT NULL, error TEXT, traceback TEXT, failed_at REAL);
+        CREATE INDEX jobs_due ON jobs(task, due_at) WHERE state < 2;
+        CREATE INDEX jobs_state ON jobs(state, due_at);
+        CREATE UNIQUE INDEX jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('file_id', 'f00d');
+        INSERT INTO jobs (task, payload, state, due_at, enqueued_at) VALUES ('t', '1', 0, 1, 1);
+        INSERT INTO jobs (task, payload, state, due_at, token, enqueued_at, attempts)
+            VALUES ('t', '2', 1, 9e9, 'x', 1, 1);
+        INSERT INTO jobs (task, payload, state, due_at, enqueued_at, error, failed_at)
+            VALUES ('t', '3', 2, 1, 1, 'old', 5);
+        PRAGMA user_version = 2;
+        """
+    )
+    conn.close()
+
+    queue = SqliteQueue(path)
+    stats = queue.stats()
+
+    assert (stats.ready, stats.delayed, stats.leased, stats.dead) == (1, 0, 1, 1)
+    assert [(d.payload, d.error) for d in queue.dead_list()] == [(3, "old")]
+    assert [j.payload for j in queue.fetch(5, ["t"], 60)] == [1]
+    queue.close()
+    conn = sqlite3.connect(path)
+    names = {
+        n
+        for (n,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'"
+        )
+    }
+    assert names == {"jobs_due", "jobs_leased", "jobs_dead", "jobs_key"}
+    assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    assert conn.execute("SELECT value FROM meta").fetchone() == ("f00d",)  # the same file
+    conn.close()
+
+
 # -- leases -----------------------------------------------------------------
 
 

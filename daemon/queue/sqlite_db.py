@@ -71,8 +71,11 @@ def is_busy(exc: sqlite3.Error) -> bool:
 class Database:
     """A lazily opened connection to one file, shared by the threads of one process."""
 
-    def __init__(self, path: Path, schema: str, version: int, *, synchronous: str) -> None:
+    def __init__(
+        self, path: Path, schema: str, version: int, *, synchronous: str, create: bool = True
+    ) -> None:
         self.path = path
+        self.create = create  # False: never create the file, even at the first open
         self.file_id = ""  # made at the file's creation; a copy of the file has it too
         self.epoch = ""  # names the file the connection is open on (set at each open)
         self._schema = schema
@@ -134,7 +137,7 @@ class Database:
                 return self._conn
             self._drop()
             raise QueueUnavailable(f"{self.path}: database file was deleted or replaced")
-        reopening = self._identity is not None
+        reopening = self._identity is not None or not self.create
         if reopening and not self.path.exists():
             raise QueueUnavailable(
                 f"{self.path}: database file is gone (deleted while in use); waiting for it"
@@ -171,6 +174,11 @@ class Database:
         self.epoch = f"{file_id}.{identity[1]:x}"
         self._conn, self._identity = conn, identity
         return conn
+
+    @property
+    def opened(self) -> bool:
+        """Whether a connection was ever opened (the file existed or was created then)."""
+        return self._identity is not None
 
     def _file_identity(self) -> tuple[int, int] | None:
         try:
