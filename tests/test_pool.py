@@ -77,36 +77,38 @@ def test_a_pool_leases_its_free_workers_and_its_reserve_and_a_drain_cancels_the_
     queue.close()
 
 
-def test_auto_reserve_holds_about_50_ms_of_work_between_one_and_eight_jobs_per_worker() -> None:
+def test_auto_reserve_holds_about_50_ms_of_work_between_one_and_32_jobs_per_worker() -> None:
     assert auto_reserve(8, None) == 1  # nothing finished yet: as for long jobs
     assert auto_reserve(8, 0.010) == 40  # 8 workers get through 40 jobs of 10 ms in 50 ms
     assert auto_reserve(2, 0.050) == 2
     assert auto_reserve(8, 1.0) == 1  # long jobs: never less than one
-    assert auto_reserve(8, 0.0001) == 64  # no-op jobs: at most 8 per worker
-    assert auto_reserve(3, 0.0) == 24
+    assert auto_reserve(8, 0.001) == 256  # 400 jobs of 1 ms in 50 ms, but at most 32 per worker
+    assert auto_reserve(8, 0.0001) == 256
+    assert auto_reserve(3, 0.0) == 96
 
 
 def test_auto_prefetch_deepens_the_reserve_once_jobs_prove_short(tmp_path: Path) -> None:
     pool, queue, metrics = make_pool(tmp_path, workers=2, prefetch="auto")
-    for _ in range(10):
+    for _ in range(40):
         queue.enqueue("noop", {})
-    for _ in range(30):
+    for _ in range(80):
         queue.enqueue("sleep", {"seconds": 3600})
     assert pool.snapshot()["reserve"] == 1  # no run time known yet
     pool.start()
-    # Ten no-ops finish in well under 6 ms each, so the reserve reaches its cap of 2 x 8.
+    # The cap of 2 x 32 needs a mean run time under 1.5 ms: forty no-ops get there even
+    # if the first ones were slow (a late one of up to 12 ms still keeps it there).
     wait_until(
-        lambda: len(pool.snapshot()["running"]) == 2 and queue.stats().leased == 2 + 16,
-        what="2 sleeps running and 16 reserved",
+        lambda: len(pool.snapshot()["running"]) == 2 and queue.stats().leased == 2 + 64,
+        what="2 sleeps running and 64 reserved",
     )
-    assert (pool.snapshot()["reserve"], pool.snapshot()["handed"]) == (16, 16)
-    assert pool.counts["completed"] == 10
-    assert pool.begin_drain() == 16  # the whole reserve: cancelled, never started
+    assert (pool.snapshot()["reserve"], pool.snapshot()["handed"]) == (64, 64)
+    assert pool.counts["completed"] == 40
+    assert pool.begin_drain() == 64  # the whole reserve: cancelled, never started
     wait_until(lambda: pool.drained, what="drained")
     pool.join()
-    assert sample(metrics, "drainpool_tasks_cancelled_total", task="sleep") == 16
+    assert sample(metrics, "drainpool_tasks_cancelled_total", task="sleep") == 64
     stats = queue.stats()
-    assert (stats.ready, stats.leased) == (30, 0)
+    assert (stats.ready, stats.leased) == (80, 0)
     queue.close()
 
 

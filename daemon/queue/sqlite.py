@@ -78,7 +78,7 @@ DROP INDEX IF EXISTS jobs_state;
 # Every claim and every ack rewrites each index that holds the row, so each index costs
 # the dispatcher on every job; these are the ones the queue cannot do without:
 # - jobs_due: the waiting and leased jobs of a task in due order, for fetches.
-# - jobs_leased: the jobs out on lease, a few per worker: a small B-tree that stays in
+# - jobs_leased: the jobs out on lease (running or in reserve): a small B-tree that stays in
 #   the cache at any depth; with jobs_due it gives stats() every count from indexes alone.
 # - jobs_dead: the dead letters, by failure time; claims and acks never touch it.
 # Version 2 had jobs_state (state, due_at) instead of the last two: two writes at the head
