@@ -30,6 +30,7 @@ class Sizes:
     sleep_jobs: int  # 10 ms jobs per rate measurement
     depths: tuple[int, ...]  # jobs already queued when the daemon starts
     depth_noop_window: int  # no-op completions measured per run at a depth
+    flat_reps: int  # interleaved pairs of short runs at the smallest and largest depth
     hold_seconds: float  # length of the in-flight jobs the SIGTERM scenario interrupts
     settle_seconds: float  # idle time before reading RSS
     tpe_jobs: int
@@ -47,6 +48,7 @@ FULL = Sizes(
     sleep_jobs=2_000,
     depths=(1_000, 100_000, 1_000_000),
     depth_noop_window=20_000,
+    flat_reps=12,
     hold_seconds=30.0,
     settle_seconds=2.0,
     tpe_jobs=100_000,
@@ -63,6 +65,7 @@ QUICK = Sizes(  # a smoke run of every scenario in under a minute, not a measure
     sleep_jobs=400,
     depths=(1_000, 10_000),
     depth_noop_window=2_000,
+    flat_reps=2,
     hold_seconds=1.0,
     settle_seconds=0.5,
     tpe_jobs=10_000,

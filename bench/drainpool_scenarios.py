@@ -154,8 +154,11 @@ def depth(ctx: Context) -> None:
     large bulk-enqueue figure) and topped up between repetitions. A run stops
     after a window of completions; the rate is the sustained one between the
     adapters' progress reports, so start-up cost does not hide a depth effect.
+    The smallest and largest queues are kept for the flat-scaling pairs after.
     """
     s = ctx.sizes
+    small, large = min(s.depths), max(s.depths)
+    kept: dict[int, Drainpool] = {}
     for d in s.depths:
         directory = _fresh(ctx, f"depth-{d}")
         kinds = (
@@ -173,15 +176,12 @@ def depth(ctx: Context) -> None:
                     ),
                     d / took,
                 )
+                if d in (small, large):
+                    kept[d] = dp
             for _ in range(s.reps):
                 dp.fill_to("job", d)
-                with inbox("notify") as notify, inbox("events") as events:
-                    child = dp.start(notify, events=events, expect=window)
-                    try:
-                        done = wait_done(events, child, window, timeout=_jobs_timeout(window))
-                    finally:
-                        dp.stop(child)
-                    steady = steady_rate(events, window)
+                events, child, done = _run_window(ctx, dp, window)
+                steady = steady_rate(events, window)
                 if steady is None:
                     raise BenchError(f"too few progress reports for a rate at depth {d}")
                 label = "no-op" if kind == "noop" else "10 ms"
@@ -189,22 +189,6 @@ def depth(ctx: Context) -> None:
                     _metric(f"depth.{kind}.{d}", f"{label}, {d:,} queued, sustained", "jobs/s"),
                     steady,
                 )
-                if kind == "noop":
-                    # The same window at every depth (the smallest depth's whole queue), so
-                    # the flat-scaling ratio compares like with like: a long window also
-                    # holds WAL checkpoints that a short one never reaches.
-                    flat = min(s.depths)
-                    first = steady_rate(events, flat)
-                    if first is None:
-                        raise BenchError(f"too few progress reports in the first {flat:,} jobs")
-                    ctx.results.add(
-                        _metric(
-                            f"depth.noop_first.{d}",
-                            f"no-op, {d:,} queued, sustained over the first {flat:,} jobs",
-                            "jobs/s",
-                        ),
-                        first,
-                    )
                 ctx.results.add(
                     _metric(
                         f"depth.{kind}.{d}.from_start",
@@ -213,7 +197,54 @@ def depth(ctx: Context) -> None:
                     ),
                     window / (done - child.started_at),
                 )
-        shutil.rmtree(directory)  # a million-job queue is large; the next depth is fresh
+        if d not in kept:
+            shutil.rmtree(directory)  # a million-job queue is large; the next depth is fresh
+    try:
+        _flat_pairs(ctx, kept[small], kept[large])
+    finally:
+        for dp in kept.values():
+            shutil.rmtree(dp.dir)
+
+
+def _run_window(ctx: Context, dp: Drainpool, window: int) -> tuple[Inbox, Child, float]:
+    """Start the daemon on its queue, wait for `window` completions, stop it (SIGTERM)."""
+    with inbox("notify") as notify, inbox("events") as events:
+        child = dp.start(notify, events=events, expect=window)
+        try:
+            done = wait_done(events, child, window, timeout=_jobs_timeout(window))
+        finally:
+            dp.stop(child)
+    return events, child, done
+
+
+def _flat_pairs(ctx: Context, small: Drainpool, large: Drainpool) -> None:
+    """The flat-scaling rows: the first `small` no-op jobs at both depths, interleaved.
+
+    The smallest queue holds only that many jobs, so the window lasts a few tens
+    of milliseconds, where one scheduler hiccup moves a rate by a third. So the
+    two depths run in pairs, alternating which goes first (a machine that slows
+    down during the run weighs on both alike), and flat_reps times, not reps.
+    """
+    s = ctx.sizes
+    window = min(s.depths)
+    depth_of = {id(small): min(s.depths), id(large): max(s.depths)}
+    for rep in range(s.flat_reps):
+        for dp in (small, large) if rep % 2 == 0 else (large, small):
+            d = depth_of[id(dp)]
+            dp.fill_to("job", d)
+            events, _, _ = _run_window(ctx, dp, window)
+            rate = steady_rate(events, window)
+            if rate is None:
+                raise BenchError(f"too few progress reports in the first {window:,} jobs")
+            ctx.results.add(
+                _metric(
+                    f"depth.noop_first.{d}",
+                    f"no-op, {d:,} queued, sustained over the first {window:,} jobs"
+                    " (interleaved pairs)",
+                    "jobs/s",
+                ),
+                rate,
+            )
 
 
 def enqueue(ctx: Context) -> None:

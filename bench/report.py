@@ -17,7 +17,7 @@ from pathlib import Path
 
 from context import BENCH, REPO, Context, Sizes
 from harness import REDIS_SERVER
-from results import Derived, Results, median_of, ratio, worst_of
+from results import Derived, Results, median_of, paired_ratio, ratio, worst_of
 
 IDEAL_10MS = 8 / 0.010  # 8 workers, each finishing one 10 ms job at a time
 
@@ -205,11 +205,18 @@ def derived_rows(sizes: Sizes) -> list[Derived]:
         _at_most("idle RSS", "drainpool.idle_rss", 45, unit="MiB", digits=1),
         Derived(
             f"flat scaling: no-op sustained over the first {small:,} jobs,"
-            f" {large:,} queued / {small:,} queued",
+            f" {large:,} queued / {small:,} queued, {sizes.flat_reps} interleaved pairs",
             ratio(f"drainpool.depth.noop_first.{large}", f"drainpool.depth.noop_first.{small}"),
             target=(
                 ">= 0.90x" + ("" if large >= 1_000_000 else " (at 1M; quick mode is smaller)"),
                 lambda v: v >= 0.9,
+            ),
+        ),
+        Derived(
+            f"flat scaling, the median of the {sizes.flat_reps} per-pair ratios"
+            " (each pair side by side in time)",
+            paired_ratio(
+                f"drainpool.depth.noop_first.{large}", f"drainpool.depth.noop_first.{small}"
             ),
         ),
         Derived(
@@ -263,7 +270,10 @@ def method_lines(sizes: Sizes) -> list[str]:
         "`enqueue --file` before the start; a run stops after a window of "
         f"{sizes.depth_noop_window:,} no-op or {sizes.sleep_jobs:,} 10 ms completions "
         "(SIGTERM), and the queue is topped up between repetitions. Flat scaling compares "
-        f"the same window at every depth: the first {min(sizes.depths):,} completions.",
+        f"the first {min(sizes.depths):,} completions (all the smallest queue holds) at the "
+        f"smallest and the largest depth, in {sizes.flat_reps} pairs of runs that alternate "
+        "which depth goes first: that window lasts only tens of milliseconds, so it takes "
+        "more runs than the others, and pairs, to be steady.",
         "- Readiness and reloads: NOTIFY_SOCKET points at the bench's own datagram socket; "
         "times are READY=1 / RELOADING=1 arrivals. A reload is an atomic-rename write that "
         "toggles pool.workers between 8 and 7.",

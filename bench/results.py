@@ -93,6 +93,18 @@ def ratio(num: str, den: str, scale: float = 1.0) -> Callable[[Results], float |
     return compute
 
 
+def paired_ratio(num: str, den: str) -> Callable[[Results], float | None]:
+    """The median of num[i] / den[i]: for samples taken in pairs, side by side in time."""
+
+    def compute(results: Results) -> float | None:
+        a, b = results.samples.get(num), results.samples.get(den)
+        if not a or not b or len(a) != len(b) or not all(b):
+            return None
+        return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+    return compute
+
+
 def median_of(key: str) -> Callable[[Results], float | None]:
     return lambda results: results.median(key)
 
