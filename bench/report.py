@@ -220,6 +220,10 @@ def derived_rows(sizes: Sizes) -> list[Derived]:
             ),
         ),
         Derived(
+            f"SQLite queue alone, CPU time of a round, {large:,} queued / {small:,} queued",
+            ratio(f"drainpool.queue_round.{large}", f"drainpool.queue_round.{small}"),
+        ),
+        Derived(
             "no-op, drainpool (start to last) / ThreadPoolExecutor(8)",
             ratio("drainpool.noop.e2e", "tpe.noop"),
         ),

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import baselines
 import drainpool_scenarios as dps
+import queue_rounds
 from context import BENCH, FULL, QUICK, REPO, Context, Unavailable
 from harness import Children
 from peer_scenarios import PEERS, run_peer
@@ -78,6 +79,12 @@ SCENARIOS = [
         "drainpool",
         dps.depth,
         "no-op and 10 ms jobs/s with 1k / 100k / 1M jobs already queued",
+    ),
+    Scenario(
+        "drainpool-queue",
+        "drainpool",
+        queue_rounds.rounds,
+        "the SQLite queue alone: CPU time of a settle + claim round at 1k and 1M queued",
     ),
     Scenario(
         "drainpool-enqueue",

@@ -23,7 +23,7 @@ from daemon.pool import Pool, PoolConfig
 from daemon.queue import Queue
 from daemon.queue import sqlite_db as sqlite_db_mod
 from daemon.queue.base import Failure, QueueError, QueueUnavailable, RetryPolicy
-from daemon.queue.sqlite import ACK_SQL, SqliteQueue, _due_ids, _live_tasks
+from daemon.queue.sqlite import ACK_SQL, DUE_SQL, SqliteQueue, _due_ids, _live_tasks
 from daemon.queue.sqlite_db import Database
 from daemon.supervisor import Phase, Supervisor
 from daemon.tasks import TaskSpec
@@ -87,15 +87,11 @@ def test_fetch_reads_one_range_of_the_partial_index_and_claims_by_primary_key(
     conn.set_trace_callback(None)
     selects = [sql for sql in traced if sql.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 2  # one per task
-    fetch_plan = plan(
-        conn,
-        "SELECT due_at, id FROM jobs WHERE state < 2 AND task = ? AND due_at <= ?"
-        " ORDER BY due_at LIMIT ?",
-        "a",
-        4e9,
-        8,
-    )
-    assert fetch_plan == "SEARCH jobs USING INDEX jobs_due (task=? AND due_at<?)"
+    searches = [step for step in plan(conn, DUE_SQL, "a", 4e9, 8).split(" | ") if "jobs" in step]
+    assert searches == [
+        "SEARCH jobs USING INDEX jobs_ready (task=? AND due_at<?)",  # waiting
+        "SEARCH jobs USING INDEX jobs_leased (task=? AND due_at<?)",  # lapsed leases
+    ]
     # Claims, renewals, acks and failures all reach their rows by the primary key.
     for sql in (
         "UPDATE jobs SET state = 1, due_at = 1, token = 't' WHERE id IN (1, 2, 3)",
@@ -117,7 +113,7 @@ def test_unknown_tasks_are_found_by_index_seeks_without_the_write_lock(tmp_path:
     conn.set_trace_callback(traced.append)
     assert _live_tasks(conn) == ["a", "b", "c"]
     conn.set_trace_callback(None)
-    assert len(traced) == 4  # one seek per name and one that finds no more
+    assert len(traced) == 5  # waiting: one seek per name and one that finds no more; leased: one
     plans = {plan(conn, sql) for sql in traced}
     assert all(p.startswith("SEARCH jobs USING") for p in plans), plans  # never a SCAN
 
@@ -148,9 +144,11 @@ def test_claims_and_acks_write_only_the_indexes_the_queue_needs(tmp_path: Path) 
         )
     )
     conn.close()
-    # Each index is a B-tree write per claim and per ack. jobs_leased and jobs_dead are
-    # partial: a claim adds one small entry, an ack removes it, the dead are never touched.
-    assert set(indexes) == {"jobs_due", "jobs_leased", "jobs_dead", "jobs_key"}
+    # Each index that holds a row is a B-tree write when the row changes. All are partial:
+    # a claim moves a job's entry from jobs_ready (the long one) to jobs_leased (a few
+    # hundred at most), an ack removes it from there, and dead letters sit apart.
+    assert set(indexes) == {"jobs_ready", "jobs_leased", "jobs_dead", "jobs_key"}
+    assert "WHERE state = 0" in indexes["jobs_ready"]
     assert "WHERE state = 1" in indexes["jobs_leased"]
     assert "WHERE state = 2" in indexes["jobs_dead"]
     assert "WHERE idem_key IS NOT NULL" in indexes["jobs_key"]
@@ -211,7 +209,25 @@ def test_stats_and_dead_letters_never_wait_for_the_dispatchers_transaction(
     queue.close()
 
 
-def test_a_version_2_file_is_upgraded_in_place_with_every_job_kept(tmp_path: Path) -> None:
+OLD_INDEXES = {
+    2: """
+        CREATE INDEX jobs_due ON jobs(task, due_at) WHERE state < 2;
+        CREATE INDEX jobs_state ON jobs(state, due_at);
+        CREATE UNIQUE INDEX jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
+    """,
+    3: """
+        CREATE INDEX jobs_due ON jobs(task, due_at) WHERE state < 2;
+        CREATE INDEX jobs_leased ON jobs(due_at) WHERE state = 1;
+        CREATE INDEX jobs_dead ON jobs(failed_at) WHERE state = 2;
+        CREATE UNIQUE INDEX jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
+    """,
+}
+
+
+@pytest.mark.parametrize("version", sorted(OLD_INDEXES))
+def test_an_older_file_is_upgraded_in_place_with_every_job_kept(
+    tmp_path: Path, version: int
+) -> None:
     path = tmp_path / "queue.db"
     conn = sqlite3.connect(path)
     conn.executescript(
@@ -221,9 +237,9 @@ def test_a_version_2_file_is_upgraded_in_place_with_every_job_kept(tmp_path: Pat
             state INTEGER NOT NULL DEFAULT 0, due_at REAL NOT NULL,
             attempts INTEGER NOT NULL DEFAULT 0, token TEXT, idem_key TEXT,
             enqueued_at REAL NOT NULL, error TEXT, traceback TEXT, failed_at REAL);
-        CREATE INDEX jobs_due ON jobs(task, due_at) WHERE state < 2;
-        CREATE INDEX jobs_state ON jobs(state, due_at);
-        CREATE UNIQUE INDEX jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
+        """
+        + OLD_INDEXES[version]
+        + f"""
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         INSERT INTO meta VALUES ('file_id', 'f00d');
         INSERT INTO jobs (task, payload, state, due_at, enqueued_at) VALUES ('t', '1', 0, 1, 1);
@@ -231,7 +247,9 @@ def test_a_version_2_file_is_upgraded_in_place_with_every_job_kept(tmp_path: Pat
             VALUES ('t', '2', 1, 9e9, 'x', 1, 1);
         INSERT INTO jobs (task, payload, state, due_at, enqueued_at, error, failed_at)
             VALUES ('t', '3', 2, 1, 1, 'old', 5);
-        PRAGMA user_version = 2;
+        INSERT INTO jobs (task, payload, state, due_at, token, enqueued_at, attempts)
+            VALUES ('t', '4', 1, 1, 'y', 1, 1);
+        PRAGMA user_version = {version};
         """
     )
     conn.close()
@@ -239,9 +257,10 @@ def test_a_version_2_file_is_upgraded_in_place_with_every_job_kept(tmp_path: Pat
     queue = SqliteQueue(path)
     stats = queue.stats()
 
-    assert (stats.ready, stats.delayed, stats.leased, stats.dead) == (1, 0, 1, 1)
+    assert (stats.ready, stats.delayed, stats.leased, stats.dead) == (1, 0, 2, 1)
     assert [(d.payload, d.error) for d in queue.dead_list()] == [(3, "old")]
-    assert [j.payload for j in queue.fetch(5, ["t"], 60)] == [1]
+    # The waiting job, and the one whose lease lapsed long ago; not the live lease.
+    assert [(j.payload, j.attempt) for j in queue.fetch(5, ["t"], 60)] == [(1, 1), (4, 2)]
     queue.close()
     conn = sqlite3.connect(path)
     names = {
@@ -250,8 +269,8 @@ def test_a_version_2_file_is_upgraded_in_place_with_every_job_kept(tmp_path: Pat
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'"
         )
     }
-    assert names == {"jobs_due", "jobs_leased", "jobs_dead", "jobs_key"}
-    assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    assert names == {"jobs_ready", "jobs_leased", "jobs_dead", "jobs_key"}
+    assert conn.execute("PRAGMA user_version").fetchone() == (4,)
     assert conn.execute("SELECT value FROM meta").fetchone() == ("f00d",)  # the same file
     conn.close()
 
