@@ -87,9 +87,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idem_key) WHERE idem_key IS N
 # - jobs_dead: the dead letters, by failure time; claims and acks never touch it.
 # stats() counts from these. Version 2 had jobs_due (task, due_at) for waiting and leased
 # jobs alike, and jobs_state (state, due_at): six index writes per job in B-trees as long
-# as the queue, where now there is one. With jobs_due alone (version 3), a settle + claim
-# round of 264 jobs cost 9-15 % more CPU at a million jobs queued than at a thousand; now
-# 2-6 %, and 10 % less at either depth (bench: drainpool-queue). The schema
+# as the queue, where now there is one. In an A/B on fresh copies of the files, a settle +
+# claim round of 264 jobs with jobs_due alone (version 3) cost 9-15 % more CPU at a million
+# jobs queued than at a thousand, and this schema 2-6 %, 10 % less at either depth; the
+# bench's drainpool-queue scenario measures it on reused files (bench/RESULTS.md). The schema
 # runs when a file's user_version is older: a new file, or an upgrade, which builds the
 # indexes once.
 # Acks of a whole batch in one statement, not one step per job: each step lets go of the
