@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.support.daemon import REPO, Daemon
@@ -35,6 +36,23 @@ class MountNamespace:
             stderr=subprocess.DEVNULL,
         )
         self.daemons: list[Daemon] = []
+        self._wait_until_unshared()
+
+    def _wait_until_unshared(self, timeout: float = 10.0) -> None:
+        """Until `unshare` has made its namespace: nsenter into it before then enters ours,
+        and a mount there lands on the host (it did once, on a slow machine, and outlived
+        the test)."""
+        ours = os.readlink("/proc/self/ns/mnt")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.holder.poll() is not None:
+                raise AssertionError(f"unshare --mount exited {self.holder.returncode}")
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != ours:
+                    return
+            time.sleep(0.005)
+        self.stop()
+        raise AssertionError(f"unshare --mount made no namespace within {timeout:.0f} s")
 
     @property
     def enter(self) -> list[str]:
