@@ -406,12 +406,15 @@ class SqliteQueue:
         def count(conn: sqlite3.Connection) -> QueueStats:
             # One pass over jobs_ready (the longest: linear in the waiting jobs), then the
             # two small indexes. A lapsed lease is counted as leased, as it is until taken.
-            waiting, ready = conn.execute(
-                f"SELECT COUNT(*), TOTAL(due_at <= ?) FROM jobs WHERE state = {WAITING}", (now,)
+            # The earliest due time of all waiting jobs is a ready one's whenever any is.
+            waiting, ready, earliest = conn.execute(
+                "SELECT COUNT(*), TOTAL(due_at <= ?), MIN(due_at) FROM jobs"
+                f" WHERE state = {WAITING}",
+                (now,),
             ).fetchone()
             (leased,) = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE state = {LEASED}").fetchone()
             (dead,) = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE state = {DEAD}").fetchone()
-            oldest = _oldest_waiting(conn) if ready else None
+            oldest = earliest if ready else None
             return QueueStats(
                 ready=int(ready),
                 delayed=waiting - int(ready),
@@ -526,17 +529,6 @@ def _live_tasks(conn: sqlite3.Connection) -> list[str]:
             ).fetchone()
             name = row[0] if row else None
     return sorted(names)
-
-
-def _oldest_waiting(conn: sqlite3.Connection) -> float | None:
-    """The due time of the longest-waiting job: the head of jobs_ready, per task."""
-    heads = [
-        conn.execute(
-            f"SELECT MIN(due_at) FROM jobs WHERE state = {WAITING} AND task = ?", (task,)
-        ).fetchone()[0]
-        for task in _live_tasks(conn)
-    ]
-    return min((h for h in heads if h is not None), default=None)
 
 
 def _due_ids(conn: sqlite3.Connection, n: int, tasks: Collection[str], now: float) -> list[int]:
