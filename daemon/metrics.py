@@ -136,6 +136,7 @@ RESTART_REASONS = ("config_file", "sighup", "console")
 
 
 DURATION_OUTCOMES = ("completed", "failed", "interrupted", "abandoned")
+BUCKET_LABELS = (*(str(float(b)) for b in TASK_BUCKETS), "+Inf")  # the `le` of each bucket
 
 
 class _TaskSeries:
@@ -192,7 +193,6 @@ class TaskSeriesCollector(Collector):
             "Run time of tasks by outcome.",
             labels=["pool", "task", "outcome"],
         )
-        bounds = [str(float(b)) for b in TASK_BUCKETS] + ["+Inf"]
         for (pool, task), series in items:
             running, counts, buckets, sums = series.copy()
             in_flight.add_metric([pool, task], running)
@@ -200,7 +200,7 @@ class TaskSeriesCollector(Collector):
                 family.add_metric([pool, task], counts[name])
             for outcome in DURATION_OUTCOMES:
                 cumulative, total = [], 0
-                for bound, count in zip(bounds, buckets[outcome], strict=True):
+                for bound, count in zip(BUCKET_LABELS, buckets[outcome], strict=True):
                     total += count
                     cumulative.append((bound, total))
                 durations.add_metric([pool, task, outcome], cumulative, sums[outcome])
