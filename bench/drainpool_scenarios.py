@@ -200,7 +200,7 @@ def depth(ctx: Context) -> None:
         if d not in kept:
             shutil.rmtree(directory)  # a million-job queue is large; the next depth is fresh
     try:
-        _flat_pairs(ctx, kept[small], kept[large])
+        _flat_pairs(ctx, kept)
     finally:
         for dp in kept.values():
             shutil.rmtree(dp.dir)
@@ -217,8 +217,8 @@ def _run_window(ctx: Context, dp: Drainpool, window: int) -> tuple[Inbox, Child,
     return events, child, done
 
 
-def _flat_pairs(ctx: Context, small: Drainpool, large: Drainpool) -> None:
-    """The flat-scaling rows: the first `small` no-op jobs at both depths, interleaved.
+def _flat_pairs(ctx: Context, queues: dict[int, Drainpool]) -> None:
+    """The flat-scaling rows: the first jobs of the smallest depth's queue at both ends.
 
     The smallest queue holds only that many jobs, so the window lasts a few tens
     of milliseconds, where one scheduler hiccup moves a rate by a third. So the
@@ -226,13 +226,12 @@ def _flat_pairs(ctx: Context, small: Drainpool, large: Drainpool) -> None:
     down during the run weighs on both alike), and flat_reps times, not reps.
     """
     s = ctx.sizes
-    window = min(s.depths)
-    depth_of = {id(small): min(s.depths), id(large): max(s.depths)}
+    pair = (min(s.depths), max(s.depths))
+    window = pair[0]
     for rep in range(s.flat_reps):
-        for dp in (small, large) if rep % 2 == 0 else (large, small):
-            d = depth_of[id(dp)]
-            dp.fill_to("job", d)
-            events, _, _ = _run_window(ctx, dp, window)
+        for d in pair if rep % 2 == 0 else pair[::-1]:
+            queues[d].fill_to("job", d)
+            events, _, _ = _run_window(ctx, queues[d], window)
             rate = steady_rate(events, window)
             if rate is None:
                 raise BenchError(f"too few progress reports in the first {window:,} jobs")
