@@ -13,7 +13,7 @@
 # backends and pip still installs from a file, not an unpinned name.
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY daemon ./daemon
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && for wheel in /wheels/drainpool-*.whl; do \

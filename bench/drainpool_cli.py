@@ -2,8 +2,8 @@
 
 The bench never imports the daemon: it writes a TOML config, fills the queue
 with `enqueue --file`, reads `queue stats --json`, and runs `run --config` as a
-child with NOTIFY_SOCKET pointing at an inbox of its own. Until the daemon's
-command line exists in this tree, `check` raises Unavailable with the reason.
+child with NOTIFY_SOCKET pointing at an inbox of its own. `check` raises
+Unavailable with the reason when `check-config` cannot run at all.
 """
 
 from __future__ import annotations
@@ -102,13 +102,13 @@ class Drainpool:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DRAINPOOL_", "NOTIFY_"))}
-        path = [str(REPO), str(BENCH), env.get("PYTHONPATH", "")]
+        path = [str(REPO / "daemon"), str(BENCH), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
         env.update(extra)
         return env
 
     def cli(self, *args: str, timeout: float = 900.0) -> str:
-        argv = [sys.executable, "-m", "daemon", *args, "--config", str(self.config)]
+        argv = [sys.executable, "-m", "drainpool", *args, "--config", str(self.config)]
         return run_checked(argv, env=self.env(), cwd=self.dir, timeout=timeout)
 
     def check(self) -> None:
@@ -116,11 +116,6 @@ class Drainpool:
         text = self.config.read_text()
         if text in self.ctx.accepted_configs:
             return
-        if not (REPO / "daemon" / "__main__.py").exists():
-            raise Unavailable(
-                "drainpool's command line is not in this tree yet "
-                "(daemon/__main__.py is missing): `python -m daemon` cannot run"
-            )
         try:
             self.cli("check-config", timeout=60)
         except BenchError as exc:
@@ -129,7 +124,9 @@ class Drainpool:
                 raise BenchError(
                     f"the daemon rejects the bench's config {self.config}: {exc}"
                 ) from exc
-            raise Unavailable(f"`python -m daemon check-config` does not work yet: {exc}") from exc
+            raise Unavailable(
+                f"`python -m drainpool check-config` does not work yet: {exc}"
+            ) from exc
         self.ctx.accepted_configs.add(text)
 
     def enqueue_file(self, path: Path) -> float:
@@ -178,7 +175,7 @@ class Drainpool:
             extra["BENCH_EVENTS"] = events.path
         if redis_url is not None:
             extra["BENCH_REDIS_URL"] = redis_url
-        argv = [sys.executable, "-m", "daemon", "run", "--config", str(self.config)]
+        argv = [sys.executable, "-m", "drainpool", "run", "--config", str(self.config)]
         return self.ctx.children.start("drainpool", argv, env=self.env(**extra), cwd=self.dir)
 
     def wait_ready(self, child: Child, notify: Inbox, since: int, timeout: float = 60.0) -> float:

@@ -24,7 +24,7 @@ TASK = "job"
 
 
 def _fill(path: Path, depth: int) -> None:
-    from daemon.queue.sqlite import SqliteQueue  # the tree under test, imported when used
+    from drainpool.queue.sqlite import SqliteQueue  # the tree under test, imported when used
 
     queue = SqliteQueue(path, durable_commits=False)
     try:
@@ -36,7 +36,7 @@ def _fill(path: Path, depth: int) -> None:
 
 def _round_ms(path: Path) -> float:
     """Median CPU time of a round on a fresh connection, as a daemon just started has."""
-    from daemon.queue.sqlite import SqliteQueue
+    from drainpool.queue.sqlite import SqliteQueue
 
     queue = SqliteQueue(path, durable_commits=False)
     try:

@@ -72,7 +72,7 @@ SCENARIOS = [
         "drainpool-noop",
         "drainpool",
         dps.noop,
-        "no-op jobs/s from daemon start to last job done (and with Redis INCR)",
+        "no-op jobs/s from drainpool start to last job done (and with Redis INCR)",
     ),
     Scenario(
         "drainpool-depth",

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from drainpool import Interrupted, TaskContext
+from drainpool.context import ShutdownEvent
+from drainpool.tasks.asyncrun import run_async
 
-from daemon import Interrupted, TaskContext
-from daemon.context import ShutdownEvent
-from daemon.tasks.asyncrun import run_async
 from tests.support.daemon import DaemonFactory, queue_stats, wait_until
 from tests.support.joblog import count, events
 from tests.support.procs import assert_nothing_left, descendants, new_marker

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from drainpool.queue import Queue
 
-from daemon.queue import Queue
 from tests.support.console import (
     CSRF,
     TOKEN,

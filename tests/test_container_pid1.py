@@ -27,9 +27,6 @@ from tests.support.nspawn import pid1_child, until
 
 pytestmark = [
     pytest.mark.skipif(
-        not (REPO / "daemon" / "cli.py").exists(), reason="the daemon is not in this tree yet"
-    ),
-    pytest.mark.skipif(
         os.geteuid() != 0 or shutil.which("unshare") is None,
         reason="needs root and unshare for pid and network namespaces",
     ),
@@ -55,7 +52,7 @@ grace_seconds = 5.0
 watch = false
 
 [tasks]
-sleep = "daemon.tasks.examples:sleep"
+sleep = "drainpool.tasks.examples:sleep"
 """
 
 
@@ -67,7 +64,7 @@ def _command(name: str) -> list[str]:
     if script.exists():
         return [str(script)]
     if name == "drainpool":
-        return [sys.executable, "-m", "daemon"]
+        return [sys.executable, "-m", "drainpool"]
     raise AssertionError(f"no {name} here")
 
 

@@ -6,8 +6,7 @@ import logging
 import threading
 
 import pytest
-
-from daemon import Interrupted, TaskContext
+from drainpool import Interrupted, TaskContext
 
 
 def make_ctx() -> TaskContext:

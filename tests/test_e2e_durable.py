@@ -23,9 +23,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from drainpool.queue.base import Failure
+from drainpool.queue.sqlite import SqliteQueue
 
-from daemon.queue.base import Failure
-from daemon.queue.sqlite import SqliteQueue
 from tests.support.daemon import REPO, Daemon, DaemonFactory, queue_stats, wait_until
 from tests.support.joblog import count
 from tests.support.mountns import MountNamespace
@@ -147,7 +147,7 @@ def test_four_producers_racing_the_daemon_get_no_locked_error_and_lose_nothing(
         if i < 3:  # the Python API, one transaction per job: the hardest on the lock
             argv = ["-m", "tests.support.producer", url, "5000", str(log), f"p{i}"]
         else:  # `drainpool enqueue --file`, batches of 1000 per transaction
-            argv = ["-m", "daemon", "enqueue", "--file", str(bulk), "--config", str(config)]
+            argv = ["-m", "drainpool", "enqueue", "--file", str(bulk), "--config", str(config)]
         with output.open("wb") as out:
             processes.append(
                 subprocess.Popen(
@@ -279,7 +279,7 @@ def test_bulk_enqueue_shows_a_progress_bar_on_a_terminal(
             [
                 sys.executable,
                 "-m",
-                "daemon",
+                "drainpool",
                 "enqueue",
                 "--file",
                 str(jobs),

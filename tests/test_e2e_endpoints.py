@@ -22,8 +22,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from drainpool.supervisor import STALL_SECONDS
 
-from daemon.supervisor import STALL_SECONDS
 from tests.support.daemon import (
     Daemon,
     DaemonFactory,

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from drainpool.queue.sqlite import SqliteQueue
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.queue.sqlite import SqliteQueue
 from tests.support.daemon import (
     REPO,
     Daemon,
@@ -277,7 +277,7 @@ def test_metrics_module_registers_nothing_at_import() -> None:
         "import prometheus_client\n"
         "names = lambda: {m.name for m in prometheus_client.REGISTRY.collect()}\n"
         "before = names()\n"
-        "from daemon.metrics import Metrics\n"
+        "from drainpool.metrics import Metrics\n"
         "assert names() == before, names() - before\n"
         "first, second = Metrics(), Metrics()\n"
         "assert names() == before\n"

@@ -21,7 +21,7 @@ from tests.support.joblog import count
 TASKS = {
     "quick": "tests.support.tasks:record",
     "heavy": "tests.support.tasks:record",
-    "other": "daemon.tasks.examples:noop",
+    "other": "drainpool.tasks.examples:noop",
 }
 
 

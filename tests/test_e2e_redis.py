@@ -93,7 +93,7 @@ def assert_queue_empty(factory: DaemonFactory, config: Path) -> None:
 def held_by(server: RedisServer, pid: int) -> set[str]:
     """Ids of the jobs whose lease the daemon `pid` holds: its pending entries in Redis.
 
-    Read from the stream itself (see daemon/queue/redis.py: one stream per task,
+    Read from the stream itself (see daemon/drainpool/queue/redis.py: one stream per task,
     entries that point at the job, the consumer named host:pid), because only
     Redis knows which of the jobs a daemon finished were acked before a crash.
     """
@@ -306,7 +306,9 @@ def test_daemon_started_while_redis_is_down_starts_work_once_it_is_up(
         daemon.signal(signal.SIGSTOP)
         server.start()
         ghost = factory.config(
-            "ghost.toml", queue={"url": server.url}, tasks={"ghost": "daemon.tasks.examples:noop"}
+            "ghost.toml",
+            queue={"url": server.url},
+            tasks={"ghost": "drainpool.tasks.examples:noop"},
         )
         assert factory.cli("enqueue", "ghost", "{}", config=ghost).returncode == 0
         daemon.signal(signal.SIGCONT)

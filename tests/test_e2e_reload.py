@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from drainpool.queue import from_url
 
-from daemon.queue import from_url
 from tests.support.daemon import (
     Daemon,
     DaemonFactory,

@@ -21,13 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from drainpool import cli
+from drainpool import settings as settings_mod
+from drainpool.settings import TASK_REF, ConfigError
+from drainpool.tasks import build_registry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon import cli
-from daemon import settings as settings_mod
-from daemon.settings import TASK_REF, ConfigError
-from daemon.tasks import build_registry
 from tests.support.daemon import REPO, DaemonFactory, queue_stats, render_config, wait_until
 
 FUZZ = settings(
@@ -55,10 +55,10 @@ KNOWN_KEYS: dict[str, list[str]] = {
 }
 # Task references that import nothing new: real, missing, not callable, malformed.
 SAFE_REFS = [
-    "daemon.tasks.examples:noop",
-    "daemon.tasks.examples:sleep",
-    "daemon.tasks.examples:nothing_here",
-    "daemon.tasks.examples:BLOCK_SIZE",
+    "drainpool.tasks.examples:noop",
+    "drainpool.tasks.examples:sleep",
+    "drainpool.tasks.examples:nothing_here",
+    "drainpool.tasks.examples:BLOCK_SIZE",
     "drainpool_fuzz_absent:task",
     "not a reference",
 ]
@@ -223,7 +223,7 @@ def minimal_config(tmp: Path, **extra: dict[str, Any]) -> Path:
     sections: dict[str, dict[str, Any]] = {
         "queue": {"url": "sqlite:///queue.db", "retry_backoff_seconds": 0.05},
         "metrics": {"host": "127.0.0.1", "port": 0},
-        "tasks": {"noop": "daemon.tasks.examples:noop"},
+        "tasks": {"noop": "drainpool.tasks.examples:noop"},
         **extra,
     }
     path.write_text(render_config(sections))
@@ -318,9 +318,9 @@ def test_check_config_names_a_broken_environment_variable_without_a_traceback(
 def run_command(
     argv: list[str], env: dict[str, str] | None = None, stdin: bytes = b""
 ) -> tuple[int, str]:
-    """The real `python -m daemon` process, with bytes on stdin (factory.cli takes text)."""
+    """The real `python -m drainpool` process, with bytes on stdin (factory.cli takes text)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "daemon", *argv],
+        [sys.executable, "-m", "drainpool", *argv],
         env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)},
         input=stdin,
         capture_output=True,

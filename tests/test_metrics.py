@@ -10,9 +10,8 @@ from __future__ import annotations
 import random
 import threading
 
+from drainpool.metrics import TASK_BUCKETS, Metrics, PoolMetrics
 from prometheus_client import CollectorRegistry, Histogram
-
-from daemon.metrics import TASK_BUCKETS, Metrics, PoolMetrics
 
 
 def samples(registry: CollectorRegistry, name: str) -> dict[tuple[tuple[str, str], ...], float]:

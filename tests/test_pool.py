@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from drainpool.metrics import Metrics
+from drainpool.pool import Pool, PoolConfig, auto_reserve
+from drainpool.queue.sqlite import SqliteQueue
+from drainpool.tasks import TaskSpec
+from drainpool.tasks.examples import noop, sleep
 
-from daemon.metrics import Metrics
-from daemon.pool import Pool, PoolConfig, auto_reserve
-from daemon.queue.sqlite import SqliteQueue
-from daemon.tasks import TaskSpec
-from daemon.tasks.examples import noop, sleep
 from tests.support.daemon import wait_until
 
 
@@ -22,8 +22,8 @@ def make_pool(
     queue = SqliteQueue(tmp_path / "q.db")
     metrics = Metrics()
     tasks = {
-        "sleep": TaskSpec("sleep", "daemon.tasks.examples:sleep", "function", sleep),
-        "noop": TaskSpec("noop", "daemon.tasks.examples:noop", "function", noop),
+        "sleep": TaskSpec("sleep", "drainpool.tasks.examples:sleep", "function", sleep),
+        "noop": TaskSpec("noop", "drainpool.tasks.examples:noop", "function", noop),
     }
     config = PoolConfig("default", workers, 5.0, 30.0, 0.05, prefetch=prefetch)
     return Pool(config, 1, tasks, queue, metrics), queue, metrics

@@ -12,13 +12,13 @@ import signal
 from pathlib import Path
 
 import pytest
+from drainpool.metrics import Metrics
+from drainpool.pool import PoolConfig
+from drainpool.procpool import KILL_AFTER_SECONDS, ProcessPool
+from drainpool.queue.base import RetryPolicy
+from drainpool.queue.sqlite import SqliteQueue
+from drainpool.tasks import TaskSpec, _resolve
 
-from daemon.metrics import Metrics
-from daemon.pool import PoolConfig
-from daemon.procpool import KILL_AFTER_SECONDS, ProcessPool
-from daemon.queue.base import RetryPolicy
-from daemon.queue.sqlite import SqliteQueue
-from daemon.tasks import TaskSpec, _resolve
 from tests.support.daemon import Daemon, DaemonFactory, queue_stats, wait_until
 from tests.support.joblog import count, events
 from tests.support.procs import (
@@ -235,7 +235,7 @@ def test_switching_pool_kind_by_reload(factory: DaemonFactory, tmp_path: Path) -
 def test_in_process_outcomes_cross_as_json_with_the_childs_traceback(tmp_path: Path) -> None:
     """A ProcessPool driven directly, on a real SQLite queue and real child processes."""
     queue = SqliteQueue(tmp_path / "q.db", retry=RetryPolicy(max_attempts=1))
-    refs = {"fail": "daemon.tasks.examples:fail", "odd": "tests.support.tasks:unjsonable"}
+    refs = {"fail": "drainpool.tasks.examples:fail", "odd": "tests.support.tasks:unjsonable"}
     tasks: dict[str, TaskSpec] = {name: _resolve(name, ref) for name, ref in refs.items()}
     metrics = Metrics()
     pool = ProcessPool(
@@ -254,7 +254,7 @@ def test_in_process_outcomes_cross_as_json_with_the_childs_traceback(tmp_path: P
     (dead,) = queue.dead_list(10)
     assert dead.error == "DemandedFailure: no disk"
     # The traceback is the child's own, from the task's module.
-    assert "daemon/tasks/examples.py" in dead.traceback and "in fail" in dead.traceback
+    assert "daemon/drainpool/tasks/examples.py" in dead.traceback and "in fail" in dead.traceback
     # The set JSON cannot hold came back as its repr: the job completed, the worker lived.
     stats = queue.stats()
     assert (stats.ready, stats.leased, stats.dead) == (0, 0, 1)

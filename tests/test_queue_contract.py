@@ -18,8 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 import redis
-
-from daemon.queue.base import (
+from drainpool.queue.base import (
     Failure,
     Job,
     Queue,
@@ -28,8 +27,9 @@ from daemon.queue.base import (
     QueueUnavailable,
     RetryPolicy,
 )
-from daemon.queue.redis import RedisQueue, redact_url
-from daemon.queue.sqlite import SqliteQueue
+from drainpool.queue.redis import RedisQueue, redact_url
+from drainpool.queue.sqlite import SqliteQueue
+
 from tests.support.redis_server import RedisServer, free_port, redis_servers
 
 T = TypeVar("T")

@@ -16,18 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from drainpool import settings
+from drainpool.metrics import Metrics
+from drainpool.pool import Pool, PoolConfig
+from drainpool.queue import Queue
+from drainpool.queue import sqlite_db as sqlite_db_mod
+from drainpool.queue.base import Failure, QueueError, QueueUnavailable, RetryPolicy
+from drainpool.queue.sqlite import ACK_SQL, DUE_SQL, SqliteQueue, _due_ids, _live_tasks
+from drainpool.queue.sqlite_db import Database
+from drainpool.supervisor import Phase, Supervisor
+from drainpool.tasks import TaskSpec
+from drainpool.tasks.examples import noop
 
-from daemon import settings
-from daemon.metrics import Metrics
-from daemon.pool import Pool, PoolConfig
-from daemon.queue import Queue
-from daemon.queue import sqlite_db as sqlite_db_mod
-from daemon.queue.base import Failure, QueueError, QueueUnavailable, RetryPolicy
-from daemon.queue.sqlite import ACK_SQL, DUE_SQL, SqliteQueue, _due_ids, _live_tasks
-from daemon.queue.sqlite_db import Database
-from daemon.supervisor import Phase, Supervisor
-from daemon.tasks import TaskSpec
-from daemon.tasks.examples import noop
 from tests.support.daemon import wait_until
 
 
@@ -554,7 +554,7 @@ def test_the_dispatcher_reports_the_queue_failing_and_working_again(tmp_path: Pa
     path.write_bytes(b"not a database" * 100)
     reports: list[tuple[bool, str]] = []
     queue = SqliteQueue(path)
-    spec = TaskSpec("noop", "daemon.tasks.examples:noop", "function", noop)
+    spec = TaskSpec("noop", "drainpool.tasks.examples:noop", "function", noop)
     pool = Pool(
         PoolConfig("default", 1, 5.0, 30.0, 0.05),
         1,

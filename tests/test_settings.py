@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from daemon import settings
-from daemon.settings import ConfigError, find_key_line, load
+from drainpool import settings
+from drainpool.settings import ConfigError, find_key_line, load
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -116,7 +115,7 @@ def test_find_key_line() -> None:
 def test_effective_config_round_trips_through_toml(tmp_path: Path) -> None:
     import tomllib
 
-    loaded = load(write(tmp_path, '[tasks]\ns = "daemon.tasks.examples:sleep"\n'))
+    loaded = load(write(tmp_path, '[tasks]\ns = "drainpool.tasks.examples:sleep"\n'))
     rendered = settings.to_toml(loaded.settings.effective())
     assert settings.Settings(**tomllib.loads(rendered)).effective() == loaded.settings.effective()
 

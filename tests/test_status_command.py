@@ -142,7 +142,7 @@ class Terminal:
 def test_status_watch_redraws_in_place_on_a_terminal(factory: DaemonFactory) -> None:
     config = factory.config()
     daemon = factory.start(config)
-    argv = [sys.executable, "-m", "daemon", "status", "--pid", str(daemon.pid), "--watch"]
+    argv = [sys.executable, "-m", "drainpool", "status", "--pid", str(daemon.pid), "--watch"]
     terminal = Terminal(argv, factory.tmp)
     try:
         wait_until(lambda: terminal.frames(), what="the first frame")

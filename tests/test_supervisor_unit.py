@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from daemon import settings
-from daemon.supervisor import MAX_DEBOUNCE_SECONDS, IllegalTransition, Phase, Supervisor
+from drainpool import settings
+from drainpool.supervisor import MAX_DEBOUNCE_SECONDS, IllegalTransition, Phase, Supervisor
 
 
 class Clock:

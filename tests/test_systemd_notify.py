@@ -19,8 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
-
-from daemon.systemd import Notifier
+from drainpool.systemd import Notifier
 
 # A datagram that the tests expect is there at once: the send has returned
 # before recv is called. The timeout only keeps a broken build from hanging.
@@ -175,7 +174,7 @@ def test_from_env_changes_no_variable(
 def test_a_missing_socket_is_logged_once_and_never_raises(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, make: Make
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="daemon.systemd")
+    caplog.set_level(logging.DEBUG, logger="drainpool.systemd")
     missing = str(tmp_path / "gone.sock")
     n = make({"NOTIFY_SOCKET": missing})
     n.ready("up")

@@ -1,7 +1,7 @@
 """The unit under a real systemd 252: a Debian 12 container booted by systemd-nspawn.
 
 First the harness itself, with a stand-in Type=notify service that speaks
-through daemon.systemd.Notifier (READY gating, watchdog, EXTEND_TIMEOUT_USEC);
+through drainpool.systemd.Notifier (READY gating, watchdog, EXTEND_TIMEOUT_USEC);
 then drainpool, installed from a wheel into /opt/drainpool/venv and run by
 systemd/drainpool.service copied in unchanged.
 
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.deployfiles import REPO, UNIT
+from tests.support.deployfiles import PACKAGE, REPO, UNIT
 from tests.support.nspawn import HOST_MOUNT, Container, Unavailable, booted, until, wheelhouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PROBE_UNIT = """\
 [Unit]
-Description=Type=notify stand-in driven by daemon.systemd.Notifier
+Description=Type=notify stand-in driven by drainpool.systemd.Notifier
 
 [Service]
 Type=notify
@@ -48,8 +48,8 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The host directory mounted read-only at HOST_MOUNT inside the container."""
     stage = tmp_path_factory.mktemp("nspawn-stage")
     probe = stage / "probe"
-    (probe / "daemon").mkdir(parents=True)
-    shutil.copy(REPO / "daemon" / "systemd.py", probe / "daemon" / "systemd.py")
+    (probe / "drainpool").mkdir(parents=True)
+    shutil.copy(PACKAGE / "systemd.py", probe / "drainpool" / "systemd.py")
     shutil.copy(REPO / "tests" / "support" / "notify_probe.py", probe / "notify_probe.py")
     return stage
 
@@ -198,7 +198,7 @@ grace_seconds = 5.0
 watch = {watch}
 
 [tasks]
-sleep = "daemon.tasks.examples:sleep"
+sleep = "drainpool.tasks.examples:sleep"
 """
 # The container's own python3 fetches an endpoint: no curl in minbase.
 HTTP_GET = """\
@@ -219,8 +219,6 @@ def _config(workers: int = 2, watch: bool = False) -> str:
 @pytest.fixture(scope="module")
 def installed(container: Container, stage: Path) -> Container:
     """The project in /opt/drainpool/venv and the unit file, copied in unchanged."""
-    if not (REPO / "daemon" / "cli.py").exists():
-        pytest.skip("the daemon (daemon/cli.py) is not in this tree yet")
     wheels = stage / "wheels"
     wheels.mkdir()
     wheel = wheelhouse(REPO, wheels, stage.parent / "pip.log")

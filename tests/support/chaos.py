@@ -119,7 +119,7 @@ def make_config(rng: random.Random, queue_url: str) -> dict[str, dict[str, Any]]
         "stubborn": f"{TASKS}:stubborn",
     }
     if rng.random() < 0.3:
-        tasks["spare"] = "daemon.tasks.examples:noop"  # a task no job uses: added and removed
+        tasks["spare"] = "drainpool.tasks.examples:noop"  # a task no job uses: added and removed
     config: dict[str, dict[str, Any]] = {
         "shutdown": {"grace_seconds": rng.choice(GRACES)},
         "reload": {"watch": True, "debounce_ms": 50},

@@ -13,7 +13,8 @@ import os
 import time
 from typing import Any
 
-from daemon import Interrupted, TaskContext
+from drainpool import Interrupted, TaskContext
+
 from tests.support.tasks import append
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.queue import Queue, from_url
+from drainpool.queue import Queue, from_url
+
 from tests.support.daemon import Daemon, DaemonFactory, wait_until
 
 TOKEN = "console-test-token-0123456789"

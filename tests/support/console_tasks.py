@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from daemon import TaskContext
+from drainpool import TaskContext
+
 from tests.support.tasks import append
 
 GATE_POLL_SECONDS = 0.05

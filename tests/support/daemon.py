@@ -102,10 +102,10 @@ def base_config(tmp: Path, **overrides: dict[str, Any]) -> dict[str, dict[str, A
         "metrics": {"host": "127.0.0.1", "port": 0},
         "log": {"level": "INFO"},
         "tasks": {
-            "sleep": "daemon.tasks.examples:sleep",
-            "noop": "daemon.tasks.examples:noop",
-            "fail": "daemon.tasks.examples:fail",
-            "stubborn": "daemon.tasks.examples:stubborn",
+            "sleep": "drainpool.tasks.examples:sleep",
+            "noop": "drainpool.tasks.examples:noop",
+            "fail": "drainpool.tasks.examples:fail",
+            "stubborn": "drainpool.tasks.examples:stubborn",
             "record": "tests.support.tasks:record",
             "stray": "tests.support.tasks:stray",
         },
@@ -165,7 +165,7 @@ class NotifyListener:
 
 
 class Daemon:
-    """One `python -m daemon run` subprocess and ways to look at it."""
+    """One `python -m drainpool run` subprocess and ways to look at it."""
 
     def __init__(
         self,
@@ -188,7 +188,7 @@ class Daemon:
         full_env.pop("DRAINPOOL_CONFIG", None)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "daemon", "run", "--config", str(config)],
+            [*prefix, sys.executable, "-m", "drainpool", "run", "--config", str(config)],
             cwd=workdir,
             env=full_env,
             stdout=self._log,
@@ -304,7 +304,7 @@ class DaemonFactory:
         self, *args: str, config: Path | None = None, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run a `drainpool` command to completion (enqueue, queue stats, reload...)."""
-        argv = [sys.executable, "-m", "daemon", *args]
+        argv = [sys.executable, "-m", "drainpool", *args]
         if config is not None:
             argv += ["--config", str(config)]
         return subprocess.run(

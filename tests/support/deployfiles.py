@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "daemon" / "drainpool"  # the import package's source (src layout)
 UNIT = REPO / "systemd" / "drainpool.service"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"

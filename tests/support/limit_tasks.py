@@ -8,7 +8,7 @@ import resource
 from pathlib import Path
 from typing import Any
 
-from daemon import TaskContext
+from drainpool import TaskContext
 
 _kept: list[bytes] = []  # what `leak` allocates stays referenced: a real leak
 

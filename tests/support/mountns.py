@@ -70,7 +70,7 @@ class MountNamespace:
     def cli(self, *args: str, config: Path) -> subprocess.CompletedProcess[str]:
         """A `drainpool` command run inside the namespace."""
         return subprocess.run(
-            [*self.enter, sys.executable, "-m", "daemon", *args, "--config", str(config)],
+            [*self.enter, sys.executable, "-m", "drainpool", *args, "--config", str(config)],
             cwd=self.workdir,
             env={**os.environ, "PYTHONPATH": str(REPO)},
             capture_output=True,

@@ -1,6 +1,6 @@
-"""A stand-in Type=notify service for the nspawn tests, driven by daemon.systemd.Notifier.
+"""A stand-in Type=notify service for the nspawn tests, driven by drainpool.systemd.Notifier.
 
-It runs under the container's own python3 with only daemon/systemd.py on its
+It runs under the container's own python3 with only drainpool/systemd.py on its
 path, so the real systemd 252 judges the real datagrams. The test steers it
 through files in its RuntimeDirectory (/run/probe):
 
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from daemon.systemd import Notifier
+from drainpool.systemd import Notifier
 
 RUN = Path("/run/probe")
 TICK = 0.05

@@ -193,7 +193,7 @@ def wheelhouse(repo: Path, dest: Path, log: Path) -> Path:
     src = dest.parent / "src"
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(repo / name, src / name)
     shutil.copytree(repo / "daemon", src / "daemon", ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from daemon.queue import Queue
+from drainpool.queue import Queue
 
 
 def main(url: str, count: int, log: str, name: str) -> None:

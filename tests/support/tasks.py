@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from daemon import TaskContext
+from drainpool import TaskContext
 
 _runs = 0
 _runs_lock = threading.Lock()

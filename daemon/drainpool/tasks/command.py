@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from daemon.context import (
+from drainpool.context import (
     Interrupted,
     JobFailed,
     ShutdownEvent,
@@ -46,7 +46,7 @@ from daemon.context import (
     child_environment,
     exit_description,
 )
-from daemon.settings import CommandTask
+from drainpool.settings import CommandTask
 
 KILL_AFTER_TIMEOUT_SECONDS = 5.0  # SIGTERM at timeout_seconds, SIGKILL this much later
 REAP_WAIT_SECONDS = 1.0  # how long abandon() waits for a SIGKILLed command to be reaped

@@ -1,7 +1,7 @@
 """One SQLite file opened for the queue: WAL, busy retries, faults, file identity.
 
 A module of its own because what can go wrong with the file is one concern
-and the queue's semantics (daemon/queue/sqlite.py) are another:
+and the queue's semantics (daemon/drainpool/queue/sqlite.py) are another:
 
 - Busy: a transaction that meets another writer's lock is retried (SQLite's
   busy handler waits first, then this loop backs off) for BUSY_RETRY_SECONDS,
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from daemon.queue.base import QueueUnavailable
+from drainpool.queue.base import QueueUnavailable
 
 T = TypeVar("T")
 

@@ -111,7 +111,7 @@ class QueueSettings(_Section):
         if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
             raise ValueError("must start with sqlite:///, redis://, rediss:// or unix://")
         if not url.startswith("sqlite:"):
-            from daemon.queue import QueueError, check_url
+            from drainpool.queue import QueueError, check_url
 
             try:  # an unknown option must fail here (check-config, reload), not at first use
                 check_url(url)
@@ -176,6 +176,11 @@ class CommandTask(_Section):
 def _task_ref(ref: str) -> str:
     if not TASK_REF.match(ref):
         raise ValueError(f"{ref!r} is not 'module:function'")
+    module = ref.partition(":")[0]
+    if module == "daemon" or module.startswith("daemon."):
+        # The import package was `daemon` until 0.2, a name python-daemon owns (issue 17).
+        renamed = "drainpool" + ref[len("daemon") :]
+        raise ValueError(f"{ref!r} names the old package 'daemon': write {renamed!r}")
     return ref
 
 

@@ -34,8 +34,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from daemon import __version__
-from daemon.queue.base import QueueStats
+from drainpool import __version__
+from drainpool.queue.base import QueueStats
 
 # Jobs run from milliseconds to an hour; the client's defaults stop at 10 s.
 TASK_BUCKETS = (

@@ -11,7 +11,7 @@ import hashlib
 import time
 from typing import Any
 
-from daemon.context import TaskContext
+from drainpool.context import TaskContext
 
 BLOCK_SIZE = 1 << 20
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.context import Interrupted, ShutdownEvent, TaskContext
+from drainpool.context import Interrupted, ShutdownEvent, TaskContext
 
 AsyncHandler = Callable[..., Coroutine[Any, Any, Any]]
 

@@ -13,7 +13,7 @@ survives a killed process but may lose the last commits on power loss. What
 that can lose is an ack or a lease (the job runs again: at-least-once holds),
 never an enqueue: producers' connections commit with synchronous=FULL.
 
-A deleted or replaced file (see daemon/queue/sqlite_db.py): the jobs that were
+A deleted or replaced file (see daemon/drainpool/queue/sqlite_db.py): the jobs that were
 waiting in it are gone with it, as with any database. The jobs this queue had
 leased from it are still its own: when one of them ends in a release, a retry
 or a death, the job is written into the file now at the path (with a new id);
@@ -33,7 +33,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from daemon.queue.base import (
+from drainpool.queue.base import (
     DeadJob,
     Failure,
     Job,
@@ -44,13 +44,13 @@ from daemon.queue.base import (
     encode_payload,
     loads_or_raw,
 )
-from daemon.queue.sqlite_db import Database
+from drainpool.queue.sqlite_db import Database
 
 log = logging.getLogger("drainpool.queue")
 T = TypeVar("T")
 
 WAITING, LEASED, DEAD = 0, 1, 2
-# 2: the meta table (file id) of daemon.queue.sqlite_db; 4: the indexes below (3 was a step)
+# 2: the meta table (file id) of drainpool.queue.sqlite_db; 4: the indexes below (3 was a step)
 SCHEMA_VERSION = 4
 BATCH_SIZE = 500  # parameters per IN (...) list, well under SQLite's limit
 

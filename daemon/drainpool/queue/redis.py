@@ -47,7 +47,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from daemon.queue.base import (
+from drainpool.queue.base import (
     DeadJob,
     Failure,
     Job,

@@ -2,7 +2,7 @@
 
 Every answer comes from callbacks that return snapshots the supervisor keeps,
 so a slow scrape can never block the supervisor's loop; the only writes are
-the console's POST routes (daemon/console.py), which guard themselves. It
+the console's POST routes (daemon/drainpool/console.py), which guard themselves. It
 binds to loopback unless the config says otherwise.
 """
 

@@ -172,10 +172,10 @@ class Queue(Protocol):
         """Open the queue that `url` names: sqlite:///relative/to/cwd, sqlite:////abs, redis://.
 
         A protocol member with a body: on `Queue` itself it picks the backend by
-        the URL's scheme (daemon.queue.from_url, which also takes the options
+        the URL's scheme (drainpool.queue.from_url, which also takes the options
         the daemon needs); backends override it with their own constructor.
         """
-        from daemon.queue import from_url  # the package imports this module
+        from drainpool.queue import from_url  # the package imports this module
 
         return from_url(url, retry=retry)
 

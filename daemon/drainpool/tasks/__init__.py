@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from daemon.settings import CommandTask, ConfigError, LoadedConfig
+from drainpool.settings import CommandTask, ConfigError, LoadedConfig
 
 Handler = Callable[..., Any]
 TaskKind = Literal["function", "async", "command"]
@@ -45,7 +45,7 @@ def build_registry(loaded: LoadedConfig) -> dict[str, TaskSpec]:
 
 def _resolve(name: str, ref: str | CommandTask) -> TaskSpec:
     if isinstance(ref, CommandTask):
-        from daemon.tasks.command import command_handler, command_source
+        from drainpool.tasks.command import command_handler, command_source
 
         return TaskSpec(name, command_source(ref), "command", command_handler(ref))
     module_name, _, attr_path = ref.partition(":")
@@ -60,7 +60,7 @@ def _resolve(name: str, ref: str | CommandTask) -> TaskSpec:
     if not callable(target):
         raise ValueError(f"{ref!r} is not callable")
     if inspect.iscoroutinefunction(target):
-        from daemon.tasks.asyncrun import run_async
+        from drainpool.tasks.asyncrun import run_async
 
         # Wrapped once here, so the pool calls every kind the same way (no per-job branch).
         return TaskSpec(name, ref, "async", run_async(target))

@@ -1,6 +1,6 @@
 """The `drainpool` command: run, check-config, reload, enqueue, queue, status.
 
-Exit codes follow daemon.exitcodes: 0 ok, 1 failure, 2 usage or bad input,
+Exit codes follow drainpool.exitcodes: 0 ok, 1 failure, 2 usage or bad input,
 78 invalid config (EX_CONFIG).
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from queue import SimpleQueue
 from typing import Any
 
-from daemon import __version__
-from daemon.exitcodes import ExitCode
-from daemon.queue.base import QueueError, QueueUnavailable
+from drainpool import __version__
+from drainpool.exitcodes import ExitCode
+from drainpool.queue.base import QueueError, QueueUnavailable
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -110,8 +110,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace, *, tasks: bool = True) -> Any:
     """Load the config or exit 78 with every problem on its own line."""
-    from daemon import settings
-    from daemon.tasks import build_registry
+    from drainpool import settings
+    from drainpool.tasks import build_registry
 
     path = settings.config_path(args.config)
     try:
@@ -126,13 +126,13 @@ def _load(args: argparse.Namespace, *, tasks: bool = True) -> Any:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     # Handlers first, so a signal during start-up is queued for the supervisor, not fatal.
-    from daemon.signals import forward_signals
+    from drainpool.signals import forward_signals
 
     inbox: SimpleQueue[object] = SimpleQueue()
     with forward_signals(inbox):
         loaded, registry = _load(args)
-        from daemon.logs import configure_logging
-        from daemon.supervisor import Supervisor
+        from drainpool.logs import configure_logging
+        from drainpool.supervisor import Supervisor
 
         configure_logging(loaded.settings.log)
         try:
@@ -145,11 +145,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from daemon.queue import redact_url
-    from daemon.settings import to_toml
+    from drainpool.queue import redact_url
+    from drainpool.settings import to_toml
 
     if args.diff:
-        from daemon import control
+        from drainpool import control
 
         return control.dry_run(args)
     loaded, _ = _load(args)
@@ -161,7 +161,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _open_queue(loaded: Any) -> Any:
-    from daemon.queue import RetryPolicy, from_url
+    from drainpool.queue import RetryPolicy, from_url
 
     q = loaded.settings.queue
     retry = RetryPolicy(q.max_attempts, q.retry_backoff_seconds, q.retry_backoff_max_seconds)
@@ -169,7 +169,7 @@ def _open_queue(loaded: Any) -> Any:
 
 
 def _cmd_enqueue(args: argparse.Namespace) -> int:
-    from daemon import bulk
+    from drainpool import bulk
 
     loaded, _ = _load(args, tasks=False)
     known = sorted(loaded.settings.tasks)
@@ -269,13 +269,13 @@ def _print_dead(queue: Any, as_json: bool, limit: int) -> int:
 
 
 def _cmd_reload(args: argparse.Namespace) -> int:
-    from daemon import control
+    from drainpool import control
 
     return control.reload(args)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from daemon import control
+    from drainpool import control
 
     return control.status(args)
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.pool import PoolConfig
-from daemon.settings import PoolSettings, Settings
-from daemon.tasks import TaskSpec
+from drainpool.pool import PoolConfig
+from drainpool.settings import PoolSettings, Settings
+from drainpool.tasks import TaskSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The child side of a process worker, and the JSON channel both sides speak.
 
 A child is a fresh interpreter (the spawn way: nothing inherited but what is
-passed), started by daemon.procpool with one end of a socketpair. Messages
+passed), started by drainpool.procpool with one end of a socketpair. Messages
 are JSON, one per line, never pickle: the parent sends `run` (a job) and
 `shutdown`; the child answers each job with its outcome.
 
@@ -24,13 +24,13 @@ import sys
 import threading
 from typing import Any
 
-from daemon.context import Interrupted, ShutdownEvent, TaskContext, failure_details
+from drainpool.context import Interrupted, ShutdownEvent, TaskContext, failure_details
 
 # Run with `python -c BOOTSTRAP drainpool-worker FD SYS_PATH_JSON CONFIG_JSON`: the parent's
 # sys.path first, so the task modules import in the child as they did in the daemon.
 BOOTSTRAP = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[3]);"
-    " from daemon.procworker import main; main()"
+    " from drainpool.procworker import main; main()"
 )
 
 
@@ -112,8 +112,8 @@ def _read(
 
 
 def _configure_logging(log: dict[str, str]) -> None:
-    from daemon.logs import configure_logging
-    from daemon.settings import LogSettings
+    from drainpool.logs import configure_logging
+    from drainpool.settings import LogSettings
 
     configure_logging(LogSettings(level=log["level"], format=log["format"]))  # type: ignore[arg-type]
 
@@ -133,7 +133,7 @@ def _run(
     try:
         handler = handlers.get(name)
         if handler is None:
-            from daemon.tasks import _resolve  # the daemon's own resolver: async tasks wrapped
+            from drainpool.tasks import _resolve  # the daemon's own resolver: async tasks wrapped
 
             handler = handlers[name] = _resolve(name, tasks[name]).handler
         result = handler(ctx, message["payload"])

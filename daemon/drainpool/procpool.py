@@ -3,7 +3,7 @@
 A Python thread cannot be killed, so a task that never checks its context
 can only be abandoned; a process can. ProcessPool is a Pool whose Python
 tasks are proxies: the worker thread sends the job to its own child (see
-daemon.procworker) and waits for the outcome, so the dispatcher, batching,
+drainpool.procworker) and waits for the outcome, so the dispatcher, batching,
 leases, the settle step, the drain and the metrics are the Pool's own, in
 the daemon. Command tasks already run a separate program and are run by the
 worker thread itself, as in a thread pool.
@@ -33,17 +33,17 @@ import threading
 import time
 from typing import Any
 
-from daemon.context import (
+from drainpool.context import (
     Interrupted,
     JobFailed,
     TaskContext,
     child_environment,
     exit_description,
 )
-from daemon.logs import JsonFormatter
-from daemon.pool import Pool
-from daemon.procworker import BOOTSTRAP, Channel
-from daemon.queue.base import Job
+from drainpool.logs import JsonFormatter
+from drainpool.pool import Pool
+from drainpool.procworker import BOOTSTRAP, Channel
+from drainpool.queue.base import Job
 
 log = logging.getLogger("drainpool.pool")
 

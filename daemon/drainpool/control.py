@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from daemon.exitcodes import ExitCode
+from drainpool.exitcodes import ExitCode
 
 POLL_SECONDS = 0.02
 
@@ -102,7 +102,7 @@ def find_daemon(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
                 if status.get("pid") == args.pid:
                     return base, status
         raise ControlError(f"pid {args.pid} serves no drainpool endpoint ({'; '.join(errors)})")
-    from daemon.cli import _load
+    from drainpool.cli import _load
 
     loaded, _ = _load(args, tasks=False)
     m = loaded.settings.metrics
@@ -115,8 +115,8 @@ def find_daemon(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 def dry_run(args: argparse.Namespace) -> int:
     """Print what a reload would do, pool by pool, without doing it (supervisorctl reread)."""
-    from daemon.cli import _load
-    from daemon.plan import diff_plans, plan_from_json, plan_pools
+    from drainpool.cli import _load
+    from drainpool.plan import diff_plans, plan_from_json, plan_pools
 
     try:
         base, _ = find_daemon(args)
@@ -129,7 +129,7 @@ def dry_run(args: argparse.Namespace) -> int:
     new = plan_pools(loaded.settings, registry)
     queue_before = running["effective"]["queue"]
     queue_after = loaded.settings.effective()["queue"]
-    from daemon.queue import redact_url
+    from drainpool.queue import redact_url
 
     queue_after["url"] = redact_url(queue_after["url"])
     changes = diff_plans(

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import IO, Any
 
-from daemon.exitcodes import ExitCode
-from daemon.queue.base import Queue, QueueError, QueueUnavailable, encode_payload
+from drainpool.exitcodes import ExitCode
+from drainpool.queue.base import Queue, QueueError, QueueUnavailable, encode_payload
 
 BATCH = 1000
 MAX_REPORTED = 20  # bad lines printed one by one before a count takes over

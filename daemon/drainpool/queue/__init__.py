@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.queue.base import (
+from drainpool.queue.base import (
     DeadJob,
     Failure,
     Job,
@@ -40,20 +40,20 @@ def from_url(
 ) -> Queue:
     """Open the queue at `url` (sqlite:///rel, sqlite:////abs, redis://, rediss://).
 
-    `Queue.from_url(url)` is the same for producers (daemon.queue.base.Queue).
+    `Queue.from_url(url)` is the same for producers (drainpool.queue.base.Queue).
 
     `base_dir` anchors a relative SQLite path (the config file's directory).
     Producers keep the default `durable_commits`; the daemon turns it off for
-    its own connection (see daemon.queue.sqlite).
+    its own connection (see drainpool.queue.sqlite).
     """
     if url.startswith("sqlite:"):
-        from daemon.queue.sqlite import SqliteQueue
+        from drainpool.queue.sqlite import SqliteQueue
 
         return SqliteQueue.from_url(
             url, retry=retry, base_dir=base_dir, durable_commits=durable_commits
         )
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from daemon.queue.redis import RedisQueue  # needs the optional redis extra
+        from drainpool.queue.redis import RedisQueue  # needs the optional redis extra
 
         return RedisQueue.from_url(url, retry=retry)
     raise QueueError(
@@ -71,6 +71,6 @@ def check_url(url: str) -> None:
         return  # opening would create the file; the path is checked when the daemon opens it
     if not url.startswith(("redis://", "rediss://", "unix://")):
         from_url(url)  # raises the one message for an unknown scheme
-    from daemon.queue.redis import RedisQueue
+    from drainpool.queue.redis import RedisQueue
 
     RedisQueue.from_url(url).discard()

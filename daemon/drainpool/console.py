@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from daemon import __version__
-from daemon.httpserver import BodyTooLarge, Handler, Route
-from daemon.queue.base import Queue, QueueError, QueueUnavailable
-from daemon.settings import ConsoleSettings
+from drainpool import __version__
+from drainpool.httpserver import BodyTooLarge, Handler, Route
+from drainpool.queue.base import Queue, QueueError, QueueUnavailable
+from drainpool.settings import ConsoleSettings
 
 log = logging.getLogger("drainpool.console")
 

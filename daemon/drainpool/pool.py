@@ -22,10 +22,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from daemon.context import Interrupted, ShutdownEvent, TaskContext, failure_details
-from daemon.metrics import Metrics
-from daemon.queue.base import Failure, Job, Queue, QueueUnavailable
-from daemon.tasks import TaskSpec
+from drainpool.context import Interrupted, ShutdownEvent, TaskContext, failure_details
+from drainpool.metrics import Metrics
+from drainpool.queue.base import Failure, Job, Queue, QueueUnavailable
+from drainpool.tasks import TaskSpec
 
 log = logging.getLogger("drainpool.pool")
 
@@ -64,7 +64,7 @@ class PoolConfig:
     grace_seconds: float
     lease_seconds: float
     poll_interval_seconds: float
-    kind: str = "thread"  # "process": daemon.procpool.ProcessPool runs each worker in a child
+    kind: str = "thread"  # "process": drainpool.procpool.ProcessPool runs each worker in a child
     prefetch: int | Literal["auto"] = "auto"  # jobs leased beyond the free workers (see Pool)
 
 

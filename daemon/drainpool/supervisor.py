@@ -26,21 +26,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon import settings as settings_mod
-from daemon.console import Console, ConsoleSource
-from daemon.exitcodes import ExitCode
-from daemon.health import QueueHealth
-from daemon.httpserver import Endpoints, HttpServer
-from daemon.logs import configure_logging
-from daemon.metrics import OUTCOMES, Metrics
-from daemon.plan import PoolPlan, diff_plans, plan_pools, plan_to_json
-from daemon.pool import Pool, RecentOutcomes
-from daemon.procpool import ProcessPool
-from daemon.queue import Queue, QueueStats, QueueUnavailable, RetryPolicy, from_url
-from daemon.settings import ConfigError, LoadedConfig, Settings
-from daemon.systemd import Notifier
-from daemon.tasks import TaskSpec, build_registry
-from daemon.watcher import ConfigWatcher
+from drainpool import settings as settings_mod
+from drainpool.console import Console, ConsoleSource
+from drainpool.exitcodes import ExitCode
+from drainpool.health import QueueHealth
+from drainpool.httpserver import Endpoints, HttpServer
+from drainpool.logs import configure_logging
+from drainpool.metrics import OUTCOMES, Metrics
+from drainpool.plan import PoolPlan, diff_plans, plan_pools, plan_to_json
+from drainpool.pool import Pool, RecentOutcomes
+from drainpool.procpool import ProcessPool
+from drainpool.queue import Queue, QueueStats, QueueUnavailable, RetryPolicy, from_url
+from drainpool.settings import ConfigError, LoadedConfig, Settings
+from drainpool.systemd import Notifier
+from drainpool.tasks import TaskSpec, build_registry
+from drainpool.watcher import ConfigWatcher
 
 log = logging.getLogger("drainpool.supervisor")
 
@@ -693,7 +693,7 @@ class Supervisor:
 
     def config_view(self) -> dict[str, Any]:
         """The running config and pool plans, for `reload --dry-run` (secrets hidden)."""
-        from daemon.queue import redact_url
+        from drainpool.queue import redact_url
 
         effective = self.loaded.settings.effective()
         effective["queue"]["url"] = redact_url(effective["queue"]["url"])

@@ -1,5 +1,0 @@
-"""`python -m daemon ...` is the same as the `drainpool` command."""
-
-from daemon.cli import main
-
-main()
