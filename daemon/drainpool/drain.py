@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable, Mapping, Sized
 from typing import Any, Generic, Protocol, TypeVar
 
+from drainpool.outcomes import Outcome
+
 log = logging.getLogger("drainpool.drain")
 
 
@@ -39,6 +41,11 @@ class DrainablePool(Protocol):
     def abandon(self) -> Sized: ...
 
     def snapshot(self) -> dict[str, Any]: ...
+
+    @property
+    def counts(self) -> Mapping[str, int]: ...
+
+    def join(self, timeout: float) -> None: ...
 
 
 P = TypeVar("P", bound=DrainablePool)
@@ -107,3 +114,11 @@ class Drain(Generic[P]):
 
     def elapsed(self) -> float:
         return self._clock() - self.started
+
+    def finish(self) -> None:
+        """Once finished: join each generation's threads (briefly) and log what it did."""
+        for name, pool in self.pools.items():
+            pool.join(timeout=1.0)
+            counts = ", ".join(f"{k} {pool.counts[k]}" for k in Outcome)
+            log.info("pool %s generation %d ended: %s", name, pool.generation, counts)
+        log.info("%s drain finished in %.3fs", self.reason, self.elapsed())

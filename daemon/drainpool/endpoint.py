@@ -1,34 +1,52 @@
 """The daemon's one HTTP endpoint: /metrics, /healthz, /readyz, /api/status, /api/config
 and the console, bound to metrics.host:metrics.port and bound again when they change.
 
-It reads everything through an EndpointSource of callables (as the console
-reads its ConsoleSource), so it knows nothing of the supervisor.
+It reads everything through an EndpointSource (the supervisor), and hands the
+console its ConsoleSource, so neither knows the supervisor itself.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from drainpool.console import Console, ConsoleSource
 from drainpool.httpserver import Endpoints, HttpServer
-from drainpool.settings import Settings
+from drainpool.metrics import Metrics
+from drainpool.pool import RecentOutcomes
+from drainpool.queue import Queue
+from drainpool.runtime import config_view
+from drainpool.settings import LoadedConfig, Settings
+from drainpool.tasks import TaskSpec
 
 log = logging.getLogger("drainpool.supervisor")
 
 
-@dataclass(frozen=True)
-class EndpointSource:
-    """What the endpoint serves; the supervisor provides each callable."""
+class EndpointSource(Protocol):
+    """What the endpoint reads and asks for; the supervisor provides it."""
 
-    registry: Any  # the metrics' prometheus CollectorRegistry
-    healthy: Callable[[], bool]
-    ready: Callable[[], bool]
-    status: Callable[[], dict[str, Any]]
-    config_view: Callable[[], dict[str, Any]]
-    console: ConsoleSource
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def loaded(self) -> LoadedConfig: ...
+
+    @property
+    def registry(self) -> dict[str, TaskSpec]: ...
+
+    @property
+    def queue(self) -> Queue | None: ...
+
+    @property
+    def recent(self) -> RecentOutcomes: ...
+
+    def healthy(self) -> bool: ...
+
+    def ready(self) -> bool: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def request_reload(self, source: str) -> None: ...
 
 
 class Endpoint:
@@ -41,9 +59,17 @@ class Endpoint:
     def start(self, settings: Settings) -> None:
         """Bind and serve; raises OSError when the address is taken."""
         source = self._source
-        console = Console(source.console)
+        console = Console(
+            ConsoleSource(
+                status=source.status,
+                queue=lambda: source.queue,
+                outcomes=source.recent.snapshot,
+                settings=lambda: source.loaded.settings.console,
+                request_reload=lambda: source.request_reload("console"),
+            )
+        )
         endpoints = Endpoints(
-            source.registry,
+            source.metrics.registry,
             source.healthy,
             source.ready,
             source.status,
@@ -51,7 +77,7 @@ class Endpoint:
             post_routes=console.post_routes(),
         )
         endpoints.extra_routes["/api/config"] = lambda request: request.send_json(
-            source.config_view()
+            config_view(source.loaded, source.registry)
         )
         m = settings.metrics
         self.http = HttpServer(

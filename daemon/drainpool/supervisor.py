@@ -22,18 +22,18 @@ import queue as queue_mod
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from functools import partial
+from typing import Any
 
 from drainpool import runtime, status
-from drainpool.console import ConsoleSource
 from drainpool.drain import Drain
-from drainpool.endpoint import Endpoint, EndpointSource
+from drainpool.endpoint import Endpoint
 from drainpool.exitcodes import ExitCode
+from drainpool.generations import Generations
 from drainpool.inbox import ConfigChanged, PoolDrained, QueueHealthChanged, ReloadRequest
 from drainpool.logs import configure_logging
 from drainpool.metrics import Metrics
-from drainpool.outcomes import Outcome
-from drainpool.plan import PoolPlan, plan_pools
+from drainpool.plan import plan_pools
 from drainpool.pool import Pool, PoolConfig, RecentOutcomes
 from drainpool.procpool import ProcessPool
 from drainpool.queue import Queue
@@ -70,28 +70,9 @@ class IllegalTransition(RuntimeError):
     pass
 
 
-class PoolFactory(Protocol):
-    def __call__(
-        self,
-        config: PoolConfig,
-        generation: int,
-        tasks: dict[str, TaskSpec],
-        queue: Queue,
-        metrics: Metrics,
-        *,
-        on_drained: Callable[[Pool], None],
-        on_queue_health: Callable[[bool, str], None],
-        recent: RecentOutcomes,
-    ) -> Pool: ...
-
-
 def make_pool(config: PoolConfig, *args: Any, **kwargs: Any) -> Pool:
-    """The default PoolFactory: the pool kind the config names."""
+    """The default pool factory: the pool kind the config names."""
     return (ProcessPool if config.kind == "process" else Pool)(config, *args, **kwargs)
-
-
-def _open_daemon_queue(loaded: LoadedConfig) -> Queue:
-    return runtime.open_queue(loaded, durable_commits=False)
 
 
 class Supervisor:
@@ -106,8 +87,8 @@ class Supervisor:
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         inbox: queue_mod.SimpleQueue[object] | None = None,
-        pool_factory: PoolFactory = make_pool,
-        open_queue: Callable[[LoadedConfig], Queue] = _open_daemon_queue,
+        pool_factory: Callable[..., Pool] = make_pool,  # (config, generation, tasks, queue, ...)
+        open_queue: Callable[[LoadedConfig], Queue] | None = None,
     ) -> None:
         self.loaded = loaded
         self.registry = registry
@@ -115,15 +96,22 @@ class Supervisor:
         self.notifier = notifier or Notifier.from_env()
         self.clock = clock
         self.inbox: queue_mod.SimpleQueue[object] = inbox or queue_mod.SimpleQueue()
-        self._pool_factory = pool_factory
-        self._open_queue = open_queue
+        # The daemon's own connection skips the per-commit fsync (see drainpool.queue.sqlite).
+        self._open_queue = open_queue or partial(runtime.open_queue, durable_commits=False)
         self.phase = Phase.STARTING
-        self.pools: dict[str, Pool] = {}
-        self.generations: dict[str, int] = {}
         self.queue: Queue | None = None
         self.watcher: ConfigWatcher | None = None
         self.reload_record = ReloadRecord()
         self.recent = RecentOutcomes(RECENT_OUTCOMES)  # across generations, for the console
+        self._generations = Generations(
+            pool_factory,
+            self.metrics,
+            self.recent,
+            on_drained=lambda pool: self.inbox.put(PoolDrained(pool)),
+            on_queue_health=lambda source, ok, why: self.queue_monitor.report(source, ok, why),
+        )
+        self.pools = self._generations.pools  # the current generation of each pool, by name
+        self.generations = self._generations.numbers
         self.exit_code = ExitCode.OK
         self.queue_monitor = QueueMonitor(
             lambda: self.queue,
@@ -131,29 +119,12 @@ class Supervisor:
             clock,
             lambda: self.inbox.put(QueueHealthChanged()),
         )
-        self.endpoint = Endpoint(
-            EndpointSource(
-                registry=self.metrics.registry,
-                healthy=self.healthy,
-                ready=self.ready,
-                status=self.status,
-                config_view=lambda: runtime.config_view(self.loaded, self.registry),
-                console=ConsoleSource(
-                    status=self.status,
-                    queue=lambda: self.queue,
-                    outcomes=self.recent.snapshot,
-                    settings=lambda: self.loaded.settings.console,
-                    request_reload=lambda: self.inbox.put(ReloadRequest("console")),
-                ),
-            )
-        )
+        self.endpoint = Endpoint(self)
         self._drain: Drain[Pool] | None = None
         self._pending: tuple[LoadedConfig, dict[str, TaskSpec], str] | None = None  # after a drain
         self._stop_requested = False
         self._reloads = ReloadSchedule(clock)
         self._last_turn = clock()
-        self._stray: list[Pool] = []
-        self._published_pools: set[str] = set()  # pools whose gauges are exported
         self.started_at = time.time()
 
     def _enter(self, phase: Phase) -> None:
@@ -168,16 +139,16 @@ class Supervisor:
         """Open the queue, bind the endpoint, start the pools and the watcher; then READY."""
         settings = self.loaded.settings
         self.metrics.state.state(Phase.STARTING.value)
-        self.queue = self._open_queue(self.loaded)
+        self.queue = queue = self._open_queue(self.loaded)
         self.metrics.queue_depth.source = self.queue_monitor.stats
         self._queue_health_changed(self.queue_monitor.ping())
         self.queue_monitor.bury_unknown()
         self.endpoint.start(settings)
         for name, plan in plan_pools(settings, self.registry).items():
-            self._start_pool(name, plan, self.registry)
+            self._generations.start(name, plan, self.registry, queue)
         self._apply_watch(settings)
         self._enter(Phase.RUNNING)
-        self._publish_pool_gauges()
+        self._generations.publish()
         log.info(
             "running: pid %d, pools %s, config %s",
             os.getpid(),
@@ -199,11 +170,7 @@ class Supervisor:
     def close(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
-        for pool in list(self.pools.values()):
-            if not pool.drained:  # only on an error path: never leave leases behind
-                pool.begin_drain()
-                pool.abandon()
-            pool.join(timeout=1.0)
+        self._generations.close()
         self.endpoint.stop()
         if self.queue is not None:
             self.queue.close()
@@ -257,7 +224,9 @@ class Supervisor:
                     self._drain.force()
                     self.exit_code = ExitCode.ABANDONED  # a forced stop, whatever it abandoned
             else:
-                log.info("%s: stopping gracefully (grace %.1fs)", name, self._max_grace())
+                log.info(
+                    "%s: stopping gracefully (grace %.1fs)", name, self._generations.max_grace()
+                )
                 self._begin_stop()
         elif signum == signal.SIGHUP:
             self._request_reload("sighup", self.clock())
@@ -273,9 +242,7 @@ class Supervisor:
             self.exit_code = ExitCode.ABANDONED
         if self.phase is Phase.RUNNING and (source := self._reloads.take()) is not None:
             self._reload(source)
-        if self._stray:
-            self._stray = [p for p in self._stray if p.stray_threads()]
-        self.metrics.stray_threads.set(sum(p.stray_threads() for p in self._stray))
+        self._generations.count_strays()
 
     def _queue_health_changed(self, change: str | None) -> None:
         if change == "down":
@@ -300,8 +267,7 @@ class Supervisor:
         self._drain = Drain(reason, self.clock)
         if self.phase is not Phase.DRAINING:
             self._enter(Phase.DRAINING)
-        grace = max((p.config.grace_seconds for p in pools.values()), default=0.0)
-        self.notifier.extend_timeout(grace + 5.0)
+        self.notifier.extend_timeout(self._generations.max_grace(pools) + 5.0)
         self._drain.add(pools)
         if self._drain.finished:
             self._finish_drain()
@@ -320,17 +286,11 @@ class Supervisor:
         drain = self._drain
         assert drain is not None
         self._drain = None
+        drain.finish()
         for name, pool in drain.pools.items():
-            pool.join(timeout=1.0)
-            counts = ", ".join(f"{k} {pool.counts[k]}" for k in Outcome)
-            log.info("pool %s generation %d ended: %s", name, pool.generation, counts)
-            if pool.stray_threads():
-                self._stray.append(pool)
             if pool.unsettled and self._stop_requested:  # left to their leases, not released
                 self.exit_code = ExitCode.ABANDONED
-            if self.pools.get(name) is pool:
-                del self.pools[name]
-        log.info("%s drain finished in %.3fs", drain.reason, drain.elapsed())
+            self._generations.ended(name, pool)
         if self._stop_requested:
             self._enter(Phase.STOPPED)
             return
@@ -397,13 +357,13 @@ class Supervisor:
         self._apply_watch(new)
         self.queue_monitor.bury_unknown()
         for name, plan in plan_pools(new, registry).items():
-            if name not in self.pools:
-                self._start_pool(name, plan, registry)
+            if name not in self.pools and self.queue is not None:
+                self._generations.start(name, plan, registry, self.queue)
         if self.phase is not Phase.RUNNING:
             self._enter(Phase.RUNNING)
         for name in restarted & self.pools.keys():  # drained and started again (not removed)
             self.metrics.pool_restarts.labels(pool=name, reason=source).inc()
-        self._publish_pool_gauges()
+        self._generations.publish()
         self._record_reload("applied", "", source)
         log.info("reload applied: %s", self.status_line())
         self.notifier.ready(self.status_line())
@@ -413,24 +373,7 @@ class Supervisor:
         seq = self.reload_record.seq + 1
         self.reload_record = ReloadRecord(seq, result, message, source, time.time())
 
-    # -- pools and watcher --------------------------------------------------------
-
-    def _start_pool(self, name: str, plan: PoolPlan, registry: dict[str, TaskSpec]) -> None:
-        assert self.queue is not None
-        generation = self.generations.get(name, 0) + 1
-        self.generations[name] = generation
-        pool = self._pool_factory(
-            plan.config,
-            generation,
-            {task: registry[task] for task, _ in plan.task_refs},
-            self.queue,
-            self.metrics,
-            on_drained=lambda p: self.inbox.put(PoolDrained(p)),
-            on_queue_health=lambda ok, why: self.queue_monitor.report(f"pool {name}", ok, why),
-            recent=self.recent,
-        )
-        pool.start()
-        self.pools[name] = pool
+    # -- the watcher ------------------------------------------------------------
 
     def _apply_watch(self, settings: Settings) -> None:
         want = settings.reload.watch
@@ -441,18 +384,11 @@ class Supervisor:
             self.watcher = ConfigWatcher(self.loaded.path, lambda: self.inbox.put(ConfigChanged()))
             self.watcher.start()
 
-    def _publish_pool_gauges(self) -> None:
-        for name in self._published_pools - self.pools.keys():
-            self.metrics.forget_pool(name)
-        for name, pool in self.pools.items():
-            config = pool.config
-            self.metrics.declare_pool(name, config.workers, pool.generation, config.grace_seconds)
-        self._published_pools = set(self.pools)
-
-    def _max_grace(self) -> float:
-        return max((p.config.grace_seconds for p in self.pools.values()), default=0.0)
-
     # -- what the endpoint and the notifier read ---------------------------------
+
+    def request_reload(self, source: str) -> None:
+        """From any thread (the console): ask the loop for a reload."""
+        self.inbox.put(ReloadRequest(source))
 
     def healthy(self) -> bool:
         return self.clock() - self._last_turn < STALL_SECONDS
