@@ -16,7 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from drainpool.outcomes import Outcome
 
-log = logging.getLogger("drainpool.drain")
+log = logging.getLogger("drainpool.supervisor")  # the lines the supervisor always logged
 
 
 class _PoolConfig(Protocol):

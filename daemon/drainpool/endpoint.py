@@ -19,7 +19,7 @@ from drainpool.runtime import config_view
 from drainpool.settings import LoadedConfig, Settings
 from drainpool.tasks import TaskSpec
 
-log = logging.getLogger("drainpool.supervisor")
+log = logging.getLogger("drainpool.supervisor")  # the lines the supervisor always logged
 
 
 class EndpointSource(Protocol):

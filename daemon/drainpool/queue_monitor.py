@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from drainpool.health import QueueHealth
 from drainpool.queue import Queue, QueueStats, QueueUnavailable
 
-log = logging.getLogger("drainpool.supervisor")
+log = logging.getLogger("drainpool.supervisor")  # the lines the supervisor always logged
 
 
 class QueueMonitor:

@@ -7,7 +7,7 @@ comparison of two configs says which pools restart, or that nothing changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from drainpool.plan import diff_plans, plan_pools
@@ -82,3 +82,10 @@ def reload_changes(
     ):
         return None
     return changes
+
+
+def describe_restarts(changes: dict[str, str], running: Iterable[str]) -> str:
+    """For the log: each pool that restarts and why, then the running pools kept."""
+    kept = sorted(set(running) - changes.keys())
+    restarts = "; ".join(f"pool {n} restarts ({why})" for n, why in changes.items())
+    return restarts + (f"; unchanged: {', '.join(kept)}" if kept else "")

@@ -38,7 +38,7 @@ from drainpool.pool import Pool, PoolConfig, RecentOutcomes
 from drainpool.procpool import ProcessPool
 from drainpool.queue import Queue
 from drainpool.queue_monitor import QueueMonitor
-from drainpool.reloads import ReloadRecord, ReloadSchedule, reload_changes
+from drainpool.reloads import ReloadRecord, ReloadSchedule, describe_restarts, reload_changes
 from drainpool.settings import ConfigError, LoadedConfig, Settings
 from drainpool.systemd import Notifier
 from drainpool.tasks import TaskSpec
@@ -324,13 +324,7 @@ class Supervisor:
         if not changes:  # log, metrics or console settings: applied in place
             self._apply(loaded, registry, source, restarted=set())
             return
-        kept = sorted(self.pools.keys() - changes.keys())
-        log.info(
-            "reload (%s): %s%s",
-            how,
-            "; ".join(f"pool {n} restarts ({why})" for n, why in changes.items()),
-            f"; unchanged: {', '.join(kept)}" if kept else "",
-        )
+        log.info("reload (%s): %s", how, describe_restarts(changes, self.pools.keys()))
         self._pending = (loaded, registry, source)
         self._begin_drain("reload", {n: p for n, p in self.pools.items() if n in changes})
 
@@ -348,8 +342,7 @@ class Supervisor:
         if new.log != old.log:
             configure_logging(new.log)
         if new.queue != old.queue:
-            old_queue = self.queue
-            self.queue = self._open_queue(loaded)
+            old_queue, self.queue = self.queue, self._open_queue(loaded)
             if old_queue is not None:
                 old_queue.close()
         if new.metrics != old.metrics:
