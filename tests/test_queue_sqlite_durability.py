@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from drainpool import settings
 from drainpool.metrics import Metrics
 from drainpool.pool import Pool, PoolConfig
 from drainpool.queue import Queue
@@ -24,7 +23,7 @@ from drainpool.queue import sqlite_db as sqlite_db_mod
 from drainpool.queue.base import Failure, QueueError, QueueUnavailable, RetryPolicy
 from drainpool.queue.sqlite import ACK_SQL, DUE_SQL, SqliteQueue, _due_ids, _live_tasks
 from drainpool.queue.sqlite_db import Database
-from drainpool.supervisor import Phase, Supervisor
+from drainpool.queue_monitor import QueueMonitor
 from drainpool.tasks import TaskSpec
 from drainpool.tasks.examples import noop
 
@@ -527,26 +526,31 @@ def test_a_restored_copy_of_a_held_job_is_not_doubled(tmp_path: Path, open_queue
 
 
 def test_readiness_follows_the_dispatcher_and_stats_without_flapping(tmp_path: Path) -> None:
-    config = tmp_path / "d.toml"
-    config.write_text('[queue]\nurl = "sqlite:///queue.db"\n')
-    sup = Supervisor(settings.load(config), {})
-    sup._enter(Phase.RUNNING)
-    assert sup.ready()
-    sup._on_queue_health("pool default", False, "disk I/O error")
-    assert not sup.ready() and sup.queue_problem == "disk I/O error"
-    sup._on_queue_health("stats", True, "")  # reads work on a read-only disk: not enough
-    assert not sup.ready()
-    sup._on_queue_health("pool default", True, "")
-    assert sup.ready()
+    opened: list[SqliteQueue] = []
+    changes: list[bool] = []
+    monitor = QueueMonitor(
+        lambda: opened[0] if opened else None,
+        lambda: [],
+        lambda: 0.0,
+        on_change=lambda: changes.append(monitor.ok),  # what the supervisor's inbox hears
+    )
+    assert monitor.ok
+    monitor.report("pool default", False, "disk I/O error")
+    assert not monitor.ok and monitor.problem == "disk I/O error"
+    monitor.report("stats", True, "")  # reads work on a read-only disk: not enough
+    assert not monitor.ok
+    monitor.report("pool default", True, "")
+    assert monitor.ok
+    assert changes == [False, True]  # once when it went, once when it came back
 
     (tmp_path / "queue.db").write_bytes(b"not a database" * 100)
-    sup.queue = SqliteQueue(tmp_path / "queue.db")
+    opened.append(SqliteQueue(tmp_path / "queue.db"))
     with pytest.raises(QueueUnavailable):
-        sup._queue_stats()  # what a scrape calls
-    assert not sup.ready() and "file is not a database" in sup.queue_problem
-    sup._on_queue_health("pool default", True, "")  # the queue was just used successfully
-    assert sup.ready()
-    sup.queue.close()
+        monitor.stats()  # what a scrape calls
+    assert not monitor.ok and "file is not a database" in monitor.problem
+    monitor.report("pool default", True, "")  # the queue was just used successfully
+    assert monitor.ok
+    opened[0].close()
 
 
 def test_the_dispatcher_reports_the_queue_failing_and_working_again(tmp_path: Path) -> None:
