@@ -146,12 +146,14 @@ def test_claims_and_acks_write_only_the_indexes_the_queue_needs(tmp_path: Path) 
     conn.close()
     # Each index that holds a row is a B-tree write when the row changes. All are partial:
     # a claim moves a job's entry from jobs_ready (the long one) to jobs_leased (a few
-    # hundred at most), an ack removes it from there, and dead letters sit apart.
-    assert set(indexes) == {"jobs_ready", "jobs_leased", "jobs_dead", "jobs_key"}
+    # hundred at most), an ack removes it from there, and dead letters sit apart. A record
+    # kept after its ack enters jobs_expiry once, at the ack (never with retention 0).
+    assert set(indexes) == {"jobs_ready", "jobs_leased", "jobs_dead", "jobs_key", "jobs_expiry"}
     assert "WHERE state = 0" in indexes["jobs_ready"]
     assert "WHERE state = 1" in indexes["jobs_leased"]
     assert "WHERE state = 2" in indexes["jobs_dead"]
     assert "WHERE idem_key IS NOT NULL" in indexes["jobs_key"]
+    assert "WHERE expires_at IS NOT NULL" in indexes["jobs_expiry"]
 
 
 def test_stats_count_from_indexes_and_match_a_full_scan(tmp_path: Path, clock: Clock) -> None:
