@@ -223,6 +223,12 @@ OLD_INDEXES = {
         CREATE INDEX jobs_dead ON jobs(failed_at) WHERE state = 2;
         CREATE UNIQUE INDEX jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
     """,
+    4: """
+        CREATE INDEX jobs_ready ON jobs(task, due_at) WHERE state = 0;
+        CREATE INDEX jobs_leased ON jobs(task, due_at) WHERE state = 1;
+        CREATE INDEX jobs_dead ON jobs(failed_at) WHERE state = 2;
+        CREATE UNIQUE INDEX jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
+    """,
 }
 
 
@@ -271,8 +277,8 @@ def test_an_older_file_is_upgraded_in_place_with_every_job_kept(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'"
         )
     }
-    assert names == {"jobs_ready", "jobs_leased", "jobs_dead", "jobs_key"}
-    assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+    assert names == {"jobs_ready", "jobs_leased", "jobs_dead", "jobs_key", "jobs_expiry"}
+    assert conn.execute("PRAGMA user_version").fetchone() == (5,)
     assert conn.execute("SELECT value FROM meta").fetchone() == ("f00d",)  # the same file
     conn.close()
 
@@ -491,7 +497,9 @@ def test_deleted_file_is_not_recreated_and_held_jobs_move_to_the_new_file(
 
 def test_a_commit_that_raced_the_file_away_is_reported_failed(tmp_path: Path) -> None:
     path = tmp_path / "queue.db"
-    db = Database(path, "CREATE TABLE IF NOT EXISTS t (x);", 1, synchronous="FULL")
+    db = Database(
+        path, lambda c, _: c.execute("CREATE TABLE IF NOT EXISTS t (x)"), 1, synchronous="FULL"
+    )
     db.run(lambda c: c.execute("INSERT INTO t VALUES (1)"), write=True)
 
     def insert_while_the_file_goes(conn: sqlite3.Connection) -> None:

@@ -107,6 +107,7 @@ _RECORD_COLUMNS = (
     "worker_pool TEXT",
     "result TEXT",
     "result_note TEXT",
+    "released_key TEXT",  # the idempotency key a completed job held (free for a new job)
 )
 # Only rows that have ended carry expires_at: a claim or an ack never writes this index
 # with retention 0, and with retention once per job, at its ack.
@@ -139,7 +140,8 @@ ACK_SQL = (
 # The same with retention: the row stays as the job's record. ?3 is a JSON list of
 # [id, token, result JSON text or null, note].
 COMPLETE_SQL = (
-    f"UPDATE jobs SET state = {COMPLETED}, token = NULL, idem_key = NULL, finished_at = ?1,"
+    f"UPDATE jobs SET state = {COMPLETED}, token = NULL, idem_key = NULL,"
+    " released_key = idem_key, finished_at = ?1,"
     " expires_at = ?2, result = done.result, result_note = done.note"
     " FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS token,"
     " json_extract(value, '$[2]') AS result, json_extract(value, '$[3]') AS note"
@@ -147,9 +149,9 @@ COMPLETE_SQL = (
 )
 # A record as make_info takes it; the state is turned into a JobState by _info.
 RECORD_SQL = (
-    "SELECT id, task, CAST(payload AS BLOB), idem_key, state, due_at, attempts, enqueued_at,"
-    " started_at, COALESCE(finished_at, failed_at), worker_host, worker_pid, worker_pool,"
-    " error, traceback, CAST(result AS BLOB), result_note FROM jobs"
+    "SELECT id, task, CAST(payload AS BLOB), COALESCE(idem_key, released_key), state, due_at,"
+    " attempts, enqueued_at, started_at, COALESCE(finished_at, failed_at), worker_host,"
+    " worker_pid, worker_pool, error, traceback, CAST(result AS BLOB), result_note FROM jobs"
 )
 # Expired records are not shown, though prune() may not have deleted them yet.
 LIVE_SQL = f"NOT (state IN ({COMPLETED}, {CANCELLED}) AND expires_at <= :now)"
