@@ -37,6 +37,10 @@ Why this shape (the issue's design, and where it was bent, with reasons):
   pushes to `{prefix}:done:{id}`, which the waiter reads with BLPOP.
 
 Standalone Redis 7 only: the scripts build key names from the prefix.
+
+Longer than a module should be: each Lua script sits beside the method that
+calls it, since one cannot be read without the other. Reading records is in
+daemon/drainpool/queue/redis_records.py.
 """
 
 from __future__ import annotations
@@ -78,45 +82,16 @@ from drainpool.queue.records import (
     as_done,
     check_limit,
     check_retention,
-    make_info,
     parse_state,
     result_of,
-    wait_for,
 )
+from drainpool.queue.redis_records import NOTIFY_TTL_MS, list_jobs, read_job, wait_job
 
 PASSWORD_ENV = "DRAINPOOL_REDIS_PASSWORD"
 HORIZON_MS = 100_000_000_000  # ~3 years: longer than any lease, shorter than the epoch
 RELEASED = "~released"  # pseudo-consumer holding released jobs (ready again)
 BATCH = 500  # jobs per script call where a call may touch many jobs
 KEYS_VERSION = "2"  # 2: the records index ({prefix}:jobs); today's keys otherwise
-WAIT_CAP_SECONDS = 1.0  # a waiter reads the record again at least this often
-NOTIFY_TTL_MS = 60_000  # how long a done-notification and a waiter's mark live
-_STATES = {
-    "ready": JobState.WAITING,
-    "delayed": JobState.DELAYED,
-    "leased": JobState.RUNNING,
-    "dead": JobState.DEAD,
-    "completed": JobState.COMPLETED,
-    "cancelled": JobState.CANCELLED,
-}
-_RECORD_FIELDS = (
-    "task",
-    "payload",
-    "key",
-    "state",
-    "attempts",
-    "enqueued_at",
-    "started_at",
-    "finished_at",
-    "failed_at",
-    "host",
-    "pid",
-    "pool",
-    "error",
-    "traceback",
-    "result",
-    "result_note",
-)
 
 # Replies that mean "Redis cannot serve us right now", not "the request is wrong".
 # Every other failure that is not an error reply (connection, timeout, a server
@@ -860,63 +835,27 @@ class RedisQueue:
     # -- job records ------------------------------------------------------
 
     def job(self, job_id: str) -> JobInfo | None:
-        if not (job_id.isascii() and job_id.isdigit()):
-            return None  # no job of this queue has such an id
         if not self._upgraded:
             self._upgrade()
         with self._guard("read a job"):
-            fields = self._client.hmget(f"{self.prefix}:job:{int(job_id)}", _RECORD_FIELDS)
-        return _info(str(int(job_id)), fields)
+            return read_job(self._client, self.prefix, job_id)
 
     def jobs(
         self, state: JobState | str | None = None, task: str | None = None, limit: int = 50
     ) -> list[JobInfo]:
-        """Pages of the records index, newest first; filtered here, read in pipelines."""
         wanted = parse_state(state)
         check_limit(limit)
         if not self._upgraded:
             self._upgrade()
-        found: list[JobInfo] = []
-        top = "+inf"
         with self._guard("list jobs"):
-            while len(found) < limit:
-                ids = self._client.zrevrangebyscore(
-                    f"{self.prefix}:jobs", top, "-inf", start=0, num=BATCH
-                )
-                if not ids:
-                    break
-                pipe = self._client.pipeline(transaction=False)
-                for job_id in ids:
-                    pipe.hmget(f"{self.prefix}:job:{job_id}", _RECORD_FIELDS)
-                for job_id, fields in zip(ids, pipe.execute(), strict=True):
-                    info = _info(job_id, fields)
-                    if info is None or (task is not None and info.task != task):
-                        continue
-                    if wanted is None or info.state is wanted:
-                        found.append(info)
-                top = f"({ids[-1]}"
-        return found[:limit]
+            return list_jobs(self._client, self.prefix, wanted, task, limit, page=BATCH)
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:
         """Wakes on the settle's notification (BLPOP); reads again at least every second."""
-        if not (job_id.isascii() and job_id.isdigit()):
-            return wait_for(job_id, timeout, lambda: None, lambda left, rounds: None)
-        mark = f"{self.prefix}:waiter:{int(job_id)}"
-        done = f"{self.prefix}:done:{int(job_id)}"
-
-        def read() -> JobInfo | None:
-            with self._guard("wait for a job"):
-                # Marked before the read: a settle after it sees the mark and pushes.
-                self._client.set(mark, "1", px=NOTIFY_TTL_MS)
-            return self.job(job_id)
-
-        def block(left: float | None, rounds: int) -> None:
-            cap = WAIT_CAP_SECONDS if left is None else min(left, WAIT_CAP_SECONDS)
-            with self._guard("wait for a job"):
-                if self._client.blpop([done], timeout=max(cap, 0.001)) is not None:
-                    self._client.rpush(done, "1")  # for any other waiter of the same job
-
-        return wait_for(job_id, timeout, read, block)
+        if not self._upgraded:
+            self._upgrade()
+        with self._guard("wait for a job"):
+            return wait_job(self._client, self.prefix, job_id, timeout)
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         return result_of(self.wait(job_id, timeout))
@@ -958,35 +897,6 @@ def _lua(body: str) -> str:
     for name, value in constants:
         text = text.replace(f"@{name}@", str(value))
     return text
-
-
-def _info(job_id: str, fields: list[str | None]) -> JobInfo | None:
-    """A record from the job hash's fields (in _RECORD_FIELDS order); None if it is gone."""
-    record = dict(zip(_RECORD_FIELDS, fields, strict=True))
-    if record["task"] is None:
-        return None
-    return make_info(
-        job_id=job_id,
-        task=record["task"],
-        payload_text=record["payload"],
-        key=record["key"],
-        state=_STATES.get(record["state"] or "", JobState.WAITING),
-        attempts=int(record["attempts"] or 0),
-        enqueued_at=float(record["enqueued_at"] or 0),
-        started_at=_seconds(record["started_at"]),
-        finished_at=_seconds(record["finished_at"]) or _seconds(record["failed_at"]),
-        host=record["host"],
-        pid=int(record["pid"] or 0),
-        pool=record["pool"],
-        error=record["error"],
-        traceback=record["traceback"],
-        result_text=record["result"],
-        result_note=record["result_note"],
-    )
-
-
-def _seconds(text: str | None) -> float | None:
-    return float(text) if text else None
 
 
 def _lease_ms(lease_seconds: float) -> int:

@@ -18,6 +18,10 @@ waiting in it are gone with it, as with any database. The jobs this queue had
 leased from it are still its own: when one of them ends in a release, a retry
 or a death, the job is written into the file now at the path (with a new id);
 an ack only removes a restored copy of the job, if the new file has one.
+
+Longer than a module should be: every state change is here, beside the SQL and
+the indexes it relies on. The file itself (busy, faults, identity) is in
+sqlite_db.py, and reading job records in sqlite_records.py.
 """
 
 from __future__ import annotations
@@ -56,19 +60,28 @@ from drainpool.queue.records import (
     backoff_pause,
     check_limit,
     check_retention,
-    make_info,
     parse_state,
     result_of,
     wait_for,
 )
 from drainpool.queue.sqlite_db import Database
+from drainpool.queue.sqlite_records import (
+    COMPLETE_SQL,
+    DEAD,
+    EXPIRY_INDEX,
+    LEASED,
+    RECORD_COLUMNS,
+    WAITING,
+    list_jobs,
+    prune_expired,
+    read_job,
+)
 
 log = logging.getLogger("drainpool.queue")
 T = TypeVar("T")
 
-WAITING, LEASED, DEAD, COMPLETED, CANCELLED = 0, 1, 2, 3, 4
 # 2: the meta table (file id) of drainpool.queue.sqlite_db; 4: the indexes below (3 was a
-# step); 5: the job records (_RECORD_COLUMNS, jobs_expiry).
+# step); 5: the job records (RECORD_COLUMNS, jobs_expiry).
 SCHEMA_VERSION = 5
 BATCH_SIZE = 500  # parameters per IN (...) list, well under SQLite's limit
 
@@ -96,24 +109,6 @@ CREATE INDEX jobs_leased ON jobs(task, due_at) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS jobs_dead ON jobs(failed_at) WHERE state = 2;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL
 """
-# Version 5: a completed job's row stays, with its result, until expires_at (then prune()
-# deletes it). Added to a version 4 file in place: every job is kept.
-_RECORD_COLUMNS = (
-    "started_at REAL",
-    "finished_at REAL",  # completed or cancelled; a dead job's is failed_at
-    "expires_at REAL",
-    "worker_host TEXT",
-    "worker_pid INTEGER",
-    "worker_pool TEXT",
-    "result TEXT",
-    "result_note TEXT",
-    "released_key TEXT",  # the idempotency key a completed job held (free for a new job)
-)
-# Only rows that have ended carry expires_at: a claim or an ack never writes this index
-# with retention 0, and with retention once per job, at its ack.
-_EXPIRY_INDEX = (
-    "CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs(expires_at) WHERE expires_at IS NOT NULL"
-)
 # Every claim and every ack rewrites each index that holds the row, so each index costs
 # the dispatcher on every job, and most in the B-trees as deep as the queue is long:
 # - jobs_ready: the waiting jobs of a task in due order. A claim removes one entry from
@@ -137,32 +132,6 @@ ACK_SQL = (
     "DELETE FROM jobs WHERE (id, token) IN"
     " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
 )
-# The same with retention: the row stays as the job's record. ?3 is a JSON list of
-# [id, token, result JSON text or null, note].
-COMPLETE_SQL = (
-    f"UPDATE jobs SET state = {COMPLETED}, token = NULL, idem_key = NULL,"
-    " released_key = idem_key, finished_at = ?1,"
-    " expires_at = ?2, result = done.result, result_note = done.note"
-    " FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS token,"
-    " json_extract(value, '$[2]') AS result, json_extract(value, '$[3]') AS note"
-    " FROM json_each(?3)) AS done WHERE jobs.id = done.id AND jobs.token = done.token"
-)
-# A record as make_info takes it; the state is turned into a JobState by _info.
-RECORD_SQL = (
-    "SELECT id, task, CAST(payload AS BLOB), COALESCE(idem_key, released_key), state, due_at,"
-    " attempts, enqueued_at, started_at, COALESCE(finished_at, failed_at), worker_host,"
-    " worker_pid, worker_pool, error, traceback, CAST(result AS BLOB), result_note FROM jobs"
-)
-# Expired records are not shown, though prune() may not have deleted them yet.
-LIVE_SQL = f"NOT (state IN ({COMPLETED}, {CANCELLED}) AND expires_at <= :now)"
-STATE_SQL = {
-    JobState.WAITING: f"state = {WAITING} AND due_at <= :now",
-    JobState.DELAYED: f"state = {WAITING} AND due_at > :now",
-    JobState.RUNNING: f"state = {LEASED}",
-    JobState.DEAD: f"state = {DEAD}",
-    JobState.COMPLETED: f"state = {COMPLETED}",
-    JobState.CANCELLED: f"state = {CANCELLED}",
-}
 # The due jobs of one task (?1) at ?2, at most ?3 of each kind: waiting, and lapsed leases.
 DUE_SQL = (
     "SELECT * FROM (SELECT due_at, id FROM jobs"
@@ -180,10 +149,10 @@ def _migrate(conn: sqlite3.Connection, found: int) -> None:
         for statement in _SCHEMA.split(";"):
             conn.execute(statement)
     have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-    for column in _RECORD_COLUMNS:
+    for column in RECORD_COLUMNS:
         if column.split()[0] not in have:
             conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
-    conn.execute(_EXPIRY_INDEX)
+    conn.execute(EXPIRY_INDEX)
 
 
 def path_from_url(url: str, base_dir: Path | None) -> Path:
@@ -607,12 +576,7 @@ class SqliteQueue:
         except ValueError:
             return None  # no job of this queue has such an id
         now = self._clock()
-        row = self._read_aside(
-            lambda c: c.execute(
-                f"{RECORD_SQL} WHERE id = :id AND {LIVE_SQL}", {"id": numeric, "now": now}
-            ).fetchone()
-        )
-        return None if row is None else _info(row, now)
+        return self._read_aside(lambda c: read_job(c, numeric, now))
 
     def jobs(
         self, state: JobState | str | None = None, task: str | None = None, limit: int = 50
@@ -620,15 +584,7 @@ class SqliteQueue:
         wanted = parse_state(state)
         check_limit(limit)
         now = self._clock()
-        where = [LIVE_SQL]
-        if wanted is not None:
-            where.append(STATE_SQL[wanted])
-        if task is not None:
-            where.append("task = :task")
-        sql = f"{RECORD_SQL} WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT :limit"
-        params = {"now": now, "task": task, "limit": limit}
-        rows = self._read_aside(lambda c: c.execute(sql, params).fetchall())
-        return [_info(row, now) for row in rows]
+        return self._read_aside(lambda c: list_jobs(c, wanted, task, limit, now))
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:
         """Polls with a backoff (2 ms doubling to 100 ms): SQLite has no notification."""
@@ -647,11 +603,7 @@ class SqliteQueue:
         now = self._clock()
 
         def delete(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE expires_at <= ?"
-                " ORDER BY expires_at LIMIT ?)",
-                (now, limit),
-            ).rowcount
+            return prune_expired(conn, now, limit)
 
         if not self._db.opened:
             return self._run(delete, write=True)
@@ -670,41 +622,6 @@ class SqliteQueue:
         self._closing.set()
         self._db.close()
         self._aside.close()
-
-
-def _info(row: tuple[Any, ...], now: float) -> JobInfo:
-    (job_id, task, payload, key, state, due_at, attempts, enqueued_at, started_at, finished_at,
-     host, pid, pool, error, traceback, result, note) = row  # fmt: skip
-    if state == WAITING:
-        shown = JobState.WAITING if due_at <= now else JobState.DELAYED
-    else:
-        shown = _STATES[state]
-    return make_info(
-        job_id=str(job_id),
-        task=task,
-        payload_text=payload,
-        key=key,
-        state=shown,
-        attempts=attempts,
-        enqueued_at=enqueued_at,
-        started_at=started_at,
-        finished_at=finished_at,
-        host=host,
-        pid=pid,
-        pool=pool,
-        error=error,
-        traceback=traceback,
-        result_text=result,
-        result_note=note,
-    )
-
-
-_STATES = {
-    LEASED: JobState.RUNNING,
-    DEAD: JobState.DEAD,
-    COMPLETED: JobState.COMPLETED,
-    CANCELLED: JobState.CANCELLED,
-}
 
 
 def _job_id(raw: str) -> int:
