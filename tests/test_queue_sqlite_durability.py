@@ -267,6 +267,16 @@ def test_an_older_file_is_upgraded_in_place_with_every_job_kept(
 
     assert (stats.ready, stats.delayed, stats.leased, stats.dead) == (1, 0, 2, 1)
     assert [(d.payload, d.error) for d in queue.dead_list()] == [(3, "old")]
+    # Every old row reads as a record (newest first), its new fields empty.
+    records = queue.jobs()
+    assert [(r.id, r.state.value, r.payload) for r in records] == [
+        ("4", "running", 4),
+        ("3", "dead", 3),
+        ("2", "running", 2),
+        ("1", "waiting", 1),
+    ]
+    assert records[1].error == "old" and records[1].finished_at == 5
+    assert all(r.started_at is None and r.worker is None for r in records)
     # The waiting job, and the one whose lease lapsed long ago; not the live lease.
     assert [(j.payload, j.attempt) for j in queue.fetch(5, ["t"], 60)] == [(1, 1), (4, 2)]
     queue.close()
