@@ -588,12 +588,11 @@ class SqliteQueue:
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:
         """Polls with a backoff (2 ms doubling to 100 ms): SQLite has no notification."""
-        return wait_for(
-            job_id,
-            timeout,
-            lambda: self.job(job_id),
-            lambda left, rounds: self._closing.wait(backoff_pause(left, rounds)) and None,
-        )
+        return wait_for(job_id, timeout, lambda: self.job(job_id), self._pause)
+
+    def _pause(self, left: float | None, rounds: int) -> None:
+        if self._closing.wait(backoff_pause(left, rounds)):
+            raise QueueError(f"{self.path}: the queue was closed while waiting for a job")
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         return result_of(self.wait(job_id, timeout))
