@@ -6,26 +6,42 @@ from pathlib import Path
 
 from drainpool.queue.base import (
     DeadJob,
+    Done,
     Failure,
     Job,
+    JobCancelled,
+    JobFailed,
+    JobInfo,
+    JobNotFound,
+    JobState,
     Queue,
     QueueError,
     QueueStats,
     QueueUnavailable,
     RetryPolicy,
+    WorkerIdentity,
     redact_url,
 )
+from drainpool.queue.records import encode_result
 
 __all__ = [
     "DeadJob",
+    "Done",
     "Failure",
     "Job",
+    "JobCancelled",
+    "JobFailed",
+    "JobInfo",
+    "JobNotFound",
+    "JobState",
     "Queue",
     "QueueError",
     "QueueStats",
     "QueueUnavailable",
     "RetryPolicy",
+    "WorkerIdentity",
     "check_url",
+    "encode_result",
     "from_url",
     "redact_url",
 ]
