@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from drainpool.metrics import Metrics
-from drainpool.pool import PoolConfig
-from drainpool.procpool import KILL_AFTER_SECONDS, ProcessPool
+from drainpool.pool import Pool, PoolConfig
+from drainpool.procpool import KILL_AFTER_SECONDS
 from drainpool.queue.base import RetryPolicy
 from drainpool.queue.sqlite import SqliteQueue
 from drainpool.tasks import TaskSpec, _resolve
@@ -233,14 +233,12 @@ def test_switching_pool_kind_by_reload(factory: DaemonFactory, tmp_path: Path) -
 
 
 def test_in_process_outcomes_cross_as_json_with_the_childs_traceback(tmp_path: Path) -> None:
-    """A ProcessPool driven directly, on a real SQLite queue and real child processes."""
+    """A process pool driven directly, on a real SQLite queue and real child processes."""
     queue = SqliteQueue(tmp_path / "q.db", retry=RetryPolicy(max_attempts=1))
     refs = {"fail": "drainpool.tasks.examples:fail", "odd": "tests.support.tasks:unjsonable"}
     tasks: dict[str, TaskSpec] = {name: _resolve(name, ref) for name, ref in refs.items()}
     metrics = Metrics()
-    pool = ProcessPool(
-        PoolConfig("default", 2, 5.0, 30.0, 0.05, "process"), 1, tasks, queue, metrics
-    )
+    pool = Pool(PoolConfig("default", 2, 5.0, 30.0, 0.05, "process"), 1, tasks, queue, metrics)
     queue.enqueue("fail", {"message": "no disk"})
     queue.enqueue("odd", {})
     pool.start()

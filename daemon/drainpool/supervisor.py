@@ -35,7 +35,6 @@ from drainpool.logs import configure_logging
 from drainpool.metrics import OUTCOMES, Metrics
 from drainpool.plan import PoolPlan, diff_plans, plan_pools, plan_to_json
 from drainpool.pool import Pool, RecentOutcomes
-from drainpool.procpool import ProcessPool
 from drainpool.queue import Queue, QueueStats, QueueUnavailable, RetryPolicy, from_url
 from drainpool.settings import ConfigError, LoadedConfig, Settings
 from drainpool.systemd import Notifier
@@ -483,8 +482,7 @@ class Supervisor:
         generation = self.generations.get(name, 0) + 1
         self.generations[name] = generation
         tasks = {task: registry[task] for task, _ in plan.task_refs}
-        pool_class = ProcessPool if plan.config.kind == "process" else Pool
-        pool = pool_class(
+        pool = Pool(
             plan.config,
             generation,
             tasks,
