@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -132,3 +135,35 @@ def test_outcomes_completed_then_interrupted(tmp_path: Path) -> None:
     (job,) = queue.fetch(1, ["sleep"], 30)
     assert job.attempt == 1  # the interrupted attempt was not counted
     queue.close()
+
+
+def test_the_dispatcher_renews_leases_by_its_injected_clock(tmp_path: Path) -> None:
+    """A lease of 300 s is renewed every 100 s: only the injected clock's jump renews it now."""
+    queue = SqliteQueue(tmp_path / "q.db")
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.monotonic() + offset[0]
+
+    tasks = {"sleep": TaskSpec("sleep", "drainpool.tasks.examples:sleep", "function", sleep)}
+    config = PoolConfig("default", 2, 5.0, 300.0, 0.05, prefetch=0)
+    pool = Pool(config, 1, tasks, queue, Metrics(), clock=clock)
+    queue.enqueue("sleep", {"seconds": 3600})
+
+    def lease_until() -> float:
+        with contextlib.closing(sqlite3.connect(tmp_path / "q.db")) as db:
+            (due,) = db.execute("SELECT due_at FROM jobs WHERE id = 1").fetchone()
+        return float(due)
+
+    pool.start()
+    try:
+        wait_until(lambda: pool.snapshot()["running"], what="sleep running")
+        first = lease_until()
+        offset[0] = 101.0  # past the dispatcher's next renewal, a third of the lease
+        wait_until(lambda: lease_until() > first, what="lease renewed")
+    finally:
+        pool.begin_drain()
+        wait_until(lambda: pool.drained, what="drained")
+        pool.join()
+        queue.close()
+    assert +pool.counts == {"interrupted": 1}
