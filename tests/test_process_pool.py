@@ -259,3 +259,37 @@ def test_in_process_outcomes_cross_as_json_with_the_childs_traceback(tmp_path: P
     queue.close()
     assert pool.stray_threads() == 0
     assert [read(pid) for pid in pids["processes"]] == [None, None], "children reaped"
+
+
+def test_abandon_returns_at_once_and_the_drain_waits_for_the_stubborn_child(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """abandon() runs on the supervisor's loop: it only sends SIGTERM; SIGKILL comes later."""
+    log = tmp_path / "jobs.log"
+    queue = SqliteQueue(tmp_path / "q.db")
+    tasks = {"spin": _resolve("spin", "tests.support.tasks:spin")}
+    pool = Pool(PoolConfig("default", 1, 0.2, 30.0, 0.05, "process"), 1, tasks, queue, Metrics())
+    queue.enqueue("spin", {"log": str(log), "ignore_sigterm": True})
+    pool.start()
+    try:
+        pid = wait_until(lambda: started_pid(log, "1"), what="spin started, ignoring SIGTERM")
+        pool.begin_drain()
+        assert [job.id for job in pool.abandon()] == ["1"]
+        # The child ignores SIGTERM and the SIGKILL is KILL_AFTER_SECONDS away: had abandon()
+        # waited for the kill, as it once did on the loop, the child would be gone by now.
+        child_after_abandon = read(pid)
+        drained_after_abandon = pool.drained
+        wait_until(lambda: pool.drained, what="drained once the child is reaped")
+    finally:
+        pool.begin_drain()
+        pool.abandon()
+        wait_until(lambda: pool.drained, what="drained")
+        pool.join()
+        queue.close()
+    assert child_after_abandon is not None and not child_after_abandon.zombie
+    assert not drained_after_abandon, "the drain waits for the child it kills"
+    assert read(pid) is None, "killed and reaped before the pool counted as drained"
+    assert f"worker process {pid} ignored SIGTERM: SIGKILL" in caplog.text
+    assert re.search(rf"killed worker processes {pid}\b", caplog.text)
+    assert pool.stray_threads() == 0
+    assert +pool.counts == {"abandoned": 1}
