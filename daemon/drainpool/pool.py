@@ -222,7 +222,7 @@ class Pool:
             now = self._clock()
             for entry in abandoned:
                 entry.abandoned = True
-                entry.awaited = self._runner.kills
+                entry.awaited = self._runner.ends(entry.job.task)
                 self._settle.releases.append(entry.job)
             self.counts[Outcome.ABANDONED] += len(abandoned)  # under the lock, as workers count
             self._dispatch_wake.notify()

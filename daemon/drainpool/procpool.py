@@ -176,7 +176,6 @@ class _Worker:
 class ProcessRunner:
     """The runner of `pool.kind = "process"`: one child process per worker thread."""
 
-    kills = True
     join_seconds = CLOSE_SECONDS + 1.0
 
     def __init__(self) -> None:
@@ -199,6 +198,14 @@ class ProcessRunner:
             name: spec if spec.kind == "command" else dataclasses.replace(spec, handler=self._call)
             for name, spec in tasks.items()
         }
+
+    def ends(self, task: str) -> bool:
+        """Python tasks: each runs in a child, which kill() ends.
+
+        A command runs in its own group, which the command task kills when the
+        shutdown event expires.
+        """
+        return task in self._child_config["tasks"]
 
     # -- worker threads ----------------------------------------------------------
 

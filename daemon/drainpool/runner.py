@@ -20,14 +20,19 @@ from drainpool.tasks import TaskSpec
 class Runner(Protocol):
     """What a pool asks of the way its jobs run."""
 
-    # True when abandon() ends what runs (a process can be killed, a thread cannot): the pool
-    # then counts as drained only once each abandoned job's run has ended or been given up.
-    kills: bool
     # The least time a pool's join gives its worker threads (closing a child takes a moment).
     join_seconds: float
 
     def prepare(self, label: str, tasks: Mapping[str, TaskSpec]) -> dict[str, TaskSpec]:
         """The tasks as the workers will call them; `label` names threads and log lines."""
+        ...
+
+    def ends(self, task: str) -> bool:
+        """Whether kill() ends a run of this task (a child can be killed, a thread cannot).
+
+        The pool counts as drained only once each such abandoned run has ended
+        or been given up.
+        """
         ...
 
     def worker(self) -> contextlib.AbstractContextManager[None]:
@@ -62,11 +67,13 @@ class Runner(Protocol):
 class ThreadRunner:
     """Each job runs on its worker thread; an abandoned one is left to finish on its own."""
 
-    kills = False
     join_seconds = 0.0
 
     def prepare(self, label: str, tasks: Mapping[str, TaskSpec]) -> dict[str, TaskSpec]:
         return dict(tasks)
+
+    def ends(self, task: str) -> bool:
+        return False
 
     @contextlib.contextmanager
     def worker(self) -> Iterator[None]:
@@ -76,7 +83,7 @@ class ThreadRunner:
         """The shutdown event is all a thread's task sees: nothing to forward."""
 
     def kill(self, job_ids: set[str], given_up: Callable[[set[str]], None]) -> None:
-        """A Python thread cannot be killed; the pool does not wait for it (kills is False)."""
+        """A Python thread cannot be killed; the pool does not wait for it (ends is False)."""
 
     def join(self, deadline: float) -> None:
         """No thread of its own."""
