@@ -96,13 +96,17 @@ def test_auto_prefetch_deepens_the_reserve_once_jobs_prove_short(tmp_path: Path)
     for _ in range(80):
         queue.enqueue("sleep", {"seconds": 3600})
     assert pool.snapshot()["reserve"] == 1  # no run time known yet
+
+    def settled() -> bool:
+        # All three: a leased count alone can also hold no-ops done but not yet acked.
+        snapshot = pool.snapshot()
+        running, handed = len(snapshot["running"]), snapshot["handed"]
+        return (running, handed) == (2, 64) and queue.stats().leased == 2 + 64
+
     pool.start()
     # The cap of 2 x 32 needs a mean run time under 1.5 ms: forty no-ops get there even
     # if the first ones were slow (a late one of up to 12 ms still keeps it there).
-    wait_until(
-        lambda: len(pool.snapshot()["running"]) == 2 and queue.stats().leased == 2 + 64,
-        what="2 sleeps running and 64 reserved",
-    )
+    wait_until(settled, what="2 sleeps running, 64 reserved, the no-ops acked")
     assert (pool.snapshot()["reserve"], pool.snapshot()["handed"]) == (64, 64)
     assert pool.counts["completed"] == 40
     assert pool.begin_drain() == 64  # the whole reserve: cancelled, never started
