@@ -316,7 +316,9 @@ class ProcessRunner:
         """
         with self._lock:
             self._doomed |= job_ids
-            victims = {w: w.job_id for w in self._workers if w.job_id in job_ids}
+            victims: dict[_Worker, str] = {
+                w: job for w in self._workers if (job := w.job_id) is not None and job in job_ids
+            }
         if not victims:
             return
         for worker in victims:
@@ -332,7 +334,7 @@ class ProcessRunner:
         reaper.start()
 
     def _finish_off(
-        self, victims: dict[_Worker, str | None], given_up: Callable[[set[str]], None]
+        self, victims: dict[_Worker, str], given_up: Callable[[set[str]], None]
     ) -> None:
         """SIGKILL what outlived SIGTERM; give up on what outlives SIGKILL."""
         stubborn = _wait_exited(list(victims), KILL_AFTER_SECONDS)
@@ -347,7 +349,7 @@ class ProcessRunner:
             ", ".join(str(w.pid) for w in victims),
         )
         if survivors:
-            given_up({job_id for w in survivors if (job_id := victims[w]) is not None})
+            given_up({victims[w] for w in survivors})
 
     def join(self, deadline: float) -> None:
         for reaper in self._reapers:
