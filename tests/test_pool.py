@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from pathlib import Path
 from typing import Literal
@@ -94,13 +96,17 @@ def test_auto_prefetch_deepens_the_reserve_once_jobs_prove_short(tmp_path: Path)
     for _ in range(80):
         queue.enqueue("sleep", {"seconds": 3600})
     assert pool.snapshot()["reserve"] == 1  # no run time known yet
+
+    def settled() -> bool:
+        # All three: a leased count alone can also hold no-ops done but not yet acked.
+        snapshot = pool.snapshot()
+        running, handed = len(snapshot["running"]), snapshot["handed"]
+        return (running, handed) == (2, 64) and queue.stats().leased == 2 + 64
+
     pool.start()
     # The cap of 2 x 32 needs a mean run time under 1.5 ms: forty no-ops get there even
     # if the first ones were slow (a late one of up to 12 ms still keeps it there).
-    wait_until(
-        lambda: len(pool.snapshot()["running"]) == 2 and queue.stats().leased == 2 + 64,
-        what="2 sleeps running and 64 reserved",
-    )
+    wait_until(settled, what="2 sleeps running, 64 reserved, the no-ops acked")
     assert (pool.snapshot()["reserve"], pool.snapshot()["handed"]) == (64, 64)
     assert pool.counts["completed"] == 40
     assert pool.begin_drain() == 64  # the whole reserve: cancelled, never started
@@ -119,15 +125,49 @@ def test_outcomes_completed_then_interrupted(tmp_path: Path) -> None:
     pool.start()
     wait_until(lambda: sample(metrics, "drainpool_tasks_completed_total", task="noop") == 1)
     wait_until(lambda: pool.snapshot()["running"], what="sleep running")
-    started = time.monotonic()
     pool.begin_drain()
     wait_until(lambda: pool.drained, what="drained")
-    assert time.monotonic() - started < 3600
     pool.join()
     assert +pool.counts == {"completed": 1, "interrupted": 1}
+    # The hour's sleep woke on the event: its run ended as interrupted, with a duration.
+    duration = "drainpool_task_duration_seconds_count"
+    assert sample(metrics, duration, task="sleep", outcome="interrupted") == 1
+    assert sample(metrics, duration, task="sleep", outcome="completed") == 0
     assert sample(metrics, "drainpool_tasks_in_flight", task="sleep") == 0
     stats = queue.stats()
     assert (stats.ready, stats.leased) == (1, 0)
     (job,) = queue.fetch(1, ["sleep"], 30)
     assert job.attempt == 1  # the interrupted attempt was not counted
     queue.close()
+
+
+def test_the_dispatcher_renews_leases_by_its_injected_clock(tmp_path: Path) -> None:
+    """A lease of 300 s is renewed every 100 s: only the injected clock's jump renews it now."""
+    queue = SqliteQueue(tmp_path / "q.db")
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.monotonic() + offset[0]
+
+    tasks = {"sleep": TaskSpec("sleep", "drainpool.tasks.examples:sleep", "function", sleep)}
+    config = PoolConfig("default", 2, 5.0, 300.0, 0.05, prefetch=0)
+    pool = Pool(config, 1, tasks, queue, Metrics(), clock=clock)
+    queue.enqueue("sleep", {"seconds": 3600})
+
+    def lease_until() -> float:
+        with contextlib.closing(sqlite3.connect(tmp_path / "q.db")) as db:
+            (due,) = db.execute("SELECT due_at FROM jobs WHERE id = 1").fetchone()
+        return float(due)
+
+    pool.start()
+    try:
+        wait_until(lambda: pool.snapshot()["running"], what="sleep running")
+        first = lease_until()
+        offset[0] = 101.0  # past the dispatcher's next renewal, a third of the lease
+        wait_until(lambda: lease_until() > first, what="lease renewed")
+    finally:
+        pool.begin_drain()
+        wait_until(lambda: pool.drained, what="drained")
+        pool.join()
+        queue.close()
+    assert +pool.counts == {"interrupted": 1}

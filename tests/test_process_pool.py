@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from drainpool.metrics import Metrics
-from drainpool.pool import PoolConfig
-from drainpool.procpool import KILL_AFTER_SECONDS, ProcessPool
+from drainpool.pool import Pool, PoolConfig
+from drainpool.procpool import KILL_AFTER_SECONDS
 from drainpool.queue.base import RetryPolicy
 from drainpool.queue.sqlite import SqliteQueue
 from drainpool.tasks import TaskSpec, _resolve
@@ -233,14 +233,12 @@ def test_switching_pool_kind_by_reload(factory: DaemonFactory, tmp_path: Path) -
 
 
 def test_in_process_outcomes_cross_as_json_with_the_childs_traceback(tmp_path: Path) -> None:
-    """A ProcessPool driven directly, on a real SQLite queue and real child processes."""
+    """A process pool driven directly, on a real SQLite queue and real child processes."""
     queue = SqliteQueue(tmp_path / "q.db", retry=RetryPolicy(max_attempts=1))
     refs = {"fail": "drainpool.tasks.examples:fail", "odd": "tests.support.tasks:unjsonable"}
     tasks: dict[str, TaskSpec] = {name: _resolve(name, ref) for name, ref in refs.items()}
     metrics = Metrics()
-    pool = ProcessPool(
-        PoolConfig("default", 2, 5.0, 30.0, 0.05, "process"), 1, tasks, queue, metrics
-    )
+    pool = Pool(PoolConfig("default", 2, 5.0, 30.0, 0.05, "process"), 1, tasks, queue, metrics)
     queue.enqueue("fail", {"message": "no disk"})
     queue.enqueue("odd", {})
     pool.start()
@@ -261,3 +259,37 @@ def test_in_process_outcomes_cross_as_json_with_the_childs_traceback(tmp_path: P
     queue.close()
     assert pool.stray_threads() == 0
     assert [read(pid) for pid in pids["processes"]] == [None, None], "children reaped"
+
+
+def test_abandon_returns_at_once_and_the_drain_waits_for_the_stubborn_child(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """abandon() runs on the supervisor's loop: it only sends SIGTERM; SIGKILL comes later."""
+    log = tmp_path / "jobs.log"
+    queue = SqliteQueue(tmp_path / "q.db")
+    tasks = {"spin": _resolve("spin", "tests.support.tasks:spin")}
+    pool = Pool(PoolConfig("default", 1, 0.2, 30.0, 0.05, "process"), 1, tasks, queue, Metrics())
+    queue.enqueue("spin", {"log": str(log), "ignore_sigterm": True})
+    pool.start()
+    try:
+        pid = wait_until(lambda: started_pid(log, "1"), what="spin started, ignoring SIGTERM")
+        pool.begin_drain()
+        assert [job.id for job in pool.abandon()] == ["1"]
+        # The child ignores SIGTERM and the SIGKILL is KILL_AFTER_SECONDS away: had abandon()
+        # waited for the kill, as it once did on the loop, the child would be gone by now.
+        child_after_abandon = read(pid)
+        drained_after_abandon = pool.drained
+        wait_until(lambda: pool.drained, what="drained once the child is reaped")
+    finally:
+        pool.begin_drain()
+        pool.abandon()
+        wait_until(lambda: pool.drained, what="drained")
+        pool.join()
+        queue.close()
+    assert child_after_abandon is not None and not child_after_abandon.zombie
+    assert not drained_after_abandon, "the drain waits for the child it kills"
+    assert read(pid) is None, "killed and reaped before the pool counted as drained"
+    assert f"worker process {pid} ignored SIGTERM: SIGKILL" in caplog.text
+    assert re.search(rf"killed worker processes {pid}\b", caplog.text)
+    assert pool.stray_threads() == 0
+    assert +pool.counts == {"abandoned": 1}

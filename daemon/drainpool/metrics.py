@@ -1,4 +1,7 @@
-"""Every Prometheus metric of DESIGN.md, on one injected registry.
+"""Every Prometheus metric of the README's metrics table, on one injected registry.
+
+docs/architecture.md says where a new metric goes; the names are fixed by the
+README's table (dashboards and alert rules read them).
 
 Nothing is registered at import time: `Metrics()` builds its own registry, so
 tests and several daemons in one process never collide. Units are seconds,
@@ -35,6 +38,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from drainpool import __version__
+from drainpool.outcomes import RAN, Outcome
 from drainpool.queue.base import QueueStats
 
 # Jobs run from milliseconds to an hour; the client's defaults stop at 10 s.
@@ -59,15 +63,18 @@ TASK_BUCKETS = (
     3600,
 )
 DRAIN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
-OUTCOMES = ("completed", "failed", "interrupted", "cancelled", "abandoned")
+OUTCOMES = tuple(Outcome)
 DRAIN_REASONS = ("shutdown", "reload")
-OUTCOME_HELP = {
+# drainpool_tasks_<key>_total: "started", then one counter per outcome.
+OUTCOME_HELP: dict[str, str] = {
     "started": "Tasks that started running.",
-    "completed": "Tasks that returned; their jobs were acked.",
-    "failed": "Tasks that raised; their jobs were retried with backoff or dead-lettered.",
-    "interrupted": "Tasks that stopped on the shutdown event; their jobs were released.",
-    "cancelled": "Jobs fetched for a pool that drained before they started; released.",
-    "abandoned": "Tasks still running when the drain grace ran out; their jobs were released.",
+    Outcome.COMPLETED: "Tasks that returned; their jobs were acked.",
+    Outcome.FAILED: "Tasks that raised; their jobs were retried with backoff or dead-lettered.",
+    Outcome.INTERRUPTED: "Tasks that stopped on the shutdown event; their jobs were released.",
+    Outcome.CANCELLED: "Jobs fetched for a pool that drained before they started; released.",
+    Outcome.ABANDONED: (
+        "Tasks still running when the drain grace ran out; their jobs were released."
+    ),
 }
 PHASES = ("starting", "running", "draining", "stopped")
 QUEUE_STATES = ("ready", "delayed", "leased", "dead")
@@ -135,7 +142,7 @@ class _StatsRead:
 RESTART_REASONS = ("config_file", "sighup", "console")
 
 
-DURATION_OUTCOMES = ("completed", "failed", "interrupted", "abandoned")
+DURATION_OUTCOMES = RAN  # the histogram's outcome label: a cancelled job never ran
 BUCKET_LABELS = (*(str(float(b)) for b in TASK_BUCKETS), "+Inf")  # the `le` of each bucket
 
 
@@ -221,7 +228,7 @@ class PoolMetrics:
             series.counts["started"] += 1
             series.in_flight += 1
 
-    def finished(self, task: str, outcome: str, seconds: float) -> None:
+    def finished(self, task: str, outcome: Outcome, seconds: float) -> None:
         """A task that ran ended: completed, failed, interrupted or abandoned."""
         series = self._series[task]
         bucket = bisect.bisect_left(TASK_BUCKETS, seconds)  # le: the first bound >= seconds
@@ -235,7 +242,7 @@ class PoolMetrics:
         """A job handed over that never started: no duration, never in flight."""
         series = self._series[task]
         with series.lock:
-            series.counts["cancelled"] += 1
+            series.counts[Outcome.CANCELLED] += 1
 
 
 class Metrics:

@@ -2,13 +2,18 @@
 
 The pool knows nothing of signals, config files or other pools: the
 supervisor starts it, begins its drain, abandons what still runs at the
-deadline, and is told through `on_drained` when nothing is left.
+deadline, and is told through `on_drained` when nothing is left. How a job
+runs (on the worker thread, or in a child process) is its runner's part
+(drainpool.runner); everything else here is the same for every kind.
 
 Every job the pool holds is in exactly one place: `_handed` (leased, not yet
 started), `_running`, or `_settle` (finished, waiting to be acked, failed or
 released by the dispatcher in one batch). A worker moves a job from handed to
 running under the lock, so the drain's cancel and a worker's start can never
 both win (CPython futures' set_running_or_notify_cancel, the same gate).
+
+Over 400 lines on purpose: the workers, the dispatcher and the drain all keep
+the invariant above under one lock, and it reads best where all three are.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from typing import Any, Literal
 
 from drainpool.context import Interrupted, ShutdownEvent, TaskContext, failure_details
 from drainpool.metrics import Metrics
+from drainpool.outcomes import Outcome
 from drainpool.queue.base import Failure, Job, Queue, QueueUnavailable
+from drainpool.runner import Runner, runner_for
 from drainpool.tasks import TaskSpec
 
 log = logging.getLogger("drainpool.pool")
@@ -64,7 +71,7 @@ class PoolConfig:
     grace_seconds: float
     lease_seconds: float
     poll_interval_seconds: float
-    kind: str = "thread"  # "process": drainpool.procpool.ProcessPool runs each worker in a child
+    kind: str = "thread"  # "process": drainpool.procpool.ProcessRunner, a child per worker
     prefetch: int | Literal["auto"] = "auto"  # jobs leased beyond the free workers (see Pool)
 
 
@@ -79,7 +86,7 @@ class RecentOutcomes:
         self._lock = threading.Lock()
         self._items: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
 
-    def add(self, pool: Pool, job: Job, outcome: str, seconds: float | None) -> None:
+    def add(self, pool: Pool, job: Job, outcome: Outcome, seconds: float | None) -> None:
         item = {
             "job_id": job.id,
             "task": job.task,
@@ -104,6 +111,7 @@ class _Running:
     started: float
     thread: str
     abandoned: bool = False
+    awaited: bool = False  # abandoned, and the runner is ending it: the drain waits for that
 
 
 @dataclass(slots=True)
@@ -138,10 +146,14 @@ class Pool:
         on_drained: Callable[[Pool], None] = lambda pool: None,
         on_queue_health: Callable[[bool, str], None] = lambda ok, why: None,
         recent: RecentOutcomes | None = None,
+        runner: Runner | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.generation = generation
-        self.tasks = dict(tasks)
+        self._runner = runner or runner_for(config.kind)
+        self.tasks = self._runner.prepare(f"{config.name}-g{generation}", tasks)
+        self._clock = clock  # monotonic: run times, the dispatcher's deadlines and backoff
         self.shutdown = ShutdownEvent()  # the generation's cancellation token
         self._queue = queue
         self._metrics = metrics
@@ -164,7 +176,7 @@ class Pool:
             target=self._dispatch_loop, name=f"{config.name}-g{generation}-dispatch", daemon=True
         )
         self.drain_started: float | None = None
-        self.counts: collections.Counter[str] = collections.Counter()  # outcomes of this generation
+        self.counts: collections.Counter[Outcome] = collections.Counter()  # of this generation
         self.unsettled = 0  # jobs left to their leases: the queue failed past the grace
 
     # -- lifecycle (called by the supervisor) -------------------------------
@@ -185,7 +197,7 @@ class Pool:
         with self._lock:
             if self._stopping:
                 return 0
-            self.drain_started = time.monotonic()
+            self.drain_started = self._clock()
             self._stopping = True
             self.shutdown.set()
             cancelled = list(self._handed)
@@ -193,27 +205,33 @@ class Pool:
             self._settle.releases.extend(cancelled)
             self._work_ready.notify_all()
             self._dispatch_wake.notify()
-            self.counts["cancelled"] += len(cancelled)
+            self.counts[Outcome.CANCELLED] += len(cancelled)
+        self._runner.drain_begun()
         self._record_cancelled(cancelled)
         return len(cancelled)
 
     def abandon(self) -> list[Job]:
-        """At the deadline: release every job still running; its late result is ignored."""
+        """At the deadline: release every job still running; its late result is ignored.
+
+        Returns at once: a runner that can end a run (a child process) only
+        starts to, and the pool is drained once those runs have ended.
+        """
         with self._lock:
             self._abandon_requested = True
             abandoned = [r for r in self._running.values() if not r.abandoned]
-            now = time.monotonic()
+            now = self._clock()
             for entry in abandoned:
                 entry.abandoned = True
+                entry.awaited = self._runner.ends(entry.job.task)
                 self._settle.releases.append(entry.job)
-            self.counts["abandoned"] += len(abandoned)  # under the lock, as workers count
+            self.counts[Outcome.ABANDONED] += len(abandoned)  # under the lock, as workers count
             self._dispatch_wake.notify()
         # Marked abandoned first, so a result that a forced stop provokes is ignored; then
         # listeners (command tasks) kill what they started.
         self.shutdown.expire()
         for entry in abandoned:
-            self._task_metrics.finished(entry.job.task, "abandoned", now - entry.started)
-            self._recent.add(self, entry.job, "abandoned", now - entry.started)
+            self._task_metrics.finished(entry.job.task, Outcome.ABANDONED, now - entry.started)
+            self._recent.add(self, entry.job, Outcome.ABANDONED, now - entry.started)
             log.warning(
                 "abandoned job %s (%s) on thread %s after %.1fs: it ignored the shutdown event;"
                 " the job goes back to the queue",
@@ -222,7 +240,16 @@ class Pool:
                 entry.thread,
                 now - entry.started,
             )
+        self._runner.kill({entry.job.id for entry in abandoned}, self._stop_awaiting)
         return [entry.job for entry in abandoned]
+
+    def _stop_awaiting(self, job_ids: set[str]) -> None:
+        """The runner could not end these runs: the drain stops waiting for them."""
+        with self._lock:
+            for entry in self._running.values():
+                if entry.job.id in job_ids:
+                    entry.awaited = False
+            self._dispatch_wake.notify()
 
     @property
     def drained(self) -> bool:
@@ -230,20 +257,23 @@ class Pool:
 
     def join(self, timeout: float = 5.0) -> None:
         """Wait for the dispatcher and the workers that are not stuck in abandoned tasks."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, self._runner.join_seconds)
         self._dispatcher.join(max(deadline - time.monotonic(), 0))
-        stuck = {r.thread for r in self._running.values()}
+        with self._lock:
+            stuck = {r.thread for r in self._running.values()}
         for thread in self._threads:
             if thread.name not in stuck:
                 thread.join(max(deadline - time.monotonic(), 0))
+        self._runner.join(deadline)
 
     def stray_threads(self) -> int:
-        return sum(1 for t in self._threads if t.is_alive())
+        """Threads still alive, and child processes not yet reaped."""
+        return sum(1 for t in self._threads if t.is_alive()) + self._runner.children()
 
     # -- introspection ------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             running = [
                 {
@@ -258,7 +288,7 @@ class Pool:
             ]
             handed = len(self._handed)
             reserve = self.reserve()
-        return {
+        snapshot = {
             "name": self.config.name,
             "generation": self.generation,
             "workers": self.config.workers,
@@ -267,11 +297,16 @@ class Pool:
             "reserve": reserve,
             "running": running,
         }
+        self._runner.describe(snapshot)
+        return snapshot
 
     # -- workers --------------------------------------------------------------
 
     def _worker_loop(self) -> None:
-        name = threading.current_thread().name
+        with self._runner.worker():
+            self._serve(threading.current_thread().name)
+
+    def _serve(self, name: str) -> None:
         while True:
             with self._lock:
                 while not self._handed and not self._stopping:
@@ -279,7 +314,7 @@ class Pool:
                 if not self._handed:
                     return  # stopping, and nothing handed over
                 job = self._handed.popleft()
-                entry = _Running(job, time.monotonic(), name)
+                entry = _Running(job, self._clock(), name)
                 self._running[job.id] = entry
             self._run(entry)
 
@@ -295,22 +330,22 @@ class Pool:
         failure: Failure | None = None
         try:
             result = spec.handler(ctx, job.payload)
-            outcome = "completed"
+            outcome = Outcome.COMPLETED
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("job %s completed: %r", job.id, result)
         except Interrupted:
             if self.shutdown.is_set():
-                outcome = "interrupted"
+                outcome = Outcome.INTERRUPTED
             else:
-                outcome = "failed"
+                outcome = Outcome.FAILED
                 failure = Failure(job, "raised Interrupted while no shutdown was requested")
         except BaseException as exc:  # a task's SystemExit is its failure, not ours
-            outcome = "failed"
+            outcome = Outcome.FAILED
             message, trace, retry = failure_details(exc)
             message = message[:ERROR_TAIL]
             failure = Failure(job, message, trace[-10 * ERROR_TAIL :], retry)
             logger.warning("job %s failed (attempt %d): %s", job.id, job.attempt, message)
-        seconds = time.monotonic() - entry.started
+        seconds = self._clock() - entry.started
         with self._lock:
             mean = self._mean_run_seconds
             self._mean_run_seconds = (
@@ -318,9 +353,11 @@ class Pool:
             )
             del self._running[job.id]
             if entry.abandoned:
+                if entry.awaited:
+                    self._dispatch_wake.notify()  # the drain may have waited for this end
                 return  # released at the deadline; it may already run elsewhere
             self.counts[outcome] += 1
-            if outcome == "completed":
+            if outcome is Outcome.COMPLETED:
                 self._settle.acks.append(job)
             elif failure is not None:
                 self._settle.failures.append(failure)
@@ -336,13 +373,14 @@ class Pool:
         """Settle finished jobs, renew leases, fetch for free slots; repeat."""
         poll = MIN_POLL_SECONDS
         renew_every = self.config.lease_seconds / 3
-        next_renew = time.monotonic() + renew_every
+        clock = self._clock
+        next_renew = clock() + renew_every
         next_fetch = 0.0
         backoff = 0.0
         while True:
             with self._lock:
                 while True:
-                    now = time.monotonic()
+                    now = clock()
                     free = self._free_slots()
                     if self._settle or (self._stopping and not self._has_active()):
                         break
@@ -359,15 +397,15 @@ class Pool:
                 finished = stopping and not self._has_active() and not batch
                 free = self._free_slots()
             try:
-                want = free if free and not stopping and time.monotonic() >= next_fetch else 0
+                want = free if free and not stopping and clock() >= next_fetch else 0
                 used_queue = bool(batch or want)
                 fetched = self._exchange(batch, want)
                 if finished:
                     break
-                if time.monotonic() >= next_renew:
+                if clock() >= next_renew:
                     used_queue = True
                     self._renew()
-                    next_renew = time.monotonic() + renew_every
+                    next_renew = clock() + renew_every
                 if want:
                     # Full batch: more is likely waiting. Otherwise back off towards the poll cap.
                     poll = (
@@ -375,7 +413,7 @@ class Pool:
                         if fetched == free
                         else min(poll * 2, self.config.poll_interval_seconds)
                     )
-                    next_fetch = time.monotonic() + (0 if fetched == free else poll)
+                    next_fetch = clock() + (0 if fetched == free else poll)
                 if used_queue:
                     # Every success is reported, not only the first after a failure: the
                     # supervisor also hears of failures from elsewhere (stats at a scrape).
@@ -419,8 +457,11 @@ class Pool:
         return True
 
     def _has_active(self) -> bool:
-        """Anything still running that was not abandoned (abandoned threads may linger)."""
-        return any(not r.abandoned for r in self._running.values())
+        """Anything still running that was not abandoned or whose end the runner brings.
+
+        An abandoned thread may linger for ever; a killed child ends in moments.
+        """
+        return any(not r.abandoned or r.awaited for r in self._running.values())
 
     def _free_slots(self) -> int:
         held = len(self._running) + len(self._handed)
@@ -455,7 +496,7 @@ class Pool:
                 # A drain began while we fetched: leased for this generation and never
                 # started, so cancelled like the handed ones (every job gets one outcome).
                 self._settle.releases.extend(jobs)
-                self.counts["cancelled"] += len(jobs)
+                self.counts[Outcome.CANCELLED] += len(jobs)
                 self._dispatch_wake.notify()
             else:
                 self._handed.extend(jobs)
@@ -466,7 +507,7 @@ class Pool:
     def _record_cancelled(self, jobs: list[Job]) -> None:
         for job in jobs:
             self._task_metrics.cancelled(job.task)
-            self._recent.add(self, job, "cancelled", None)
+            self._recent.add(self, job, Outcome.CANCELLED, None)
 
     def _fetch(self, free: int) -> int:
         """Fetch and hand over up to `free` jobs (tests drive this directly)."""

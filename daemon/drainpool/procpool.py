@@ -1,17 +1,20 @@
 """Process workers (`pool.kind = "process"`): each worker slot runs its tasks in a child process.
 
 A Python thread cannot be killed, so a task that never checks its context
-can only be abandoned; a process can. ProcessPool is a Pool whose Python
-tasks are proxies: the worker thread sends the job to its own child (see
-drainpool.procworker) and waits for the outcome, so the dispatcher, batching,
-leases, the settle step, the drain and the metrics are the Pool's own, in
-the daemon. Command tasks already run a separate program and are run by the
-worker thread itself, as in a thread pool.
+can only be abandoned; a process can. ProcessRunner is the Pool's runner
+(drainpool.runner) for this kind: its Python tasks are proxies, the worker
+thread sends the job to its own child (see drainpool.procworker) and waits
+for the outcome, so the dispatcher, batching, leases, the settle step, the
+drain and the metrics are the Pool's own, in the daemon. Command tasks
+already run a separate program and are run by the worker thread itself, as
+in a thread pool.
 
-At a stop, begin_drain forwards the shutdown event to every child, where
-ctx.sleep and ctx.check see it at once. At the grace deadline abandon()
-releases the jobs still running and kills their children's process groups:
-SIGTERM, then SIGKILL after KILL_AFTER_SECONDS; it returns once they are
+At a stop, the drain forwards the shutdown event to every child, where
+ctx.sleep and ctx.check see it at once. At the grace deadline the pool's
+abandon() releases the jobs still running and kill() signals their
+children's process groups: SIGTERM at once, then SIGKILL after
+KILL_AFTER_SECONDS from a reaper thread, so the supervisor's loop never
+waits on a child. The pool counts as drained only once those children are
 reaped, so no child outlives the drain. A child that dies on its own
 (segfault, os._exit, the OOM killer) fails its job with that reason and is
 replaced at once while the pool runs.
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from drainpool.context import (
@@ -41,9 +45,9 @@ from drainpool.context import (
     exit_description,
 )
 from drainpool.logs import JsonFormatter
-from drainpool.pool import Pool
+from drainpool.outcomes import Outcome
 from drainpool.procworker import BOOTSTRAP, Channel
-from drainpool.queue.base import Job
+from drainpool.tasks import TaskSpec
 
 log = logging.getLogger("drainpool.pool")
 
@@ -96,8 +100,8 @@ class _Worker:
         self._end.register(self.pidfd, select.POLLIN)
         self.lock = threading.Lock()
         self.exited = threading.Event()
-        self.job_id: str | None = None  # guarded by the pool's lock
-        self.killed = False  # by abandon(): its death is expected, not news
+        self.job_id: str | None = None  # guarded by the runner's lock
+        self.killed = False  # by kill(): its death is expected, not news
 
     def call(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send a job and wait for its outcome (or the child's death); owner thread only."""
@@ -169,28 +173,48 @@ class _Worker:
         self.dispose()
 
 
-class ProcessPool(Pool):
-    """A Pool whose Python tasks run in one child process per worker slot."""
+class ProcessRunner:
+    """The runner of `pool.kind = "process"`: one child process per worker thread."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        remote = {name: s.source for name, s in self.tasks.items() if s.kind != "command"}
-        self.tasks = {
-            name: spec if spec.kind == "command" else dataclasses.replace(spec, handler=self._call)
-            for name, spec in self.tasks.items()
-        }
+    join_seconds = CLOSE_SECONDS + 1.0
+
+    def __init__(self) -> None:
+        self._label = "pool"
         self._argv = [sys.executable, "-c", BOOTSTRAP, "drainpool-worker"]
-        self._child_config = {"tasks": remote, "log": _log_config()}
+        self._child_config: dict[str, Any] = {"tasks": {}, "log": _log_config()}
+        self._lock = threading.Lock()
         self._workers: list[_Worker] = []  # every child not yet reaped; under self._lock
+        self._stopping = False  # under self._lock
+        self._doomed: set[str] = set()  # ids of abandoned jobs; under self._lock
         self._local = threading.local()  # the worker thread's own _Worker
+        self._reapers: list[threading.Thread] = []
+
+    def prepare(self, label: str, tasks: Mapping[str, TaskSpec]) -> dict[str, TaskSpec]:
+        """Python tasks become proxies to the thread's child; commands run on the thread."""
+        self._label = label
+        remote = {name: s.source for name, s in tasks.items() if s.kind != "command"}
+        self._child_config["tasks"] = remote
+        return {
+            name: spec if spec.kind == "command" else dataclasses.replace(spec, handler=self._call)
+            for name, spec in tasks.items()
+        }
+
+    def ends(self, task: str) -> bool:
+        """Python tasks: each runs in a child, which kill() ends.
+
+        A command runs in its own group, which the command task kills when the
+        shutdown event expires.
+        """
+        return task in self._child_config["tasks"]
 
     # -- worker threads ----------------------------------------------------------
 
-    def _worker_loop(self) -> None:
+    @contextlib.contextmanager
+    def worker(self) -> Iterator[None]:
         # No Python task to serve (only commands): no child to keep idle.
         self._local.worker = self._spawn_logged() if self._child_config["tasks"] else None
         try:
-            super()._worker_loop()
+            yield
         finally:
             worker = self._local.worker
             if worker is not None:
@@ -213,21 +237,23 @@ class ProcessPool(Pool):
             "payload": payload,
         }
         with self._lock:
+            if ctx.job_id in self._doomed:  # abandoned before it reached its child
+                raise Interrupted
             worker.job_id = ctx.job_id
         try:
             reply = worker.call(message)
         except WorkerDied as died:
             self._replace(worker, str(died), f"running job {ctx.job_id} ({ctx.task})")
-            if worker.killed:  # by abandon(): the job is already released, the outcome ignored
+            if worker.killed:  # by kill(): the job is already released, the outcome ignored
                 raise Interrupted from None
             raise JobFailed(f"worker process died: {died}") from None
         finally:
             with self._lock:
                 worker.job_id = None
         outcome = reply["outcome"]
-        if outcome == "completed":
+        if outcome == Outcome.COMPLETED:
             return reply.get("result")
-        if outcome == "interrupted":
+        if outcome == Outcome.INTERRUPTED:
             raise Interrupted
         raise JobFailed(reply["error"], traceback=reply["traceback"], retry=reply["retry"])
 
@@ -244,7 +270,7 @@ class ProcessPool(Pool):
         try:
             return self._spawn()
         except OSError as exc:  # tried again at the next job, which fails if it fails again
-            log.error("pool %s: cannot start a worker process: %s", self.config.name, exc)
+            log.error("pool %s: cannot start a worker process: %s", self._label, exc)
             return None
 
     def _replace(self, worker: _Worker, reason: str, doing: str) -> None:
@@ -254,73 +280,92 @@ class ProcessPool(Pool):
         self._local.worker = None
         if worker.killed:
             return  # abandoned at the deadline: the pool is stopping
+        with self._lock:
+            stopping = self._stopping
         log.warning(
             "worker process %d died %s: %s%s",
             worker.pid,
             doing,
             reason,
-            "" if self._stopping else "; starting a new one",
+            "" if stopping else "; starting a new one",
         )
-        if not self._stopping:
+        if not stopping:
             self._local.worker = self._spawn_logged()
 
     def _forget(self, worker: _Worker) -> None:
         with self._lock, contextlib.suppress(ValueError):
             self._workers.remove(worker)
 
-    # -- lifecycle (the supervisor's interface, as Pool) ---------------------------
+    # -- what the pool asks at a drain ---------------------------------------------
 
-    def begin_drain(self) -> int:
-        cancelled = super().begin_drain()
+    def drain_begun(self) -> None:
+        """Forward the shutdown event to every child, where ctx.sleep and ctx.check see it."""
         with self._lock:
+            self._stopping = True
             workers = list(self._workers)
         for worker in workers:
             worker.send_shutdown()
-        return cancelled
 
-    def abandon(self) -> list[Job]:
-        """Release what still runs, then kill those children and wait until they are reaped."""
-        jobs = super().abandon()  # marked abandoned first: the deaths below change no outcome
-        ids = {job.id for job in jobs}
+    def kill(self, job_ids: set[str], given_up: Callable[[set[str]], None]) -> None:
+        """SIGTERM the children of these jobs now; a reaper thread escalates and waits.
+
+        The caller is the supervisor's loop, which must go on reading signals
+        and pinging the watchdog: each child's owner thread reaps it when it
+        ends, and the reaper sends SIGKILL to any child still there after
+        KILL_AFTER_SECONDS.
+        """
         with self._lock:
-            victims = [w for w in self._workers if w.job_id in ids]
+            self._doomed |= job_ids
+            victims: dict[_Worker, str] = {
+                w: job for w in self._workers if (job := w.job_id) is not None and job in job_ids
+            }
+        if not victims:
+            return
         for worker in victims:
             worker.killed = True
             worker.signal(signal.SIGTERM)
-        stubborn = _wait_exited(victims, KILL_AFTER_SECONDS)
+        reaper = threading.Thread(
+            target=self._finish_off,
+            args=(victims, given_up),
+            name=f"{self._label}-reaper",
+            daemon=True,  # bounded by KILL_AFTER_SECONDS + REAP_SECONDS; joined by the pool
+        )
+        self._reapers.append(reaper)
+        reaper.start()
+
+    def _finish_off(
+        self, victims: dict[_Worker, str], given_up: Callable[[set[str]], None]
+    ) -> None:
+        """SIGKILL what outlived SIGTERM; give up on what outlives SIGKILL."""
+        stubborn = _wait_exited(list(victims), KILL_AFTER_SECONDS)
         for worker in stubborn:
             log.warning("worker process %d ignored SIGTERM: SIGKILL", worker.pid)
             worker.signal(signal.SIGKILL)
-        for worker in _wait_exited(stubborn, REAP_SECONDS):
+        survivors = _wait_exited(stubborn, REAP_SECONDS)
+        for worker in survivors:
             log.error("worker process %d survived SIGKILL for %.0fs", worker.pid, REAP_SECONDS)
-        if victims:
-            log.warning(
-                "killed worker processes %s of abandoned jobs",
-                ", ".join(str(w.pid) for w in victims),
-            )
-        return jobs
+        log.warning(
+            "killed worker processes %s of abandoned jobs",
+            ", ".join(str(w.pid) for w in victims),
+        )
+        if survivors:
+            given_up({victims[w] for w in survivors})
 
-    def join(self, timeout: float = 5.0) -> None:
-        """Wait for every thread: none can be stuck, abandon() killed what they waited for."""
-        deadline = time.monotonic() + max(timeout, CLOSE_SECONDS + 1.0)
-        self._dispatcher.join(max(deadline - time.monotonic(), 0))
-        for thread in self._threads:
-            thread.join(max(deadline - time.monotonic(), 0))
+    def join(self, deadline: float) -> None:
+        for reaper in self._reapers:
+            reaper.join(max(deadline - time.monotonic(), 0))
 
-    def stray_threads(self) -> int:
+    def children(self) -> int:
         with self._lock:
-            children = len(self._workers)
-        return super().stray_threads() + children
+            return len(self._workers)
 
-    def snapshot(self) -> dict[str, Any]:
-        snap = super().snapshot()
+    def describe(self, snapshot: dict[str, Any]) -> None:
         with self._lock:
             pids = {w.job_id: w.pid for w in self._workers if w.job_id is not None}
-            snap["processes"] = sorted(w.pid for w in self._workers)
-        snap["kind"] = "process"
-        for running in snap["running"]:
+            snapshot["processes"] = sorted(w.pid for w in self._workers)
+        snapshot["kind"] = "process"
+        for running in snapshot["running"]:
             running["pid"] = pids.get(running["job_id"])
-        return snap
 
 
 def _wait_exited(workers: list[_Worker], seconds: float) -> list[_Worker]:

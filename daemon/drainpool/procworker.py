@@ -25,6 +25,7 @@ import threading
 from typing import Any
 
 from drainpool.context import Interrupted, ShutdownEvent, TaskContext, failure_details
+from drainpool.outcomes import Outcome
 
 # Run with `python -c BOOTSTRAP drainpool-worker FD SYS_PATH_JSON CONFIG_JSON`: the parent's
 # sys.path first, so the task modules import in the child as they did in the daemon.
@@ -138,8 +139,8 @@ def _run(
             handler = handlers[name] = _resolve(name, tasks[name]).handler
         result = handler(ctx, message["payload"])
     except Interrupted:
-        return {"outcome": "interrupted"}
+        return {"outcome": Outcome.INTERRUPTED}
     except BaseException as exc:  # SystemExit too: the task's failure, not the worker's
         error, trace, retry = failure_details(exc)
-        return {"outcome": "failed", "error": error, "traceback": trace, "retry": retry}
-    return {"outcome": "completed", "result": result}
+        return {"outcome": Outcome.FAILED, "error": error, "traceback": trace, "retry": retry}
+    return {"outcome": Outcome.COMPLETED, "result": result}

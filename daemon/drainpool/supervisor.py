@@ -34,8 +34,7 @@ from drainpool.inbox import ConfigChanged, PoolDrained, QueueHealthChanged, Relo
 from drainpool.logs import configure_logging
 from drainpool.metrics import Metrics
 from drainpool.plan import plan_pools
-from drainpool.pool import Pool, PoolConfig, RecentOutcomes
-from drainpool.procpool import ProcessPool
+from drainpool.pool import Pool, RecentOutcomes
 from drainpool.queue import Queue
 from drainpool.queue_monitor import QueueMonitor
 from drainpool.reloads import ReloadRecord, ReloadSchedule, describe_restarts, reload_changes
@@ -70,11 +69,6 @@ class IllegalTransition(RuntimeError):
     pass
 
 
-def make_pool(config: PoolConfig, *args: Any, **kwargs: Any) -> Pool:
-    """The default pool factory: the pool kind the config names."""
-    return (ProcessPool if config.kind == "process" else Pool)(config, *args, **kwargs)
-
-
 class Supervisor:
     """Owns the pools, the queue, the HTTP endpoint and the watcher; decides in `step()`."""
 
@@ -87,7 +81,7 @@ class Supervisor:
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         inbox: queue_mod.SimpleQueue[object] | None = None,
-        pool_factory: Callable[..., Pool] = make_pool,  # (config, generation, tasks, queue, ...)
+        pool_factory: Callable[..., Pool] = Pool,  # (config, generation, tasks, queue, ...)
         open_queue: Callable[[LoadedConfig], Queue] | None = None,
     ) -> None:
         self.loaded = loaded
