@@ -28,7 +28,7 @@ from drainpool.supervisor import Phase, Supervisor
 from drainpool.tasks import TaskSpec
 from drainpool.tasks.examples import noop
 
-from tests.support.daemon import wait_until
+from tests.support.waiting import wait_until
 
 
 class Clock:
