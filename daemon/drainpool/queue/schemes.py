@@ -35,9 +35,19 @@ class Backend:
 
 
 BACKENDS: tuple[Backend, ...] = (
-    Backend(("sqlite:///",), "drainpool.queue.sqlite", "SqliteQueue", True, False),
     Backend(
-        ("redis://", "rediss://", "unix://"), "drainpool.queue.redis", "RedisQueue", False, True
+        prefixes=("sqlite:///",),
+        module="drainpool.queue.sqlite",
+        class_name="SqliteQueue",
+        local_file=True,
+        check_by_building=False,
+    ),
+    Backend(
+        prefixes=("redis://", "rediss://", "unix://"),
+        module="drainpool.queue.redis",  # needs the optional redis extra
+        class_name="RedisQueue",
+        local_file=False,
+        check_by_building=True,
     ),
 )
 
