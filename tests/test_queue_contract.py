@@ -4,11 +4,19 @@ A `make_queue()` call opens one more handle on the same queue (the same file,
 or the same Redis keys): two handles are two consumers, as two daemons are.
 Waits poll with a deadline; a lease of 0 seconds is expired the moment it is
 given, which tests expiry without waiting for a clock.
+
+Longer than a module should be, on purpose: one contract, one set of fixtures.
+The job records part (issue 18) is the second half, after the Redis-only tests.
 """
 
 from __future__ import annotations
 
+import json
 import random
+import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -19,14 +27,22 @@ from typing import Any, TypeVar
 import pytest
 import redis
 from drainpool.queue.base import (
+    Done,
     Failure,
     Job,
+    JobCancelled,
+    JobFailed,
+    JobInfo,
+    JobNotFound,
+    JobState,
     Queue,
     QueueError,
     QueueStats,
     QueueUnavailable,
     RetryPolicy,
+    WorkerIdentity,
 )
+from drainpool.queue.records import encode_result, result_of
 from drainpool.queue.redis import RedisQueue, redact_url
 from drainpool.queue.sqlite import SqliteQueue
 
@@ -56,19 +72,24 @@ def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeQ
     if request.param == "sqlite":
         path = tmp_path / "queue.db"
 
-        def open_queue(retry: RetryPolicy | None = None) -> Queue:
-            return SqliteQueue(path, retry=retry or FAST_RETRY)
+        def open_queue(retry: RetryPolicy | None = None, **options: Any) -> Queue:
+            return SqliteQueue(path, retry=retry or FAST_RETRY, **options)
     else:
         server: RedisServer = request.getfixturevalue("shared_redis")
         prefix = f"test-{uuid.uuid4().hex[:12]}"
 
-        def open_queue(retry: RetryPolicy | None = None) -> Queue:
+        def open_queue(retry: RetryPolicy | None = None, **options: Any) -> Queue:
             return RedisQueue.from_url(
-                server.url, retry=retry or FAST_RETRY, prefix=prefix, consumer=f"c{len(opened)}"
+                server.url,
+                retry=retry or FAST_RETRY,
+                prefix=prefix,
+                consumer=f"c{len(opened)}",
+                **options,
             )
 
-    def make(retry: RetryPolicy | None = None) -> Queue:
-        queue = open_queue(retry)
+    def make(retry: RetryPolicy | None = None, **options: Any) -> Queue:
+        """One more handle; `options`: retention_seconds, result_max_bytes."""
+        queue = open_queue(retry, **options)
         opened.append(queue)
         return queue
 
@@ -570,7 +591,9 @@ def test_redis_over_tls(start_redis: StartRedis) -> None:
 
 def test_redis_leaves_nothing_behind_finished_jobs(shared_redis: RedisServer) -> None:
     prefix = f"test-{uuid.uuid4().hex[:12]}"
-    queue = RedisQueue.from_url(shared_redis.url, retry=FAST_RETRY, prefix=prefix)
+    queue = RedisQueue.from_url(
+        shared_redis.url, retry=FAST_RETRY, prefix=prefix, retention_seconds=0
+    )
     try:
         queue.enqueue("t", 1, key="a")
         queue.enqueue("t", 2, key="b")
@@ -587,10 +610,11 @@ def test_redis_leaves_nothing_behind_finished_jobs(shared_redis: RedisServer) ->
         raw = redis.Redis.from_url(shared_redis.url, decode_responses=True, protocol=2)
         with raw:
             left = set(raw.scan_iter(f"{prefix}:*"))
-            # What may stay: the id counter, the task list and the (empty) streams.
+            # What may stay: the id counter, the task list, the (empty) streams, the version.
             assert left == {
                 f"{prefix}:seq",
                 f"{prefix}:tasks",
+                f"{prefix}:version",
                 *(f"{prefix}:stream:{t}" for t in "tu"),
             }
             for task in "tu":
@@ -618,3 +642,426 @@ def test_redact_url_never_shows_the_password(url: str, shown: str | None) -> Non
     assert SECRET not in redacted
     if shown is not None:
         assert redacted == shown
+
+
+# == job records ==================================================================
+
+
+SLOW_RETRY = RetryPolicy(
+    max_attempts=3, backoff_seconds=600, backoff_max_seconds=600, rng=random.Random(7)
+)
+WORKER = WorkerIdentity("box-1", 4242, "fast")
+
+
+def state_of(queue: Queue, job_id: str) -> JobState | None:
+    info = queue.job(job_id)
+    return None if info is None else info.state
+
+
+# -- states ---------------------------------------------------------------
+
+
+def test_every_state_is_reached_through_the_api(make_queue: MakeQueue) -> None:
+    queue = make_queue(SLOW_RETRY)
+    before = time.time()
+    later = queue.enqueue("t", {"n": 0}, delay=600)
+    now_id = queue.enqueue("t", {"n": 1}, key="k1")
+    assert state_of(queue, later) is JobState.DELAYED
+    waiting = queue.job(now_id)
+    assert waiting is not None and waiting.state is JobState.WAITING
+    assert (waiting.payload, waiting.key, waiting.attempts) == ({"n": 1}, "k1", 0)
+    assert waiting.started_at is None and waiting.worker is None
+    assert before <= waiting.enqueued_at <= time.time()
+
+    [job] = queue.fetch(1, ["t"], 60, worker=WORKER)
+    running = queue.job(job.id)
+    assert running is not None and running.state is JobState.RUNNING
+    assert running.worker == WORKER and running.attempts == 1
+    assert running.started_at is not None and running.started_at >= waiting.enqueued_at
+
+    queue.settle(failures=[Failure(job, "boom", "Traceback: boom")])
+    backing_off = queue.job(job.id)
+    assert backing_off is not None and backing_off.state is JobState.DELAYED
+    assert (backing_off.error, backing_off.traceback) == ("boom", "Traceback: boom")
+
+    dead_id = queue.enqueue("d", 2)
+    [doomed] = queue.fetch(1, ["d"], 60)
+    queue.settle(failures=[Failure(doomed, "fatal", "tb", retry=False)])
+    dead = queue.job(dead_id)
+    assert dead is not None and dead.state is JobState.DEAD
+    assert dead.error == "fatal" and dead.finished_at is not None
+
+    done_id = queue.enqueue("c", 3)
+    [first] = queue.fetch(1, ["c"], 60, worker=WORKER)
+    queue.settle(releases=[first])
+    assert state_of(queue, done_id) is JobState.WAITING
+    [second] = queue.fetch(1, ["c"], 60, worker=WorkerIdentity("box-2", 7, "slow"))
+    queue.settle(acks=[Done(second, '{"ok":true}')])
+    completed = queue.job(done_id)
+    assert completed is not None and completed.state is JobState.COMPLETED
+    assert completed.result == {"ok": True} and completed.result_kept
+    assert completed.worker == WorkerIdentity("box-2", 7, "slow")  # the last attempt's
+    assert completed.finished_at is not None and completed.started_at is not None
+    assert completed.started_at <= completed.finished_at
+    assert json.loads(json.dumps(completed.as_dict()))["state"] == "completed"
+
+
+def test_first_start_is_kept_across_a_release(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    job_id = queue.enqueue("t", 1)
+    [first] = queue.fetch(1, ["t"], 60)
+    started = queue.job(job_id)
+    assert started is not None and started.started_at is not None
+    queue.settle(releases=[first])
+    time.sleep(0.01)  # so that a second claim's time would differ; not a check
+    queue.fetch(1, ["t"], 60)
+    again = queue.job(job_id)
+    assert again is not None and again.started_at == started.started_at
+
+
+def test_cancelled_is_a_state_with_its_own_exception() -> None:
+    info = JobInfo("9", "t", None, None, JobState.CANCELLED, 1, 0.0)
+    assert JobState.CANCELLED.terminal and "cancelled" in [s.value for s in JobState]
+    with pytest.raises(JobCancelled, match="job 9 was cancelled"):
+        result_of(info)
+
+
+# -- results -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "limit", "kept", "note"),
+    [
+        ({"sha": "ab", "n": [1, 2.5, None]}, 65536, True, ""),
+        ("x" * 2000, 1024, False, "result not kept: 2 KiB > 1 KiB"),
+        ("y" * 1_300_000, 65536, False, "result not kept: 1.2 MiB > 64 KiB"),
+        (object(), 65536, False, "result not kept: not JSON: Object of type object"),
+        (float("nan"), 65536, False, "result not kept: not JSON: Out of range float"),
+    ],
+)
+def test_results_are_kept_under_the_cap_or_say_why_not(
+    make_queue: MakeQueue, value: Any, limit: int, kept: bool, note: str
+) -> None:
+    queue = make_queue(result_max_bytes=limit)
+    job_id = queue.enqueue("t", 1)
+    [job] = queue.fetch(1, ["t"], 60)
+    result_json, why = encode_result(value, limit)
+    assert why.startswith(note)
+    queue.settle(acks=[Done(job, result_json, why)])
+
+    info = queue.job(job_id)
+
+    assert info is not None and info.state is JobState.COMPLETED
+    assert info.result_kept is kept and info.result_note.startswith(note)
+    assert queue.result(job_id, timeout=0) == (value if kept else None)
+
+
+def test_encode_result_never_raises() -> None:
+    class Loud:
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    nested: list[Any] = []
+    for _ in range(100_000):
+        nested = [nested]
+    assert encode_result(nested)[0] is None
+    assert encode_result({Loud(): 1})[0] is None
+    assert encode_result({"a": 1}) == ('{"a":1}', "")
+
+
+def test_a_plain_job_ack_completes_without_a_result(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    job_id = queue.enqueue("t", 1)
+    queue.settle_and_fetch(queue.fetch(1, ["t"], 60), [], [], 1, ["t"], 60)
+    info = queue.job(job_id)
+    assert info is not None and info.state is JobState.COMPLETED
+    assert (info.result, info.result_kept, info.result_note) == (None, False, "")
+
+
+def test_result_of_a_dead_job_raises_with_its_error(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    job_id = queue.enqueue("t", 1)
+    [job] = queue.fetch(1, ["t"], 60)
+    queue.settle(failures=[Failure(job, "ValueError: bad", "Traceback ...", retry=False)])
+    with pytest.raises(JobFailed) as failed:
+        queue.result(job_id, timeout=1)
+    assert failed.value.error == "ValueError: bad"
+    assert failed.value.traceback == "Traceback ..."
+
+
+# -- retention -----------------------------------------------------------------
+
+
+def test_retention_zero_removes_the_record_at_the_ack(make_queue: MakeQueue) -> None:
+    queue = make_queue(retention_seconds=0)
+    job_id = queue.enqueue("t", 1, key="once")
+    [job] = queue.fetch(1, ["t"], 60)
+    assert state_of(queue, job_id) is JobState.RUNNING
+    queue.settle(acks=[Done(job, "1")])
+    assert queue.job(job_id) is None
+    with pytest.raises(JobNotFound):
+        queue.wait(job_id, timeout=1)
+    assert queue.enqueue("t", 2, key="once") != job_id
+
+
+def test_a_completed_job_frees_its_key_but_shows_it(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    job_id = queue.enqueue("t", 1, key="k")
+    assert queue.enqueue("t", 1, key="k") == job_id  # held while it waits
+    [job] = queue.fetch(1, ["t"], 60)
+    assert queue.enqueue("t", 1, key="k") == job_id  # and while it runs
+    queue.settle(acks=[job])
+    info = queue.job(job_id)
+    assert info is not None and info.key == "k"
+    assert queue.enqueue("t", 1, key="k") != job_id  # released at completion
+
+
+def test_a_record_expires_after_its_retention(make_queue: MakeQueue) -> None:
+    queue = make_queue(retention_seconds=0.3)
+    job_id = queue.enqueue("t", 1)
+    keep_id = queue.enqueue("t", 2)
+    [job] = queue.fetch(1, ["t"], 60)
+    queue.settle(acks=[job])
+    assert state_of(queue, job_id) is JobState.COMPLETED
+
+    wait_until(lambda: queue.job(job_id) is None, DEADLINE, "the record expires")
+
+    assert [i.id for i in queue.jobs()] == [keep_id]
+    assert queue.prune() == 1 and queue.prune() == 0
+    assert state_of(queue, keep_id) is JobState.WAITING
+    if isinstance(queue, SqliteQueue):
+        with sqlite3.connect(queue.path) as conn:
+            assert conn.execute("SELECT id FROM jobs").fetchall() == [(int(keep_id),)]
+    else:
+        assert isinstance(queue, RedisQueue)
+        raw = redis.Redis.from_url(queue.where, decode_responses=True)
+        with raw:
+            assert not raw.exists(f"{queue.prefix}:job:{job_id}")
+            assert raw.zrange(f"{queue.prefix}:jobs", 0, -1) == [keep_id]
+            assert raw.zcard(f"{queue.prefix}:expiry") == 0
+
+
+def test_records_survive_reopening_the_queue(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    job_id = queue.enqueue("t", {"a": 1})
+    [job] = queue.fetch(1, ["t"], 60, worker=WORKER)
+    queue.settle(acks=[Done(job, "[1,2]")])
+    before = queue.job(job_id)
+    queue.close()
+
+    after = make_queue().job(job_id)
+
+    assert after == before and after is not None and after.result == [1, 2]
+
+
+# -- listing and lookup ---------------------------------------------------------
+
+
+def test_jobs_lists_newest_first_with_filters(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    ids = [queue.enqueue(task, n) for n, task in enumerate("abab")]
+    [job] = queue.fetch(1, ["a"], 60)
+    queue.settle(acks=[job])
+
+    assert [i.id for i in queue.jobs()] == ids[::-1]
+    assert [i.id for i in queue.jobs(task="b")] == [ids[3], ids[1]]
+    assert [i.id for i in queue.jobs(state="completed")] == [ids[0]]
+    assert [i.id for i in queue.jobs(state=JobState.WAITING, task="a")] == [ids[2]]
+    assert [i.id for i in queue.jobs(limit=2)] == [ids[3], ids[2]]
+    assert queue.jobs(state="dead") == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"state": "finished"}, "unknown job state 'finished'"),
+        ({"limit": 0}, "limit must be between 1 and 10000"),
+        ({"limit": 10_001}, "limit must be between 1 and 10000"),
+    ],
+)
+def test_jobs_refuses_bad_filters(
+    make_queue: MakeQueue, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(QueueError, match=message):
+        make_queue().jobs(**options)
+
+
+def test_an_unknown_id_has_no_record(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    queue.enqueue("t", 1)
+    assert queue.job("999999") is None and queue.job("not-an-id") is None
+    with pytest.raises(JobNotFound) as missing:
+        queue.result("999999")
+    assert str(missing.value) == (
+        "no job 999999 (never enqueued, or its record expired after retention_seconds)"
+    )
+    with pytest.raises(QueueError, match="timeout must be"):
+        queue.wait("1", timeout=-1)
+
+
+def test_undecodable_stored_json_is_shown_with_the_reason(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    job_id = queue.enqueue("t", 1)
+    [job] = queue.fetch(1, ["t"], 60)
+    queue.settle(acks=[Done(job, '{"ok":1}')])
+    if isinstance(queue, SqliteQueue):
+        with sqlite3.connect(queue.path) as conn:
+            conn.execute(
+                "UPDATE jobs SET payload = ?, result = '{bad' WHERE id = ?", (b"\xff", job_id)
+            )
+    else:
+        assert isinstance(queue, RedisQueue)
+        with redis.Redis.from_url(queue.where) as raw:
+            raw.hset(f"{queue.prefix}:job:{job_id}", mapping={"payload": "[", "result": "{bad"})
+
+    info = queue.job(job_id)
+
+    assert info is not None and info.state is JobState.COMPLETED
+    assert info.payload_error.startswith("payload is not")
+    assert info.result == "{bad" and not info.result_kept
+    assert info.result_note.startswith("result not readable: is not valid JSON")
+    assert queue.jobs()[0].result_note == info.result_note
+    assert queue.result(job_id) is None
+
+
+# -- waiting ---------------------------------------------------------------------
+
+
+def waiter_thread(queue: Queue, job_id: str, timeout: float) -> tuple[threading.Thread, list[Any]]:
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(queue.wait(job_id, timeout))
+        except Exception as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("end", ["completed", "dead"])
+def test_wait_in_another_thread_returns_when_the_job_ends(make_queue: MakeQueue, end: str) -> None:
+    producer, worker = make_queue(), make_queue()
+    job_id = producer.enqueue("t", 1)
+    thread, outcome = waiter_thread(producer, job_id, DEADLINE)
+    [job] = worker.fetch(1, ["t"], 60)
+    time.sleep(0.05)  # let the waiter block first (either order must work; not a check)
+    assert outcome == []
+    if end == "completed":
+        worker.settle(acks=[Done(job, '"r"')])
+    else:
+        worker.settle(failures=[Failure(job, "boom", retry=False)])
+    thread.join(DEADLINE)
+    [info] = outcome
+    assert isinstance(info, JobInfo) and info.state.value == end
+
+
+def test_wait_times_out_while_the_job_runs(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    job_id = queue.enqueue("t", 1)
+    queue.fetch(1, ["t"], 60)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=f"job {job_id} is still running"):
+        queue.wait(job_id, timeout=0.2)
+    assert time.monotonic() - started >= 0.2
+
+
+WAITER = """
+import sys
+from drainpool.queue.redis import RedisQueue
+from drainpool.queue.sqlite import SqliteQueue
+kind, where, prefix, job_id, timeout = sys.argv[1:]
+queue = SqliteQueue(where) if kind == "sqlite" else RedisQueue.from_url(where, prefix=prefix)
+try:
+    info = queue.wait(job_id, float(timeout))
+    print("ended", info.state.value, info.result, flush=True)
+except TimeoutError as exc:
+    print("timeout", exc, flush=True)
+finally:
+    queue.close()
+"""
+
+
+def start_waiter(queue: Queue, job_id: str, timeout: float) -> subprocess.Popen[str]:
+    if isinstance(queue, SqliteQueue):
+        spec = ["sqlite", str(queue.path), ""]
+    else:
+        assert isinstance(queue, RedisQueue)
+        spec = ["redis", queue.where, queue.prefix]
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(WAITER), *spec, job_id, str(timeout)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("end", ["completed", "dead", "timeout"])
+def test_wait_in_another_process(make_queue: MakeQueue, end: str) -> None:
+    queue = make_queue()
+    job_id = queue.enqueue("t", 1)
+    [job] = queue.fetch(1, ["t"], 60)
+    waiter = start_waiter(queue, job_id, 0.5 if end == "timeout" else DEADLINE)
+    try:
+        if end == "completed":
+            queue.settle(acks=[Done(job, "42")])
+        elif end == "dead":
+            queue.settle(failures=[Failure(job, "boom", retry=False)])
+        out, _ = waiter.communicate(timeout=DEADLINE)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+    expected = {
+        "completed": "ended completed 42",
+        "dead": "ended dead None",
+        "timeout": f"timeout job {job_id} is still running after 0.5 s",
+    }[end]
+    assert out.strip() == expected and waiter.returncode == 0
+
+
+# -- upgrades ----------------------------------------------------------------------
+
+
+def test_redis_keys_of_the_previous_release_are_upgraded_in_place(
+    shared_redis: RedisServer,
+) -> None:
+    """Today's keys are what the previous release wrote, less the records index and version.
+
+    So the old layout is built by this code, then those keys (and the new hash fields)
+    are removed; opening the queue again must index every job and keep it.
+    """
+    prefix = f"old-{time.time_ns()}"
+    old = RedisQueue.from_url(shared_redis.url, retry=FAST_RETRY, prefix=prefix)
+    waiting = old.enqueue("t", 1, key="w")
+    later = old.enqueue("t", 2, delay=600)
+    running = old.enqueue("t", 3)
+    dead = old.enqueue("d", 4)
+    [doomed] = old.fetch(1, ["d"], 60)
+    old.settle(failures=[Failure(doomed, "old error", retry=False)])
+    leased = old.fetch(2, ["t"], 60)
+    old.settle(releases=[j for j in leased if j.id == waiting])
+    old.close()
+    with redis.Redis.from_url(shared_redis.url) as raw:
+        raw.delete(f"{prefix}:jobs", f"{prefix}:version")
+        for job_id in (waiting, running, dead):
+            raw.hdel(f"{prefix}:job:{job_id}", "host", "pid", "pool", "started_at")
+
+    queue = RedisQueue.from_url(shared_redis.url, retry=FAST_RETRY, prefix=prefix)
+    try:
+        listed = {i.id: i.state for i in queue.jobs()}
+        assert listed == {
+            waiting: JobState.WAITING,
+            later: JobState.DELAYED,
+            running: JobState.RUNNING,
+            dead: JobState.DEAD,
+        }
+        stats = queue.stats()
+        assert (stats.ready, stats.delayed, stats.leased, stats.dead) == (1, 1, 1, 1)
+        [again] = queue.fetch(1, ["t"], 60)
+        assert again.id == waiting and queue.enqueue("t", 9, key="w") == waiting
+        info = queue.job(dead)
+        assert info is not None and info.error == "old error"
+    finally:
+        queue.close()

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from drainpool import settings
 from drainpool.metrics import Metrics
 from drainpool.pool import Pool, PoolConfig
 from drainpool.queue import Queue
@@ -24,7 +23,7 @@ from drainpool.queue import sqlite_db as sqlite_db_mod
 from drainpool.queue.base import Failure, QueueError, QueueUnavailable, RetryPolicy
 from drainpool.queue.sqlite import ACK_SQL, DUE_SQL, SqliteQueue, _due_ids, _live_tasks
 from drainpool.queue.sqlite_db import Database
-from drainpool.supervisor import Phase, Supervisor
+from drainpool.queue_monitor import QueueMonitor
 from drainpool.tasks import TaskSpec
 from drainpool.tasks.examples import noop
 
@@ -146,12 +145,14 @@ def test_claims_and_acks_write_only_the_indexes_the_queue_needs(tmp_path: Path) 
     conn.close()
     # Each index that holds a row is a B-tree write when the row changes. All are partial:
     # a claim moves a job's entry from jobs_ready (the long one) to jobs_leased (a few
-    # hundred at most), an ack removes it from there, and dead letters sit apart.
-    assert set(indexes) == {"jobs_ready", "jobs_leased", "jobs_dead", "jobs_key"}
+    # hundred at most), an ack removes it from there, and dead letters sit apart. A record
+    # kept after its ack enters jobs_expiry once, at the ack (never with retention 0).
+    assert set(indexes) == {"jobs_ready", "jobs_leased", "jobs_dead", "jobs_key", "jobs_expiry"}
     assert "WHERE state = 0" in indexes["jobs_ready"]
     assert "WHERE state = 1" in indexes["jobs_leased"]
     assert "WHERE state = 2" in indexes["jobs_dead"]
     assert "WHERE idem_key IS NOT NULL" in indexes["jobs_key"]
+    assert "WHERE expires_at IS NOT NULL" in indexes["jobs_expiry"]
 
 
 def test_stats_count_from_indexes_and_match_a_full_scan(tmp_path: Path, clock: Clock) -> None:
@@ -221,6 +222,12 @@ OLD_INDEXES = {
         CREATE INDEX jobs_dead ON jobs(failed_at) WHERE state = 2;
         CREATE UNIQUE INDEX jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
     """,
+    4: """
+        CREATE INDEX jobs_ready ON jobs(task, due_at) WHERE state = 0;
+        CREATE INDEX jobs_leased ON jobs(task, due_at) WHERE state = 1;
+        CREATE INDEX jobs_dead ON jobs(failed_at) WHERE state = 2;
+        CREATE UNIQUE INDEX jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
+    """,
 }
 
 
@@ -259,6 +266,16 @@ def test_an_older_file_is_upgraded_in_place_with_every_job_kept(
 
     assert (stats.ready, stats.delayed, stats.leased, stats.dead) == (1, 0, 2, 1)
     assert [(d.payload, d.error) for d in queue.dead_list()] == [(3, "old")]
+    # Every old row reads as a record (newest first), its new fields empty.
+    records = queue.jobs()
+    assert [(r.id, r.state.value, r.payload) for r in records] == [
+        ("4", "running", 4),
+        ("3", "dead", 3),
+        ("2", "running", 2),
+        ("1", "waiting", 1),
+    ]
+    assert records[1].error == "old" and records[1].finished_at == 5
+    assert all(r.started_at is None and r.worker is None for r in records)
     # The waiting job, and the one whose lease lapsed long ago; not the live lease.
     assert [(j.payload, j.attempt) for j in queue.fetch(5, ["t"], 60)] == [(1, 1), (4, 2)]
     queue.close()
@@ -269,8 +286,8 @@ def test_an_older_file_is_upgraded_in_place_with_every_job_kept(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'"
         )
     }
-    assert names == {"jobs_ready", "jobs_leased", "jobs_dead", "jobs_key"}
-    assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+    assert names == {"jobs_ready", "jobs_leased", "jobs_dead", "jobs_key", "jobs_expiry"}
+    assert conn.execute("PRAGMA user_version").fetchone() == (5,)
     assert conn.execute("SELECT value FROM meta").fetchone() == ("f00d",)  # the same file
     conn.close()
 
@@ -489,7 +506,9 @@ def test_deleted_file_is_not_recreated_and_held_jobs_move_to_the_new_file(
 
 def test_a_commit_that_raced_the_file_away_is_reported_failed(tmp_path: Path) -> None:
     path = tmp_path / "queue.db"
-    db = Database(path, "CREATE TABLE IF NOT EXISTS t (x);", 1, synchronous="FULL")
+    db = Database(
+        path, lambda c, _: c.execute("CREATE TABLE IF NOT EXISTS t (x)"), 1, synchronous="FULL"
+    )
     db.run(lambda c: c.execute("INSERT INTO t VALUES (1)"), write=True)
 
     def insert_while_the_file_goes(conn: sqlite3.Connection) -> None:
@@ -527,26 +546,31 @@ def test_a_restored_copy_of_a_held_job_is_not_doubled(tmp_path: Path, open_queue
 
 
 def test_readiness_follows_the_dispatcher_and_stats_without_flapping(tmp_path: Path) -> None:
-    config = tmp_path / "d.toml"
-    config.write_text('[queue]\nurl = "sqlite:///queue.db"\n')
-    sup = Supervisor(settings.load(config), {})
-    sup._enter(Phase.RUNNING)
-    assert sup.ready()
-    sup._on_queue_health("pool default", False, "disk I/O error")
-    assert not sup.ready() and sup.queue_problem == "disk I/O error"
-    sup._on_queue_health("stats", True, "")  # reads work on a read-only disk: not enough
-    assert not sup.ready()
-    sup._on_queue_health("pool default", True, "")
-    assert sup.ready()
+    opened: list[SqliteQueue] = []
+    changes: list[bool] = []
+    monitor = QueueMonitor(
+        lambda: opened[0] if opened else None,
+        lambda: [],
+        lambda: 0.0,
+        on_change=lambda: changes.append(monitor.ok),  # what the supervisor's inbox hears
+    )
+    assert monitor.ok
+    monitor.report("pool default", False, "disk I/O error")
+    assert not monitor.ok and monitor.problem == "disk I/O error"
+    monitor.report("stats", True, "")  # reads work on a read-only disk: not enough
+    assert not monitor.ok
+    monitor.report("pool default", True, "")
+    assert monitor.ok
+    assert changes == [False, True]  # once when it went, once when it came back
 
     (tmp_path / "queue.db").write_bytes(b"not a database" * 100)
-    sup.queue = SqliteQueue(tmp_path / "queue.db")
+    opened.append(SqliteQueue(tmp_path / "queue.db"))
     with pytest.raises(QueueUnavailable):
-        sup._queue_stats()  # what a scrape calls
-    assert not sup.ready() and "file is not a database" in sup.queue_problem
-    sup._on_queue_health("pool default", True, "")  # the queue was just used successfully
-    assert sup.ready()
-    sup.queue.close()
+        monitor.stats()  # what a scrape calls
+    assert not monitor.ok and "file is not a database" in monitor.problem
+    monitor.report("pool default", True, "")  # the queue was just used successfully
+    assert monitor.ok
+    opened[0].close()
 
 
 def test_the_dispatcher_reports_the_queue_failing_and_working_again(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ def enqueue_file(queue: Queue, name: str, known: list[str], *, skip_invalid: boo
         _enqueue_stream(queue, source, known, report, total, added)
     except QueueUnavailable as exc:
         print(f"{name}: {added[0]} jobs enqueued, then the queue failed: {exc}", file=err)
-        return ExitCode.ABANDONED
+        return ExitCode.FAILURE
     finally:
         for stream in (source, spool):
             if stream is not None and stream is not sys.stdin.buffer:

@@ -36,7 +36,7 @@ def dispatch(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     except QueueUnavailable as exc:  # a fault of the storage, not of the command: exit 1
         print(f"drainpool: queue unavailable: {exc}", file=sys.stderr)
-        return ExitCode.ABANDONED
+        return ExitCode.FAILURE
     except QueueError as exc:  # a request the queue refuses: a payload, an id, a time
         print(f"drainpool: {exc}", file=sys.stderr)
         return ExitCode.USAGE
@@ -110,18 +110,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace, *, tasks: bool = True) -> Any:
     """Load the config or exit 78 with every problem on its own line."""
-    from drainpool import settings
-    from drainpool.tasks import build_registry
+    from drainpool import runtime
 
-    path = settings.config_path(args.config)
-    try:
-        loaded = settings.load(path)
-        registry = build_registry(loaded) if tasks else {}
-    except settings.ConfigError as exc:
-        for problem in exc.problems:
-            print(f"drainpool: config error: {problem}", file=sys.stderr)
-        raise SystemExit(ExitCode.CONFIG) from None
-    return loaded, registry
+    return runtime.load_or_exit(args.config, tasks=tasks)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -141,11 +132,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             import logging
 
             logging.getLogger("drainpool").error("cannot start: %s", exc)
-            return ExitCode.ABANDONED
+            return ExitCode.FAILURE
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from drainpool.queue import redact_url
+    from drainpool.runtime import redacted_effective
     from drainpool.settings import to_toml
 
     if args.diff:
@@ -153,30 +144,22 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
         return control.dry_run(args)
     loaded, _ = _load(args)
-    effective = loaded.settings.effective()
-    effective["queue"]["url"] = redact_url(effective["queue"]["url"])
+    effective = redacted_effective(loaded.settings)
     print(f"# effective config of {loaded.path} (environment overrides applied)")
     print(to_toml(effective), end="")
     return ExitCode.OK
 
 
-def _open_queue(loaded: Any) -> Any:
-    from drainpool.queue import RetryPolicy, from_url
-
-    q = loaded.settings.queue
-    retry = RetryPolicy(q.max_attempts, q.retry_backoff_seconds, q.retry_backoff_max_seconds)
-    return from_url(q.url, base_dir=loaded.base_dir, retry=retry)
-
-
 def _cmd_enqueue(args: argparse.Namespace) -> int:
     from drainpool import bulk
+    from drainpool.runtime import open_queue
 
     loaded, _ = _load(args, tasks=False)
     known = sorted(loaded.settings.tasks)
     if args.file is not None:
         if args.task or args.payload or args.key or args.delay or args.at is not None:
             raise UsageError("--file takes no TASK, JSON, --key, --delay or --at")
-        queue = _open_queue(loaded)
+        queue = open_queue(loaded)
         try:
             return bulk.enqueue_file(queue, args.file, known, skip_invalid=args.skip_invalid)
         except QueueUnavailable:
@@ -200,7 +183,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         if args.delay:
             raise UsageError("give --delay or --at, not both")
         delay = bulk.seconds_until(args.at)
-    queue = _open_queue(loaded)
+    queue = open_queue(loaded)
     try:
         job_id = queue.enqueue(args.task, payload, delay=delay, key=args.key)
     except QueueUnavailable:
@@ -214,8 +197,10 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def _cmd_queue(args: argparse.Namespace) -> int:
+    from drainpool.runtime import open_queue
+
     loaded, _ = _load(args, tasks=False)
-    queue = _open_queue(loaded)
+    queue = open_queue(loaded)
     try:
         if args.action == "stats":
             return _print_stats(queue, args.json)
@@ -232,7 +217,7 @@ def _cmd_queue(args: argparse.Namespace) -> int:
                 f"drainpool: {len(set(ids)) - count} of the ids given are not dead jobs",
                 file=sys.stderr,
             )
-            return ExitCode.ABANDONED
+            return ExitCode.FAILURE
         return ExitCode.OK
     finally:
         queue.close()

@@ -102,9 +102,9 @@ def find_daemon(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
                 if status.get("pid") == args.pid:
                     return base, status
         raise ControlError(f"pid {args.pid} serves no drainpool endpoint ({'; '.join(errors)})")
-    from drainpool.cli import _load
+    from drainpool.runtime import load_or_exit
 
-    loaded, _ = _load(args, tasks=False)
+    loaded, _ = load_or_exit(args.config, tasks=False)
     m = loaded.settings.metrics
     if m.port == 0:
         raise ControlError(f"{loaded.path}: metrics.port is 0 (any free port): pass --pid")
@@ -115,23 +115,20 @@ def find_daemon(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 def dry_run(args: argparse.Namespace) -> int:
     """Print what a reload would do, pool by pool, without doing it (supervisorctl reread)."""
-    from drainpool.cli import _load
     from drainpool.plan import diff_plans, plan_from_json, plan_pools
+    from drainpool.runtime import load_or_exit, redacted_effective
 
     try:
         base, _ = find_daemon(args)
         running = _get_json(f"{base}/api/config")
     except ControlError as exc:
         print(f"drainpool: {exc}", file=sys.stderr)
-        return ExitCode.ABANDONED
-    loaded, registry = _load(args)  # exits 78 with the problems if the file is invalid
+        return ExitCode.FAILURE
+    loaded, registry = load_or_exit(args.config)  # exits 78, every problem shown, if invalid
     old = {name: plan_from_json(plan) for name, plan in running["plans"].items()}
     new = plan_pools(loaded.settings, registry)
     queue_before = running["effective"]["queue"]
-    queue_after = loaded.settings.effective()["queue"]
-    from drainpool.queue import redact_url
-
-    queue_after["url"] = redact_url(queue_after["url"])
+    queue_after = redacted_effective(loaded.settings)["queue"]
     changes = diff_plans(
         old, new, everything="queue changed" if queue_after != queue_before else ""
     )
@@ -187,9 +184,9 @@ def reload(args: argparse.Namespace) -> int:
                 return _report(record, now)
     except (ControlError, ProcessLookupError, PermissionError) as exc:
         print(f"drainpool reload: {exc}", file=sys.stderr)
-        return ExitCode.ABANDONED
+        return ExitCode.FAILURE
     print(f"drainpool reload: no result within {args.timeout:g}s", file=sys.stderr)
-    return ExitCode.ABANDONED
+    return ExitCode.FAILURE
 
 
 def _report(record: dict[str, Any], status: dict[str, Any]) -> int:
@@ -221,7 +218,7 @@ def status(args: argparse.Namespace) -> int:
             current = get_status(base)
     except ControlError as exc:
         print(f"drainpool status: {exc}", file=sys.stderr)
-        return ExitCode.ABANDONED
+        return ExitCode.FAILURE
 
 
 def render_status(status: dict[str, Any]) -> str:

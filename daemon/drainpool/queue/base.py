@@ -10,10 +10,13 @@ leaves it to be delivered again.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import socket
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -23,6 +26,62 @@ class QueueError(Exception):
 
 class QueueUnavailable(QueueError):
     """The backend cannot be reached or written right now; try again later."""
+
+
+class JobNotFound(QueueError):
+    """No record of this id: never enqueued, or its record expired."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"no job {job_id} (never enqueued, or its record expired after retention_seconds)"
+        )
+        self.job_id = job_id
+
+
+class JobFailed(QueueError):
+    """`result()` of a dead job: carries its record, last error and traceback."""
+
+    def __init__(self, info: JobInfo) -> None:
+        super().__init__(f"job {info.id} is dead after {info.attempts} attempt(s): {info.error}")
+        self.info = info
+        self.error = info.error
+        self.traceback = info.traceback
+
+
+class JobCancelled(QueueError):
+    """`result()` of a cancelled job."""
+
+    def __init__(self, info: JobInfo) -> None:
+        super().__init__(f"job {info.id} was cancelled")
+        self.info = info
+
+
+class JobState(StrEnum):
+    """Where a job is in its life (README, "Jobs, one by one")."""
+
+    WAITING = "waiting"  # due now, waiting for a worker
+    DELAYED = "delayed"  # due later: enqueued with a delay, or backing off after a failure
+    RUNNING = "running"  # leased to a worker
+    COMPLETED = "completed"  # its handler returned; kept retention_seconds
+    DEAD = "dead"  # failed for good: a dead letter until retried or purged
+    CANCELLED = "cancelled"  # stopped by a cancel; never runs again
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.DEAD, JobState.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerIdentity:
+    """The daemon (host, process) and pool that claimed a job: recorded at each claim."""
+
+    host: str
+    pid: int
+    pool: str = ""
+
+    @classmethod
+    def here(cls, pool: str = "") -> WorkerIdentity:
+        return cls(socket.gethostname(), os.getpid(), pool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +94,18 @@ class Job:
     attempt: int  # 1 for the first delivery; releases do not count
     token: str  # lease token: settling with a stale token is a no-op
     enqueued_at: float  # wall clock, seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A job whose handler returned: acked with its result (JSON text), or why it was not kept.
+
+    `settle(acks=...)` takes a plain `Job` too: done, no result.
+    """
+
+    job: Job
+    result_json: str | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +129,55 @@ class DeadJob:
     error: str
     traceback: str
     failed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """The record of one job, as `job(id)` and `jobs()` return it.
+
+    A stored payload or result that cannot be decoded is given as its raw text,
+    with the reason in `payload_error` or `result_note`: a record is always shown.
+    """
+
+    id: str
+    task: str
+    payload: Any
+    key: str | None
+    state: JobState
+    attempts: int
+    enqueued_at: float
+    started_at: float | None = None  # the first claim
+    finished_at: float | None = None  # completed, dead or cancelled
+    worker: WorkerIdentity | None = None  # who ran the last attempt
+    error: str = ""  # the last failure's, kept after a retry that completed
+    traceback: str = ""
+    result: Any = None
+    result_kept: bool = False  # False: no result (yet), or `result_note` says why not
+    result_note: str = ""
+    payload_error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        worker = self.worker
+        return {
+            "id": self.id,
+            "task": self.task,
+            "payload": self.payload,
+            "payload_error": self.payload_error,
+            "key": self.key,
+            "state": str(self.state),
+            "attempts": self.attempts,
+            "enqueued_at": self.enqueued_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "worker": None
+            if worker is None
+            else {"host": worker.host, "pid": worker.pid, "pool": worker.pool},
+            "error": self.error,
+            "traceback": self.traceback,
+            "result": self.result,
+            "result_kept": self.result_kept,
+            "result_note": self.result_note,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +311,18 @@ class Queue(Protocol):
         """Add many jobs in one transaction; returns how many were added."""
         ...
 
-    def fetch(self, n: int, tasks: Collection[str], lease_seconds: float) -> list[Job]:
-        """Lease up to `n` due jobs of the given tasks, oldest first."""
+    def fetch(
+        self,
+        n: int,
+        tasks: Collection[str],
+        lease_seconds: float,
+        *,
+        worker: WorkerIdentity | None = None,
+    ) -> list[Job]:
+        """Lease up to `n` due jobs of the given tasks, oldest first, recording `worker`.
+
+        `worker` defaults to this process with no pool name.
+        """
         ...
 
     def renew(self, jobs: Sequence[Job], lease_seconds: float) -> None:
@@ -201,21 +331,26 @@ class Queue(Protocol):
 
     def settle(
         self,
-        acks: Sequence[Job] = (),
+        acks: Sequence[Job | Done] = (),
         releases: Sequence[Job] = (),
         failures: Sequence[Failure] = (),
     ) -> None:
-        """Ack (remove), release (ready again, attempt not counted) or fail jobs, atomically."""
+        """Ack (completed; a plain Job has no result), release or fail jobs, atomically.
+
+        An acked job's record is kept retention_seconds, or removed at once when it is 0.
+        """
         ...
 
     def settle_and_fetch(
         self,
-        acks: Sequence[Job],
+        acks: Sequence[Job | Done],
         releases: Sequence[Job],
         failures: Sequence[Failure],
         n: int,
         tasks: Collection[str],
         lease_seconds: float,
+        *,
+        worker: WorkerIdentity | None = None,
     ) -> list[Job]:
         """`settle(...)` then `fetch(n, ...)`, in one round trip where the backend can."""
         ...
@@ -232,6 +367,35 @@ class Queue(Protocol):
 
     def bury_unknown(self, known_tasks: Collection[str]) -> int:
         """Dead-letter waiting jobs whose task is not configured, with that reason."""
+        ...
+
+    def job(self, job_id: str) -> JobInfo | None:
+        """The record of one job, or None (never enqueued, or expired)."""
+        ...
+
+    def jobs(
+        self, state: JobState | str | None = None, task: str | None = None, limit: int = 50
+    ) -> list[JobInfo]:
+        """Records, newest (last enqueued) first, optionally of one state and one task."""
+        ...
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:
+        """The record once the job is completed, dead or cancelled.
+
+        Raises TimeoutError after `timeout` seconds, JobNotFound when there is no record
+        (or it went: a job completed with retention_seconds = 0 is removed at its ack).
+        """
+        ...
+
+    def result(self, job_id: str, timeout: float | None = None) -> Any:
+        """The decoded result of a completed job (None if not kept: see its result_note).
+
+        Raises JobFailed (dead), JobCancelled, JobNotFound or TimeoutError.
+        """
+        ...
+
+    def prune(self, limit: int = 500) -> int:
+        """Remove up to `limit` expired records; returns how many (call again while == limit)."""
         ...
 
     def ping(self) -> None:

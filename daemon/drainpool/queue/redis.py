@@ -27,8 +27,20 @@ Why this shape (the issue's design, and where it was bent, with reasons):
 - Every change of a job's state is one Lua script, so it is atomic: no
   crash can leave a job in two places or none. Times come from Redis (TIME),
   one clock for all daemons.
+- Records (drainpool.queue.records): the job hash is the record. An ack with
+  retention turns it into a completed record with the result and a key
+  expiry (PEXPIRE) in the same script; retention 0 deletes it as before. A
+  sorted set `{prefix}:jobs` (score: id) lists the records for `jobs()`, and
+  `{prefix}:expiry` (score: expiry time) lets each settle drop a few expired
+  ids from it, so the index stays as long as the records without a sweeper.
+  A waiter marks `{prefix}:waiter:{id}`; the settle that ends a marked job
+  pushes to `{prefix}:done:{id}`, which the waiter reads with BLPOP.
 
 Standalone Redis 7 only: the scripts build key names from the prefix.
+
+Longer than a module should be: each Lua script sits beside the method that
+calls it, since one cannot be read without the other. Reading records is in
+daemon/drainpool/queue/redis_records.py.
 """
 
 from __future__ import annotations
@@ -49,22 +61,37 @@ from redis.retry import Retry
 
 from drainpool.queue.base import (
     DeadJob,
+    Done,
     Failure,
     Job,
+    JobInfo,
+    JobState,
     QueueError,
     QueueStats,
     QueueUnavailable,
     RetryPolicy,
+    WorkerIdentity,
     decode_payload,
     encode_payload,
     loads_or_raw,
     redact_url,
 )
+from drainpool.queue.records import (
+    RESULT_MAX_BYTES,
+    RETENTION_SECONDS,
+    as_done,
+    check_limit,
+    check_retention,
+    parse_state,
+    result_of,
+)
+from drainpool.queue.redis_records import NOTIFY_TTL_MS, list_jobs, read_job, wait_job
 
 PASSWORD_ENV = "DRAINPOOL_REDIS_PASSWORD"
 HORIZON_MS = 100_000_000_000  # ~3 years: longer than any lease, shorter than the epoch
 RELEASED = "~released"  # pseudo-consumer holding released jobs (ready again)
 BATCH = 500  # jobs per script call where a call may touch many jobs
+KEYS_VERSION = "2"  # 2: the records index ({prefix}:jobs); today's keys otherwise
 
 # Replies that mean "Redis cannot serve us right now", not "the request is wrong".
 # Every other failure that is not an error reply (connection, timeout, a server
@@ -109,12 +136,19 @@ local function drop_entry(task, entry)
     redis.call('XDEL', stream_key(task), entry)
   end
 end
+local function notify(id)
+  if redis.call('EXISTS', P .. ':waiter:' .. id) == 1 then
+    redis.call('RPUSH', P .. ':done:' .. id, '1')
+    redis.call('PEXPIRE', P .. ':done:' .. id, @NOTIFY_TTL_MS@)
+  end
+end
 local function bury(id, task, entry, err, tb, now)
   drop_entry(task, entry)
   redis.call('ZREM', delayed_key(task), id)
   redis.call('HSET', job_key(id), 'state', 'dead', 'token', '', 'entry', '',
     'error', err, 'traceback', tb, 'failed_at', secs(now))
   redis.call('ZADD', P .. ':dead', now, id)
+  notify(id)
 end
 local function forget_key(id, key)
   if key and key ~= '' and redis.call('HGET', P .. ':keys', key) == id then
@@ -149,6 +183,7 @@ for i = 5, #ARGV, 2 do
   id = tostring(redis.call('INCR', P .. ':seq'))
   redis.call('HSET', job_key(id), 'task', task, 'payload', ARGV[i + 1],
     'enqueued_at', secs(now), 'attempts', 0, 'key', key)
+  redis.call('ZADD', P .. ':jobs', id, id)
   if delay > 0 then schedule(id, task, now + delay) else push_ready(id, task) end
 end
 if key ~= '' then redis.call('HSET', P .. ':keys', key, id) end
@@ -156,12 +191,13 @@ return id
 """
 
 _FETCH = r"""
--- ARGV[3..]: consumer, token, n, lease_ms, max_attempts, batch, tasks...
+-- ARGV[3..]: consumer, token, n, lease_ms, max_attempts, batch, host, pid, pool, tasks...
 local me, token, n = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local lease, max_attempts, batch = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local host, pid, pool = ARGV[9], ARGV[10], ARGV[11]
 local now = now_ms()
 local streams = {}
-for i = 9, #ARGV do
+for i = 12, #ARGV do
   local task = ARGV[i]
   local d = delayed_key(task)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', d, '-inf', now, 'LIMIT', 0, batch)) do
@@ -233,7 +269,9 @@ for _, pick in ipairs(chosen) do
       bury(c.id, task, c.entry,
         'lease expired ' .. (attempts - 1) .. ' times: its worker died each time', '', now)
     else
-      redis.call('HSET', jk, 'state', 'leased', 'token', token, 'entry', c.entry)
+      redis.call('HSET', jk, 'state', 'leased', 'token', token, 'entry', c.entry,
+        'host', host, 'pid', pid, 'pool', pool)
+      redis.call('HSETNX', jk, 'started_at', secs(now))
       local f = redis.call('HMGET', jk, 'payload', 'enqueued_at')
       out[#out + 1] = {c.id, task, f[1], attempts, f[2]}
     end
@@ -256,10 +294,13 @@ return 0
 """
 
 _SETTLE = r"""
--- ARGV[3..]: groups of (op, id, token, delay_ms, error, traceback),
--- op: A = ack, R = release, F = fail and retry, D = fail for good (dead)
+-- ARGV[3]: retention_ms; ARGV[4..]: groups of (op, id, token, delay_ms, error, traceback),
+-- op: A = ack, R = release, F = fail and retry, D = fail for good (dead).
+-- An ack's error and traceback slots carry its result JSON ('' = none) and note.
+local retention = tonumber(ARGV[3])
 local now = now_ms()
-for i = 3, #ARGV, 6 do
+local acked = 0
+for i = 4, #ARGV, 6 do
   local op, id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local jk = job_key(id)
   local f = redis.call('HMGET', jk, 'token', 'state', 'task', 'entry', 'key')
@@ -267,8 +308,18 @@ for i = 3, #ARGV, 6 do
     local task, entry = f[3], f[4]
     if op == 'A' then
       drop_entry(task, entry)
-      redis.call('DEL', jk)
       forget_key(id, f[5])
+      acked = acked + 1
+      if retention > 0 then
+        redis.call('HSET', jk, 'state', 'completed', 'token', '', 'entry', '',
+          'finished_at', secs(now), 'result', ARGV[i + 4], 'result_note', ARGV[i + 5])
+        redis.call('PEXPIRE', jk, retention)
+        redis.call('ZADD', P .. ':expiry', now + retention, id)
+      else
+        redis.call('DEL', jk)
+        redis.call('ZREM', P .. ':jobs', id)
+      end
+      notify(id)
     elseif op == 'R' then
       redis.call('HINCRBY', jk, 'attempts', -1)
       -- Stays pending at its place, idle past the horizon: the next fetch takes it first.
@@ -287,6 +338,35 @@ for i = 3, #ARGV, 6 do
       bury(id, task, entry, ARGV[i + 4], ARGV[i + 5], now)
     end
   end
+end
+-- A few expired ids out of the records index per ack: it never outgrows the records.
+if acked > 0 then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':expiry', '-inf', now,
+      'LIMIT', 0, 2 * acked)) do
+    redis.call('ZREM', P .. ':expiry', id)
+    redis.call('ZREM', P .. ':jobs', id)
+  end
+end
+return 0
+"""
+
+_PRUNE = r"""
+-- ARGV[3]: limit. Drops expired records (their hashes expire by themselves) from the index.
+local now = now_ms()
+local ids = redis.call('ZRANGEBYSCORE', P .. ':expiry', '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('ZREM', P .. ':expiry', id)
+  redis.call('ZREM', P .. ':jobs', id)
+  redis.call('DEL', job_key(id))
+end
+return #ids
+"""
+
+_UPGRADE = r"""
+-- ARGV[3..]: job hash keys found by SCAN: indexed as records. Marks the keys' version.
+for i = 3, #ARGV do
+  local id = string.match(ARGV[i], ':job:(%d+)$')
+  if id then redis.call('ZADD', P .. ':jobs', id, id) end
 end
 return 0
 """
@@ -365,6 +445,7 @@ for _, id in ipairs(ids) do
       push_ready(id, f[2])
     else
       redis.call('DEL', jk)
+      redis.call('ZREM', P .. ':jobs', id)
       forget_key(id, f[3])
     end
   else
@@ -442,8 +523,15 @@ class RedisQueue:
         prefix: str = "drainpool",
         consumer: str | None = None,
         where: str = "redis",
+        retention_seconds: float = RETENTION_SECONDS,
+        result_max_bytes: int = RESULT_MAX_BYTES,
     ) -> None:
+        check_retention(retention_seconds, result_max_bytes)
         self.retry = retry or RetryPolicy()
+        self.retention_seconds = retention_seconds
+        self.result_max_bytes = result_max_bytes  # for the pool's encode_result
+        self.worker = WorkerIdentity.here()  # recorded at a claim that names no other
+        self._upgraded = False
         self.prefix = prefix
         self.group = prefix
         self.consumer = consumer or default_consumer()
@@ -461,6 +549,8 @@ class RedisQueue:
                 "dead_move": _DEAD_MOVE,
                 "bury": _BURY,
                 "forget": _FORGET_CONSUMER,
+                "prune": _PRUNE,
+                "upgrade": _UPGRADE,
             }.items()
         }
         # Read-only: flagged so, which lets Redis run it even under memory pressure.
@@ -477,6 +567,8 @@ class RedisQueue:
         consumer: str | None = None,
         socket_timeout: float = 5.0,
         connect_timeout: float = 3.0,
+        retention_seconds: float = RETENTION_SECONDS,
+        result_max_bytes: int = RESULT_MAX_BYTES,
     ) -> RedisQueue:
         """Open `redis://`, `rediss://` (TLS) or `unix://` URLs; connects lazily.
 
@@ -526,6 +618,8 @@ class RedisQueue:
             prefix=prefix or url_prefix or "drainpool",
             consumer=name,
             where=where,
+            retention_seconds=retention_seconds,
+            result_max_bytes=result_max_bytes,
         )
 
     def __repr__(self) -> str:
@@ -547,8 +641,30 @@ class RedisQueue:
             raise QueueUnavailable(f"{self.where}: cannot {what}: {_one_line(exc)}") from None
 
     def _run(self, script: str, what: str, *args: Any) -> Any:
+        if not self._upgraded:
+            self._upgrade()
         with self._guard(what):
             return self._scripts[script](args=[self.prefix, self.group, *args])
+
+    def _upgrade(self) -> None:
+        """Index the job hashes of a queue written before records existed; every job kept.
+
+        Once per process and queue; idempotent, so two daemons opening an old queue
+        at once both finish it. SCAN in batches: Redis is never blocked for long.
+        """
+        version_key = f"{self.prefix}:version"
+        with self._guard("upgrade the queue's keys"):
+            if self._client.get(version_key) != KEYS_VERSION:
+                batch: list[str] = []
+                for key in self._client.scan_iter(f"{self.prefix}:job:*", count=BATCH):
+                    batch.append(key)
+                    if len(batch) == BATCH:
+                        self._scripts["upgrade"](args=[self.prefix, self.group, *batch])
+                        batch = []
+                if batch:
+                    self._scripts["upgrade"](args=[self.prefix, self.group, *batch])
+                self._client.set(version_key, KEYS_VERSION)
+        self._upgraded = True
 
     # -- producers --------------------------------------------------------
 
@@ -571,9 +687,17 @@ class RedisQueue:
 
     # -- consumers --------------------------------------------------------
 
-    def fetch(self, n: int, tasks: Collection[str], lease_seconds: float) -> list[Job]:
+    def fetch(
+        self,
+        n: int,
+        tasks: Collection[str],
+        lease_seconds: float,
+        *,
+        worker: WorkerIdentity | None = None,
+    ) -> list[Job]:
         if n <= 0 or not tasks:
             return []
+        who = worker or self.worker
         token = secrets.token_hex(8)
         rows = self._run(
             "fetch",
@@ -584,6 +708,9 @@ class RedisQueue:
             _lease_ms(lease_seconds),
             self.retry.max_attempts,
             BATCH,
+            who.host,
+            who.pid,
+            who.pool,
             *dict.fromkeys(tasks),
         )
         jobs: list[Job] = []
@@ -607,26 +734,28 @@ class RedisQueue:
 
     def settle_and_fetch(
         self,
-        acks: Sequence[Job],
+        acks: Sequence[Job | Done],
         releases: Sequence[Job],
         failures: Sequence[Failure],
         n: int,
         tasks: Collection[str],
         lease_seconds: float,
+        *,
+        worker: WorkerIdentity | None = None,
     ) -> list[Job]:
         """Two scripts: settling must not wait on, nor fail with, a fetch."""
         self.settle(acks, releases, failures)
-        return self.fetch(n, tasks, lease_seconds)
+        return self.fetch(n, tasks, lease_seconds, worker=worker)
 
     def settle(
         self,
-        acks: Sequence[Job] = (),
+        acks: Sequence[Job | Done] = (),
         releases: Sequence[Job] = (),
         failures: Sequence[Failure] = (),
     ) -> None:
         ops: list[Any] = []
-        for j in acks:
-            ops += ["A", _job_id(j.id), j.token, 0, "", ""]
+        for d in map(as_done, acks):
+            ops += ["A", _job_id(d.job.id), d.job.token, 0, d.result_json or "", d.note]
         for j in releases:
             ops += ["R", _job_id(j.id), j.token, 0, "", ""]
         for f in failures:
@@ -636,7 +765,8 @@ class RedisQueue:
             else:
                 ops += ["D", _job_id(f.job.id), f.job.token, 0, f.error, f.traceback]
         if ops:
-            self._run("settle", "settle jobs", *ops)
+            retention_ms = int(self.retention_seconds * 1000)
+            self._run("settle", "settle jobs", retention_ms, *ops)
 
     # -- inspection and dead letters --------------------------------------
 
@@ -702,6 +832,38 @@ class RedisQueue:
                 buried += int(count)
         return buried
 
+    # -- job records ------------------------------------------------------
+
+    def job(self, job_id: str) -> JobInfo | None:
+        if not self._upgraded:
+            self._upgrade()
+        with self._guard("read a job"):
+            return read_job(self._client, self.prefix, job_id)
+
+    def jobs(
+        self, state: JobState | str | None = None, task: str | None = None, limit: int = 50
+    ) -> list[JobInfo]:
+        wanted = parse_state(state)
+        check_limit(limit)
+        if not self._upgraded:
+            self._upgrade()
+        with self._guard("list jobs"):
+            return list_jobs(self._client, self.prefix, wanted, task, limit, page=BATCH)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:
+        """Wakes on the settle's notification (BLPOP); reads again at least every second."""
+        if not self._upgraded:
+            self._upgrade()
+        with self._guard("wait for a job"):
+            return wait_job(self._client, self.prefix, job_id, timeout)
+
+    def result(self, job_id: str, timeout: float | None = None) -> Any:
+        return result_of(self.wait(job_id, timeout))
+
+    def prune(self, limit: int = 500) -> int:
+        """Expired records leave by key expiry; this drops their ids from the index."""
+        return int(self._run("prune", "prune records", limit))
+
     def ping(self) -> None:
         with self._guard("ping"):
             self._client.ping()
@@ -726,7 +888,13 @@ class RedisQueue:
 def _lua(body: str) -> str:
     """One script: the shared prelude, then `body`, with the Python constants filled in."""
     text = _PRELUDE + body
-    for name, value in (("HORIZON", HORIZON_MS), ("RELEASED", RELEASED), ("BATCH", BATCH)):
+    constants = (
+        ("HORIZON", HORIZON_MS),
+        ("RELEASED", RELEASED),
+        ("BATCH", BATCH),
+        ("NOTIFY_TTL_MS", NOTIFY_TTL_MS),
+    )
+    for name, value in constants:
         text = text.replace(f"@{name}@", str(value))
     return text
 

@@ -18,6 +18,10 @@ waiting in it are gone with it, as with any database. The jobs this queue had
 leased from it are still its own: when one of them ends in a release, a retry
 or a death, the job is written into the file now at the path (with a new id);
 an ack only removes a restored copy of the job, if the new file has one.
+
+Longer than a module should be: every state change is here, beside the SQL and
+the indexes it relies on. The file itself (busy, faults, identity) is in
+sqlite_db.py, and reading job records in sqlite_records.py.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import logging
 import math
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
@@ -35,23 +40,49 @@ from typing import Any, TypeVar
 
 from drainpool.queue.base import (
     DeadJob,
+    Done,
     Failure,
     Job,
+    JobInfo,
+    JobState,
     QueueError,
     QueueStats,
     RetryPolicy,
+    WorkerIdentity,
     decode_payload,
     encode_payload,
     loads_or_raw,
 )
+from drainpool.queue.records import (
+    RESULT_MAX_BYTES,
+    RETENTION_SECONDS,
+    as_done,
+    backoff_pause,
+    check_limit,
+    check_retention,
+    parse_state,
+    result_of,
+    wait_for,
+)
 from drainpool.queue.sqlite_db import Database
+from drainpool.queue.sqlite_records import (
+    COMPLETE_SQL,
+    DEAD,
+    EXPIRY_INDEX,
+    LEASED,
+    RECORD_COLUMNS,
+    WAITING,
+    list_jobs,
+    prune_expired,
+    read_job,
+)
 
 log = logging.getLogger("drainpool.queue")
 T = TypeVar("T")
 
-WAITING, LEASED, DEAD = 0, 1, 2
-# 2: the meta table (file id) of drainpool.queue.sqlite_db; 4: the indexes below (3 was a step)
-SCHEMA_VERSION = 4
+# 2: the meta table (file id) of drainpool.queue.sqlite_db; 4: the indexes below (3 was a
+# step); 5: the job records (RECORD_COLUMNS, jobs_expiry).
+SCHEMA_VERSION = 5
 BATCH_SIZE = 500  # parameters per IN (...) list, well under SQLite's limit
 
 _SCHEMA = """
@@ -72,10 +103,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 DROP INDEX IF EXISTS jobs_state;
 DROP INDEX IF EXISTS jobs_due;
 DROP INDEX IF EXISTS jobs_leased;
+DROP INDEX IF EXISTS jobs_ready;
 CREATE INDEX jobs_ready ON jobs(task, due_at) WHERE state = 0;
 CREATE INDEX jobs_leased ON jobs(task, due_at) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS jobs_dead ON jobs(failed_at) WHERE state = 2;
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idem_key) WHERE idem_key IS NOT NULL
 """
 # Every claim and every ack rewrites each index that holds the row, so each index costs
 # the dispatcher on every job, and most in the B-trees as deep as the queue is long:
@@ -111,6 +143,18 @@ DUE_SQL = (
 # point at a different job after the first one was acked.
 
 
+def _migrate(conn: sqlite3.Connection, found: int) -> None:
+    """Bring a file at version `found` (0: new) to SCHEMA_VERSION, keeping every job."""
+    if found < 4:
+        for statement in _SCHEMA.split(";"):
+            conn.execute(statement)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for column in RECORD_COLUMNS:
+        if column.split()[0] not in have:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+    conn.execute(EXPIRY_INDEX)
+
+
 def path_from_url(url: str, base_dir: Path | None) -> Path:
     """Resolve `sqlite:///rel` against `base_dir` and `sqlite:////abs` as absolute."""
     if not url.startswith("sqlite:///"):
@@ -141,13 +185,20 @@ class SqliteQueue:
         retry: RetryPolicy | None = None,
         durable_commits: bool = True,
         clock: Callable[[], float] = time.time,
+        retention_seconds: float = RETENTION_SECONDS,
+        result_max_bytes: int = RESULT_MAX_BYTES,
     ) -> None:
+        check_retention(retention_seconds, result_max_bytes)
         self.path = Path(path)
         self.retry = retry or RetryPolicy()
+        self.retention_seconds = retention_seconds
+        self.result_max_bytes = result_max_bytes  # for the pool's encode_result
+        self.worker = WorkerIdentity.here()  # recorded at a claim that names no other
         self._clock = clock
+        self._closing = threading.Event()  # wakes wait() at close
         self._db = Database(
             self.path,
-            _SCHEMA,
+            _migrate,
             SCHEMA_VERSION,
             synchronous="FULL" if durable_commits else "NORMAL",
         )
@@ -156,7 +207,7 @@ class SqliteQueue:
         # a count over a million jobs takes a tenth of a second, and on the dispatcher's
         # connection it would hold up every settle and fetch for that long.
         self._aside = Database(
-            self.path, _SCHEMA, SCHEMA_VERSION, synchronous="NORMAL", create=False
+            self.path, _migrate, SCHEMA_VERSION, synchronous="NORMAL", create=False
         )
         self._token_prefix = secrets.token_hex(4)
         self._token_counter = itertools.count()
@@ -169,9 +220,17 @@ class SqliteQueue:
         retry: RetryPolicy | None = None,
         base_dir: Path | None = None,
         durable_commits: bool = True,
+        retention_seconds: float = RETENTION_SECONDS,
+        result_max_bytes: int = RESULT_MAX_BYTES,
     ) -> SqliteQueue:
         """Open `sqlite:///relative` (to `base_dir`, else the working directory) or `sqlite:////abs`."""
-        return cls(path_from_url(url, base_dir), retry=retry, durable_commits=durable_commits)
+        return cls(
+            path_from_url(url, base_dir),
+            retry=retry,
+            durable_commits=durable_commits,
+            retention_seconds=retention_seconds,
+            result_max_bytes=result_max_bytes,
+        )
 
     # -- producers --------------------------------------------------------
 
@@ -212,21 +271,30 @@ class SqliteQueue:
 
     # -- consumers --------------------------------------------------------
 
-    def fetch(self, n: int, tasks: Collection[str], lease_seconds: float) -> list[Job]:
+    def fetch(
+        self,
+        n: int,
+        tasks: Collection[str],
+        lease_seconds: float,
+        *,
+        worker: WorkerIdentity | None = None,
+    ) -> list[Job]:
         if n <= 0 or not tasks:
             return []
         if not self._run(lambda c: _due_ids(c, 1, tasks, self._clock()), write=False):
             return []  # nothing due: no write lock taken
-        return self._run(self._claimer(n, tasks, lease_seconds), write=True)
+        return self._run(self._claimer(n, tasks, lease_seconds, worker), write=True)
 
     def settle_and_fetch(
         self,
-        acks: Sequence[Job],
+        acks: Sequence[Job | Done],
         releases: Sequence[Job],
         failures: Sequence[Failure],
         n: int,
         tasks: Collection[str],
         lease_seconds: float,
+        *,
+        worker: WorkerIdentity | None = None,
     ) -> list[Job]:
         """Settle and lease up to `n` more in one write transaction: the dispatcher's hot path.
 
@@ -235,12 +303,12 @@ class SqliteQueue:
         nothing to settle, the lock-free look of `fetch` comes first as usual.
         """
         if not (acks or releases or failures):
-            return self.fetch(n, tasks, lease_seconds)
+            return self.fetch(n, tasks, lease_seconds, worker=worker)
         settle = self._settlement(acks, releases, failures)
         if n <= 0 or not tasks:
             self._run(settle, write=True)
             return []
-        claim = self._claimer(n, tasks, lease_seconds)
+        claim = self._claimer(n, tasks, lease_seconds, worker)
 
         def both(conn: sqlite3.Connection) -> list[Job]:
             settle(conn)
@@ -249,8 +317,10 @@ class SqliteQueue:
         return self._run(both, write=True)
 
     def _claimer(
-        self, n: int, tasks: Collection[str], lease_seconds: float
+        self, n: int, tasks: Collection[str], lease_seconds: float, worker: WorkerIdentity | None
     ) -> Callable[[sqlite3.Connection], list[Job]]:
+        who = worker or self.worker
+
         def claim(conn: sqlite3.Connection) -> list[Job]:
             # Under the write lock the due set cannot change: select and claim at once.
             now = self._clock()
@@ -260,10 +330,11 @@ class SqliteQueue:
             token = self._new_token()
             marks = ",".join("?" * len(ids))
             rows = conn.execute(
-                f"UPDATE jobs SET state = {LEASED}, due_at = ?, token = ?, attempts = attempts + 1"
-                f" WHERE id IN ({marks})"
+                f"UPDATE jobs SET state = {LEASED}, due_at = ?, token = ?, attempts = attempts + 1,"
+                " started_at = COALESCE(started_at, ?), worker_host = ?, worker_pid = ?,"
+                f" worker_pool = ? WHERE id IN ({marks})"
                 " RETURNING id, task, CAST(payload AS BLOB), attempts, enqueued_at",
-                (now + lease_seconds, token, *ids),
+                (now + lease_seconds, token, now, who.host, who.pid, who.pool, *ids),
             ).fetchall()
             order = {job_id: i for i, job_id in enumerate(ids)}
             rows.sort(key=lambda row: order[row[0]])  # RETURNING has no defined order
@@ -312,7 +383,7 @@ class SqliteQueue:
 
     def settle(
         self,
-        acks: Sequence[Job] = (),
+        acks: Sequence[Job | Done] = (),
         releases: Sequence[Job] = (),
         failures: Sequence[Failure] = (),
     ) -> None:
@@ -320,10 +391,11 @@ class SqliteQueue:
             self._run(self._settlement(acks, releases, failures), write=True)
 
     def _settlement(
-        self, acks: Sequence[Job], releases: Sequence[Job], failures: Sequence[Failure]
+        self, acks: Sequence[Job | Done], releases: Sequence[Job], failures: Sequence[Failure]
     ) -> Callable[[sqlite3.Connection], None]:
         """The statements of one settle, every one guarded by id and lease token."""
         now = self._clock()
+        dones = [as_done(a) for a in acks]
         # What becomes of each job: (job, state, due_at, attempts, error, traceback, failed_at);
         # decided once, so a busy retry of the transaction keeps the same jittered delays.
         changes: list[_Change] = []
@@ -339,10 +411,13 @@ class SqliteQueue:
 
         def apply(conn: sqlite3.Connection) -> None:
             mine = f"{self._db.epoch}-"
-            deletes = [(int(j.id), j.token) for j in acks if j.token.startswith(mine)]
-            if deletes:
+            done = [d for d in dones if d.job.token.startswith(mine)]
+            if done and not self.retention_seconds:
                 # One statement for the whole batch (json_each), not one step per job.
-                conn.execute(ACK_SQL, (json.dumps(deletes),))
+                conn.execute(ACK_SQL, (json.dumps([(int(d.job.id), d.job.token) for d in done]),))
+            elif done:
+                kept = [(int(d.job.id), d.job.token, d.result_json, d.note) for d in done]
+                conn.execute(COMPLETE_SQL, (now, now + self.retention_seconds, json.dumps(kept)))
             updates = [
                 (*c[1:], int(c[0].id), c[0].token) for c in changes if c[0].token.startswith(mine)
             ]
@@ -355,7 +430,9 @@ class SqliteQueue:
                 )
             orphans = [c for c in changes if not c[0].token.startswith(mine)]
             orphans += [
-                (j, None, 0.0, 0, None, None, None) for j in acks if not j.token.startswith(mine)
+                (d.job, None, 0.0, 0, None, None, None)
+                for d in dones
+                if not d.job.token.startswith(mine)
             ]
             if orphans:
                 self._adopt(conn, orphans)
@@ -491,6 +568,46 @@ class SqliteQueue:
 
         return self._run(apply, write=True)
 
+    # -- job records ------------------------------------------------------
+
+    def job(self, job_id: str) -> JobInfo | None:
+        try:
+            numeric = int(job_id)
+        except ValueError:
+            return None  # no job of this queue has such an id
+        now = self._clock()
+        return self._read_aside(lambda c: read_job(c, numeric, now))
+
+    def jobs(
+        self, state: JobState | str | None = None, task: str | None = None, limit: int = 50
+    ) -> list[JobInfo]:
+        wanted = parse_state(state)
+        check_limit(limit)
+        now = self._clock()
+        return self._read_aside(lambda c: list_jobs(c, wanted, task, limit, now))
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:
+        """Polls with a backoff (2 ms doubling to 100 ms): SQLite has no notification."""
+        return wait_for(job_id, timeout, lambda: self.job(job_id), self._pause)
+
+    def _pause(self, left: float | None, rounds: int) -> None:
+        if self._closing.wait(backoff_pause(left, rounds)):
+            raise QueueError(f"{self.path}: the queue was closed while waiting for a job")
+
+    def result(self, job_id: str, timeout: float | None = None) -> Any:
+        return result_of(self.wait(job_id, timeout))
+
+    def prune(self, limit: int = 500) -> int:
+        """Delete up to `limit` expired records in one short write transaction."""
+        now = self._clock()
+
+        def delete(conn: sqlite3.Connection) -> int:
+            return prune_expired(conn, now, limit)
+
+        if not self._db.opened:
+            return self._run(delete, write=True)
+        return self._aside.run(delete, write=True)  # not the dispatcher's connection lock
+
     def ping(self) -> None:
         self._run(lambda c: c.execute("SELECT 1").fetchone(), write=False)
 
@@ -501,6 +618,7 @@ class SqliteQueue:
         return self._aside.run(fn, write=False)
 
     def close(self) -> None:
+        self._closing.set()
         self._db.close()
         self._aside.close()
 

@@ -42,10 +42,13 @@ T = TypeVar("T")
 BUSY_TIMEOUT_SECONDS = 5.0  # SQLite's own busy handler, per attempt
 BUSY_RETRY_SECONDS = 60.0  # then this loop gives up and reports the queue unavailable
 # A random id made when the file is created; with the inode it names this very file.
-_META = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('file_id', lower(hex(randomblob(8))));
-"""
+_META = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "INSERT OR IGNORE INTO meta VALUES ('file_id', lower(hex(randomblob(8))))",
+)
+# Brings a file from the version it has (0: new) to the current one, inside the
+# transaction that then sets user_version.
+Migrate = Callable[[sqlite3.Connection, int], None]
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _BUGS = (sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.IntegrityError)
 _HINTS = {
@@ -72,13 +75,13 @@ class Database:
     """A lazily opened connection to one file, shared by the threads of one process."""
 
     def __init__(
-        self, path: Path, schema: str, version: int, *, synchronous: str, create: bool = True
+        self, path: Path, migrate: Migrate, version: int, *, synchronous: str, create: bool = True
     ) -> None:
         self.path = path
         self.create = create  # False: never create the file, even at the first open
         self.file_id = ""  # made at the file's creation; a copy of the file has it too
         self.epoch = ""  # names the file the connection is open on (set at each open)
-        self._schema = schema
+        self._migrate = migrate
         self._version = version
         self._synchronous = synchronous
         self._lock = threading.Lock()  # one transaction at a time on the shared connection
@@ -158,11 +161,7 @@ class Database:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             if conn.execute("PRAGMA user_version").fetchone()[0] < self._version:
-                # executescript commits first, so the transaction is part of the script.
-                conn.executescript(
-                    f"BEGIN IMMEDIATE;{self._schema}{_META}"
-                    f"PRAGMA user_version={self._version};COMMIT;"
-                )
+                self._upgrade(conn)
             (file_id,) = conn.execute("SELECT value FROM meta WHERE key = 'file_id'").fetchone()
             identity = self._file_identity()
             if identity is None:
@@ -174,6 +173,22 @@ class Database:
         self.epoch = f"{file_id}.{identity[1]:x}"
         self._conn, self._identity = conn, identity
         return conn
+
+    def _upgrade(self, conn: sqlite3.Connection) -> None:
+        """Create or upgrade the file in one write transaction, if no one else did meanwhile."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = conn.execute("PRAGMA user_version").fetchone()[0]
+            if found < self._version:
+                self._migrate(conn, found)
+                for statement in _META:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={self._version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
 
     @property
     def opened(self) -> bool:

@@ -1,0 +1,130 @@
+"""Job records in the SQLite queue: the row of a job that ended, read, listed and pruned.
+
+A module of its own because the records are a concern apart from the queue's
+hot path (daemon/drainpool/queue/sqlite.py): they are read on the side
+connection, and pruned in small batches, never in a long write transaction.
+A completed (or cancelled) row stays until `expires_at`; expired rows are not
+shown even before prune() deletes them. A dead row is the dead letter: kept
+until it is retried or purged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from drainpool.queue.base import JobInfo, JobState
+from drainpool.queue.records import make_info
+
+# The values of jobs.state. CANCELLED is set by the cancel command (a later issue).
+WAITING, LEASED, DEAD, COMPLETED, CANCELLED = 0, 1, 2, 3, 4
+
+# Version 5: a completed job's row stays, with its result, until expires_at (then prune()
+# deletes it). Added to a version 4 file in place: every job is kept.
+RECORD_COLUMNS = (
+    "started_at REAL",
+    "finished_at REAL",  # completed or cancelled; a dead job's is failed_at
+    "expires_at REAL",
+    "worker_host TEXT",
+    "worker_pid INTEGER",
+    "worker_pool TEXT",
+    "result TEXT",
+    "result_note TEXT",
+    "released_key TEXT",  # the idempotency key a completed job held (free for a new job)
+)
+# Only rows that have ended carry expires_at: a claim or an ack never writes this index
+# with retention 0, and with retention once per job, at its ack.
+EXPIRY_INDEX = (
+    "CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs(expires_at) WHERE expires_at IS NOT NULL"
+)
+# An ack with retention: instead of the delete (ACK_SQL, sqlite.py) the row stays as the
+# job's record. ?3 is a JSON list of [id, token, result JSON text or null, note].
+COMPLETE_SQL = (
+    f"UPDATE jobs SET state = {COMPLETED}, token = NULL, idem_key = NULL,"
+    " released_key = idem_key, finished_at = ?1,"
+    " expires_at = ?2, result = done.result, result_note = done.note"
+    " FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS token,"
+    " json_extract(value, '$[2]') AS result, json_extract(value, '$[3]') AS note"
+    " FROM json_each(?3)) AS done WHERE jobs.id = done.id AND jobs.token = done.token"
+)
+# A record as make_info takes it; the state is turned into a JobState by _info.
+RECORD_SQL = (
+    "SELECT id, task, CAST(payload AS BLOB), COALESCE(idem_key, released_key), state, due_at,"
+    " attempts, enqueued_at, started_at, COALESCE(finished_at, failed_at), worker_host,"
+    " worker_pid, worker_pool, error, traceback, CAST(result AS BLOB), result_note FROM jobs"
+)
+# Expired records are not shown, though prune() may not have deleted them yet.
+LIVE_SQL = f"NOT (state IN ({COMPLETED}, {CANCELLED}) AND expires_at <= :now)"
+STATE_SQL = {
+    JobState.WAITING: f"state = {WAITING} AND due_at <= :now",
+    JobState.DELAYED: f"state = {WAITING} AND due_at > :now",
+    JobState.RUNNING: f"state = {LEASED}",
+    JobState.DEAD: f"state = {DEAD}",
+    JobState.COMPLETED: f"state = {COMPLETED}",
+    JobState.CANCELLED: f"state = {CANCELLED}",
+}
+
+
+def read_job(conn: sqlite3.Connection, job_id: int, now: float) -> JobInfo | None:
+    row = conn.execute(
+        f"{RECORD_SQL} WHERE id = :id AND {LIVE_SQL}", {"id": job_id, "now": now}
+    ).fetchone()
+    return None if row is None else _info(row, now)
+
+
+def list_jobs(
+    conn: sqlite3.Connection, state: JobState | None, task: str | None, limit: int, now: float
+) -> list[JobInfo]:
+    """Newest first: the primary key backwards, filtered (no index is kept for a listing)."""
+    where = [LIVE_SQL]
+    if state is not None:
+        where.append(STATE_SQL[state])
+    if task is not None:
+        where.append("task = :task")
+    sql = f"{RECORD_SQL} WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT :limit"
+    rows = conn.execute(sql, {"now": now, "task": task, "limit": limit}).fetchall()
+    return [_info(row, now) for row in rows]
+
+
+def prune_expired(conn: sqlite3.Connection, now: float, limit: int) -> int:
+    """Delete up to `limit` expired records, oldest expiry first (one range of jobs_expiry)."""
+    return conn.execute(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE expires_at <= ?"
+        " ORDER BY expires_at LIMIT ?)",
+        (now, limit),
+    ).rowcount
+
+
+def _info(row: tuple[Any, ...], now: float) -> JobInfo:
+    (job_id, task, payload, key, state, due_at, attempts, enqueued_at, started_at, finished_at,
+     host, pid, pool, error, traceback, result, note) = row  # fmt: skip
+    if state == WAITING:
+        shown = JobState.WAITING if due_at <= now else JobState.DELAYED
+    else:
+        shown = _STATES[state]
+    return make_info(
+        job_id=str(job_id),
+        task=task,
+        payload_text=payload,
+        key=key,
+        state=shown,
+        attempts=attempts,
+        enqueued_at=enqueued_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        host=host,
+        pid=pid,
+        pool=pool,
+        error=error,
+        traceback=traceback,
+        result_text=result,
+        result_note=note,
+    )
+
+
+_STATES = {
+    LEASED: JobState.RUNNING,
+    DEAD: JobState.DEAD,
+    COMPLETED: JobState.COMPLETED,
+    CANCELLED: JobState.CANCELLED,
+}

@@ -1,0 +1,73 @@
+"""What the daemon and the commands both need from a config: one place each.
+
+Loading a config then building its task registry, opening its queue, and the
+effective config with secrets hidden were written in the supervisor, the CLI
+and `drainpool reload --dry-run` alike (issue 17); they live here so the three
+cannot drift, and so control.py and cli.py need not import each other.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from drainpool import settings as settings_mod
+from drainpool.exitcodes import ExitCode
+from drainpool.plan import plan_pools, plan_to_json
+from drainpool.queue import Queue, RetryPolicy, from_url, redact_url
+from drainpool.settings import LoadedConfig, Settings
+from drainpool.tasks import TaskSpec, build_registry
+
+
+def load(path: Path, *, tasks: bool = True) -> tuple[LoadedConfig, dict[str, TaskSpec]]:
+    """The config at `path` and its task registry (empty unless `tasks`).
+
+    Raises ConfigError with every problem found, the file left untouched.
+    """
+    loaded = settings_mod.load(path)
+    return loaded, build_registry(loaded) if tasks else {}
+
+
+def load_or_exit(
+    config_option: str | None, *, tasks: bool = True
+) -> tuple[LoadedConfig, dict[str, TaskSpec]]:
+    """For commands: the config named by --config (or its defaults), or exit 78 with
+    every problem on its own line."""
+    try:
+        return load(settings_mod.config_path(config_option), tasks=tasks)
+    except settings_mod.ConfigError as exc:
+        for problem in exc.problems:
+            print(f"drainpool: config error: {problem}", file=sys.stderr)
+        raise SystemExit(ExitCode.CONFIG) from None
+
+
+def open_queue(loaded: LoadedConfig, *, durable_commits: bool = True) -> Queue:
+    """The queue the config names, with its retry policy; relative paths from the file's dir.
+
+    Producers keep `durable_commits`; the daemon turns it off for its own
+    connection (see drainpool.queue.sqlite).
+    """
+    q = loaded.settings.queue
+    retry = RetryPolicy(q.max_attempts, q.retry_backoff_seconds, q.retry_backoff_max_seconds)
+    return from_url(q.url, base_dir=loaded.base_dir, retry=retry, durable_commits=durable_commits)
+
+
+def redacted_effective(settings: Settings) -> dict[str, Any]:
+    """The effective config as printed or served: the queue URL's password hidden.
+
+    (Settings.effective() already masks the console token.)
+    """
+    effective = settings.effective()
+    effective["queue"]["url"] = redact_url(effective["queue"]["url"])
+    return effective
+
+
+def config_view(loaded: LoadedConfig, registry: dict[str, TaskSpec]) -> dict[str, Any]:
+    """The running config and pool plans, served at /api/config for `reload --dry-run`."""
+    plans = plan_pools(loaded.settings, registry)
+    return {
+        "config": str(loaded.path),
+        "effective": redacted_effective(loaded.settings),
+        "plans": {name: plan_to_json(plan) for name, plan in plans.items()},
+    }
