@@ -13,9 +13,10 @@ from drainpool import Interrupted, TaskContext
 from drainpool.context import ShutdownEvent
 from drainpool.tasks.asyncrun import run_async
 
-from tests.support.daemon import DaemonFactory, queue_stats, wait_until
+from tests.support.daemon import DaemonFactory, queue_stats
 from tests.support.joblog import count, events
 from tests.support.procs import assert_nothing_left, descendants, new_marker
+from tests.support.waiting import wait_until
 from tests.test_e2e_stop import enqueue_jobs, generation_counts
 
 

@@ -15,10 +15,10 @@ from tests.support.daemon import (
     base_config,
     queue_stats,
     render_config,
-    wait_until,
     write_atomic,
 )
 from tests.support.procs import assert_nothing_left, descendants, group, new_marker, read
+from tests.support.waiting import wait_until
 from tests.test_e2e_jobs import dead_list
 from tests.test_e2e_stop import enqueue_jobs, generation_counts
 

@@ -25,7 +25,8 @@ from tests.support.console import (
     open_queue,
     wait_dead,
 )
-from tests.support.daemon import Daemon, DaemonFactory, wait_until
+from tests.support.daemon import Daemon, DaemonFactory
+from tests.support.waiting import wait_until
 
 OTHER_TOKEN = "a-completely-different-token-42"
 

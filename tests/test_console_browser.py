@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from tests.support.console import TOKEN, api, console_config, open_queue, wait_dead
-from tests.support.daemon import Daemon, DaemonFactory, wait_until
+from tests.support.daemon import Daemon, DaemonFactory
+from tests.support.waiting import wait_until
 
 CHROMIUM = Path(os.environ.get("DRAINPOOL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

@@ -26,9 +26,10 @@ import pytest
 from drainpool.queue.base import Failure
 from drainpool.queue.sqlite import SqliteQueue
 
-from tests.support.daemon import REPO, Daemon, DaemonFactory, queue_stats, wait_until
+from tests.support.daemon import REPO, Daemon, DaemonFactory, queue_stats
 from tests.support.joblog import count
 from tests.support.mountns import MountNamespace
+from tests.support.waiting import wait_until
 
 
 def write_jobs(path: Path, payloads: list[dict]) -> Path:

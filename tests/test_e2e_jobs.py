@@ -11,10 +11,10 @@ from tests.support.daemon import (
     base_config,
     queue_stats,
     render_config,
-    wait_until,
     write_atomic,
 )
 from tests.support.joblog import count
+from tests.support.waiting import wait_until
 
 
 def dead_list(factory: DaemonFactory, config: Path) -> list[dict]:

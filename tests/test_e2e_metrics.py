@@ -32,7 +32,6 @@ from tests.support.daemon import (
     daemons,
     enqueue,
     render_config,
-    wait_until,
     write_atomic,
 )
 from tests.support.expressions import names_not_in
@@ -46,6 +45,7 @@ from tests.support.prometheus import (
 )
 from tests.support.promql import selectors
 from tests.support.statedump import dump_now, thread_functions
+from tests.support.waiting import wait_until
 
 OVERRIDES: dict[str, dict[str, object]] = {
     "pool": {"workers": 3},

@@ -8,15 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import (
-    Daemon,
-    DaemonFactory,
-    base_config,
-    render_config,
-    wait_until,
-    write_atomic,
-)
+from tests.support.daemon import Daemon, DaemonFactory, base_config, render_config, write_atomic
 from tests.support.joblog import count
+from tests.support.waiting import wait_until
 
 TASKS = {
     "quick": "tests.support.tasks:record",

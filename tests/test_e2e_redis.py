@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support.daemon import Daemon, DaemonFactory, queue_stats, wait_until
+from tests.support.daemon import Daemon, DaemonFactory, queue_stats
 from tests.support.joblog import count, events
 from tests.support.redis_server import RedisServer, redis_servers
+from tests.support.waiting import wait_until
 
 JOBS = 5000
 LONG = 30.0  # seconds of a long job (scaled down on the daemon that takes it over)

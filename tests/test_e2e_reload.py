@@ -11,16 +11,10 @@ from pathlib import Path
 import pytest
 from drainpool.queue import from_url
 
-from tests.support.daemon import (
-    Daemon,
-    DaemonFactory,
-    base_config,
-    free_port,
-    render_config,
-    wait_until,
-    write_atomic,
-)
+from tests.support.daemon import Daemon, DaemonFactory, base_config, render_config, write_atomic
 from tests.support.joblog import count
+from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
 
 def workers_are(daemon: Daemon, n: int, generation: int) -> bool:

@@ -7,8 +7,9 @@ import re
 import signal
 from pathlib import Path
 
-from tests.support.daemon import DaemonFactory, queue_stats, wait_until
+from tests.support.daemon import DaemonFactory, queue_stats
 from tests.support.joblog import count
+from tests.support.waiting import wait_until
 
 
 def generation_counts(log: str, generation: int = 1) -> dict[str, int]:

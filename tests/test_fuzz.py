@@ -28,7 +28,8 @@ from drainpool.tasks import build_registry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.daemon import REPO, DaemonFactory, queue_stats, render_config, wait_until
+from tests.support.daemon import REPO, DaemonFactory, queue_stats, render_config
+from tests.support.waiting import wait_until
 
 FUZZ = settings(
     max_examples=60,

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.daemon import Daemon, DaemonFactory, queue_stats, wait_until
+from tests.support.daemon import Daemon, DaemonFactory, queue_stats
+from tests.support.waiting import wait_until
 
 RELOADS = int(os.environ.get("DRAINPOOL_LEAK_RELOADS", "1000"))  # even: 2 workers at the end
 WARMUP = 100  # caches, the allocator's arenas and the first imports settle by then
@@ -63,10 +63,11 @@ def reload_to(factory: DaemonFactory, daemon: Daemon, workers: int) -> None:
     ready = daemon.notify.count("READY")
     write_config(factory, workers)
     daemon.signal(signal.SIGHUP)
-    deadline = time.monotonic() + 30
-    while daemon.notify.count("READY") == ready:
-        assert time.monotonic() < deadline, f"no READY=1 after a reload to {workers} workers"
-        time.sleep(0.002)
+    wait_until(
+        lambda: daemon.notify.count("READY") > ready,
+        what=f"READY=1 after a reload to {workers} workers",
+        every=0.002,
+    )
     status = daemon.notify.wait_for("READY", ready + 1)["STATUS"]
     assert status.startswith("running:") and f" {workers} workers," in status, status
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Daemon, DaemonFactory, wait_until
+from tests.support.daemon import Daemon, DaemonFactory
 from tests.support.joblog import count
+from tests.support.waiting import wait_until
 
 NOFILE = 100
 

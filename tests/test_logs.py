@@ -18,10 +18,10 @@ from tests.support.daemon import (
     base_config,
     enqueue,
     render_config,
-    wait_until,
     write_atomic,
 )
 from tests.support.statedump import dump_now
+from tests.support.waiting import wait_until
 
 SECTIONS: dict[str, dict[str, Any]] = {
     "reload": {"watch": False},

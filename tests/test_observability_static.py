@@ -51,12 +51,12 @@ from tests.support.metric_names import (
 from tests.support.prometheus import (
     Prometheus,
     PrometheusError,
-    poll,
     promtool,
     promtool_check_metrics,
     running_prometheus,
 )
 from tests.support.promql import rate_ranges, selectors
+from tests.support.waiting import wait_until
 
 PROMETHEUS_DIR = ALERTS.parent
 ALERT_TESTS = PROMETHEUS_DIR / "alerts_test.yml"
@@ -410,7 +410,7 @@ def test_harness_loads_and_evaluates_the_alert_rules(prometheus: Prometheus) -> 
             r["health"] == "ok" for r in rules
         )
 
-    poll(evaluated, 30, "every alert rule to be loaded and evaluated")
+    wait_until(evaluated, 30, "every alert rule to be loaded and evaluated")
 
 
 def test_harness_reports_promql_errors(prometheus: Prometheus) -> None:

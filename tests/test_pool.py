@@ -15,7 +15,7 @@ from drainpool.queue.sqlite import SqliteQueue
 from drainpool.tasks import TaskSpec
 from drainpool.tasks.examples import noop, sleep
 
-from tests.support.daemon import wait_until
+from tests.support.waiting import wait_until
 
 
 def make_pool(

@@ -19,7 +19,7 @@ from drainpool.queue.base import RetryPolicy
 from drainpool.queue.sqlite import SqliteQueue
 from drainpool.tasks import TaskSpec, _resolve
 
-from tests.support.daemon import Daemon, DaemonFactory, queue_stats, wait_until
+from tests.support.daemon import Daemon, DaemonFactory, queue_stats
 from tests.support.joblog import count, events
 from tests.support.procs import (
     assert_nothing_left,
@@ -29,6 +29,7 @@ from tests.support.procs import (
     new_marker,
     read,
 )
+from tests.support.waiting import wait_until
 from tests.test_e2e_jobs import dead_list
 from tests.test_e2e_stop import enqueue_jobs, generation_counts
 

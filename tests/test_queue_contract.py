@@ -46,7 +46,9 @@ from drainpool.queue.records import encode_result, result_of
 from drainpool.queue.redis import RedisQueue, redact_url
 from drainpool.queue.sqlite import SqliteQueue
 
-from tests.support.redis_server import RedisServer, free_port, redis_servers
+from tests.support.net import free_port
+from tests.support.redis_server import RedisServer, redis_servers
+from tests.support.waiting import wait_until
 
 T = TypeVar("T")
 MakeQueue = Callable[..., Queue]
@@ -55,18 +57,6 @@ DEADLINE = 15.0  # seconds for any awaited condition; generous on a shared machi
 FAST_RETRY = RetryPolicy(
     max_attempts=3, backoff_seconds=0.01, backoff_max_seconds=0.01, rng=random.Random(7)
 )
-
-
-def poll(condition: Callable[[], T], what: str, deadline: float = DEADLINE) -> T:
-    """Return the first truthy result of `condition`, or fail once the deadline passed."""
-    end = time.monotonic() + deadline
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > end:
-            raise AssertionError(f"not within {deadline} s: {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +207,7 @@ def test_delayed_job_is_fetched_only_once_due(queue: Queue) -> None:
 
     before = time.time()
     soon = queue.enqueue("t", "soon", delay=0.2)
-    [job] = poll(lambda: queue.fetch(5, ["t"], 60), "the delayed job is fetched")
+    [job] = wait_until(lambda: queue.fetch(5, ["t"], 60), DEADLINE, "the delayed job is fetched")
 
     assert (job.id, job.payload) == (soon, "soon")
     assert time.time() >= before + 0.2  # never before it was due
@@ -236,7 +226,9 @@ def test_expired_lease_is_delivered_again_counting_an_attempt(make_queue: MakeQu
     first.enqueue("t", "x")
     [held] = first.fetch(1, ["t"], 0.2)
 
-    [again] = poll(lambda: second.fetch(1, ["t"], 60), "the expired job is delivered again")
+    [again] = wait_until(
+        lambda: second.fetch(1, ["t"], 60), DEADLINE, "the expired job is delivered again"
+    )
 
     assert (again.id, again.payload, again.attempt) == (held.id, "x", 2)
     assert again.token != held.token
@@ -254,7 +246,9 @@ def test_renew_keeps_a_job_past_its_first_lease(make_queue: MakeQueue) -> None:
 
     # The control job had the same lease and no renewal: once it is delivered again,
     # the first lease has passed for both, and only the renewal protects `kept`.
-    reclaimed = poll(lambda: other.fetch(5, ["t"], 60), "the control job's lease expires")
+    reclaimed = wait_until(
+        lambda: other.fetch(5, ["t"], 60), DEADLINE, "the control job's lease expires"
+    )
     assert [j.id for j in reclaimed] == [control_id]
     holder.settle(acks=[kept])  # the renewed lease is still the holder's
     assert counts(holder) == (0, 0, 1, 0)
@@ -314,7 +308,9 @@ def test_failure_is_retried_with_backoff_then_dead(queue: Queue) -> None:
     job_id = queue.enqueue("t", {"file": "a.bin"})
     before = time.time()
     for attempt in (1, 2, 3):
-        [job] = poll(lambda: queue.fetch(1, ["t"], 60), f"attempt {attempt} is delivered")
+        [job] = wait_until(
+            lambda: queue.fetch(1, ["t"], 60), DEADLINE, f"attempt {attempt} is delivered"
+        )
         assert (job.id, job.attempt) == (job_id, attempt)
         fail(queue, job, f"boom {attempt}")
 
@@ -605,7 +601,9 @@ def test_redis_leaves_nothing_behind_finished_jobs(shared_redis: RedisServer) ->
         acked, dead = queue.fetch(2, ["t"], 60)
         queue.settle(acks=[acked], failures=[Failure(dead, "x", retry=False)])
         queue.dead_purge()
-        [late] = poll(lambda: queue.fetch(1, ["u"], 60), "the delayed job is fetched")
+        [late] = wait_until(
+            lambda: queue.fetch(1, ["u"], 60), DEADLINE, "the delayed job is fetched"
+        )
         queue.settle(acks=[late])
         queue.close()  # also leaves the consumer groups
 
@@ -826,7 +824,7 @@ def test_a_record_expires_after_its_retention(make_queue: MakeQueue) -> None:
     queue.settle(acks=[job])
     assert state_of(queue, job_id) is JobState.COMPLETED
 
-    poll(lambda: queue.job(job_id) is None, "the record expires")
+    wait_until(lambda: queue.job(job_id) is None, DEADLINE, "the record expires")
 
     assert [i.id for i in queue.jobs()] == [keep_id]
     assert queue.prune() == 1 and queue.prune() == 0

@@ -27,7 +27,7 @@ from drainpool.queue_monitor import QueueMonitor
 from drainpool.tasks import TaskSpec
 from drainpool.tasks.examples import noop
 
-from tests.support.daemon import wait_until
+from tests.support.waiting import wait_until
 
 
 class Clock:

@@ -20,12 +20,12 @@ from tests.support.daemon import (
     DaemonFactory,
     base_config,
     enqueue,
-    free_port,
     render_config,
-    wait_until,
     write_atomic,
 )
+from tests.support.net import free_port
 from tests.support.tls import self_signed
+from tests.support.waiting import wait_until
 
 CLEAR = b"\033[H\033[J"  # cursor home, clear screen: how --watch redraws on a terminal
 

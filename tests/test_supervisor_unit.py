@@ -27,7 +27,7 @@ from drainpool.reloads import MAX_DEBOUNCE_SECONDS, ReloadSchedule
 from drainpool.supervisor import Phase, Supervisor
 from drainpool.systemd import Notifier
 
-from tests.support.daemon import wait_until
+from tests.support.waiting import wait_until
 
 GRACE = 30.0
 

@@ -35,6 +35,9 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from drainpool.queue.base import QueueError
+from drainpool.queue.schemes import check_url
+
 DEFAULT_CONFIG_PATH = Path("/etc/drainpool/drainpool.toml")
 ENV_PREFIX = "DRAINPOOL_"
 MIN_TOKEN_LENGTH = 16  # a console token shorter than this is a password, not a token
@@ -110,15 +113,10 @@ class QueueSettings(_Section):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        if not url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
-            raise ValueError("must start with sqlite:///, redis://, rediss:// or unix://")
-        if not url.startswith("sqlite:"):
-            from drainpool.queue import QueueError, check_url
-
-            try:  # an unknown option must fail here (check-config, reload), not at first use
-                check_url(url)
-            except QueueError as exc:
-                raise ValueError(str(exc)) from None
+        try:  # an unknown scheme or option fails here (check-config, reload), not at first use
+            check_url(url)
+        except QueueError as exc:
+            raise ValueError(str(exc)) from None
         return url
 
 

@@ -25,15 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import (
-    LABEL,
-    Daemon,
-    DaemonFactory,
-    render_config,
-    wait_until,
-    write_atomic,
-)
+from tests.support.daemon import LABEL, Daemon, DaemonFactory, render_config, write_atomic
 from tests.support.tasks import append
+from tests.support.waiting import wait_until
 
 TASKS = "tests.support.chaos_tasks"
 MAX_ATTEMPTS = 5

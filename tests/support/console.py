@@ -17,7 +17,8 @@ from typing import Any
 
 from drainpool.queue import Queue, from_url
 
-from tests.support.daemon import Daemon, DaemonFactory, wait_until
+from tests.support.daemon import Daemon, DaemonFactory
+from tests.support.waiting import wait_until
 
 TOKEN = "console-test-token-0123456789"
 CSRF = {"X-Drainpool-CSRF": "1"}

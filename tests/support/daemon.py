@@ -19,43 +19,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.support.waiting import DEFAULT_TIMEOUT, wait_until
+
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_TIMEOUT = 30.0
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def wait_until(
-    predicate: Callable[[], Any],
-    timeout: float = DEFAULT_TIMEOUT,
-    what: str = "",
-    every: float = 0.2,
-) -> Any:
-    """Poll `predicate` until it returns something truthy, or fail after `timeout`.
-
-    The pause grows from 10 ms to `every` (raise it for costly checks, such as a
-    command run inside a container).
-    """
-    deadline = time.monotonic() + timeout
-    pause = min(0.01, every)
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(pause)
-        pause = min(pause * 1.5, every)
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (for tests that need a fixed one)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def toml_value(value: Any) -> str:

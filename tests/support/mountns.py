@@ -17,10 +17,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.support.daemon import REPO, Daemon
+from tests.support.waiting import wait_until
 
 
 class MountNamespace:
@@ -43,16 +43,19 @@ class MountNamespace:
         and a mount there lands on the host (it did once, on a slow machine, and outlived
         the test)."""
         ours = os.readlink("/proc/self/ns/mnt")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def unshared() -> bool:
             if self.holder.poll() is not None:
                 raise AssertionError(f"unshare --mount exited {self.holder.returncode}")
             with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != ours:
-                    return
-            time.sleep(0.005)
-        self.stop()
-        raise AssertionError(f"unshare --mount made no namespace within {timeout:.0f} s")
+                return os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != ours
+            return False
+
+        try:
+            wait_until(unshared, timeout, "unshare --mount to make its namespace", every=0.005)
+        except AssertionError:
+            self.stop()
+            raise
 
     @property
     def enter(self) -> list[str]:

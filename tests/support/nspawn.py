@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.daemon import wait_until
+from tests.support.waiting import wait_until
 
 SUITE = "bookworm"
 VARIANT = "minbase"

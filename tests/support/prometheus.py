@@ -19,9 +19,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,6 +34,8 @@ from tests.support.expressions import (
     Expression,
     dashboard_and_alert_expressions,
 )
+from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
 # Offered from here too, so an end-to-end test needs one import for the live check.
 __all__ = [
@@ -57,25 +57,6 @@ _PORT_ATTEMPTS = 3
 
 class PrometheusError(RuntimeError):
     """Prometheus did not start, or answered a request with an error."""
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the caller retries on a clash)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Call `check` until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)  # pacing between polls, not a correctness check
 
 
 class Prometheus:
@@ -139,9 +120,9 @@ class Prometheus:
             return predicate(last[0])
 
         try:
-            poll(check, timeout, f"{expr} to hold")
-        except TimeoutError as error:
-            raise TimeoutError(f"{error}; last result: {last[0]}") from None
+            wait_until(check, timeout, f"{expr} to hold")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; last result: {last[0]}") from None
         return last[0]
 
     def targets(self) -> list[dict[str, Any]]:
@@ -156,10 +137,10 @@ class Prometheus:
             return bool(last[0]) and all(t["health"] == "up" for t in last[0])
 
         try:
-            poll(all_up, timeout, "every target to be up")
-        except TimeoutError as error:
+            wait_until(all_up, timeout, "every target to be up")
+        except AssertionError as error:
             states = [(t["scrapeUrl"], t["health"], t["lastError"]) for t in last[0]]
-            raise TimeoutError(f"{error}; targets: {states}") from None
+            raise AssertionError(f"{error}; targets: {states}") from None
         return last[0]
 
     def rules(self) -> list[dict[str, Any]]:
@@ -223,7 +204,7 @@ def _start(config: Path, data_dir: Path, log_path: Path, timeout: float) -> Prom
             return False
 
     try:
-        poll(ready, timeout, f"prometheus on port {port} to be ready")
+        wait_until(ready, timeout, f"prometheus on port {port} to be ready")
     except BaseException:
         server.stop()
         raise
@@ -249,7 +230,7 @@ def running_prometheus(
         try:
             server = _start(config, workdir / "data", log_path, startup_timeout)
             break
-        except (PrometheusError, TimeoutError) as error:
+        except (PrometheusError, AssertionError) as error:
             log = log_path.read_bytes()[log_start:].decode(errors="replace")
             # Another process may take the port between free_port() and the bind.
             if "address already in use" not in log or attempt == _PORT_ATTEMPTS:

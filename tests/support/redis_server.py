@@ -11,7 +11,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -19,16 +18,12 @@ from typing import Any
 
 import pytest
 
+from tests.support.net import free_port
+from tests.support.waiting import wait_until
+
 REDIS_SERVER = Path("/usr/bin/redis-server")
 START_DEADLINE = 20.0  # seconds: generous, the machine is shared and noisy
 STOP_DEADLINE = 10.0
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
@@ -116,20 +111,25 @@ class RedisServer:
             self.proc = subprocess.Popen(
                 self._argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
+        proc = self.proc
+
+        def up() -> bool:
+            if proc.poll() is not None:
                 with open(self.log_path, "rb") as log:
                     log.seek(offset)
                     said = log.read().decode(errors="replace")
                 if "Address already in use" in said:
                     raise _PortTaken(said)
                 raise RuntimeError(f"redis-server exited at start:\n{said[-2000:]}")
-            if self._answers_ping():
-                return
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"redis-server did not answer PING in {deadline} s:\n{self.log_tail()}")
+            return self._answers_ping()
+
+        try:
+            wait_until(up, deadline, "redis-server to answer PING", every=0.02)
+        except AssertionError:
+            self.kill()
+            raise RuntimeError(
+                f"redis-server did not answer PING in {deadline} s:\n{self.log_tail()}"
+            ) from None
 
     def _answers_ping(self) -> bool:
         # Raw RESP keeps this helper independent of the client under test.

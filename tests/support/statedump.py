@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-from tests.support.daemon import Daemon, wait_until
+from tests.support.daemon import Daemon
+from tests.support.waiting import wait_until
 
 _FRAME = re.compile(r'File "[^"]+", line \d+, in (\w+)')
 

@@ -281,7 +281,7 @@ def loads_or_raw(body: str | bytes) -> Any:
 
 @runtime_checkable
 class Queue(Protocol):
-    """A durable job queue with leases (see DESIGN.md, "Queue").
+    """A durable job queue with leases (see docs/architecture.md and the README's "Queue").
 
     Producers open one with `Queue.from_url(url)`; each backend also offers its
     own `from_url`, which opens only its kind of URL.
@@ -292,10 +292,12 @@ class Queue(Protocol):
         """Open the queue that `url` names: sqlite:///relative/to/cwd, sqlite:////abs, redis://.
 
         A protocol member with a body: on `Queue` itself it picks the backend by
-        the URL's scheme (drainpool.queue.from_url, which also takes the options
+        the URL's scheme (drainpool.queue.schemes, which also takes the options
         the daemon needs); backends override it with their own constructor.
         """
-        from drainpool.queue import from_url  # the package imports this module
+        # Imported here, not at the top: the registry imports this module for
+        # QueueError and redact_url, and names the backends only by module path.
+        from drainpool.queue.schemes import from_url
 
         return from_url(url, retry=retry)
 
