@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +20,10 @@ from tests.support.waiting import wait_until
 
 
 def make_pool(
-    tmp_path: Path, workers: int = 2, prefetch: int | Literal["auto"] = 1
+    tmp_path: Path,
+    workers: int = 2,
+    prefetch: int | Literal["auto"] = 1,
+    clock: Callable[[], float] = time.monotonic,
 ) -> tuple[Pool, SqliteQueue, Metrics]:
     queue = SqliteQueue(tmp_path / "q.db")
     metrics = Metrics()
@@ -28,7 +32,7 @@ def make_pool(
         "noop": TaskSpec("noop", "drainpool.tasks.examples:noop", "function", noop),
     }
     config = PoolConfig("default", workers, 5.0, 30.0, 0.05, prefetch=prefetch)
-    return Pool(config, 1, tasks, queue, metrics), queue, metrics
+    return Pool(config, 1, tasks, queue, metrics, clock=clock), queue, metrics
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -90,7 +94,9 @@ def test_auto_reserve_holds_about_50_ms_of_work_between_one_and_32_jobs_per_work
 
 
 def test_auto_prefetch_deepens_the_reserve_once_jobs_prove_short(tmp_path: Path) -> None:
-    pool, queue, metrics = make_pool(tmp_path, workers=2, prefetch="auto")
+    # A clock that stands still: every run measures 0 s, whatever the machine's load, so the
+    # mean run time is known exactly and the reserve reaches its cap of 2 x 32.
+    pool, queue, metrics = make_pool(tmp_path, workers=2, prefetch="auto", clock=lambda: 1000.0)
     for _ in range(40):
         queue.enqueue("noop", {})
     for _ in range(80):
@@ -104,8 +110,6 @@ def test_auto_prefetch_deepens_the_reserve_once_jobs_prove_short(tmp_path: Path)
         return (running, handed) == (2, 64) and queue.stats().leased == 2 + 64
 
     pool.start()
-    # The cap of 2 x 32 needs a mean run time under 1.5 ms: forty no-ops get there even
-    # if the first ones were slow (a late one of up to 12 ms still keeps it there).
     wait_until(settled, what="2 sleeps running, 64 reserved, the no-ops acked")
     assert (pool.snapshot()["reserve"], pool.snapshot()["handed"]) == (64, 64)
     assert pool.counts["completed"] == 40
