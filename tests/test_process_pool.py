@@ -239,9 +239,10 @@ def test_in_process_outcomes_cross_as_json_with_the_childs_traceback(tmp_path: P
     refs = {"fail": "drainpool.tasks.examples:fail", "odd": "tests.support.tasks:unjsonable"}
     tasks: dict[str, TaskSpec] = {name: _resolve(name, ref) for name, ref in refs.items()}
     metrics = Metrics()
-    pool = Pool(PoolConfig("default", 2, 5.0, 30.0, 0.05, "process"), 1, tasks, queue, metrics)
+    config = PoolConfig("default", 2, 5.0, 30.0, 0.05, "process", result_max_bytes=65536)
+    pool = Pool(config, 1, tasks, queue, metrics)
     queue.enqueue("fail", {"message": "no disk"})
-    queue.enqueue("odd", {})
+    odd = queue.enqueue("odd", {})
     pool.start()
     try:
         wait_until(lambda: pool.counts["failed"] == 1 and pool.counts["completed"] == 1)
@@ -254,9 +255,13 @@ def test_in_process_outcomes_cross_as_json_with_the_childs_traceback(tmp_path: P
     assert dead.error == "DemandedFailure: no disk"
     # The traceback is the child's own, from the task's module.
     assert "daemon/drainpool/tasks/examples.py" in dead.traceback and "in fail" in dead.traceback
-    # The set JSON cannot hold came back as its repr: the job completed, the worker lived.
+    # The set JSON cannot hold: the job completed, the worker lived, the record says why.
     stats = queue.stats()
     assert (stats.ready, stats.leased, stats.dead) == (0, 0, 1)
+    record = queue.job(odd)
+    assert record is not None and record.state == "completed" and not record.result_kept
+    assert record.result_note.startswith("result not kept: not JSON: "), record.result_note
+    assert record.worker is not None and record.worker.pool == "default"
     queue.close()
     assert pool.stray_threads() == 0
     assert [read(pid) for pid in pids["processes"]] == [None, None], "children reaped"

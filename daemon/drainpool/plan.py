@@ -37,6 +37,9 @@ def plan_pools(settings: Settings, registry: dict[str, TaskSpec]) -> dict[str, P
             poll_interval_seconds=settings.queue.poll_interval_seconds,
             kind=pool.kind,
             prefetch=pool.prefetch,
+            result_max_bytes=(
+                settings.queue.result_max_bytes if settings.queue.retention_seconds > 0 else None
+            ),
         )
 
     if not settings.pools:

@@ -30,7 +30,8 @@ from typing import Any, Literal
 from drainpool.context import Interrupted, ShutdownEvent, TaskContext, failure_details
 from drainpool.metrics import Metrics
 from drainpool.outcomes import Outcome
-from drainpool.queue.base import Failure, Job, Queue, QueueUnavailable
+from drainpool.queue.base import Done, Failure, Job, Queue, QueueUnavailable, WorkerIdentity
+from drainpool.queue.records import encode_result
 from drainpool.runner import Runner, runner_for
 from drainpool.tasks import TaskSpec
 
@@ -73,6 +74,9 @@ class PoolConfig:
     poll_interval_seconds: float
     kind: str = "thread"  # "process": drainpool.procpool.ProcessRunner, a child per worker
     prefetch: int | Literal["auto"] = "auto"  # jobs leased beyond the free workers (see Pool)
+    # A completed job's result is kept in its record up to this many bytes of JSON;
+    # None: records are not kept (queue.retention_seconds = 0), so it is not even encoded.
+    result_max_bytes: int | None = None
 
 
 class RecentOutcomes:
@@ -116,7 +120,7 @@ class _Running:
 
 @dataclass(slots=True)
 class _Settlement:
-    acks: list[Job] = field(default_factory=list)
+    acks: list[Job | Done] = field(default_factory=list)
     releases: list[Job] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
 
@@ -151,6 +155,7 @@ class Pool:
     ) -> None:
         self.config = config
         self.generation = generation
+        self._identity = WorkerIdentity.here(config.name)  # recorded with each claim
         self._runner = runner or runner_for(config.kind)
         self.tasks = self._runner.prepare(f"{config.name}-g{generation}", tasks)
         self._clock = clock  # monotonic: run times, the dispatcher's deadlines and backoff
@@ -328,9 +333,11 @@ class Pool:
         )
         ctx = TaskContext(job.id, job.attempt, job.task, logger, self.shutdown)
         failure: Failure | None = None
+        done: Job | Done = job
         try:
             result = spec.handler(ctx, job.payload)
             outcome = Outcome.COMPLETED
+            done = self._done(job, result)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("job %s completed: %r", job.id, result)
         except Interrupted:
@@ -358,7 +365,7 @@ class Pool:
                 return  # released at the deadline; it may already run elsewhere
             self.counts[outcome] += 1
             if outcome is Outcome.COMPLETED:
-                self._settle.acks.append(job)
+                self._settle.acks.append(done)
             elif failure is not None:
                 self._settle.failures.append(failure)
             else:
@@ -366,6 +373,14 @@ class Pool:
             self._dispatch_wake.notify()
         metrics.finished(job.task, outcome, seconds)
         self._recent.add(self, job, outcome, seconds)
+
+    def _done(self, job: Job, result: object) -> Job | Done:
+        """The ack of a completed job, with its result encoded here, in the worker's thread."""
+        limit = self.config.result_max_bytes
+        if limit is None:
+            return job
+        result_json, note = encode_result(result, limit)
+        return Done(job, result_json, note)
 
     # -- dispatcher -----------------------------------------------------------
 
@@ -478,10 +493,16 @@ class Pool:
         lease = self.config.lease_seconds
         if batch:
             jobs = self._queue.settle_and_fetch(
-                batch.acks, batch.releases, batch.failures, want, self.tasks.keys(), lease
+                batch.acks,
+                batch.releases,
+                batch.failures,
+                want,
+                self.tasks.keys(),
+                lease,
+                worker=self._identity,
             )
         elif want:
-            jobs = self._queue.fetch(want, self.tasks.keys(), lease)
+            jobs = self._queue.fetch(want, self.tasks.keys(), lease, worker=self._identity)
         else:
             return 0
         self._hand_over(jobs)
@@ -511,7 +532,9 @@ class Pool:
 
     def _fetch(self, free: int) -> int:
         """Fetch and hand over up to `free` jobs (tests drive this directly)."""
-        jobs = self._queue.fetch(free, self.tasks.keys(), self.config.lease_seconds)
+        jobs = self._queue.fetch(
+            free, self.tasks.keys(), self.config.lease_seconds, worker=self._identity
+        )
         self._hand_over(jobs)
         return len(jobs)
 

@@ -47,6 +47,7 @@ from drainpool.context import (
 from drainpool.logs import JsonFormatter
 from drainpool.outcomes import Outcome
 from drainpool.procworker import BOOTSTRAP, Channel
+from drainpool.queue.records import NotJson
 from drainpool.tasks import TaskSpec
 
 log = logging.getLogger("drainpool.pool")
@@ -252,6 +253,8 @@ class ProcessRunner:
                 worker.job_id = None
         outcome = reply["outcome"]
         if outcome == Outcome.COMPLETED:
+            if "not_json" in reply:  # the child could not send it: the record says why
+                return NotJson(reply["not_json"])
             return reply.get("result")
         if outcome == Outcome.INTERRUPTED:
             raise Interrupted

@@ -93,8 +93,8 @@ def main() -> None:
         reply = _run(inbox.get(), tasks, handlers, shutdown)
         try:
             channel.send(reply)
-        except (TypeError, ValueError):  # a result JSON cannot hold: keep its repr
-            reply["result"] = repr(reply.get("result"))
+        except (TypeError, ValueError, RecursionError) as exc:  # a result JSON cannot hold
+            reply = {"outcome": reply["outcome"], "not_json": " ".join(str(exc).split())}
             channel.send(reply)
 
 

@@ -38,6 +38,7 @@ from drainpool.pool import Pool, RecentOutcomes
 from drainpool.queue import Queue
 from drainpool.queue_monitor import QueueMonitor
 from drainpool.reloads import ReloadRecord, ReloadSchedule, describe_restarts, reload_changes
+from drainpool.retention import Pruner
 from drainpool.settings import ConfigError, LoadedConfig, Settings
 from drainpool.systemd import Notifier
 from drainpool.tasks import TaskSpec
@@ -114,6 +115,7 @@ class Supervisor:
             lambda: self.inbox.put(QueueHealthChanged()),
         )
         self.endpoint = Endpoint(self)
+        self._pruner = Pruner(lambda: self.queue)  # expired job records, in the background
         self._drain: Drain[Pool] | None = None
         self._pending: tuple[LoadedConfig, dict[str, TaskSpec], str] | None = None  # after a drain
         self._stop_requested = False
@@ -141,6 +143,7 @@ class Supervisor:
         for name, plan in plan_pools(settings, self.registry).items():
             self._generations.start(name, plan, self.registry, queue)
         self._apply_watch(settings)
+        self._pruner.start()
         self._enter(Phase.RUNNING)
         self._generations.publish()
         log.info(
@@ -164,6 +167,7 @@ class Supervisor:
     def close(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        self._pruner.stop()
         self._generations.close()
         self.endpoint.stop()
         if self.queue is not None:

@@ -33,11 +33,20 @@ WAIT_FIRST_PAUSE = 0.002  # a polling backend's first pause; doubled up to WAIT_
 WAIT_MAX_PAUSE = 0.1
 
 
+class NotJson:
+    """A result that JSON could not hold where it was made (a process worker's child)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 def encode_result(value: Any, max_bytes: int = RESULT_MAX_BYTES) -> tuple[str | None, str]:
     """A task's return value as (JSON text, "") or (None, why it is not kept); never raises.
 
     A result that cannot be stored must never fail the job that returned it.
     """
+    if isinstance(value, NotJson):
+        return None, f"result not kept: not JSON: {value.reason}"
     try:
         text = json.dumps(value, separators=(",", ":"), allow_nan=False)
     except RecursionError:

@@ -52,6 +52,7 @@ KILL_AFTER_TIMEOUT_SECONDS = 5.0  # SIGTERM at timeout_seconds, SIGKILL this muc
 REAP_WAIT_SECONDS = 1.0  # how long abandon() waits for a SIGKILLed command to be reaped
 OUTPUT_DRAIN_SECONDS = 1.0  # reading what is left in the pipes after the program exited
 STDERR_TAIL = 1500  # characters of stderr in a failed job's error (the pool keeps 2000)
+STDOUT_TAIL = 4000  # characters of stdout kept in a completed job's result
 LINE_MAX = 8192  # a longer line is logged in pieces
 _LINE_END = re.compile(rb"[\r\n]")  # \r too: progress meters (ffmpeg) rewrite one line
 
@@ -180,14 +181,15 @@ def _run(ctx: TaskContext, argv: list[str], ref: CommandTask) -> dict[str, Any]:
     seconds = time.monotonic() - started
     if child.stopped_for_shutdown:
         raise Interrupted
-    tail = child.stderr_tail()
+    tail = child.tail("stderr", STDERR_TAIL * 2)
     if child.timed_out:
         message = f"{argv[0]} timed out after {ref.timeout_seconds:g}s{_stderr(tail)}"
         raise JobFailed(message, traceback=tail)
     if proc.returncode != 0:
         how = exit_description(proc.returncode)
         raise JobFailed(f"{argv[0]} {how}{_stderr(tail)}", traceback=tail)
-    return {"exit_code": 0, "seconds": round(seconds, 3)}
+    stdout = child.tail("stdout", STDOUT_TAIL)[-STDOUT_TAIL:]
+    return {"exit_code": 0, "seconds": round(seconds, 3), "stdout_tail": stdout}
 
 
 def _stderr(tail: str) -> str:
@@ -209,7 +211,11 @@ class _Child:
         self.timed_out = False
         self.selector = selectors.DefaultSelector()
         self.lines: dict[int, bytearray] = {}
-        self.stderr_lines: collections.deque[str] = collections.deque(maxlen=200)
+        # The last lines of each stream: stderr for a failure's error, stdout for the result.
+        self.last_lines: dict[str, collections.deque[str]] = {
+            "stdout": collections.deque(maxlen=200),
+            "stderr": collections.deque(maxlen=200),
+        }
         for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
             assert stream is not None
             self.selector.register(stream.fileno(), selectors.EVENT_READ, name)
@@ -322,15 +328,15 @@ class _Child:
         if not line:
             return
         self.logger.info("%s: %s", name, line)
-        if name == "stderr":
-            self.stderr_lines.append(line)
+        self.last_lines[name].append(line)
 
-    def stderr_tail(self) -> str:
+    def tail(self, name: str, limit: int) -> str:
+        """The last lines of stdout or stderr, about `limit` characters (at least one line)."""
         tail: list[str] = []
         size = 0
-        for line in reversed(self.stderr_lines):
+        for line in reversed(self.last_lines[name]):
             size += len(line) + 1
-            if size > STDERR_TAIL * 2 and tail:
+            if size > limit and tail:
                 break
             tail.append(line)
         return "\n".join(reversed(tail))
