@@ -127,3 +127,17 @@ def gate(ctx: TaskContext, payload: dict[str, Any]) -> str:
 def say(ctx: TaskContext, payload: dict[str, Any]) -> None:
     """Logs `text` through the task's own logger, which tags records with job and task."""
     ctx.logger.info("task says %s", payload["text"])
+
+
+# -- tasks whose return values the job-records tests read back --
+
+
+def echo(ctx: TaskContext, payload: dict[str, Any]) -> Any:
+    """Return `value` as it came (a JSON value), or `size` characters of 'x'."""
+    if "size" in payload:
+        return "x" * int(payload["size"])
+    return payload.get("value")
+
+
+async def async_echo(ctx: TaskContext, payload: dict[str, Any]) -> Any:
+    return {"async": payload.get("value")}
