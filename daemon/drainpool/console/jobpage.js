@@ -74,7 +74,9 @@
     ];
     if (job.payload_error) parts.push(el("p", { class: "muted" }, job.payload_error));
     if (job.result_kept) parts.push(el("h3", {}, "Result"), el("pre", { class: "result" }, payloadText(job.result)));
-    else if (job.result_note) parts.push(el("h3", {}, "Result"), el("p", { class: "muted result-note" }, job.result_note));
+    else if (job.result_note || job.state === "completed") {
+      parts.push(el("h3", {}, "Result"), el("p", { class: "muted result-note" }, job.result_note || "(no result kept)"));
+    }
     if (job.error) {
       parts.push(el("h3", {}, job.state === "dead" ? "Error" : "Last error"), el("pre", { class: "error-text" }, job.error));
       parts.push(el("h3", {}, "Traceback"), el("pre", { class: "traceback" }, job.traceback || "(none)"));
