@@ -47,9 +47,12 @@ class Endpoints:
 
 
 def _under(routes: Mapping[str, Route], path: str) -> Route | None:
-    """The route keyed by `path` up to its last "/" (a key ending in "/"), if any."""
-    head, slash, rest = path.rpartition("/")
-    if not slash or not rest:
+    """The route keyed by `path` up to its last "/" (a key ending in "/"), if any.
+
+    Never "/" itself: that is the console's page, not a prefix.
+    """
+    head, _, rest = path.rpartition("/")
+    if not head or not rest:
         return None
     return routes.get(head + "/")
 
