@@ -130,9 +130,11 @@ def test_every_console_answer_carries_the_security_policy(
     page = call(daemon, "GET", "/")
     assert page.code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<script src="/static/console.js"' in page.body
-    for path in ("/", "/static/console.js", "/static/console.css", "/api/queue", "/api/dead"):
+    static = ("/static/console.js", "/static/chart.js", "/static/jobpage.js", "/static/console.css")
+    reads = ("/api/queue", "/api/dead", "/api/outcomes/minutes", "/api/jobs/1")
+    for path in ("/", *static, *reads):
         answer = call(daemon, "GET", path)
-        assert answer.code == 200, path
+        assert answer.code == (404 if path == "/api/jobs/1" else 200), path  # no job 1 yet
         policy = answer.headers["content-security-policy"]
         assert "script-src 'self'" in policy and "unsafe-inline" not in policy, path
         assert "frame-ancestors 'none'" in policy and "object-src 'none'" in policy, path
@@ -265,6 +267,12 @@ def test_reading_off_loopback_needs_the_token(factory: DaemonFactory, tmp_path: 
     assert call(daemon, "GET", "/").code == 200  # the page itself holds no data
     assert call(daemon, "GET", "/api/status").code == 200  # drainpool reload/status read it
     assert api(daemon, "/api/console")["reading_needs_token"] is True
+    for path in ("/api/jobs/1", "/api/outcomes/minutes"):
+        assert call(daemon, "GET", path).code == 401, path
+        assert call(daemon, "GET", path, headers={"Authorization": f"Bearer {TOKEN}"}).code in (
+            200,
+            404,  # no job 1: the token was accepted
+        ), path
 
     # Without a token configured, nobody can read the console off loopback.
     console_config(factory, actions=False, host="0.0.0.0", token=None)
@@ -342,3 +350,42 @@ def test_check_config_never_prints_the_token(
     refused = factory.cli("check-config", config=console_config(factory, token=None))
     assert refused.returncode == 78
     assert "console.actions = true needs console.token" in refused.stderr
+
+
+def test_a_job_by_id_and_the_outcomes_per_minute(factory: DaemonFactory, tmp_path: Path) -> None:
+    daemon = factory.start(console_config(factory))
+    with open_queue(tmp_path) as queue:
+        [dead_id] = make_dead(queue, tmp_path, 1)
+        # A task no pool serves, settled here as a pool would, with its batch's counts.
+        queue.enqueue("offline", {"n": 1})
+        [job] = queue.fetch(1, ["offline"], 60)
+        queue.settle(acks=[job], outcomes={"completed": 2, "interrupted": 1})
+
+    record = api(daemon, f"/api/jobs/{dead_id}")
+    assert (record["id"], record["task"], record["state"]) == (dead_id, "flaky", "dead")
+    assert record["payload"] == flaky_payload(tmp_path, "failure number 0")
+    assert "failure number 0" in record["error"] and record["traceback"]
+    assert record["attempts"] == 1 and record["enqueued_at"] <= record["finished_at"]
+    assert record["worker"]["pid"] == daemon.pid
+    assert api(daemon, f"/api/jobs/{job.id}")["state"] == "completed"
+
+    missing = call(daemon, "GET", "/api/jobs/987654")
+    assert missing.code == 404
+    assert missing.body["error"] == (
+        "no job 987654 (never enqueued, or its record expired after retention_seconds)"
+    )
+    assert call(daemon, "GET", "/api/jobs/not-an-id").code == 404
+    assert call(daemon, "GET", f"/api/jobs/{dead_id}/more").code == 404
+    assert call(daemon, "GET", "/api/jobs/").code == 404
+
+    answer = api(daemon, "/api/outcomes/minutes")
+    minutes = answer["minutes"]
+    assert answer["outcomes"] == [
+        "completed", "failed", "interrupted", "cancelled", "abandoned", "dead"
+    ]  # fmt: skip
+    assert 60 <= len(minutes) <= 62  # the last hour, minute by minute, zero-filled
+    assert all(set(m) == {"minute", *answer["outcomes"]} for m in minutes)
+    total = {name: sum(m[name] for m in minutes) for name in answer["outcomes"]}
+    # At least: the pool may count its own outcomes too (the flaky job's failure).
+    assert total["completed"] >= 2 and total["interrupted"] >= 1
+    assert total["dead"] == 1  # the queue counts the final failure itself

@@ -157,6 +157,16 @@ def test_console_shows_the_daemon_and_retries_a_dead_job(
     assert console.texts("#state") == ["running"]
     assert console.texts("#pools td")[:3] == ["default", "1", "2"]
 
+    # The chart of outcomes per minute shows the two deaths (counted by the queue itself).
+    dead_bars = "#outcome-chart svg.chart rect.bar[data-outcome='dead']"
+    page.wait_for_selector(dead_bars)
+    bars = page.locator(dead_bars).evaluate_all(
+        "bars => bars.map(b => [Number(b.dataset.n), b.getBoundingClientRect().height])"
+    )
+    assert sum(n for n, _ in bars) == 2 and all(height > 0 for _, height in bars)
+    assert console.texts("#chart-legend [data-outcome='dead'] b") == ["2"]
+    assert page.locator("#outcome-chart svg.chart text.axis-label").count() >= 3
+
     # Enter the token, look at one dead job's details, and keep a picture of the page.
     page.fill("#token", TOKEN)
     page.click("#token-form button[type=submit]")
@@ -181,6 +191,38 @@ def test_console_shows_the_daemon_and_retries_a_dead_job(
     assert f"done {dead[0]} 1" in (tmp_path / "jobs.log").read_text()
     assert [job["id"] for job in api(daemon, "/api/dead")["dead"]] == [dead[1]]
     assert "console dead_retry by 127.0.0.1" in daemon.log()
+
+    # Its job page, from the recent outcomes list: the record as the API gives it.
+    page.click(f'#outcomes tr[data-job-id="{dead[0]}"][data-outcome="completed"] a.job-link')
+    page.wait_for_selector(f'#job-body[data-job-id="{dead[0]}"] #job-state')
+    record = api(daemon, f"/api/jobs/{dead[0]}")
+    assert console.texts("#job-state") == ["completed"] == [record["state"]]
+    facts = dict(zip(console.texts("#job-facts dt"), console.texts("#job-facts dd"), strict=True))
+    assert facts["Task"] == "flaky" and facts["Attempts"] == str(record["attempts"])
+    assert facts["Daemon"].split(" pool")[0] == f"{record['worker']['host']} pid {daemon.pid}"
+    steps = console.texts("#job-body .timeline-steps li b")
+    assert steps == ["enqueued", "first started", "completed"]
+    assert page.locator("#overview").is_hidden()
+    job_shot = tmp_path / "console-job.png"
+    job_shot.write_bytes(page.screenshot(full_page=True))
+    save_artifact(job_shot)
+    page.click("a.back")
+    page.wait_for_selector("#overview:not([hidden])")
+
+    # The other dead job, found by its id: its error and traceback.
+    page.fill("#find-id", dead[1])
+    page.press("#find-id", "Enter")
+    page.wait_for_selector(f'#job-body[data-job-id="{dead[1]}"] pre.traceback')
+    assert console.texts("#job-state") == ["dead"]
+    assert "upstream answered 503" in console.texts("#job-body pre.error-text")[0]
+    page.fill("#find-id", "987654")
+    page.press("#find-id", "Enter")
+    page.wait_for_selector("#job-body .job-missing")
+    assert console.texts("#job-body .job-missing") == [
+        "no job 987654 (never enqueued, or its record expired after retention_seconds)"
+    ]
+    page.click("a.back")
+    page.wait_for_selector("#overview:not([hidden])")
 
     # A reload from the page with a broken file: rejected, and the page says why.
     console_config(factory, workers=0)

@@ -11,6 +11,7 @@ The job records part (issue 18) is the second half, after the Redis-only tests.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import sqlite3
@@ -42,6 +43,7 @@ from drainpool.queue.base import (
     RetryPolicy,
     WorkerIdentity,
 )
+from drainpool.queue.outcome_minutes import KEEP_SECONDS, MINUTE, OUTCOMES
 from drainpool.queue.records import encode_result, result_of
 from drainpool.queue.redis import RedisQueue, redact_url
 from drainpool.queue.sqlite import SqliteQueue
@@ -610,8 +612,11 @@ def test_redis_leaves_nothing_behind_finished_jobs(shared_redis: RedisServer) ->
         raw = redis.Redis.from_url(shared_redis.url, decode_responses=True, protocol=2)
         with raw:
             left = set(raw.scan_iter(f"{prefix}:*"))
+            # The outcome counts of this minute (the dead job) expire by themselves.
+            buckets = {key for key in left if key.startswith(f"{prefix}:outcomes:")}
+            assert len(buckets) in (1, 2) and all(raw.ttl(key) > 0 for key in buckets)
             # What may stay: the id counter, the task list, the (empty) streams, the version.
-            assert left == {
+            assert left - buckets == {
                 f"{prefix}:seq",
                 f"{prefix}:tasks",
                 f"{prefix}:version",
@@ -1065,3 +1070,126 @@ def test_redis_keys_of_the_previous_release_are_upgraded_in_place(
         assert info is not None and info.error == "old error"
     finally:
         queue.close()
+
+
+# == outcome counts per minute (issue 18, the console's chart) ===================
+# settle(..., outcomes=...) adds a batch's counts to the current minute in the same
+# step; the queue adds `dead` for final failures; outcome_minutes() reads them back.
+
+
+def totals(minutes: list[dict[str, Any]]) -> dict[str, int]:
+    """The counts summed over every minute (a test may straddle a minute's end)."""
+    return {name: sum(m[name] for m in minutes) for name in OUTCOMES}
+
+
+def leased(queue: Queue, n: int) -> list[Job]:
+    for i in range(n):
+        queue.enqueue("t", i)
+    return poll(lambda: queue.fetch(n, ["t"], 60), f"{n} jobs leased")
+
+
+def test_settle_counts_outcomes_per_minute_durably(make_queue: MakeQueue) -> None:
+    first, second = make_queue(), make_queue()  # two daemons on one queue
+    since = time.time() - MINUTE
+    a, b, c, d = leased(first, 4)
+    first.settle(acks=[a, b], releases=[c], outcomes={"completed": 2, "abandoned": 1})
+    [e] = leased(second, 1)
+    more = second.settle_and_fetch(
+        [],
+        [],
+        [Failure(d, "boom", retry=False), Failure(e, "boom")],
+        0,
+        ["t"],
+        60,
+        outcomes={"failed": 2, "cancelled": 0},
+    )
+    assert more == []
+
+    expected = dict.fromkeys(OUTCOMES, 0) | {"completed": 2, "abandoned": 1, "failed": 2, "dead": 1}
+    assert totals(first.outcome_minutes(since)) == expected
+    first.close()
+    reopened = make_queue()  # as after a restart: the counts are in the queue's storage
+    minutes = reopened.outcome_minutes(since)
+    assert totals(minutes) == expected
+    assert all(m["minute"] % MINUTE == 0 for m in minutes)
+    assert [m["minute"] for m in minutes] == sorted(m["minute"] for m in minutes)
+
+
+def test_outcome_minutes_gives_every_minute_zero_filled(queue: Queue) -> None:
+    minutes = queue.outcome_minutes(time.time() - 10 * MINUTE)
+    assert len(minutes) in (10, 11, 12)  # from since's minute to now's, both included
+    assert all(set(m) == {"minute", *OUTCOMES} for m in minutes)
+    assert totals(minutes) == dict.fromkeys(OUTCOMES, 0)
+    steps = {b["minute"] - a["minute"] for a, b in itertools.pairwise(minutes)}
+    assert steps == {MINUTE}
+    # Never further back than the buckets are kept.
+    assert len(queue.outcome_minutes(0)) <= KEEP_SECONDS // MINUTE + 2
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "named"),
+    [({"exploded": 1}, "exploded"), ({"completed": -1}, "completed"), ({"failed": 1.5}, "failed")],
+)
+def test_bad_outcome_counts_are_refused_and_nothing_is_settled(
+    queue: Queue, outcomes: dict[str, Any], named: str
+) -> None:
+    [job] = leased(queue, 1)
+    with pytest.raises(QueueError, match=named):
+        queue.settle(acks=[job], outcomes=outcomes)
+    assert counts(queue) == (0, 0, 1, 0)
+    assert totals(queue.outcome_minutes(time.time() - MINUTE))["completed"] == 0
+
+
+def test_redis_outcome_buckets_expire_by_themselves(shared_redis: RedisServer) -> None:
+    queue = RedisQueue.from_url(shared_redis.url, prefix=f"test-{uuid.uuid4().hex[:12]}")
+    try:
+        [job] = leased(queue, 1)
+        queue.settle(acks=[job], outcomes={"completed": 1})
+        raw = redis.Redis.from_url(shared_redis.url, decode_responses=True)
+        with raw:
+            [key] = raw.keys(f"{queue.prefix}:outcomes:*")
+            assert raw.hgetall(key) == {"completed": "1"}
+            assert 0 < raw.ttl(key) <= KEEP_SECONDS
+    finally:
+        queue.close()
+
+
+def test_sqlite_prune_drops_buckets_older_than_kept(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    queue = SqliteQueue(tmp_path / "q.db", clock=lambda: now[0])
+    try:
+        [job] = leased(queue, 1)
+        queue.settle(acks=[job], outcomes={"completed": 3})
+        assert totals(queue.outcome_minutes(now[0] - MINUTE))["completed"] == 3
+        now[0] += KEEP_SECONDS - MINUTE
+        queue.prune()
+        assert totals(queue.outcome_minutes(0))["completed"] == 3  # still kept
+        now[0] += 2 * MINUTE
+        queue.prune()
+        with sqlite3.connect(queue.path) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM outcome_minutes").fetchone() == (0,)
+    finally:
+        queue.close()
+
+
+def test_sqlite_schema_5_is_upgraded_to_6_keeping_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    old = SqliteQueue(path)
+    job_id = old.enqueue("t", {"kept": True})
+    old.close()
+    with sqlite3.connect(path) as conn:  # the file as schema 5 left it
+        conn.execute("DROP TABLE outcome_minutes")
+        conn.execute("PRAGMA user_version = 5")
+    conn.close()
+
+    queue = SqliteQueue(path)
+    try:
+        [job] = queue.fetch(1, ["t"], 60)
+        assert job.id == job_id and job.payload == {"kept": True}
+        queue.settle(acks=[job], outcomes={"completed": 1})
+        assert totals(queue.outcome_minutes(time.time() - MINUTE))["completed"] == 1
+    finally:
+        queue.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (6,)
+    conn.close()

@@ -287,7 +287,7 @@ def test_an_older_file_is_upgraded_in_place_with_every_job_kept(
         )
     }
     assert names == {"jobs_ready", "jobs_leased", "jobs_dead", "jobs_key", "jobs_expiry"}
-    assert conn.execute("PRAGMA user_version").fetchone() == (5,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (6,)
     assert conn.execute("SELECT value FROM meta").fetchone() == ("f00d",)  # the same file
     conn.close()
 

@@ -1,7 +1,8 @@
 """The web console (issue 11): a page at / and the JSON API under /api/ that it reads.
 
 Reading. The page and its two static files hold no data and are always
-served. The data routes (/api/running, /api/queue, /api/dead, /api/outcomes)
+served. The data routes (/api/running, /api/queue, /api/dead, /api/outcomes,
+/api/outcomes/minutes, /api/jobs/ID)
 answer without a token only when the endpoint is bound to loopback, and then
 only to a loopback Host header, so a DNS-rebinding page cannot read them
 through the victim's browser. Bound anywhere else, they need the bearer token,
@@ -29,15 +30,17 @@ import ipaddress
 import json
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from drainpool import __version__
 from drainpool.httpserver import BodyTooLarge, Handler, Route
-from drainpool.queue.base import Queue, QueueError, QueueUnavailable
+from drainpool.queue.base import JobNotFound, Queue, QueueError, QueueUnavailable
+from drainpool.queue.outcome_minutes import OUTCOMES
 from drainpool.settings import ConsoleSettings
 
 log = logging.getLogger("drainpool.console")
@@ -47,6 +50,8 @@ STATIC_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/console.css": ("console.css", "text/css; charset=utf-8"),
     "/static/console.js": ("console.js", "text/javascript; charset=utf-8"),
+    "/static/chart.js": ("chart.js", "text/javascript; charset=utf-8"),
+    "/static/jobpage.js": ("jobpage.js", "text/javascript; charset=utf-8"),
     "/static/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
 CSP = (
@@ -64,6 +69,7 @@ SECURITY_HEADERS = {
 CSRF_HEADER = "X-Drainpool-CSRF"
 MAX_LIMIT = 1000  # rows of one dead-letter or outcome answer
 MAX_IDS = 1000  # ids in one retry or purge
+CHART_SECONDS = 3600  # the outcomes chart's span: the last hour, minute by minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,8 @@ class Console:
         routes["/api/queue"] = self._guarded(self._queue)
         routes["/api/dead"] = self._guarded(self._dead)
         routes["/api/outcomes"] = self._guarded(self._outcomes)
+        routes["/api/outcomes/minutes"] = self._guarded(self._outcome_minutes)
+        routes["/api/jobs/"] = self._guarded(self._job)  # /api/jobs/ID (httpserver._under)
         return routes
 
     def post_routes(self) -> dict[str, Route]:
@@ -266,6 +274,25 @@ class Console:
     def _outcomes(self, handler: Handler) -> dict[str, Any]:
         limit = _limit(handler, 100)
         return {"outcomes": self.source.outcomes()[::-1][:limit]}
+
+    def _outcome_minutes(self, handler: Handler) -> dict[str, Any]:
+        queue = self._open_queue()
+        try:
+            minutes = queue.outcome_minutes(time.time() - CHART_SECONDS)
+        except QueueError as exc:
+            raise Refused(503, f"queue unavailable: {exc}") from None
+        return {"minutes": minutes, "outcomes": list(OUTCOMES)}
+
+    def _job(self, handler: Handler) -> dict[str, Any]:
+        job_id = unquote(urlsplit(handler.path).path.rpartition("/")[2])
+        queue = self._open_queue()
+        try:
+            info = queue.job(job_id)
+        except QueueError as exc:
+            raise Refused(503 if isinstance(exc, QueueUnavailable) else 400, str(exc)) from None
+        if info is None:
+            raise Refused(404, str(JobNotFound(job_id)))
+        return info.as_dict()
 
     def _open_queue(self) -> Queue:
         queue = self.source.queue()

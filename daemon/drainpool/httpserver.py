@@ -46,6 +46,17 @@ class Endpoints:
     post_routes: dict[str, Route] = field(default_factory=dict)
 
 
+def _under(routes: Mapping[str, Route], path: str) -> Route | None:
+    """The route keyed by `path` up to its last "/" (a key ending in "/"), if any.
+
+    Never "/" itself: that is the console's page, not a prefix.
+    """
+    head, _, rest = path.rpartition("/")
+    if not head or not rest:
+        return None
+    return routes.get(head + "/")
+
+
 HANDSHAKE_SECONDS = 10.0  # a TLS client that says nothing is dropped after this
 CLIENT_TIMEOUT_SECONDS = 30.0  # and so is one that stops mid-request
 
@@ -76,6 +87,8 @@ class Handler(BaseHTTPRequestHandler):
             endpoints.extra_routes[path](self)
         elif path in endpoints.post_routes:
             self.reply(405, b"use POST\n", headers={"Allow": "POST"})
+        elif (route := _under(endpoints.extra_routes, path)) is not None:
+            route(self)  # a route ending in "/" takes every path below it: /api/jobs/ID
         else:
             self.reply(404, b"not found\n")
 

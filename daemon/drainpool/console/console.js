@@ -105,6 +105,9 @@
     refresh();
   }
 
+  // Shared with chart.js and jobpage.js, which load after this file and add to it.
+  window.drainpool = { el, getJSON, clock, duration, payloadText };
+
   // -- rendering ------------------------------------------------------------------
 
   function renderStatus(status) {
@@ -144,7 +147,7 @@
         el(
           "tr",
           { data: { jobId: task.job_id } },
-          el("td", { class: "mono" }, task.job_id),
+          el("td", { class: "mono" }, window.drainpool.jobLink(task.job_id)),
           el("td", { class: "wrap" }, task.task),
           el("td", { class: "num" }, task.attempt),
           el("td", { class: "num" }, duration(task.seconds)),
@@ -196,7 +199,7 @@
           "tr",
           { data: { jobId: o.job_id, outcome: o.outcome } },
           el("td", {}, clock(o.at)),
-          el("td", { class: "mono" }, o.job_id),
+          el("td", { class: "mono" }, window.drainpool.jobLink(o.job_id)),
           el("td", { class: "wrap" }, o.task),
           el("td", { class: "num" }, o.attempt),
           el("td", {}, el("span", { class: "pill outcome-" + o.outcome }, o.outcome)),
@@ -232,7 +235,7 @@
         else openDetails.delete(job.id);
       });
       const cells = [
-        el("td", { class: "mono" }, job.id),
+        el("td", { class: "mono" }, window.drainpool.jobLink(job.id)),
         el("td", { class: "wrap" }, job.task),
         el("td", { class: "num" }, job.attempts),
         el("td", {}, clock(job.failed_at)),
@@ -277,16 +280,19 @@
     try {
       info = await getJSON("/api/console");
       renderInfo();
-      const [status, queue, outcomes, dead] = await Promise.all([
+      const [status, queue, outcomes, dead, minutes] = await Promise.all([
         getJSON("/api/status"),
         getJSON("/api/queue"),
         getJSON("/api/outcomes?limit=30"),
         getJSON("/api/dead?limit=100"),
+        getJSON("/api/outcomes/minutes"),
+        window.drainpool.refreshJob(),
       ]);
       renderStatus(status);
       renderQueue(queue);
       renderOutcomes(outcomes);
       renderDead(dead);
+      if (changed("chart", minutes)) window.drainpool.renderChart(minutes);
       showProblem("");
       $("updated").textContent = "updated " + new Date().toLocaleTimeString();
       document.body.dataset.loaded = "1";

@@ -14,7 +14,7 @@ import os
 import random
 import re
 import socket
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -334,10 +334,15 @@ class Queue(Protocol):
         acks: Sequence[Job | Done] = (),
         releases: Sequence[Job] = (),
         failures: Sequence[Failure] = (),
+        *,
+        outcomes: Mapping[str, int] | None = None,
     ) -> None:
         """Ack (completed; a plain Job has no result), release or fail jobs, atomically.
 
         An acked job's record is kept retention_seconds, or removed at once when it is 0.
+        `outcomes` (the batch's counts by outcome: completed, failed, interrupted,
+        cancelled, abandoned) are added to this minute's counts in the same step, and
+        `dead` for each final failure (drainpool.queue.outcome_minutes).
         """
         ...
 
@@ -351,6 +356,7 @@ class Queue(Protocol):
         lease_seconds: float,
         *,
         worker: WorkerIdentity | None = None,
+        outcomes: Mapping[str, int] | None = None,
     ) -> list[Job]:
         """`settle(...)` then `fetch(n, ...)`, in one round trip where the backend can."""
         ...
@@ -391,6 +397,14 @@ class Queue(Protocol):
         """The decoded result of a completed job (None if not kept: see its result_note).
 
         Raises JobFailed (dead), JobCancelled, JobNotFound or TimeoutError.
+        """
+        ...
+
+    def outcome_minutes(self, since: float) -> list[dict[str, Any]]:
+        """Outcome counts per minute from `since` (epoch seconds; at most two hours back).
+
+        One entry per minute, oldest first: `{"minute": start, "completed": n, ...}`
+        with every outcome of drainpool.queue.outcome_minutes.OUTCOMES (0 when none).
         """
         ...
 

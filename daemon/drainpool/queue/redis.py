@@ -50,7 +50,7 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -75,6 +75,13 @@ from drainpool.queue.base import (
     encode_payload,
     loads_or_raw,
     redact_url,
+)
+from drainpool.queue.outcome_minutes import (
+    KEEP_SECONDS,
+    MINUTE,
+    as_minutes,
+    check_outcomes,
+    first_minute,
 )
 from drainpool.queue.records import (
     RESULT_MAX_BYTES,
@@ -294,13 +301,16 @@ return 0
 """
 
 _SETTLE = r"""
--- ARGV[3]: retention_ms; ARGV[4..]: groups of (op, id, token, delay_ms, error, traceback),
+-- ARGV[3]: retention_ms; ARGV[4]: outcome counts 'name=n name=n' ('' = none);
+-- ARGV[5..]: groups of (op, id, token, delay_ms, error, traceback),
 -- op: A = ack, R = release, F = fail and retry, D = fail for good (dead).
 -- An ack's error and traceback slots carry its result JSON ('' = none) and note.
 local retention = tonumber(ARGV[3])
 local now = now_ms()
 local acked = 0
-for i = 4, #ARGV, 6 do
+local dead = 0
+for i = 5, #ARGV, 6 do
+  if ARGV[i] == 'D' then dead = dead + 1 end
   local op, id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local jk = job_key(id)
   local f = redis.call('HMGET', jk, 'token', 'state', 'task', 'entry', 'key')
@@ -346,6 +356,17 @@ if acked > 0 then
     redis.call('ZREM', P .. ':expiry', id)
     redis.call('ZREM', P .. ':jobs', id)
   end
+end
+-- This minute's outcome counts: one HINCRBY per outcome kind (outcome_minutes.py).
+local counts = ARGV[4]
+if dead > 0 then counts = counts .. ' dead=' .. dead end
+if counts ~= '' then
+  local minute = math.floor(now / 1000 / @MINUTE@) * @MINUTE@
+  local key = P .. ':outcomes:' .. minute
+  for name, n in string.gmatch(counts, '(%a+)=(%d+)') do
+    redis.call('HINCRBY', key, name, n)
+  end
+  redis.call('EXPIRE', key, @KEEP_SECONDS@)
 end
 return 0
 """
@@ -742,9 +763,10 @@ class RedisQueue:
         lease_seconds: float,
         *,
         worker: WorkerIdentity | None = None,
+        outcomes: Mapping[str, int] | None = None,
     ) -> list[Job]:
         """Two scripts: settling must not wait on, nor fail with, a fetch."""
-        self.settle(acks, releases, failures)
+        self.settle(acks, releases, failures, outcomes=outcomes)
         return self.fetch(n, tasks, lease_seconds, worker=worker)
 
     def settle(
@@ -752,7 +774,10 @@ class RedisQueue:
         acks: Sequence[Job | Done] = (),
         releases: Sequence[Job] = (),
         failures: Sequence[Failure] = (),
+        *,
+        outcomes: Mapping[str, int] | None = None,
     ) -> None:
+        counts = " ".join(f"{name}={n}" for name, n in check_outcomes(outcomes).items())
         ops: list[Any] = []
         for d in map(as_done, acks):
             ops += ["A", _job_id(d.job.id), d.job.token, 0, d.result_json or "", d.note]
@@ -764,9 +789,9 @@ class RedisQueue:
                 ops += ["F", _job_id(f.job.id), f.job.token, repr(delay_ms), f.error, f.traceback]
             else:
                 ops += ["D", _job_id(f.job.id), f.job.token, 0, f.error, f.traceback]
-        if ops:
+        if ops or counts:
             retention_ms = int(self.retention_seconds * 1000)
-            self._run("settle", "settle jobs", retention_ms, *ops)
+            self._run("settle", "settle jobs", retention_ms, counts, *ops)
 
     # -- inspection and dead letters --------------------------------------
 
@@ -864,6 +889,24 @@ class RedisQueue:
         """Expired records leave by key expiry; this drops their ids from the index."""
         return int(self._run("prune", "prune records", limit))
 
+    def outcome_minutes(self, since: float) -> list[dict[str, Any]]:
+        """One HGETALL per minute bucket (at most 121), in one pipeline; Redis's clock."""
+        with self._guard("read outcome counts"):
+            seconds, micros = self._client.time()
+            now = seconds + micros / 1e6
+            first = first_minute(since, now)
+            minutes = range(first, int(now // MINUTE) * MINUTE + 1, MINUTE)
+            pipe = self._client.pipeline(transaction=False)
+            for minute in minutes:
+                pipe.hgetall(f"{self.prefix}:outcomes:{minute}")
+            buckets = pipe.execute()
+        found = [
+            (minute, name, int(n))
+            for minute, bucket in zip(minutes, buckets, strict=True)
+            for name, n in bucket.items()
+        ]
+        return as_minutes(first, now, found)
+
     def ping(self) -> None:
         with self._guard("ping"):
             self._client.ping()
@@ -893,6 +936,8 @@ def _lua(body: str) -> str:
         ("RELEASED", RELEASED),
         ("BATCH", BATCH),
         ("NOTIFY_TTL_MS", NOTIFY_TTL_MS),
+        ("MINUTE", MINUTE),
+        ("KEEP_SECONDS", KEEP_SECONDS),
     )
     for name, value in constants:
         text = text.replace(f"@{name}@", str(value))

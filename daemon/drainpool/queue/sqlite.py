@@ -34,7 +34,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +52,17 @@ from drainpool.queue.base import (
     decode_payload,
     encode_payload,
     loads_or_raw,
+)
+from drainpool.queue.outcome_minutes import (
+    KEEP_SECONDS,
+    PRUNE_SQL,
+    READ_SQL,
+    TABLE_SQL,
+    UPSERT_SQL,
+    as_minutes,
+    check_outcomes,
+    first_minute,
+    minute_of,
 )
 from drainpool.queue.records import (
     RESULT_MAX_BYTES,
@@ -81,8 +92,8 @@ log = logging.getLogger("drainpool.queue")
 T = TypeVar("T")
 
 # 2: the meta table (file id) of drainpool.queue.sqlite_db; 4: the indexes below (3 was a
-# step); 5: the job records (RECORD_COLUMNS, jobs_expiry).
-SCHEMA_VERSION = 5
+# step); 5: the job records (RECORD_COLUMNS, jobs_expiry); 6: the outcome_minutes table.
+SCHEMA_VERSION = 6
 BATCH_SIZE = 500  # parameters per IN (...) list, well under SQLite's limit
 
 _SCHEMA = """
@@ -153,6 +164,7 @@ def _migrate(conn: sqlite3.Connection, found: int) -> None:
         if column.split()[0] not in have:
             conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
     conn.execute(EXPIRY_INDEX)
+    conn.execute(TABLE_SQL)
 
 
 def path_from_url(url: str, base_dir: Path | None) -> Path:
@@ -295,6 +307,7 @@ class SqliteQueue:
         lease_seconds: float,
         *,
         worker: WorkerIdentity | None = None,
+        outcomes: Mapping[str, int] | None = None,
     ) -> list[Job]:
         """Settle and lease up to `n` more in one write transaction: the dispatcher's hot path.
 
@@ -302,9 +315,10 @@ class SqliteQueue:
         transaction saves a commit and a lock round per job finished; with
         nothing to settle, the lock-free look of `fetch` comes first as usual.
         """
-        if not (acks or releases or failures):
+        counts = check_outcomes(outcomes)
+        if not (acks or releases or failures or counts):
             return self.fetch(n, tasks, lease_seconds, worker=worker)
-        settle = self._settlement(acks, releases, failures)
+        settle = self._settlement(acks, releases, failures, counts)
         if n <= 0 or not tasks:
             self._run(settle, write=True)
             return []
@@ -386,12 +400,19 @@ class SqliteQueue:
         acks: Sequence[Job | Done] = (),
         releases: Sequence[Job] = (),
         failures: Sequence[Failure] = (),
+        *,
+        outcomes: Mapping[str, int] | None = None,
     ) -> None:
-        if acks or releases or failures:
-            self._run(self._settlement(acks, releases, failures), write=True)
+        counts = check_outcomes(outcomes)
+        if acks or releases or failures or counts:
+            self._run(self._settlement(acks, releases, failures, counts), write=True)
 
     def _settlement(
-        self, acks: Sequence[Job | Done], releases: Sequence[Job], failures: Sequence[Failure]
+        self,
+        acks: Sequence[Job | Done],
+        releases: Sequence[Job],
+        failures: Sequence[Failure],
+        counts: dict[str, int],
     ) -> Callable[[sqlite3.Connection], None]:
         """The statements of one settle, every one guarded by id and lease token."""
         now = self._clock()
@@ -408,6 +429,10 @@ class SqliteQueue:
                 changes.append((j, WAITING, due, j.attempt, f.error, f.traceback, None))
             else:
                 changes.append((j, DEAD, now, j.attempt, f.error, f.traceback, now))
+        dead = sum(1 for c in changes if c[1] == DEAD)
+        minute = minute_of(now)
+        # One upsert per outcome kind of the batch, never one per job.
+        bumps = [(minute, name, n) for name, n in {**counts, "dead": dead}.items() if n]
 
         def apply(conn: sqlite3.Connection) -> None:
             mine = f"{self._db.epoch}-"
@@ -436,6 +461,8 @@ class SqliteQueue:
             ]
             if orphans:
                 self._adopt(conn, orphans)
+            if bumps:
+                conn.executemany(UPSERT_SQL, bumps)
 
         return apply
 
@@ -602,11 +629,18 @@ class SqliteQueue:
         now = self._clock()
 
         def delete(conn: sqlite3.Connection) -> int:
+            conn.execute(PRUNE_SQL, (minute_of(now - KEEP_SECONDS),))  # a few rows at most
             return prune_expired(conn, now, limit)
 
         if not self._db.opened:
             return self._run(delete, write=True)
         return self._aside.run(delete, write=True)  # not the dispatcher's connection lock
+
+    def outcome_minutes(self, since: float) -> list[dict[str, Any]]:
+        now = self._clock()
+        first = first_minute(since, now)
+        found = self._read_aside(lambda c: c.execute(READ_SQL, (first,)).fetchall())
+        return as_minutes(first, now, found)
 
     def ping(self) -> None:
         self._run(lambda c: c.execute("SELECT 1").fetchone(), write=False)
