@@ -98,6 +98,13 @@ def test_every_task_kind_keeps_its_result(
         assert thread.worker.pool == "threads" and thread.attempts == 1
         assert thread.started_at is not None and thread.finished_at is not None
         assert thread.enqueued_at <= thread.started_at <= thread.finished_at
+        # The pool's outcomes reach the queue's per-minute counts (the console's chart).
+        totals: dict[str, int] = {}
+        for minute in queue.outcome_minutes(thread.enqueued_at - 120):
+            for outcome, n in minute.items():
+                if outcome != "minute":
+                    totals[outcome] = totals.get(outcome, 0) + n
+        assert (totals["completed"], totals["failed"], totals["dead"]) == (6, 2, 1), totals
         daemon.terminate()
     finally:
         queue.close()

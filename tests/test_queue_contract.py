@@ -1085,7 +1085,7 @@ def totals(minutes: list[dict[str, Any]]) -> dict[str, int]:
 def leased(queue: Queue, n: int) -> list[Job]:
     for i in range(n):
         queue.enqueue("t", i)
-    return poll(lambda: queue.fetch(n, ["t"], 60), f"{n} jobs leased")
+    return wait_until(lambda: queue.fetch(n, ["t"], 60), what=f"{n} jobs leased")
 
 
 def test_settle_counts_outcomes_per_minute_durably(make_queue: MakeQueue) -> None:

@@ -123,6 +123,8 @@ class _Settlement:
     acks: list[Job | Done] = field(default_factory=list)
     releases: list[Job] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    # How each job of the batch ended, for the queue's per-minute counts (the console's chart).
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def __bool__(self) -> bool:
         return bool(self.acks or self.releases or self.failures)
@@ -208,6 +210,7 @@ class Pool:
             cancelled = list(self._handed)
             self._handed.clear()
             self._settle.releases.extend(cancelled)
+            self._settle.outcomes[Outcome.CANCELLED] += len(cancelled)
             self._work_ready.notify_all()
             self._dispatch_wake.notify()
             self.counts[Outcome.CANCELLED] += len(cancelled)
@@ -229,6 +232,7 @@ class Pool:
                 entry.abandoned = True
                 entry.awaited = self._runner.ends(entry.job.task)
                 self._settle.releases.append(entry.job)
+            self._settle.outcomes[Outcome.ABANDONED] += len(abandoned)
             self.counts[Outcome.ABANDONED] += len(abandoned)  # under the lock, as workers count
             self._dispatch_wake.notify()
         # Marked abandoned first, so a result that a forced stop provokes is ignored; then
@@ -364,6 +368,7 @@ class Pool:
                     self._dispatch_wake.notify()  # the drain may have waited for this end
                 return  # released at the deadline; it may already run elsewhere
             self.counts[outcome] += 1
+            self._settle.outcomes[outcome] += 1
             if outcome is Outcome.COMPLETED:
                 self._settle.acks.append(done)
             elif failure is not None:
@@ -500,6 +505,7 @@ class Pool:
                 self.tasks.keys(),
                 lease,
                 worker=self._identity,
+                outcomes=batch.outcomes,
             )
         elif want:
             jobs = self._queue.fetch(want, self.tasks.keys(), lease, worker=self._identity)
@@ -517,6 +523,7 @@ class Pool:
                 # A drain began while we fetched: leased for this generation and never
                 # started, so cancelled like the handed ones (every job gets one outcome).
                 self._settle.releases.extend(jobs)
+                self._settle.outcomes[Outcome.CANCELLED] += len(jobs)
                 self.counts[Outcome.CANCELLED] += len(jobs)
                 self._dispatch_wake.notify()
             else:
@@ -550,3 +557,4 @@ class Pool:
             self._settle.acks[:0] = batch.acks
             self._settle.releases[:0] = batch.releases
             self._settle.failures[:0] = batch.failures
+            self._settle.outcomes.update(batch.outcomes)
