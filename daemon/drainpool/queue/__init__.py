@@ -22,7 +22,7 @@ from drainpool.queue.base import (
     WorkerIdentity,
     redact_url,
 )
-from drainpool.queue.records import encode_result
+from drainpool.queue.records import RESULT_MAX_BYTES, RETENTION_SECONDS, encode_result
 
 __all__ = [
     "DeadJob",
@@ -53,6 +53,8 @@ def from_url(
     base_dir: Path | None = None,
     retry: RetryPolicy | None = None,
     durable_commits: bool = True,
+    retention_seconds: float = RETENTION_SECONDS,
+    result_max_bytes: int = RESULT_MAX_BYTES,
 ) -> Queue:
     """Open the queue at `url` (sqlite:///rel, sqlite:////abs, redis://, rediss://).
 
@@ -60,18 +62,20 @@ def from_url(
 
     `base_dir` anchors a relative SQLite path (the config file's directory).
     Producers keep the default `durable_commits`; the daemon turns it off for
-    its own connection (see drainpool.queue.sqlite).
+    its own connection (see drainpool.queue.sqlite). `retention_seconds` and
+    `result_max_bytes` are the config's `queue.*` keys of the same names.
     """
+    records = {"retention_seconds": retention_seconds, "result_max_bytes": result_max_bytes}
     if url.startswith("sqlite:"):
         from drainpool.queue.sqlite import SqliteQueue
 
         return SqliteQueue.from_url(
-            url, retry=retry, base_dir=base_dir, durable_commits=durable_commits
+            url, retry=retry, base_dir=base_dir, durable_commits=durable_commits, **records
         )
     if url.startswith(("redis://", "rediss://", "unix://")):
         from drainpool.queue.redis import RedisQueue  # needs the optional redis extra
 
-        return RedisQueue.from_url(url, retry=retry)
+        return RedisQueue.from_url(url, retry=retry, **records)
     raise QueueError(
         f"unsupported queue URL {redact_url(url)!r}: use sqlite:///PATH or redis://HOST:PORT/DB"
     )
