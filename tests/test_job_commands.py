@@ -213,3 +213,33 @@ def test_two_daemons_on_one_queue_each_record_names_the_one_that_ran_it(
     assert record["result"] == record["worker"]["pid"]  # whoami returns it: pool wiring
     for daemon in daemons.values():
         daemon.terminate()
+
+
+def test_the_queue_keys_on_records_reach_the_daemons_queue(
+    factory: DaemonFactory, queue_url: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "jobs.log"
+    queue = {"url": queue_url, "retention_seconds": 3600, "result_max_bytes": 5}
+    config = factory.config(queue=queue)
+    daemon = factory.start(config)
+    small = enqueue(factory, config, "sleep", {"seconds": 0})
+    waited = job(factory, config, "wait", small, "--timeout", "60")
+    assert (waited.returncode, waited.stdout) == (0, "null\n")
+    record = show(factory, config, small)
+    assert (record["state"], record["result_kept"]) == ("completed", False)
+    # {"slept":0.0} is 13 bytes: over the cap, so not kept, and the record says why.
+    assert record["result_note"] == "result not kept: 13 B > 5 B"  # pool wiring
+    assert "result not kept: 13 B > 5 B" in waited.stderr  # pool wiring
+
+    # retention_seconds = 0: a completed job's record goes at its ack (a reload reopens the queue).
+    factory.config(queue={**queue, "retention_seconds": 0})
+    daemon.signal(signal.SIGHUP)
+    wait_until(lambda: daemon.status()["reload"]["result"] == "applied", what="reload")
+    gone = enqueue(factory, config, "record", {"log": str(log)})
+    wait_until(lambda: ("done", gone, "1") in events(log), what="the job ran")
+    wait_until(
+        lambda: job(factory, config, "show", gone).stderr == NOT_FOUND.format(gone),
+        what="the record removed at the ack",
+    )
+    assert show(factory, config, small)["state"] == "completed"  # acked before: kept
+    daemon.terminate()
