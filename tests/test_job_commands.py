@@ -63,14 +63,11 @@ def test_show_wait_and_list_a_completed_a_dead_and_a_delayed_job(
 
     waited = job(factory, config, "wait", done_id, "--timeout", "60")
     assert (waited.returncode, waited.stderr) == (0, "")
-    assert json.loads(waited.stdout) == {"slept": 0.05}  # needs the pool's result at the ack
     record = show(factory, config, done_id)
     assert (record["state"], record["task"], record["attempts"]) == ("completed", "sleep", 1)
     assert record["payload"] == {"seconds": 0.05}
     assert (record["worker"]["host"], record["worker"]["pid"]) == (socket.gethostname(), daemon.pid)
-    assert record["worker"]["pool"] == "default"  # needs the pool's name at the fetch: pool wiring
     assert record["enqueued_at"] <= record["started_at"] <= record["finished_at"]
-    assert (record["result"], record["result_kept"]) == ({"slept": 0.05}, True)  # pool wiring
     text = job(factory, config, "show", done_id)
     assert text.returncode == 0
     assert "state       completed" in text.stdout.splitlines()
@@ -109,6 +106,12 @@ def test_show_wait_and_list_a_completed_a_dead_and_a_delayed_job(
         assert (missing.returncode, missing.stdout) == (1, "")
         assert missing.stderr == NOT_FOUND.format("987654")
     daemon.terminate()
+    # Last, so that everything above is checked before the pool passes results at the ack.
+    done_record = show(factory, config, done_id)
+    assert json.loads(waited.stdout) == {"slept": 0.05}  # pool wiring: the result at the ack
+    assert done_record["worker"]["pool"] == "default"  # pool wiring: the pool's name at fetch
+    assert done_record["result"] == {"slept": 0.05}  # pool wiring
+    assert done_record["result_kept"] is True  # pool wiring
 
 
 USAGE_ERRORS = [
@@ -178,7 +181,6 @@ def test_records_survive_a_kill_9_and_the_job_completes_after_its_lease(
     assert show(factory, config, quick)["state"] == "completed"  # kept across the kill
     waited = job(factory, config, "wait", slow, "--timeout", "120")
     assert waited.returncode == 0, waited.stderr
-    assert json.loads(waited.stdout) == "ok"  # needs the pool's result at the ack
     record = show(factory, config, slow)
     assert (record["state"], record["attempts"]) == ("completed", 2)
     assert record["worker"]["pid"] == second.pid
@@ -188,6 +190,7 @@ def test_records_survive_a_kill_9_and_the_job_completes_after_its_lease(
     second.terminate()  # and after a clean stop, with no daemon running, still there
     assert [show(factory, config, i)["state"] for i in (quick, slow)] == ["completed"] * 2
     assert show(factory, config, quick)["worker"]["pid"] == first.pid
+    assert json.loads(waited.stdout) == "ok"  # pool wiring: the result at the ack
 
 
 def test_two_daemons_on_one_queue_each_record_names_the_one_that_ran_it(
@@ -210,9 +213,9 @@ def test_two_daemons_on_one_queue_each_record_names_the_one_that_ran_it(
     record = show(factory, config, other)
     assert [record["worker"]["pid"]] == ran_on
     assert {busy_pid, record["worker"]["pid"]} == set(daemons)
-    assert record["result"] == record["worker"]["pid"]  # whoami returns it: pool wiring
     for daemon in daemons.values():
         daemon.terminate()
+    assert record["result"] == record["worker"]["pid"]  # whoami returns it: pool wiring
 
 
 def test_the_queue_keys_on_records_reach_the_daemons_queue(
@@ -227,9 +230,6 @@ def test_the_queue_keys_on_records_reach_the_daemons_queue(
     assert (waited.returncode, waited.stdout) == (0, "null\n")
     record = show(factory, config, small)
     assert (record["state"], record["result_kept"]) == ("completed", False)
-    # {"slept":0.0} is 13 bytes: over the cap, so not kept, and the record says why.
-    assert record["result_note"] == "result not kept: 13 B > 5 B"  # pool wiring
-    assert "result not kept: 13 B > 5 B" in waited.stderr  # pool wiring
 
     # retention_seconds = 0: a completed job's record goes at its ack (a reload reopens the queue).
     factory.config(queue={**queue, "retention_seconds": 0})
@@ -243,3 +243,6 @@ def test_the_queue_keys_on_records_reach_the_daemons_queue(
     )
     assert show(factory, config, small)["state"] == "completed"  # acked before: kept
     daemon.terminate()
+    # {"slept":0.0} is 13 bytes: over the cap, so not kept, and the record says why.
+    assert record["result_note"] == "result not kept: 13 B > 5 B"  # pool wiring
+    assert "result not kept: 13 B > 5 B" in waited.stderr  # pool wiring

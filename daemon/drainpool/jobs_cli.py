@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from drainpool.exitcodes import ExitCode
-from drainpool.queue import JobInfo, JobNotFound, JobState, Queue
+from drainpool.queue import JobInfo, JobNotFound, JobState, Queue, WorkerIdentity
 from drainpool.queue.records import MAX_LIST_LIMIT
 
 LIST_DEFAULT_LIMIT = 50
@@ -163,7 +163,6 @@ def _list(args: argparse.Namespace) -> int:
 
 def describe(info: JobInfo) -> str:
     """One record for people: a field a line; payload and result as JSON; raw text marked."""
-    worker = info.worker
     rows = [
         ("id", info.id),
         ("task", info.task),
@@ -173,7 +172,7 @@ def describe(info: JobInfo) -> str:
         ("enqueued", _when(info.enqueued_at)),
         ("started", _when(info.started_at)),
         ("finished", _when(info.finished_at)),
-        ("worker", "-" if worker is None else _worker(info)),
+        ("worker", _worker(info.worker)),
         ("payload", _stored(info.payload, info.payload_error)),
     ]
     if info.state is JobState.COMPLETED or info.result_kept or info.result_note:
@@ -199,7 +198,7 @@ def table(records: list[JobInfo]) -> str:
             info.task,
             str(info.attempts),
             _when(info.enqueued_at),
-            _worker(info) if info.worker else "-",
+            _worker(info.worker),
             _first_line(info.error),
         )
         for info in records
@@ -219,9 +218,9 @@ def _when(seconds: float | None) -> str:
     return datetime.fromtimestamp(seconds).astimezone().isoformat(" ", timespec="milliseconds")
 
 
-def _worker(info: JobInfo) -> str:
-    worker = info.worker
-    assert worker is not None
+def _worker(worker: WorkerIdentity | None) -> str:
+    if worker is None:
+        return "-"
     pool = f" pool {worker.pool}" if worker.pool else ""
     return f"{worker.host} pid {worker.pid}{pool}"
 
