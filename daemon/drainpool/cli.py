@@ -1,7 +1,7 @@
-"""The `drainpool` command: run, check-config, reload, enqueue, queue, status.
+"""The `drainpool` command: run, check-config, reload, enqueue, queue, status, job.
 
 Exit codes follow drainpool.exitcodes: 0 ok, 1 failure, 2 usage or bad input,
-78 invalid config (EX_CONFIG).
+3, 4, 5 how a waited-for job ended (drainpool.jobs_cli), 78 invalid config (EX_CONFIG).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from queue import SimpleQueue
 from typing import Any
 
-from drainpool import __version__
+from drainpool import __version__, jobs_cli
 from drainpool.exitcodes import ExitCode
 from drainpool.queue.base import QueueError, QueueUnavailable
 
@@ -55,11 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument(
-            "--config",
-            metavar="PATH",
-            help="config file (default: $DRAINPOOL_CONFIG, else /etc/drainpool/drainpool.toml)",
-        )
+        _add_config(p)
         p.set_defaults(handler=handler)
         return p
 
@@ -105,7 +101,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pid", type=int, help="the daemon's pid (default: ask its endpoint)")
     p.add_argument("--watch", action="store_true", help="refresh in place every second")
     p.add_argument("--json", action="store_true", help="print the raw status JSON")
+
+    jobs_cli.register(sub, _add_config)
     return parser
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $DRAINPOOL_CONFIG, else /etc/drainpool/drainpool.toml)",
+    )
 
 
 def _load(args: argparse.Namespace, *, tasks: bool = True) -> Any:

@@ -2,11 +2,11 @@
 
 Reading. The page and its two static files hold no data and are always
 served. The data routes (/api/running, /api/queue, /api/dead, /api/outcomes,
-/api/outcomes/minutes, /api/jobs/ID)
-answer without a token only when the endpoint is bound to loopback, and then
-only to a loopback Host header, so a DNS-rebinding page cannot read them
-through the victim's browser. Bound anywhere else, they need the bearer token,
-and with no token configured they are refused. /api/status, /metrics and the
+/api/outcomes/minutes, /api/jobs, /api/jobs/ID) answer without a token only
+when the endpoint is bound to loopback, and then only to a loopback Host
+header, so a DNS-rebinding page cannot read them through the victim's
+browser. Bound anywhere else, they need the bearer token, and with no token
+configured they are refused. /api/status, /metrics and the
 probes keep the rules of the core endpoint (`drainpool reload` and `status`
 read /api/status without credentials).
 
@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from drainpool import __version__
 from drainpool.httpserver import BodyTooLarge, Handler, Route
-from drainpool.queue.base import JobNotFound, Queue, QueueError, QueueUnavailable
+from drainpool.queue.base import JobNotFound, JobState, Queue, QueueError, QueueUnavailable
 from drainpool.queue.outcome_minutes import OUTCOMES
 from drainpool.settings import ConsoleSettings
 
@@ -111,7 +111,8 @@ class Console:
         routes["/api/dead"] = self._guarded(self._dead)
         routes["/api/outcomes"] = self._guarded(self._outcomes)
         routes["/api/outcomes/minutes"] = self._guarded(self._outcome_minutes)
-        routes["/api/jobs/"] = self._guarded(self._job)  # /api/jobs/ID (httpserver._under)
+        routes["/api/jobs"] = self._guarded(self._jobs)
+        routes["/api/jobs/"] = self._guarded(self._job)  # /api/jobs/ID (one level below)
         return routes
 
     def post_routes(self) -> dict[str, Route]:
@@ -256,19 +257,11 @@ class Console:
         return {"running": running}
 
     def _queue(self, handler: Handler) -> dict[str, Any]:
-        queue = self._open_queue()
-        try:
-            return queue.stats().as_dict()
-        except QueueError as exc:
-            raise Refused(503, f"queue unavailable: {exc}") from None
+        return self._read(lambda queue: queue.stats().as_dict())
 
     def _dead(self, handler: Handler) -> dict[str, Any]:
         limit = _limit(handler, 100)
-        queue = self._open_queue()
-        try:
-            dead = queue.dead_list(limit)
-        except QueueError as exc:
-            raise Refused(503, f"queue unavailable: {exc}") from None
+        dead = self._read(lambda queue: queue.dead_list(limit))
         return {"dead": [dataclasses.asdict(job) for job in dead], "limit": limit}
 
     def _outcomes(self, handler: Handler) -> dict[str, Any]:
@@ -276,23 +269,37 @@ class Console:
         return {"outcomes": self.source.outcomes()[::-1][:limit]}
 
     def _outcome_minutes(self, handler: Handler) -> dict[str, Any]:
-        queue = self._open_queue()
-        try:
-            minutes = queue.outcome_minutes(time.time() - CHART_SECONDS)
-        except QueueError as exc:
-            raise Refused(503, f"queue unavailable: {exc}") from None
+        minutes = self._read(lambda queue: queue.outcome_minutes(time.time() - CHART_SECONDS))
         return {"minutes": minutes, "outcomes": list(OUTCOMES)}
 
+    def _jobs(self, handler: Handler) -> dict[str, Any]:
+        query = parse_qs(urlsplit(handler.path).query)
+        state = query.get("state", [""])[-1]
+        if state and state not in {s.value for s in JobState}:
+            names = ", ".join(JobState)
+            raise Refused(400, f"state must be one of {names}, not {state!r}")
+        limit = _limit(handler, 100)
+        task = query.get("task", [""])[-1] or None
+        records = self._read(lambda queue: queue.jobs(state or None, task, limit))
+        return {"jobs": [info.as_dict() for info in records], "limit": limit}
+
     def _job(self, handler: Handler) -> dict[str, Any]:
-        job_id = unquote(urlsplit(handler.path).path.rpartition("/")[2])
+        job_id = unquote(urlsplit(handler.path).path.rsplit("/", 1)[1])
+        info = self._read(lambda queue: queue.job(job_id)) if job_id else None
+        if info is None:
+            raise Refused(
+                404, str(JobNotFound(job_id)) if job_id else "give a job id: /api/jobs/ID"
+            )
+        return info.as_dict()
+
+    def _read(self, read: Callable[[Queue], Any]) -> Any:
         queue = self._open_queue()
         try:
-            info = queue.job(job_id)
+            return read(queue)
         except QueueError as exc:
-            raise Refused(503 if isinstance(exc, QueueUnavailable) else 400, str(exc)) from None
-        if info is None:
-            raise Refused(404, str(JobNotFound(job_id)))
-        return info.as_dict()
+            if isinstance(exc, QueueUnavailable):
+                raise Refused(503, f"queue unavailable: {exc}") from None
+            raise Refused(400, str(exc)) from None
 
     def _open_queue(self) -> Queue:
         queue = self.source.queue()
@@ -312,11 +319,7 @@ class Console:
         self, body: dict[str, Any], apply: Callable[[Queue, list[str] | None], int]
     ) -> int:
         ids = _selected_ids(body)
-        queue = self._open_queue()
-        try:
-            return apply(queue, ids)
-        except QueueError as exc:
-            raise Refused(503 if isinstance(exc, QueueUnavailable) else 400, str(exc)) from None
+        return self._read(lambda queue: apply(queue, ids))
 
     def _reload(self, body: dict[str, Any]) -> dict[str, Any]:
         seq = self.source.status()["reload"]["seq"]

@@ -42,19 +42,16 @@ class Endpoints:
     healthy: Callable[[], bool]
     ready: Callable[[], bool]
     status: Callable[[], dict[str, Any]]
+    # GET routes by path; a path ending in "/" also serves one level below it.
     extra_routes: dict[str, Route] = field(default_factory=dict)
     post_routes: dict[str, Route] = field(default_factory=dict)
 
-
-def _under(routes: Mapping[str, Route], path: str) -> Route | None:
-    """The route keyed by `path` up to its last "/" (a key ending in "/"), if any.
-
-    Never "/" itself: that is the console's page, not a prefix.
-    """
-    head, _, rest = path.rpartition("/")
-    if not head or not rest:
-        return None
-    return routes.get(head + "/")
+    def get_route(self, path: str) -> Route | None:
+        """The GET route of `path`, or of its parent "/a/b/" for "/a/b/ID" (/api/jobs/ID)."""
+        parent = path[: path.rfind("/") + 1]
+        return self.extra_routes.get(path) or (
+            self.extra_routes.get(parent) if len(parent) > 1 else None
+        )
 
 
 HANDSHAKE_SECONDS = 10.0  # a TLS client that says nothing is dropped after this
@@ -83,12 +80,10 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
         elif path == "/api/status":
             self.send_json(endpoints.status())
-        elif path in endpoints.extra_routes:
-            endpoints.extra_routes[path](self)
+        elif (route := endpoints.get_route(path)) is not None:
+            route(self)
         elif path in endpoints.post_routes:
             self.reply(405, b"use POST\n", headers={"Allow": "POST"})
-        elif (route := _under(endpoints.extra_routes, path)) is not None:
-            route(self)  # a route ending in "/" takes every path below it: /api/jobs/ID
         else:
             self.reply(404, b"not found\n")
 
@@ -104,7 +99,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         # The body was not read: close, or its bytes would be parsed as the next request.
         self.close_connection = True
-        if path in endpoints.extra_routes or path in BUILTIN_PATHS:
+        if endpoints.get_route(path) is not None or path in BUILTIN_PATHS:
             self.reply(405, b"use GET\n", headers={"Allow": "GET", "Connection": "close"})
         else:
             self.reply(404, b"not found\n", headers={"Connection": "close"})

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drainpool.queue.base import QueueError, RetryPolicy, redact_url
+from drainpool.queue.records import RESULT_MAX_BYTES, RETENTION_SECONDS
 
 if TYPE_CHECKING:
     from drainpool.queue.base import Queue
@@ -79,6 +80,8 @@ def from_url(
     base_dir: Path | None = None,
     retry: RetryPolicy | None = None,
     durable_commits: bool = True,
+    retention_seconds: float = RETENTION_SECONDS,
+    result_max_bytes: int = RESULT_MAX_BYTES,
 ) -> Queue:
     """Open the queue at `url` (sqlite:///rel, sqlite:////abs, redis://, rediss://, unix://).
 
@@ -86,14 +89,18 @@ def from_url(
     producers. `base_dir` anchors a relative SQLite path (the config file's
     directory). Producers keep the default `durable_commits`; the daemon turns
     it off for its own connection (see drainpool.queue.sqlite).
+    `retention_seconds` and `result_max_bytes` are the config's `queue.*` keys.
     """
     backend = backend_for(url)
     queue_class = _backend_class(backend)
+    options: dict[str, Any] = {
+        "retry": retry,
+        "retention_seconds": retention_seconds,
+        "result_max_bytes": result_max_bytes,
+    }
     if backend.local_file:
-        return queue_class.from_url(
-            url, retry=retry, base_dir=base_dir, durable_commits=durable_commits
-        )
-    return queue_class.from_url(url, retry=retry)
+        options.update(base_dir=base_dir, durable_commits=durable_commits)
+    return queue_class.from_url(url, **options)
 
 
 def check_url(url: str) -> None:
