@@ -1172,7 +1172,7 @@ def test_sqlite_prune_drops_buckets_older_than_kept(tmp_path: Path) -> None:
         queue.close()
 
 
-def test_sqlite_schema_5_is_upgraded_to_6_keeping_jobs(tmp_path: Path) -> None:
+def test_sqlite_schema_5_is_upgraded_keeping_jobs(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     old = SqliteQueue(path)
     job_id = old.enqueue("t", {"kept": True})
@@ -1191,5 +1191,5 @@ def test_sqlite_schema_5_is_upgraded_to_6_keeping_jobs(tmp_path: Path) -> None:
     finally:
         queue.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (6,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (7,)
     conn.close()

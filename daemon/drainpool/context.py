@@ -60,6 +60,10 @@ class JobFailed(Exception):
         self.retry = retry
 
 
+class TimedOut(JobFailed):
+    """A task that ran out of its own time (a command's timeout_seconds): outcome timed_out."""
+
+
 def failure_details(exc: BaseException) -> tuple[str, str, bool]:
     """(message, traceback, retry) to keep with a job whose task raised `exc`."""
     if isinstance(exc, JobFailed):
