@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from drainpool.queue import JobState, Queue, from_url
 
+from tests.support.console import authorized, call, console_config
+from tests.support.console import open_queue as console_queue
 from tests.support.daemon import DaemonFactory, enqueue, wait_until
 from tests.support.redis_server import redis_servers
 
@@ -317,3 +319,31 @@ def test_unknown_ids_and_ended_jobs(factory: DaemonFactory, tmp_path: Path) -> N
     )
     shown = json.loads(factory.cli("job", "show", job_id, "--json", config=cfg).stdout)
     assert shown["state"] == "completed" and shown["cancel_requested_at"] is None
+
+
+def test_the_console_cancels_under_its_action_rules(factory: DaemonFactory, tmp_path: Path) -> None:
+    off = factory.start(console_config(factory, actions=False, name="off.toml"))
+    with console_queue(tmp_path) as queue:
+        job_id = queue.enqueue("hold", {"log": str(tmp_path / "l"), "gate": str(tmp_path / "g")})
+        path = f"/api/jobs/{job_id}/cancel"
+        assert call(off, "POST", path, body={}, headers=authorized()).code == 403
+        off.signal(signal.SIGTERM)
+        assert off.wait_exit() == 0
+        daemon = factory.start(console_config(factory))
+        wait_state(queue, job_id, JobState.RUNNING)
+        assert call(daemon, "POST", path, body={}, headers=authorized("wrong-token")).code == 401
+        assert call(daemon, "POST", path, body={}, headers={"Authorization": "x"}).code == 401
+        info = queue.job(job_id)
+        assert info is not None and info.state is JobState.RUNNING  # refused: nothing changed
+        answer = call(daemon, "POST", path, body={"reason": "from a test"}, headers=authorized())
+        assert answer.code == 200, answer
+        assert answer.body["effect"] == "requested"
+        wait_state(queue, job_id, JobState.CANCELLED)
+        info = queue.job(job_id)
+        assert info is not None and info.cancel_reason == "from a test"
+        assert info.cancelled_by == "console 127.0.0.1"
+        again = call(daemon, "POST", path, body={}, headers=authorized())
+        assert again.code == 409 and "had already ended (cancelled)" in again.body["error"]
+        missing = call(daemon, "POST", "/api/jobs/424242/cancel", body={}, headers=authorized())
+        assert missing.code == 404
+    assert "console cancel by 127.0.0.1" in daemon.log()

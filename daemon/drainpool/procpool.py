@@ -246,6 +246,7 @@ class ProcessRunner:
         }
         with self._lock:
             if ctx.job_id in self._doomed:  # abandoned before it reached its child
+                self._doomed.discard(ctx.job_id)  # a later attempt (a retry) runs as usual
                 raise Interrupted
             worker.job_id = ctx.job_id
         stop = ctx.shutdown
@@ -265,6 +266,7 @@ class ProcessRunner:
             stop_listening()
             with self._lock:
                 worker.job_id = None
+                self._doomed.discard(ctx.job_id)
         outcome = reply["outcome"]
         if outcome == Outcome.COMPLETED:
             if "not_json" in reply:  # the child could not send it: the record says why
