@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,7 +189,7 @@ def test_a_task_that_ignores_the_cancel_is_ended_at_the_grace(
         wait_state(queue, job_id, JobState.RUNNING)
         done = cancel(factory, cfg, job_id, "--wait")
         assert done.returncode == 0, done.stderr
-        how = "abandoned (thread left behind)" if kind == "thread" else "killed"
+        how = re.escape("abandoned (thread left behind)" if kind == "thread" else "killed")
         daemon.wait_log(f"job {job_id} \\({task}\\) on .* still ran 1.0s after its cancel: {how}")
         # The slot lives on: the next job runs on a new worker (thread) or a new child.
         next_id = enqueue(factory, cfg, "wait_stop", {"log": str(log), "seconds": 0})
@@ -202,7 +203,7 @@ def test_a_task_that_ignores_the_cancel_is_ended_at_the_grace(
 def test_two_daemons_share_the_queue_and_the_one_running_the_job_stops_it(
     factory: DaemonFactory, queue_url: str, tmp_path: Path
 ) -> None:
-    cfg = config(factory, queue_url, workers=1)
+    cfg = config(factory, queue_url, workers=1, prefetch=0)  # no reserve: one job each
     first, second = factory.start(cfg), factory.start(cfg)
     log = tmp_path / "jobs.log"
     ids = [enqueue(factory, cfg, "wait_stop", {"log": str(log), "seconds": 60}) for _ in range(2)]

@@ -130,10 +130,19 @@ def test_a_bad_enqueue_timeout_is_a_usage_error(factory: DaemonFactory, bad: str
 def test_a_reload_with_a_bad_limit_is_rejected_and_the_old_one_kept(
     factory: DaemonFactory, tmp_path: Path
 ) -> None:
-    cfg = limited(factory)
+    cfg = factory.config(
+        reload={"watch": False},
+        shutdown={"grace_seconds": 1.0},
+        queue={"url": URL, "max_attempts": 2, "retry_backoff_seconds": 0.05},
+        tasks={
+            "limited": {"function": "tests.support.cancel_tasks:wait_stop", "timeout_seconds": 0.5}
+        },
+    )
     daemon = factory.start(cfg)
-    text = cfg.read_text().replace("timeout_seconds = 0.5", "timeout_seconds = -3", 1)
-    cfg.write_text(text)
-    daemon.wait_log("tasks.limited.timeout_seconds")
-    job_id = enqueue(factory, cfg, "limited", {"log": str(tmp_path / "jobs.log")})
-    assert dead(factory, job_id).error == "timed out after 0.5 s"
+    cfg.write_text(cfg.read_text().replace("timeout_seconds = 0.5", "timeout_seconds = -3"))
+    refused = factory.cli("reload", "--pid", str(daemon.pid))
+    assert refused.returncode == 78, (refused.returncode, refused.stderr)
+    assert "tasks.limited.timeout_seconds" in daemon.log()
+    with contextlib.closing(from_url(URL, base_dir=factory.tmp)) as queue:  # the file is bad
+        job_id = queue.enqueue("limited", {"log": str(tmp_path / "jobs.log")})
+    assert dead(factory, job_id).error == "timed out after 0.5 s"  # the old limit runs on
