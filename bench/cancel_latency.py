@@ -232,9 +232,11 @@ def main() -> None:
                     f" max {max(ms):.1f} ms"
                 )
     rates: dict[str, list[float]] = {"per-job signal": [], "baseline": []}
-    for _ in range(args.reps):
-        rates["per-job signal"].append(noop_rate(REPO, args.noop_jobs))
-        rates["baseline"].append(noop_rate(args.baseline, args.noop_jobs))
+    trees = {"per-job signal": REPO, "baseline": args.baseline}
+    for rep in range(args.reps):
+        # ABBA: whichever runs first in a pair alternates, so a drift in load favours neither.
+        for name in sorted(trees, reverse=rep % 2 == 1):
+            rates[name].append(noop_rate(trees[name], args.noop_jobs))
     for name, values in rates.items():
         print(f"no-op jobs/s, {name}: " + ", ".join(f"{v:,.0f}" for v in values))
     ratio = statistics.median(rates["per-job signal"]) / statistics.median(rates["baseline"])
