@@ -5,6 +5,10 @@ Redis backends are interchangeable and one test suite checks both. Delivery is
 at-least-once: a job is removed only by `settle(acks=...)` from the holder of
 its current lease token; anything else (a release, an expired lease, a crash)
 leaves it to be delivered again.
+
+Over 400 lines on purpose: the protocol and the data it speaks (jobs,
+records, failures, stats) are read together by whoever writes a backend;
+the shared helpers behind them live in records.py and outcome_minutes.py.
 """
 
 from __future__ import annotations
