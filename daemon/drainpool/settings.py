@@ -35,6 +35,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from drainpool.configchecks import UnreadableConfig, read_config_text
+
 DEFAULT_CONFIG_PATH = Path("/etc/drainpool/drainpool.toml")
 ENV_PREFIX = "DRAINPOOL_"
 MIN_TOKEN_LENGTH = 16  # a console token shorter than this is a password, not a token
@@ -261,9 +263,11 @@ def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) 
 def load(path: Path) -> LoadedConfig:
     """Read, parse and validate (with the process environment); raise ConfigError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_config_text(path)
     except FileNotFoundError:
         raise ConfigError([f"{path}: config file not found"]) from None
+    except UnreadableConfig as exc:
+        raise ConfigError([f"{path}: not a usable config file: {exc}"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read config file: {exc}"]) from None
     try:
