@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from drainpool.configchecks import MAX_CONFIG_BYTES
 
 from tests.support.daemon import REPO, DaemonFactory, base_config, render_config
@@ -66,6 +67,24 @@ def test_a_config_swapped_for_a_fifo_a_device_or_a_directory_is_a_rejected_reloa
     swap_link(link, real)
     assert factory.cli("reload", "--pid", str(daemon.pid)).returncode == 0
     daemon.terminate()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("DRAINPOOL_POOL__WORKERS__X", "1"), ("drainpool_pool__workers", "abc")],
+)
+def test_a_bad_environment_override_names_the_variable(
+    factory: DaemonFactory, tmp_path: Path, variable: str, value: str
+) -> None:
+    config = factory.config()
+    checked = check_config(config, {variable: value})
+    assert checked.returncode == 78
+    named = f"drainpool: config error: environment {variable}: pool.workers"
+    assert checked.stderr.startswith(named), checked.stderr
+    assert str(config) not in checked.stderr, "the file is not at fault"
+    daemon = factory.start(config, ready=False, env={variable: value})
+    assert daemon.wait_exit() == 78
+    assert f"environment {variable}: pool.workers" in daemon.log()
 
 
 def test_a_text_config_within_the_limit_still_loads(tmp_path: Path) -> None:

@@ -343,6 +343,15 @@ def check_pools(loaded: LoadedConfig, *, explicit_pool: bool) -> list[str]:
     return problems
 
 
+def env_names(loc: tuple[str, ...] | list[str], environ: Mapping[str, str]) -> list[str]:
+    """The variables that set the key at `loc` or something below it, whatever their case
+    (pydantic-settings reads DRAINPOOL_ names case-insensitively)."""
+    wanted = (ENV_PREFIX + "__".join(loc)).upper()
+    return sorted(
+        name for name in environ if name.upper() == wanted or name.upper().startswith(wanted + "__")
+    )
+
+
 def _describe(exc: ValidationError, path: Path, text: str, environ: Mapping[str, str]) -> list[str]:
     problems = []
     for err in exc.errors(include_url=False):
@@ -353,9 +362,9 @@ def _describe(exc: ValidationError, path: Path, text: str, environ: Mapping[str,
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
-        env_name = ENV_PREFIX + "__".join(loc).upper()
-        if loc and env_name in environ:
-            problems.append(f"environment {env_name}: {key}: {message}")
+        names = env_names(loc, environ) if loc else []
+        if names:
+            problems.append(f"environment {', '.join(names)}: {key}: {message}")
         else:
             line = find_key_line(text, tuple(loc))
             where = f"{path}:{line}" if line else str(path)
