@@ -126,13 +126,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from drainpool.supervisor import Supervisor
 
         configure_logging(loaded.settings.log)
+        from drainpool.endpoint import EndpointError
+
         try:
             return Supervisor(loaded, registry, inbox=inbox).run()
-        except OSError as exc:  # e.g. the metrics port is taken
+        except (OSError, EndpointError) as exc:
             import logging
 
             logging.getLogger("drainpool").error("cannot start: %s", exc)
-            return ExitCode.FAILURE
+            # The endpoint's address or files are the config's fault: 78, not restarted.
+            return ExitCode.CONFIG if isinstance(exc, EndpointError) else ExitCode.FAILURE
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

@@ -12,7 +12,9 @@ finding out at start or in the middle of a reload.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -63,3 +65,28 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a file"
+
+
+def metrics_problems(
+    host: str, tls_cert_file: Path | None, tls_key_file: Path | None
+) -> list[tuple[str, str]]:
+    """(key, problem) for each metrics setting the endpoint could not use."""
+    problems = []
+    for key, path in (("tls_cert_file", tls_cert_file), ("tls_key_file", tls_key_file)):
+        if path is not None and not os.access(path, os.R_OK):
+            why = "file not found" if not path.exists() else "file not readable"
+            problems.append((key, f"{why}: {path}"))
+    if not _is_address(host):
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            problems.append(("host", f"cannot resolve {host!r}: {exc}"))
+    return problems
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -10,6 +10,7 @@ works with any port, even port 0) or through the config's metrics address.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -87,21 +88,26 @@ def _base_url(host: str, port: int, scheme: str = "http") -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
+def find_by_pid(pid: int) -> tuple[str, dict[str, Any]]:
+    """The endpoint that process `pid` listens on, http or https, and its status."""
+    errors = []
+    for host, port in listening_addresses(pid):
+        for scheme in ("http", "https"):
+            base = _base_url(host, port, scheme)
+            try:
+                status = get_status(base, timeout=2.0)
+            except ControlError as exc:
+                errors.append(str(exc))
+                continue
+            if status.get("pid") == pid:
+                return base, status
+    raise ControlError(f"pid {pid} serves no drainpool endpoint ({'; '.join(errors)})")
+
+
 def find_daemon(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The daemon's endpoint base URL and its current status."""
     if getattr(args, "pid", None):
-        errors = []
-        for host, port in listening_addresses(args.pid):
-            for scheme in ("http", "https"):
-                base = _base_url(host, port, scheme)
-                try:
-                    status = get_status(base, timeout=2.0)
-                except ControlError as exc:
-                    errors.append(str(exc))
-                    continue
-                if status.get("pid") == args.pid:
-                    return base, status
-        raise ControlError(f"pid {args.pid} serves no drainpool endpoint ({'; '.join(errors)})")
+        return find_by_pid(args.pid)
     from drainpool.runtime import load_or_exit
 
     loaded, _ = load_or_exit(args.config, tasks=False)
@@ -178,7 +184,11 @@ def reload(args: argparse.Namespace) -> int:
             try:
                 now = get_status(base, timeout=2.0)
             except ControlError:
-                continue  # the endpoint may be rebinding to a new address
+                # The reload may have moved the endpoint (a new port, TLS turned on):
+                # look for it again through the daemon's sockets.
+                with contextlib.suppress(ControlError):
+                    base = find_by_pid(pid)[0]
+                continue
             record = now["reload"]
             if record["seq"] > seq and now["state"] in ("running", "stopped"):
                 return _report(record, now)

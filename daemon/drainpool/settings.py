@@ -35,7 +35,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from drainpool.configchecks import UnreadableConfig, read_config_text
+from drainpool.configchecks import UnreadableConfig, metrics_problems, read_config_text
 
 DEFAULT_CONFIG_PATH = Path("/etc/drainpool/drainpool.toml")
 ENV_PREFIX = "DRAINPOOL_"
@@ -281,7 +281,11 @@ def load(path: Path) -> LoadedConfig:
     except SettingsError as exc:  # a whole section from the environment that is not JSON
         raise ConfigError([_env_problem(exc)]) from None
     loaded = LoadedConfig(settings, path, text)
-    problems = misspelt_environment(os.environ) + check_pools(loaded, explicit_pool="pool" in data)
+    problems = (
+        misspelt_environment(os.environ)
+        + check_pools(loaded, explicit_pool="pool" in data)
+        + check_metrics(loaded)
+    )
     if problems:
         raise ConfigError(problems)
     return loaded
@@ -341,6 +345,22 @@ def check_pools(loaded: LoadedConfig, *, explicit_pool: bool) -> list[str]:
                 " add it to the tasks of one [pools.NAME]"
             )
     return problems
+
+
+def check_metrics(loaded: LoadedConfig) -> list[str]:
+    """TLS files that are missing and a host that does not resolve (issue 23): found here,
+    check-config and a reload reject them instead of the endpoint failing to bind."""
+    m = loaded.settings.metrics
+    return [
+        f"{_where_set(loaded, ('metrics', key))}: metrics.{key}: {problem}"
+        for key, problem in metrics_problems(m.host, m.tls_cert_file, m.tls_key_file)
+    ]
+
+
+def _where_set(loaded: LoadedConfig, loc: tuple[str, ...]) -> str:
+    """The environment variable that set a key, else the file line."""
+    names = env_names(loc, os.environ)
+    return f"environment {names[0]}" if names else loaded.where(*loc)
 
 
 def env_names(loc: tuple[str, ...] | list[str], environ: Mapping[str, str]) -> list[str]:
