@@ -306,7 +306,9 @@ class Supervisor:
             self._reloads.request(source, due)
 
     def _reload(self, source: str) -> None:
-        """Validate the file; reject, ignore if unchanged, or drain what changed."""
+        """Validate the file; reject, ignore if unchanged, or drain what changed. Every
+        outcome ends in READY=1 naming it (_record_reload), so Type=notify-reload never waits."""
+        self.notifier.reloading(self.status_line("reloading"))
         try:
             loaded, registry = runtime.load(self.loaded.path)
         except ConfigError as exc:
@@ -316,7 +318,6 @@ class Supervisor:
         if changes is None:
             log.info("reload (%s): config unchanged", how)
             return self._record_reload("unchanged", "", source)
-        self.notifier.reloading(self.status_line("reloading"))
         if loaded.settings.metrics != self.loaded.settings.metrics:
             try:  # first, so a metrics change that cannot be served rejects the whole reload
                 self.endpoint.restart(loaded.settings, self.loaded.settings)
@@ -361,14 +362,14 @@ class Supervisor:
         for name in restarted & self.pools.keys():  # drained and started again (not removed)
             self.metrics.pool_restarts.labels(pool=name, reason=source).inc()
         self._generations.publish()
-        self._record_reload("applied", "", source)
         log.info("reload applied: %s", self.status_line())
-        self.notifier.ready(self.status_line())
+        self._record_reload("applied", "", source)
 
     def _record_reload(self, result: str, message: str, source: str) -> None:
         self.metrics.reload_result(result)
         seq = self.reload_record.seq + 1
         self.reload_record = ReloadRecord(seq, result, message, source, time.time())
+        self.notifier.ready(self.status_line() + f"; reload {result}")
 
     # -- the watcher ------------------------------------------------------------
 
