@@ -143,6 +143,9 @@ ACCEPT_RETRY_SECONDS = 0.1
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client must not keep the process alive
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a burst of 50 GETs (a scrape, a probe and a
+    # console tab at once) overflowed it and waited on SYN retransmits, 1 s and more.
+    request_queue_size = socket.SOMAXCONN
     endpoints: Endpoints
     starved: OSError | None = None  # the last accept that failed for want of resources
 
