@@ -95,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p = command("queue", _cmd_queue, "inspect the queue and its dead letters")
-    p.add_argument("action", choices=["stats", "dead"], help="stats, or dead list|retry|purge")
+    p.add_argument(
+        "action", nargs="?", choices=["stats", "dead"], help="stats, or dead list|retry|purge"
+    )
     p.add_argument("dead_action", nargs="?", choices=["list", "retry", "purge"])
     p.add_argument("ids", nargs="*", help="job ids for dead retry/purge (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -157,6 +159,8 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     from drainpool import bulk
     from drainpool.runtime import open_queue
 
+    if not 0 <= args.delay < float("inf"):  # also NaN
+        raise UsageError(f"--delay must be 0 or more seconds, not {args.delay:g}")
     loaded, _ = _load(args, tasks=False)
     known = sorted(loaded.settings.tasks)
     if args.file is not None:
@@ -202,6 +206,8 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 def _cmd_queue(args: argparse.Namespace) -> int:
     from drainpool.runtime import open_queue
 
+    if args.action is None:
+        raise UsageError("queue needs an action: stats, or dead list|retry|purge [ID...]")
     loaded, _ = _load(args, tasks=False)
     queue = open_queue(loaded)
     try:

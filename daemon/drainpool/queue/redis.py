@@ -74,6 +74,7 @@ from drainpool.queue.base import (
     decode_payload,
     encode_payload,
     loads_or_raw,
+    log_dead,
     redact_url,
 )
 from drainpool.queue.records import (
@@ -767,6 +768,7 @@ class RedisQueue:
         if ops:
             retention_ms = int(self.retention_seconds * 1000)
             self._run("settle", "settle jobs", retention_ms, *ops)
+            log_dead(failures, self.retry)
 
     # -- inspection and dead letters --------------------------------------
 
