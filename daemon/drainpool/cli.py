@@ -91,7 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p = command("queue", _cmd_queue, "inspect the queue and its dead letters")
-    p.add_argument("action", choices=["stats", "dead"], help="stats, or dead list|retry|purge")
+    p.add_argument(
+        "action", nargs="?", choices=["stats", "dead"], help="stats, or dead list|retry|purge"
+    )
     p.add_argument("dead_action", nargs="?", choices=["list", "retry", "purge"])
     p.add_argument("ids", nargs="*", help="job ids for dead retry/purge (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -132,13 +134,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from drainpool.supervisor import Supervisor
 
         configure_logging(loaded.settings.log)
+        from drainpool.endpoint import EndpointError
+
         try:
             return Supervisor(loaded, registry, inbox=inbox).run()
-        except OSError as exc:  # e.g. the metrics port is taken
+        except (OSError, EndpointError) as exc:
             import logging
 
             logging.getLogger("drainpool").error("cannot start: %s", exc)
-            return ExitCode.FAILURE
+            # The endpoint's address or files are the config's fault: 78, not restarted.
+            return ExitCode.CONFIG if isinstance(exc, EndpointError) else ExitCode.FAILURE
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -160,6 +165,8 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     from drainpool import bulk
     from drainpool.runtime import open_queue
 
+    if not 0 <= args.delay < float("inf"):  # also NaN
+        raise UsageError(f"--delay must be 0 or more seconds, not {args.delay:g}")
     loaded, _ = _load(args, tasks=False)
     known = sorted(loaded.settings.tasks)
     if args.file is not None:
@@ -205,6 +212,8 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 def _cmd_queue(args: argparse.Namespace) -> int:
     from drainpool.runtime import open_queue
 
+    if args.action is None:
+        raise UsageError("queue needs an action: stats, or dead list|retry|purge [ID...]")
     loaded, _ = _load(args, tasks=False)
     queue = open_queue(loaded)
     try:

@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import selectors
+import socket
 import ssl
 import sys
 import threading
@@ -150,6 +151,9 @@ ACCEPT_RETRY_SECONDS = 0.1
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client must not keep the process alive
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a burst of 50 GETs (a scrape, a probe and a
+    # console tab at once) overflowed it and waited on SYN retransmits, 1 s and more.
+    request_queue_size = socket.SOMAXCONN
     endpoints: Endpoints
     starved: OSError | None = None  # the last accept that failed for want of resources
 
@@ -184,6 +188,20 @@ class _Server(ThreadingHTTPServer):
         super().finish_request(request, client_address)
 
 
+class TlsFilesError(OSError):
+    """The certificate or key cannot be loaded (missing, unreadable, not a pair)."""
+
+
+def _tls_context(cert: Path, key: Path | None) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is one
+        raise TlsFilesError(exc.errno, exc.strerror or str(exc)) from None
+    return context
+
+
 class HttpServer:
     """Serves the endpoints on a background thread until `stop()`."""
 
@@ -195,13 +213,23 @@ class HttpServer:
         *,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        listener: socket.socket | None = None,
     ) -> None:
-        self._server = _Server((host, port), Handler)
+        """Bind (host, port), or serve on `listener`, a socket already listening there.
+
+        Everything that can fail (the TLS files, the bind) fails here, before
+        `start()`, so a caller can keep its old server until the new one exists.
+        """
+        context = _tls_context(tls_cert, tls_key) if tls_cert is not None else None
+        if listener is None:
+            self._server = _Server((host, port), Handler)
+        else:
+            self._server = _Server(listener.getsockname(), Handler, bind_and_activate=False)
+            self._server.socket.close()
+            self._server.socket = listener
+            self._server.server_address = listener.getsockname()
         self._server.endpoints = endpoints
-        if tls_cert is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(tls_cert, tls_key)
+        if context is not None:
             self._server.socket = context.wrap_socket(
                 self._server.socket, server_side=True, do_handshake_on_connect=False
             )
@@ -215,6 +243,11 @@ class HttpServer:
     def address(self) -> tuple[str, int]:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
+
+    def duplicate_listener(self) -> socket.socket:
+        """A second descriptor of the listening socket, plain (not TLS), for the
+        server that replaces this one on the same address: the port is never let go."""
+        return socket.socket(fileno=os.dup(self._server.socket.fileno()))
 
     def start(self) -> None:
         self._thread.start()
