@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from drainpool import __version__
+from drainpool import __version__, deadletters
 from drainpool.httpserver import BodyTooLarge, Handler, Route
 from drainpool.queue.base import Queue, QueueError, QueueUnavailable
 from drainpool.settings import ConsoleSettings
@@ -276,20 +276,21 @@ class Console:
     # -- actions --------------------------------------------------------------
 
     def _dead_retry(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"retried": self._on_dead(body, lambda q, ids: q.dead_retry(ids))}
+        return self._on_dead(body, "retry")
 
     def _dead_purge(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"purged": self._on_dead(body, lambda q, ids: q.dead_purge(ids))}
+        return self._on_dead(body, "purge")
 
-    def _on_dead(
-        self, body: dict[str, Any], apply: Callable[[Queue, list[str] | None], int]
-    ) -> int:
+    def _on_dead(self, body: dict[str, Any], action: str) -> dict[str, Any]:
         ids = _selected_ids(body)
         queue = self._open_queue()
         try:
-            return apply(queue, ids)
+            done = deadletters.apply(queue, action, ids)
         except QueueError as exc:
             raise Refused(503 if isinstance(exc, QueueUnavailable) else 400, str(exc)) from None
+        # The ids that were not dead jobs are named only when there are some: the answer
+        # to a retry or purge of dead ids stays {"retried": n} as before.
+        return {done.verb: done.count, **({"not_dead": done.not_dead} if done.not_dead else {})}
 
     def _reload(self, body: dict[str, Any]) -> dict[str, Any]:
         seq = self.source.status()["reload"]["seq"]
@@ -366,9 +367,12 @@ def _selected_ids(body: dict[str, Any]) -> list[str] | None:
     ids = body.get("ids")
     if "all" in body or not isinstance(ids, list) or not ids:
         raise Refused(400, 'send {"ids": ["..."]} (a non-empty list) or {"all": true}')
-    if len(ids) > MAX_IDS or not all(isinstance(i, str | int) for i in ids):
-        raise Refused(400, f"ids must be at most {MAX_IDS} strings")
-    return [str(i) for i in ids]
+    if len(ids) > MAX_IDS:
+        raise Refused(400, f"at most {MAX_IDS} ids at once")
+    try:
+        return deadletters.job_ids(ids)
+    except QueueError as exc:
+        raise Refused(400, str(exc)) from None
 
 
 def _limit(handler: Handler, default: int) -> int:
