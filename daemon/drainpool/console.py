@@ -1,8 +1,10 @@
 """The web console (issue 11): a page at / and the JSON API under /api/ that it reads.
 
 Reading. The page and its two static files hold no data and are always
-served. The data routes (/api/running, /api/queue, /api/dead, /api/outcomes)
-answer without a token only when the endpoint is bound to loopback, and then
+served. Every other GET under /api/ (/api/running, /api/queue, /api/dead,
+/api/outcomes, /api/config, and any route added later) passes `read_guard`,
+which the router applies to all of them but the public ones (httpserver.PUBLIC_API):
+they answer without a token only when the endpoint is bound to loopback, and then
 only to a loopback Host header, so a DNS-rebinding page cannot read them
 through the victim's browser. Bound anywhere else, they need the bearer token,
 and with no token configured they are refused. /api/status, /metrics and the
@@ -99,7 +101,9 @@ class Console:
 
     def get_routes(self) -> dict[str, Route]:
         routes: dict[str, Route] = {path: self._serve_static for path in self._static}
-        routes["/api/console"] = self._guarded(self._console_info, auth=False)
+        # The read guard is the router's (httpserver.PUBLIC_API, Endpoints.read_guard), so a
+        # route added anywhere cannot forget it; /api/console is public there.
+        routes["/api/console"] = self._guarded(self._console_info)
         routes["/api/running"] = self._guarded(self._running)
         routes["/api/queue"] = self._guarded(self._queue)
         routes["/api/dead"] = self._guarded(self._dead)
@@ -129,15 +133,11 @@ class Console:
         extra = {"WWW-Authenticate": 'Bearer realm="drainpool"'} if refused.code == 401 else None
         self._json(handler, refused.code, {"error": refused.reason}, extra)
 
-    def _guarded(
-        self, read: Callable[[Handler], Any], *, auth: bool = True
-    ) -> Callable[[Handler], None]:
-        """A GET route: check who may read, then answer with `read`'s JSON."""
+    def _guarded(self, read: Callable[[Handler], Any]) -> Callable[[Handler], None]:
+        """A GET route (the router has checked who may read): answer with `read`'s JSON."""
 
         def route(handler: Handler) -> None:
             try:
-                if auth:
-                    self._check_read(handler)
                 self._json(handler, 200, read(handler))
             except Refused as refused:
                 self._refuse(handler, refused)
@@ -188,6 +188,15 @@ class Console:
         return route
 
     # -- guards ---------------------------------------------------------------
+
+    def read_guard(self, handler: Handler) -> bool:
+        """The router's guard for every non-public /api/ GET: True, or refused and answered."""
+        try:
+            self._check_read(handler)
+        except Refused as refused:
+            self._refuse(handler, refused)
+            return False
+        return True
 
     def _check_read(self, handler: Handler) -> None:
         settings = self.source.settings()
