@@ -6,6 +6,11 @@ and the queue's semantics (daemon/drainpool/queue/sqlite.py) are another:
 - Busy: a transaction that meets another writer's lock is retried (SQLite's
   busy handler waits first, then this loop backs off) for BUSY_RETRY_SECONDS,
   so "database is locked" never reaches a producer or the daemon early.
+- Space: a write that fails because the disk is full makes the connection
+  checkpoint every quarter of the space left (SQLite's own checkpoint waits
+  for 4 MiB of WAL, more than a small disk holds), checkpoints and truncates
+  the WAL at once, and is tried once more: recovery follows the space
+  actually free, not the size the WAL once reached.
 - Faults: any other SQLite or OS error (disk full, read-only file system, I/O
   error, a corrupt file) is raised as QueueUnavailable for the caller to retry;
   all but a full disk also close the connection, so the next transaction starts
@@ -26,6 +31,7 @@ and the queue's semantics (daemon/drainpool/queue/sqlite.py) are another:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -38,9 +44,11 @@ from typing import TypeVar
 from drainpool.queue.base import QueueUnavailable
 
 T = TypeVar("T")
+log = logging.getLogger("drainpool.queue")
 
 BUSY_TIMEOUT_SECONDS = 5.0  # SQLite's own busy handler, per attempt
 BUSY_RETRY_SECONDS = 60.0  # then this loop gives up and reports the queue unavailable
+MIN_CHECKPOINT_PAGES = 16  # after a full disk: checkpoint at least every 64 KiB of WAL
 # A random id made when the file is created; with the inode it names this very file.
 _META = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -92,6 +100,7 @@ class Database:
         """Run `fn` in one transaction; retry while busy; raise QueueUnavailable on faults."""
         deadline = time.monotonic() + BUSY_RETRY_SECONDS
         pause = 0.005
+        reclaimed = False  # the WAL was checkpointed and truncated after a full disk
         while True:
             with self._lock:
                 try:
@@ -99,8 +108,12 @@ class Database:
                 except sqlite3.Error as exc:
                     if isinstance(exc, _BUGS):
                         raise  # a bug in the caller's SQL, not a fault of the file
+                    full = _primary_code(exc) == sqlite3.SQLITE_FULL
+                    if full and not reclaimed and self._reclaim_wal():
+                        reclaimed = True
+                        continue  # once: a retry that fails again reports the full disk
                     if not is_busy(exc):
-                        if _primary_code(exc) != sqlite3.SQLITE_FULL:
+                        if not full:
                             # A full disk leaves the connection sound (SQLite rolled back);
                             # closing it would checkpoint and delete the WAL, freeing a
                             # little space that the next commit fills again: a flapping fault.
@@ -113,6 +126,31 @@ class Database:
                     raise QueueUnavailable(f"{self.path}: {exc}") from exc
             time.sleep(pause)  # lock released; another connection is writing
             pause = min(pause * 2, 0.2)
+
+    def _reclaim_wal(self) -> bool:
+        """After a write failed for space: checkpoint more often, and now (lock held).
+
+        SQLite checkpoints on its own every 1000 pages (4 MiB of WAL): on a smaller
+        disk the WAL alone fills it, every commit then fails, and nothing would
+        checkpoint again, even once space is freed (the WAL grows into it). So the
+        connection now checkpoints (and trims the WAL) every quarter of the space
+        left, and tries a checkpoint that truncates the WAL. True when that freed
+        the WAL (no reader held it, the file had room for its pages): a retry may
+        then succeed. Whether it does depends on the space actually free.
+        """
+        if self._conn is None:
+            return False
+        try:
+            page = self._conn.execute("PRAGMA page_size").fetchone()[0]
+            st = os.statvfs(self.path.parent)
+            pages = max(MIN_CHECKPOINT_PAGES, min(1000, st.f_bavail * st.f_frsize // page // 4))
+            self._conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+            self._conn.execute(f"PRAGMA journal_size_limit={pages * page}")
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            log.debug("%s: checkpoint after a full disk failed: %s", self.path, exc)
+            return False
+        return busy == 0
 
     def _once(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
         # A write checks the file after its commit (below), which also covers a swap
