@@ -391,19 +391,30 @@ def test_full_file_system_blocks_then_recovers_without_losing_a_job(
     daemon.wait_log(
         r"queue unavailable \(not ready; retrying with backoff\): .*database or disk is full"
     )
-    # The full disk made the daemon checkpoint and truncate its WAL (issue 23): fill the
-    # space that freed too, so the disk is really full.
-    namespace.run("dd", "if=/dev/zero", f"of={vol}/filler2", "bs=4k", check=False)
-    refused = namespace.cli("enqueue", "record", json.dumps({"log": str(log)}), config=config)
+    # A write that fails for space checkpoints and truncates the WAL (issue 23), which
+    # frees what the WAL held, and later WAL frames reuse its space: enqueues fit until
+    # the file itself must grow. Large payloads make it grow at once.
+    accepted = 0
+    big = json.dumps({"log": str(log), "pad": "x" * 40_000})
+
+    def refused_enqueue() -> subprocess.CompletedProcess[str] | None:
+        nonlocal accepted
+        namespace.run("dd", "if=/dev/zero", f"of={vol}/filler-{accepted}", "bs=4k", check=False)
+        done = namespace.cli("enqueue", "record", big, config=config)
+        accepted += done.returncode == 0
+        return done if done.returncode != 0 else None
+
+    refused = wait_until(refused_enqueue, what="an enqueue refused on the full disk")
     assert refused.returncode == 1, refused.stderr
     assert "queue unavailable" in refused.stderr and "the disk is full" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert daemon.proc.poll() is None
-    assert readyz(daemon) == 503  # still: nothing was freed
+    wait_until(lambda: readyz(daemon) == 503, what="/readyz 503: nothing was freed")
 
-    namespace.run("rm", f"{vol}/filler", f"{vol}/filler2")
+    namespace.run("sh", "-c", f"rm {vol}/filler*")
     wait_until(lambda: readyz(daemon) == 200, what="/readyz 200 once there is room")
-    wait_until(lambda: len(count(log, "done")) == 6, what="all six jobs done")
+    total = 6 + accepted
+    wait_until(lambda: len(count(log, "done")) == total, what="all jobs done")
     assert set(count(log, "start").values()) == {1}  # the daemon lived: no job twice
     daemon.terminate()
 
