@@ -1,5 +1,8 @@
 """The queue's file under attack: a disk too small for its WAL, and a WAL deleted (issue 23).
 
+A deleted WAL: producers got ids for jobs written to a new WAL the daemon
+never read, /readyz stayed 200, and the jobs were gone after a restart.
+
 A tiny file system: SQLite checkpoints the WAL every 1000 pages (4 MiB), so on a
 1 MiB disk the WAL alone filled it, every commit then failed for space, and the
 daemon stayed "disk is full" with room to spare once the WAL was checkpointed.
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Daemon, DaemonFactory, wait_until
+from tests.support.daemon import Daemon, DaemonFactory, enqueue, queue_stats, wait_until
 from tests.support.joblog import count
 from tests.support.mountns import MountNamespace
 
@@ -69,3 +72,29 @@ def test_a_tiny_disk_recovers_once_space_is_freed(
     assert set(count(log, "start").values()) == {1}  # none lost, none run twice
     wait_until(lambda: readyz(daemon) == 200, what="/readyz 200 once there is room")
     daemon.terminate()
+
+
+def test_a_wal_deleted_under_the_daemon_is_reported_and_loses_nothing(
+    factory: DaemonFactory, tmp_path: Path
+) -> None:
+    config = factory.config(reload={"watch": False})
+    db = tmp_path / "queue.db"
+    daemon = factory.start(config)
+    # Waiting jobs whose rows are in the WAL only (the daemon's connection keeps it open).
+    kept = [enqueue(factory, config, "noop", {"n": n}, "--delay", "3600") for n in range(5)]
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink()
+
+    wait_until(lambda: readyz(daemon) == 503, what="/readyz 503")
+    daemon.wait_log(r"queue unavailable \(not ready; retrying with backoff\): .*-wal or -shm")
+    # A producer is refused loudly instead of writing a WAL the daemon never reads.
+    refused = factory.cli("enqueue", "noop", "{}", config=config)
+    assert refused.returncode == 1 and "-wal or -shm file is gone" in refused.stderr, refused
+    assert "Traceback" not in refused.stderr
+    assert readyz(daemon) == 503  # stays: the daemon does not claim health again
+
+    daemon.terminate()  # its connection's close writes the WAL it held into the file
+    again = factory.start(config)
+    assert queue_stats(factory, config)["delayed"] == len(kept)
+    assert readyz(again) == 200
+    again.terminate()
