@@ -210,6 +210,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def _cmd_queue(args: argparse.Namespace) -> int:
+    from drainpool import deadletters
     from drainpool.runtime import open_queue
 
     if args.action is None:
@@ -223,15 +224,10 @@ def _cmd_queue(args: argparse.Namespace) -> int:
             raise UsageError("queue dead needs list, retry or purge")
         if args.dead_action == "list":
             return _print_dead(queue, args.json, args.limit)
-        ids = args.ids or None
-        count = queue.dead_retry(ids) if args.dead_action == "retry" else queue.dead_purge(ids)
-        verb = "retried" if args.dead_action == "retry" else "purged"
-        print(f"{count} dead jobs {verb}")
-        if ids is not None and count < len(set(ids)):
-            print(
-                f"drainpool: {len(set(ids)) - count} of the ids given are not dead jobs",
-                file=sys.stderr,
-            )
+        done = deadletters.apply(queue, args.dead_action, args.ids or None)
+        print(done.summary())
+        if done.problem():
+            print(f"drainpool: {done.problem()}", file=sys.stderr)
             return ExitCode.FAILURE
         return ExitCode.OK
     finally:

@@ -157,7 +157,8 @@ def dry_run(args: argparse.Namespace) -> int:
 
     try:
         base, _ = find_daemon(args)
-        running = _get_json(f"{base}/api/config")
+        # /api/config is under the console's read rules: off loopback it needs the token.
+        running = _get_json(f"{base}/api/config", token=_console_token(args.config))
     except ControlError as exc:
         print(f"drainpool: {exc}", file=sys.stderr)
         return ExitCode.FAILURE
@@ -193,10 +194,23 @@ def dry_run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _get_json(url: str) -> Any:
-    context = ssl._create_unverified_context() if url.startswith("https") else None
+def _console_token(config_option: str | None) -> str | None:
+    """The console token of the config (file or DRAINPOOL_CONSOLE__TOKEN), if it loads."""
+    from drainpool import settings
+
     try:
-        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+        token = settings.load(settings.config_path(config_option)).settings.console.token
+    except settings.ConfigError:
+        return None
+    return token.get_secret_value() if token is not None else None
+
+
+def _get_json(url: str, token: str | None = None) -> Any:
+    context = ssl._create_unverified_context() if url.startswith("https") else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
             return json.loads(response.read())
     except (OSError, ValueError) as exc:
         raise ControlError(f"no answer from {url}: {exc}") from None

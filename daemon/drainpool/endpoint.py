@@ -146,6 +146,7 @@ class Endpoint:
             source.status,
             extra_routes=console.get_routes(),
             post_routes=console.post_routes(),
+            read_guard=console.read_guard,
         )
         endpoints.extra_routes["/api/config"] = lambda request: request.send_json(
             config_view(source.loaded, source.registry)

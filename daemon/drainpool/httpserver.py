@@ -31,6 +31,10 @@ log = logging.getLogger("drainpool.http")
 MAX_BODY_BYTES = 64 * 1024  # the console's POST bodies are a few ids; refuse anything bigger
 
 BUILTIN_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/api/status"})
+# GET paths under /api/ that anyone who reaches the endpoint may read (README, "Console"):
+# the status (what `drainpool reload` and `status` poll) and the console's own settings.
+# Every other /api/ GET passes `Endpoints.read_guard` first, whoever registered it.
+PUBLIC_API = frozenset({"/api/status", "/api/console"})
 
 Route = Callable[["Handler"], None]
 
@@ -46,6 +50,9 @@ class Endpoints:
     # GET routes by path; a path ending in "/" also serves one level below it.
     extra_routes: dict[str, Route] = field(default_factory=dict)
     post_routes: dict[str, Route] = field(default_factory=dict)
+    # Runs before every GET under /api/ not in PUBLIC_API: True to go on, or False once it
+    # has answered the refusal itself. None refuses them all (fail closed).
+    read_guard: Callable[[Handler], bool] | None = None
 
     def get_route(self, path: str) -> Route | None:
         """The GET route of `path`, or of its parent "/a/b/" for "/a/b/ID" (/api/jobs/ID)."""
@@ -71,6 +78,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         endpoints = self.server.endpoints
         path = self.path.split("?", 1)[0]
+        if path.startswith("/api/") and path not in PUBLIC_API and not self._may_read():
+            return
         if path == "/metrics":
             self.reply(200, generate_latest(endpoints.registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
@@ -87,6 +96,14 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(405, b"use POST\n", headers={"Allow": "POST"})
         else:
             self.reply(404, b"not found\n")
+
+    def _may_read(self) -> bool:
+        """The one read guard of every non-public /api/ GET route (issue 23)."""
+        guard = self.server.endpoints.read_guard
+        if guard is None:
+            self.reply(403, b"reading the API is not configured\n")
+            return False
+        return guard(self)
 
     def send_json(self, data: Any, code: int = 200) -> None:
         self.reply(code, json.dumps(data, indent=1).encode(), "application/json")

@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -176,6 +177,17 @@ class CommandTask(_Section):
     timeout_seconds: float | None = Field(None, gt=0)
     cwd: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    # Names in env whose values are shown as *** wherever the config is shown, beside
+    # those whose names look secret (drainpool.runtime.SECRET_WORDS).
+    secret_env: list[str] = Field(default_factory=list)
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_env_in_env(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        missing = [name for name in names if name not in info.data.get("env", {})]
+        if missing:
+            raise ValueError(f"names {', '.join(missing)}, not set in env")
+        return names
 
 
 def _task_ref(ref: str) -> str:
