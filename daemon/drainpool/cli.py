@@ -166,7 +166,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     from drainpool.runtime import open_queue
 
     if not 0 <= args.delay < float("inf"):  # also NaN
-        raise UsageError(f"--delay must be 0 or more seconds, not {args.delay:g}")
+        raise UsageError(f"--delay must be 0 or more seconds (a finite number), not {args.delay:g}")
     loaded, _ = _load(args, tasks=False)
     known = sorted(loaded.settings.tasks)
     if args.file is not None:

@@ -47,6 +47,7 @@ from drainpool.queue.base import (
     JobState,
     QueueError,
     QueueStats,
+    QueueUnavailable,
     RetryPolicy,
     WorkerIdentity,
     decode_payload,
@@ -216,7 +217,6 @@ class SqliteQueue:
             SCHEMA_VERSION,
             synchronous="FULL" if durable_commits else "NORMAL",
         )
-        self._run = self._db.run
         # Reads for people (stats at a scrape, dead letters) on a connection of their own:
         # a count over a million jobs takes a tenth of a second, and on the dispatcher's
         # connection it would hold up every settle and fetch for that long.
@@ -225,6 +225,19 @@ class SqliteQueue:
         )
         self._token_prefix = secrets.token_hex(4)
         self._token_counter = itertools.count()
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        """A transaction on the main connection; a fault lets go of the side one too.
+
+        The main connection is dropped on a fault (a file system that failed or was
+        unmounted); the side one, idle between scrapes and prunes, would otherwise
+        hold the broken file open, and the device with it, until its next use.
+        """
+        try:
+            return self._db.run(fn, write=write)
+        except QueueUnavailable:
+            self._aside.close()
+            raise
 
     @classmethod
     def from_url(
