@@ -75,6 +75,7 @@ class ConsoleSource:
     outcomes: Callable[[], list[dict[str, Any]]]
     settings: Callable[[], ConsoleSettings]
     request_reload: Callable[[], None]
+    schedules: Callable[[], list[dict[str, Any]]] = list  # issue 20: name, task, next tick ...
 
 
 class Refused(Exception):
@@ -104,6 +105,7 @@ class Console:
         routes["/api/queue"] = self._guarded(self._queue)
         routes["/api/dead"] = self._guarded(self._dead)
         routes["/api/outcomes"] = self._guarded(self._outcomes)
+        routes["/api/schedules"] = self._guarded(lambda _handler: self.source.schedules())
         return routes
 
     def post_routes(self) -> dict[str, Route]:

@@ -48,6 +48,8 @@ class EndpointSource(Protocol):
 
     def request_reload(self, source: str) -> None: ...
 
+    def schedules(self) -> list[dict[str, Any]]: ...
+
 
 class Endpoint:
     """One HTTP server at a time, started, rebound at a reload, stopped at the end."""
@@ -66,6 +68,7 @@ class Endpoint:
                 outcomes=source.recent.snapshot,
                 settings=lambda: source.loaded.settings.console,
                 request_reload=lambda: source.request_reload("console"),
+                schedules=source.schedules,
             )
         )
         endpoints = Endpoints(

@@ -35,6 +35,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from drainpool.schedule_settings import ScheduleSettings, check_schedules
+
 DEFAULT_CONFIG_PATH = Path("/etc/drainpool/drainpool.toml")
 ENV_PREFIX = "DRAINPOOL_"
 MIN_TOKEN_LENGTH = 16  # a console token shorter than this is a password, not a token
@@ -212,6 +214,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     console: ConsoleSettings = ConsoleSettings()
     tasks: dict[TaskName, TaskRef | CommandTask] = Field(default_factory=dict)
+    schedules: dict[str, ScheduleSettings] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -278,6 +281,7 @@ def load(path: Path) -> LoadedConfig:
         raise ConfigError([_env_problem(exc)]) from None
     loaded = LoadedConfig(settings, path, text)
     problems = misspelt_environment(os.environ) + check_pools(loaded, explicit_pool="pool" in data)
+    problems += check_schedules(loaded)
     if problems:
         raise ConfigError(problems)
     return loaded
