@@ -44,6 +44,7 @@ class _Entry:
     settings: ScheduleSettings
     table: Timetable
     floor: float | None  # no tick at or before this counts (taken up, changed, stepped)
+    stale: float | None = None  # a stored tick from before the clock was set back
 
 
 class Scheduler:
@@ -177,9 +178,11 @@ class Scheduler:
                 "schedule %s: the clock was set back before its last tick; going on from now",
                 name,
             )
-            entry.floor = now
-            since = now
+            entry.floor, entry.stale = now, last
+        if last is not None and last == entry.stale:
+            since = entry.floor or now  # until this daemon or another moves the tick on
         else:
+            entry.stale = None
             since = max(t for t in (last, entry.floor) if t is not None)
         schedule = entry.settings
         decision = decide(name, entry.table, schedule.jitter_seconds, schedule.catch_up, since, now)
