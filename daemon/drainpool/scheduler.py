@@ -21,6 +21,7 @@ daemon's clock a little ahead) is waited for.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -153,11 +154,13 @@ class Scheduler:
         self._failing = False
         self.last_ticks = stored
         for name, entry in entries.items():
-            if entry.settings.enabled and name in stored:
-                tick = stored[name]
+            if entry.settings.enabled:
+                # NaN until the schedule's first tick: no age, so no alert, and no fake time.
+                tick = stored.get(name, math.nan)
+                base = entry.table.next_after(now) if math.isnan(tick) else tick
                 self._metrics.schedule_last_tick.labels(schedule=name).set(tick)
                 self._metrics.schedule_period.labels(schedule=name).set(
-                    entry.table.next_after(tick) - tick
+                    entry.table.next_after(base) - base
                 )
         return max(next_due - self._wall(), 0.0)
 
