@@ -46,6 +46,7 @@ class _Entry:
     table: Timetable
     floor: float | None  # no tick at or before this counts (taken up, changed, stepped)
     stale: float | None = None  # a stored tick from before the clock was set back
+    next_due: float | None = None  # wall clock; until then a pass need not look at it
 
 
 class Scheduler:
@@ -132,14 +133,16 @@ class Scheduler:
             entries = dict(self._entries)
         try:
             stored = queue.schedule_ticks()
-            next_due = min(
-                (
-                    self._one(queue, name, entry, stored.get(name), now, stepped_back)
-                    for name, entry in entries.items()
-                    if entry.settings.enabled
-                ),
-                default=now + MAX_WAIT_SECONDS,
-            )
+            next_due = now + MAX_WAIT_SECONDS
+            for name, entry in entries.items():
+                if not entry.settings.enabled:
+                    continue
+                # A thousand schedules cost one decision each only when one is due.
+                if stepped_back or entry.next_due is None or entry.next_due <= now:
+                    entry.next_due = self._one(
+                        queue, name, entry, stored.get(name), now, stepped_back
+                    )
+                next_due = min(next_due, entry.next_due)
             stored = queue.schedule_ticks()
         except QueueError as exc:
             if not self._failing:
