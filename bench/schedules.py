@@ -1,6 +1,6 @@
 """Schedules (issue 20): tick-to-enqueue delay, idle cost, and 1,000 schedules.
 
-    python bench/schedules.py [--ticks N] [--idle-seconds S] [--schedules N]
+    python bench/schedules.py [--ticks N] [--idle-seconds S] [--schedules N] [--repeat R]
 
 - delay: real daemons (one, then three on one SQLite file) run an `every = "1s"`
   schedule for N ticks; the delay of a tick is its job's enqueued_at (the queue's
@@ -9,7 +9,8 @@
   with one schedule due in an hour and with none, scaled to CPU seconds per hour;
   the difference is the scheduler's cost.
 - many: start to READY=1 with N `every` schedules against none, and a reload that
-  changes every one of them: SIGHUP to the READY=1 after RELOADING=1.
+  changes every one of them: SIGHUP to the READY=1 after RELOADING=1. Medians of
+  R runs.
 
 Not part of bench/run.py; the figures go into bench/RESULTS.md by hand. Children
 are started through harness.Children and killed by pid at the end.
@@ -20,13 +21,14 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from drainpool.queue.sqlite import SqliteQueue
-from harness import Children, Inbox, notify_is
+from harness import Child, Children, Inbox, notify_is
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TIMEOUT = 120.0
@@ -46,17 +48,17 @@ def schedule(name: str, when: str, catch_up: str = "none") -> str:
     return f'[schedules.{name}]\n{when}\ntask = "noop"\ncatch_up = "{catch_up}"\n'
 
 
-def start(children: Children, path: Path, events: Inbox) -> object:
+def start(children: Children, path: Path, events: Inbox) -> Child:
     env = {**os.environ, "NOTIFY_SOCKET": events.path}
     argv = [sys.executable, "-m", "drainpool", "run", "--config", str(path)]
     child = children.start("drainpool", argv, env=env, cwd=path.parent)
     return child
 
 
-def wait_ready(events: Inbox, since: int, child: object) -> float:
+def wait_ready(events: Inbox, since: int, child: Child) -> float:
     message = events.wait_for(notify_is("READY"), TIMEOUT, since)
     if message is None:
-        raise SystemExit(f"no READY=1 within {TIMEOUT} s:\n{child.tail()}")  # type: ignore[attr-defined]
+        raise SystemExit(f"no READY=1 within {TIMEOUT} s:\n{child.tail()}")
     return message.received
 
 
@@ -105,9 +107,9 @@ def idle_cpu_per_hour(with_schedule: bool, seconds: float) -> float:
             child = start(children, path, events)
             wait_ready(events, 0, child)
             time.sleep(2.0)  # let start-up settle before the window
-            before = cpu_seconds(child.pid)  # type: ignore[attr-defined]
+            before = cpu_seconds(child.pid)
             time.sleep(seconds)
-            return (cpu_seconds(child.pid) - before) / seconds * 3600  # type: ignore[attr-defined]
+            return (cpu_seconds(child.pid) - before) / seconds * 3600
         finally:
             children.kill_all()
             events.close()
@@ -125,14 +127,14 @@ def many(n: int) -> tuple[float, float, float]:
             try:
                 child = start(children, path, events)
                 ready = wait_ready(events, 0, child)
-                results.append(ready - child.started_at)  # type: ignore[attr-defined]
+                results.append(ready - child.started_at)
                 if count:
                     config(
                         Path(tmp),
                         "".join(schedule(f"s{i}", f'every = "{61 + i}s"') for i in range(count)),
                     )
                     mark = events.mark()
-                    sent = child.signal(signal.SIGHUP)  # type: ignore[attr-defined]
+                    sent = child.signal(signal.SIGHUP)
                     reloading = events.wait_for(notify_is("RELOADING"), TIMEOUT, mark)
                     if reloading is None:
                         raise SystemExit("no RELOADING=1 after SIGHUP")
@@ -148,6 +150,7 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=30)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--schedules", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the start/reload figures")
     args = parser.parse_args()
     for daemons in (1, 3):
         p50, p99 = tick_delay(daemons, args.ticks)
@@ -161,10 +164,11 @@ def main() -> None:
         f"idle CPU, one schedule: {with_one:.2f} s/h; no schedule: {without:.2f} s/h;"
         f" scheduler: {with_one - without:+.2f} s/h"
     )
-    started, bare, reload = many(args.schedules)
+    runs = [many(args.schedules) for _ in range(args.repeat)]
+    started, bare, reload = (statistics.median(run[i] for run in runs) for i in range(3))
     print(
-        f"{args.schedules} schedules: start to READY {started:.3f} s (none: {bare:.3f} s),"
-        f" reload of all {reload:.3f} s"
+        f"{args.schedules} schedules, medians of {args.repeat}: start to READY {started:.3f} s"
+        f" (none: {bare:.3f} s), reload of all {reload:.3f} s"
     )
 
 

@@ -261,3 +261,19 @@ def test_view_names_last_and_next_ticks(queue: SqliteQueue) -> None:
     [row] = s.view()
     assert row["name"] == "n" and row["last_tick"] is None
     assert local(row["next_tick"]) == "01-01 03:00+0100"
+
+
+def test_a_disabled_schedule_enqueues_nothing_and_shows_no_next_tick(queue: SqliteQueue) -> None:
+    clocks = Clocks(6000.5)
+    s = scheduler(queue, clocks, EVERY_MINUTE)
+    off = {"m": ScheduleSettings(every="1m", task="noop", enabled=False)}
+    assert s.update(off) == ["m"]
+    clocks.advance(120)
+    s.run_once()
+    assert scheduled_ticks(queue) == []
+    [row] = s.view()
+    assert row["enabled"] is False and row["next_tick"] is None
+    assert s.update(EVERY_MINUTE) == ["m"]  # enabled again: counts from now
+    clocks.advance(60)
+    s.run_once()
+    assert scheduled_ticks(queue) == [6180.0]

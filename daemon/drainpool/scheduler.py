@@ -131,6 +131,8 @@ class Scheduler:
             return RETRY_SECONDS
         with self._lock:
             entries = dict(self._entries)
+        if not any(entry.settings.enabled for entry in entries.values()):
+            return MAX_WAIT_SECONDS  # no queue I/O for a daemon without schedules
         try:
             stored = queue.schedule_ticks()
             next_due = now + MAX_WAIT_SECONDS
