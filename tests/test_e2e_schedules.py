@@ -125,6 +125,8 @@ def test_a_reload_changes_a_schedule_under_load_and_restarts_no_pool(tmp_path: P
             assert code == 200
             rows = {row["name"]: row for row in json.loads(body)}
             assert rows["tick"]["expression"] == "every 2s" and rows["added"]["enabled"]
+            page = daemon.get("/")[1]
+            assert 'id="schedules"' in page  # the console's table, filled from /api/schedules
             daemon.terminate()
         finally:
             queue.close()
