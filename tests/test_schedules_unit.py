@@ -277,3 +277,28 @@ def test_a_disabled_schedule_enqueues_nothing_and_shows_no_next_tick(queue: Sqli
     clocks.advance(60)
     s.run_once()
     assert scheduled_ticks(queue) == [6180.0]
+
+
+def test_gauges_follow_the_queue_and_a_removed_schedule_loses_them(queue: SqliteQueue) -> None:
+    clocks = Clocks(6000.5)
+    metrics = Metrics()
+    s = Scheduler(lambda: queue, metrics, wall=lambda: clocks.now, monotonic=lambda: clocks.mono)
+    s.update(EVERY_MINUTE)
+    s.run_once()
+
+    def sample(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"schedule": "m"})
+
+    last = "drainpool_schedule_last_tick_timestamp_seconds"
+    assert sample(last) != sample(last)  # NaN before the first tick
+    for _ in range(2):
+        clocks.advance(60)
+        s.run_once()
+    assert sample(last) == 6120.0
+    assert sample("drainpool_schedule_period_seconds") == 60.0
+    assert sample("drainpool_schedule_enqueued_total") == 2.0
+    s.update({})
+    assert sample(last) is None
+    s.update(EVERY_MINUTE)
+    s.run_once()
+    assert sample(last) == 6120.0

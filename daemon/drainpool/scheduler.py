@@ -73,6 +73,7 @@ class Scheduler:
         self._offset = wall() - monotonic()
         self._failing = False
         self.last_ticks: dict[str, float] = {}  # as last read from the queue
+        self._published: dict[str, tuple[float | None, ScheduleSettings]] = {}  # in the gauges
 
     # -- from the supervisor --------------------------------------------------
 
@@ -98,6 +99,8 @@ class Scheduler:
             changed += [name for name in self._entries if name not in schedules]
             self._entries = fresh
             self._taken_up = True
+            for name in changed:  # their gauges are set again (a removed one's were dropped)
+                self._published.pop(name, None)
         self._metrics.declare_schedules(n for n, s in schedules.items() if s.enabled)
         self._wake.set()
         return sorted(changed)
@@ -136,6 +139,7 @@ class Scheduler:
         try:
             stored = queue.schedule_ticks()
             next_due = now + MAX_WAIT_SECONDS
+            decided = False
             for name, entry in entries.items():
                 if not entry.settings.enabled:
                     continue
@@ -144,8 +148,10 @@ class Scheduler:
                     entry.next_due = self._one(
                         queue, name, entry, stored.get(name), now, stepped_back
                     )
+                    decided = True
                 next_due = min(next_due, entry.next_due)
-            stored = queue.schedule_ticks()
+            if decided:
+                stored = queue.schedule_ticks()  # with this pass's enqueues (and others')
         except QueueError as exc:
             if not self._failing:
                 log.warning("schedules: queue unavailable, retrying: %s", exc)
@@ -158,16 +164,23 @@ class Scheduler:
             log.info("schedules: queue reachable again")
         self._failing = False
         self.last_ticks = stored
-        for name, entry in entries.items():
-            if entry.settings.enabled:
-                # NaN until the schedule's first tick: no age, so no alert, and no fake time.
-                tick = stored.get(name, math.nan)
-                base = entry.table.next_after(now) if math.isnan(tick) else tick
-                self._metrics.schedule_last_tick.labels(schedule=name).set(tick)
-                self._metrics.schedule_period.labels(schedule=name).set(
-                    entry.table.next_after(base) - base
-                )
+        self._publish(entries, stored, now)
         return max(next_due - self._wall(), 0.0)
+
+    def _publish(self, entries: dict[str, _Entry], stored: dict[str, float], now: float) -> None:
+        """The gauges of the schedules whose stored tick or settings changed since last time."""
+        for name, entry in entries.items():
+            seen = (stored.get(name), entry.settings)
+            if not entry.settings.enabled or self._published.get(name) == seen:
+                continue
+            self._published[name] = seen
+            # NaN until the schedule's first tick: no age, so no alert, and no fake time.
+            tick = stored.get(name, math.nan)
+            base = entry.table.next_after(now) if math.isnan(tick) else tick
+            self._metrics.schedule_last_tick.labels(schedule=name).set(tick)
+            self._metrics.schedule_period.labels(schedule=name).set(
+                entry.table.next_after(base) - base
+            )
 
     def _one(
         self,
