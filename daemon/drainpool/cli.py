@@ -99,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--limit", type=int, default=100, help="dead list: at most this many")
 
+    from drainpool.schedule_cli import add_parser as add_schedule_parser
+
+    add_schedule_parser(command)
+
     p = command("status", _cmd_status, "show a running daemon's state")
     p.add_argument("--pid", type=int, help="the daemon's pid (default: ask its endpoint)")
     p.add_argument("--watch", action="store_true", help="refresh in place every second")

@@ -43,6 +43,7 @@ from pydantic_settings import (
 from drainpool.configchecks import UnreadableConfig, metrics_problems, read_config_text
 from drainpool.queue.base import QueueError
 from drainpool.queue.schemes import check_url
+from drainpool.schedule_settings import ScheduleSettings, check_schedules
 
 DEFAULT_CONFIG_PATH = Path("/etc/drainpool/drainpool.toml")
 ENV_PREFIX = "DRAINPOOL_"
@@ -227,6 +228,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     console: ConsoleSettings = ConsoleSettings()
     tasks: dict[TaskName, TaskRef | CommandTask] = Field(default_factory=dict)
+    schedules: dict[str, ScheduleSettings] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -298,6 +300,7 @@ def load(path: Path) -> LoadedConfig:
         misspelt_environment(os.environ)
         + check_pools(loaded, explicit_pool="pool" in data)
         + check_metrics(loaded)
+        + check_schedules(loaded)
     )
     if problems:
         raise ConfigError(problems)

@@ -39,6 +39,7 @@ from drainpool.queue import Queue
 from drainpool.queue_monitor import QueueMonitor
 from drainpool.reloads import ReloadRecord, ReloadSchedule, describe_restarts, reload_changes
 from drainpool.retention import Pruner
+from drainpool.scheduler import Scheduler
 from drainpool.settings import ConfigError, LoadedConfig, Settings
 from drainpool.systemd import Notifier
 from drainpool.tasks import TaskSpec
@@ -116,6 +117,7 @@ class Supervisor:
         )
         self.endpoint = Endpoint(self)
         self._pruner = Pruner(lambda: self.queue)  # expired job records, in the background
+        self.scheduler = Scheduler(lambda: self.queue, self.metrics)  # its own thread (issue 20)
         self._drain: Drain[Pool] | None = None
         self._pending: tuple[LoadedConfig, dict[str, TaskSpec], str] | None = None  # after a drain
         self._stop_requested = False
@@ -144,6 +146,8 @@ class Supervisor:
             self._generations.start(name, plan, self.registry, queue)
         self._apply_watch(settings)
         self._pruner.start()
+        self.scheduler.update(settings.schedules)
+        self.scheduler.start()
         self._enter(Phase.RUNNING)
         self._generations.publish()
         log.info(
@@ -165,6 +169,7 @@ class Supervisor:
         return self.exit_code
 
     def close(self) -> None:
+        self.scheduler.stop()
         if self.watcher is not None:
             self.watcher.stop()
         self._pruner.stop()
@@ -252,6 +257,7 @@ class Supervisor:
 
     def _begin_stop(self) -> None:
         self._stop_requested = True
+        self.scheduler.stop(timeout=0)  # a stopping daemon enqueues no more ticks; others do
         self._reloads.cancel()
         self._pending = None
         self.notifier.stopping(self.status_line("stopping"))
@@ -351,6 +357,7 @@ class Supervisor:
             if old_queue is not None:
                 old_queue.close()
         self._apply_watch(new)
+        changed_schedules = self.scheduler.update(new.schedules)
         self.queue_monitor.bury_unknown()
         for name, plan in plan_pools(new, registry).items():
             if name not in self.pools and self.queue is not None:
@@ -360,7 +367,11 @@ class Supervisor:
         for name in restarted & self.pools.keys():  # drained and started again (not removed)
             self.metrics.pool_restarts.labels(pool=name, reason=source).inc()
         self._generations.publish()
-        log.info("reload applied: %s", self.status_line())
+        log.info(
+            "reload applied: %s%s",
+            self.status_line(),
+            f"; schedules changed: {', '.join(changed_schedules)}" if changed_schedules else "",
+        )
         self._record_reload("applied", "", source)
 
     def _record_reload(self, result: str, message: str, source: str) -> None:
@@ -394,6 +405,10 @@ class Supervisor:
 
     def status_line(self, state: str | None = None) -> str:
         return status.status_line(self, state)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """The /api/schedules document: each schedule, its last and next tick."""
+        return self.scheduler.view()
 
     def status(self) -> dict[str, Any]:
         """The /api/status document; runs on the HTTP thread, never on the loop."""

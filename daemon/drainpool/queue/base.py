@@ -160,6 +160,8 @@ class JobInfo:
     result_kept: bool = False  # False: no result (yet), or `result_note` says why not
     result_note: str = ""
     payload_error: str = ""
+    schedule: str = ""  # the schedule that enqueued it (issue 20), "" for other jobs
+    tick: float | None = None  # that schedule's tick; None for `drainpool schedule run`
 
     def as_dict(self) -> dict[str, Any]:
         worker = self.worker
@@ -182,6 +184,8 @@ class JobInfo:
             "result": self.result,
             "result_kept": self.result_kept,
             "result_note": self.result_note,
+            "schedule": self.schedule,
+            "tick": self.tick,
         }
 
 
@@ -330,6 +334,29 @@ class Queue(Protocol):
 
     def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
         """Add many jobs in one transaction; returns how many were added."""
+        ...
+
+    def enqueue_tick(
+        self,
+        schedule: str,
+        task: str,
+        payload: Any = None,
+        *,
+        tick: float | None,
+        expected: float | None,
+    ) -> str | None:
+        """Enqueue one job of `schedule` for `tick`, once across every daemon on the queue.
+
+        Compare-and-set in the enqueue's own transaction (or script): the stored last
+        tick of `schedule` becomes `tick` only if it is `expected` (None: no tick stored
+        yet), and the job is added only then; otherwise nothing changes and None is
+        returned. `tick` None is a manual run: always enqueued, the stored tick untouched.
+        The job's record names the schedule and the tick.
+        """
+        ...
+
+    def schedule_ticks(self) -> dict[str, float]:
+        """Each schedule's last enqueued tick (Unix seconds), as stored by enqueue_tick."""
         ...
 
     def fetch(

@@ -198,6 +198,23 @@ if key ~= '' then redis.call('HSET', P .. ':keys', key, id) end
 return id
 """
 
+_ENQUEUE_TICK = r"""
+-- ARGV[3..]: schedule, tick ('' for a manual run), expected tick ('' for none), task, payload
+-- The schedule's last tick (hash {prefix}:schedules) moves by compare-and-set, and the
+-- job is added in the same script: one enqueue per tick, however many daemons ask.
+local name, tick, expected, task = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if tick ~= '' then
+  if (redis.call('HGET', P .. ':schedules', name) or '') ~= expected then return false end
+  redis.call('HSET', P .. ':schedules', name, tick)
+end
+local id = tostring(redis.call('INCR', P .. ':seq'))
+redis.call('HSET', job_key(id), 'task', task, 'payload', ARGV[7],
+  'enqueued_at', secs(now_ms()), 'attempts', 0, 'key', '', 'schedule', name, 'tick', tick)
+redis.call('ZADD', P .. ':jobs', id, id)
+push_ready(id, task)
+return id
+"""
+
 _FETCH = r"""
 -- ARGV[3..]: consumer, token, n, lease_ms, max_attempts, batch, host, pid, pool, tasks...
 local me, token, n = ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -564,6 +581,7 @@ class RedisQueue:
             name: client.register_script(_lua(body))
             for name, body in {
                 "enqueue": _ENQUEUE,
+                "enqueue_tick": _ENQUEUE_TICK,
                 "fetch": _FETCH,
                 "renew": _RENEW,
                 "settle": _SETTLE,
@@ -706,6 +724,28 @@ class RedisQueue:
             flat = [x for row in rows[start : start + BATCH] for x in row]
             self._run("enqueue", "enqueue", "0", "", *flat)
         return len(rows)
+
+    def enqueue_tick(
+        self,
+        schedule: str,
+        task: str,
+        payload: Any = None,
+        *,
+        tick: float | None,
+        expected: float | None,
+    ) -> str | None:
+        body = encode_payload(payload)
+        # repr() round-trips a float exactly: the stored text is compared as text.
+        args = ("" if tick is None else repr(tick), "" if expected is None else repr(expected))
+        job_id = self._run("enqueue_tick", "enqueue a tick", schedule, *args, task, body)
+        return None if job_id is None else str(job_id)
+
+    def schedule_ticks(self) -> dict[str, float]:
+        if not self._upgraded:
+            self._upgrade()
+        with self._guard("read schedule ticks"):
+            stored = self._client.hgetall(f"{self.prefix}:schedules")
+        return {name: float(tick) for name, tick in stored.items()}
 
     # -- consumers --------------------------------------------------------
 

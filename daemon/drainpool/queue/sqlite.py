@@ -38,6 +38,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from drainpool.queue import sqlite_schedules
 from drainpool.queue.base import (
     DeadJob,
     Done,
@@ -95,8 +96,9 @@ log = logging.getLogger("drainpool.queue")
 T = TypeVar("T")
 
 # 2: the meta table (file id) of drainpool.queue.sqlite_db; 4: the indexes below (3 was a
-# step); 5: the job records (RECORD_COLUMNS, jobs_expiry); 6: the outcome_minutes table.
-SCHEMA_VERSION = 6
+# step); 5: the job records (RECORD_COLUMNS, jobs_expiry); 6: the outcome_minutes table;
+# 7: schedule ticks (sqlite_schedules).
+SCHEMA_VERSION = 7
 BATCH_SIZE = 500  # parameters per IN (...) list, well under SQLite's limit
 
 _SCHEMA = """
@@ -168,6 +170,8 @@ def _migrate(conn: sqlite3.Connection, found: int) -> None:
             conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
     conn.execute(EXPIRY_INDEX)
     conn.execute(TABLE_SQL)
+    if found < 7:
+        sqlite_schedules.migrate(conn)
 
 
 def path_from_url(url: str, base_dir: Path | None) -> Path:
@@ -283,6 +287,38 @@ class SqliteQueue:
             return str(cur.lastrowid)
 
         return self._run(insert, write=True)
+
+    def enqueue_tick(
+        self,
+        schedule: str,
+        task: str,
+        payload: Any = None,
+        *,
+        tick: float | None,
+        expected: float | None,
+    ) -> str | None:
+        body = encode_payload(payload)
+        now = self._clock()
+
+        def insert(conn: sqlite3.Connection) -> str | None:
+            if tick is not None and not sqlite_schedules.advance(
+                conn, schedule, tick, expected, now
+            ):
+                return None  # another daemon enqueued this tick (or a later one) first
+            cur = conn.execute(
+                "INSERT INTO jobs (task, payload, due_at, enqueued_at, schedule, tick)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (task, body, now, now, schedule, tick),
+            )
+            job_id = int(cur.lastrowid or 0)
+            if tick is not None:
+                sqlite_schedules.note_job(conn, schedule, job_id)
+            return str(job_id)
+
+        return self._run(insert, write=True)
+
+    def schedule_ticks(self) -> dict[str, float]:
+        return self._run(sqlite_schedules.read_ticks, write=False)
 
     def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
         now = self._clock()
