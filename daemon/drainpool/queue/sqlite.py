@@ -49,7 +49,9 @@ from drainpool.queue.base import (
     QueueStats,
     RetryPolicy,
     WorkerIdentity,
+    decode_meta,
     decode_payload,
+    encode_meta,
     encode_payload,
     loads_or_raw,
 )
@@ -92,8 +94,10 @@ log = logging.getLogger("drainpool.queue")
 T = TypeVar("T")
 
 # 2: the meta table (file id) of drainpool.queue.sqlite_db; 4: the indexes below (3 was a
-# step); 5: the job records (RECORD_COLUMNS, jobs_expiry); 6: the outcome_minutes table.
-SCHEMA_VERSION = 6
+# step); 5: the job records (RECORD_COLUMNS, jobs_expiry); 6: the outcome_minutes table;
+# 7: jobs.meta, each job's metadata (the producer's trace context), NULL for none.
+SCHEMA_VERSION = 7
+META_COLUMN = "meta TEXT"
 BATCH_SIZE = 500  # parameters per IN (...) list, well under SQLite's limit
 
 _SCHEMA = """
@@ -160,7 +164,7 @@ def _migrate(conn: sqlite3.Connection, found: int) -> None:
         for statement in _SCHEMA.split(";"):
             conn.execute(statement)
     have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-    for column in RECORD_COLUMNS:
+    for column in (*RECORD_COLUMNS, META_COLUMN):
         if column.split()[0] not in have:
             conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
     conn.execute(EXPIRY_INDEX)
@@ -247,11 +251,18 @@ class SqliteQueue:
     # -- producers --------------------------------------------------------
 
     def enqueue(
-        self, task: str, payload: Any = None, *, delay: float = 0.0, key: str | None = None
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        delay: float = 0.0,
+        key: str | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> str:
         if not math.isfinite(delay):
             raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
         body = encode_payload(payload)
+        meta_json = encode_meta(meta) or None
         now = self._clock()
 
         def insert(conn: sqlite3.Connection) -> str:
@@ -261,9 +272,9 @@ class SqliteQueue:
                 if row:
                     return str(row[0])
             cur = conn.execute(
-                "INSERT INTO jobs (task, payload, due_at, idem_key, enqueued_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (task, body, now + max(delay, 0.0), key, now),
+                "INSERT INTO jobs (task, payload, due_at, idem_key, enqueued_at, meta)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (task, body, now + max(delay, 0.0), key, now, meta_json),
             )
             return str(cur.lastrowid)
 
@@ -347,7 +358,7 @@ class SqliteQueue:
                 f"UPDATE jobs SET state = {LEASED}, due_at = ?, token = ?, attempts = attempts + 1,"
                 " started_at = COALESCE(started_at, ?), worker_host = ?, worker_pid = ?,"
                 f" worker_pool = ? WHERE id IN ({marks})"
-                " RETURNING id, task, CAST(payload AS BLOB), attempts, enqueued_at",
+                " RETURNING id, task, CAST(payload AS BLOB), attempts, enqueued_at, meta",
                 (now + lease_seconds, token, now, who.host, who.pid, who.pool, *ids),
             ).fetchall()
             order = {job_id: i for i, job_id in enumerate(ids)}
@@ -365,7 +376,7 @@ class SqliteQueue:
         self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]], token: str, now: float
     ) -> list[Job]:
         jobs: list[Job] = []
-        for job_id, task, body, attempts, enqueued_at in rows:
+        for job_id, task, body, attempts, enqueued_at, meta in rows:
             error = ""
             if attempts > self.retry.max_attempts:
                 # The wording and the count are shared with the Redis backend (contract tests).
@@ -379,7 +390,9 @@ class SqliteQueue:
                     (error, now, job_id),
                 )
                 continue
-            jobs.append(Job(str(job_id), task, payload, attempts, token, enqueued_at))
+            jobs.append(
+                Job(str(job_id), task, payload, attempts, token, enqueued_at, decode_meta(meta))
+            )
         return jobs
 
     def renew(self, jobs: Sequence[Job], lease_seconds: float) -> None:
