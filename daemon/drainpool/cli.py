@@ -76,8 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p = command("enqueue", _cmd_enqueue, "add jobs to the queue")
+    p.epilog = (
+        "A payload is checked against its task's payload type (a pydantic model or TypedDict)"
+        " when this machine can import the task's module: one line per error, exit 2, nothing"
+        " queued. When it cannot, the job is queued unchecked and the daemon checks it."
+    )
     p.add_argument("task", nargs="?", help="a configured task name")
-    p.add_argument("payload", nargs="?", help="the job's payload as JSON (default {})")
+    p.add_argument(
+        "payload", nargs="?", help="the job's payload as JSON (default {}), checked if typed"
+    )
     p.add_argument("--delay", type=float, default=0.0, metavar="S", help="run after S seconds")
     p.add_argument("--at", metavar="TIME", help="run at TIME (ISO 8601, or Unix seconds)")
     p.add_argument(
@@ -184,6 +191,11 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         payload = bulk.parse_json(args.payload) if args.payload is not None else {}
     except ValueError as exc:
         raise UsageError(f"payload is {exc}") from None
+    errors = _payload_errors(loaded.settings.tasks[args.task], payload)
+    if errors:
+        for line in errors:
+            print(f"drainpool: {args.task}: {line}", file=sys.stderr)
+        return ExitCode.USAGE
     delay = args.delay
     if args.at is not None:
         if args.delay:
@@ -200,6 +212,14 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         queue.close()
     print(job_id)
     return ExitCode.OK
+
+
+def _payload_errors(ref: object, payload: Any) -> list[str]:
+    """Why `payload` cannot fit a typed task; empty when it fits or cannot be checked here."""
+    from drainpool.payloads import spec_for_ref
+
+    spec = spec_for_ref(ref) if isinstance(ref, str) else None
+    return [] if spec is None else spec.errors(payload)
 
 
 def _cmd_queue(args: argparse.Namespace) -> int:

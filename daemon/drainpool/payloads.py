@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import typing_extensions
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from drainpool.context import JobFailed
@@ -73,10 +74,6 @@ def error_lines(exc: ValidationError) -> list[str]:
     return lines
 
 
-def is_typeddict(value: Any) -> bool:
-    return typing.is_typeddict(value)
-
-
 def _is_model(value: Any) -> bool:
     return isinstance(value, type) and issubclass(value, BaseModel)
 
@@ -97,7 +94,7 @@ def spec_of(function: Callable[..., Any]) -> PayloadSpec:
     except (TypeError, ValueError):
         return PayloadSpec()
     payload_type = hints.get(params[1].name) if len(params) >= 2 else None
-    if not (_is_model(payload_type) or is_typeddict(payload_type)):
+    if not (_is_model(payload_type) or typing_extensions.is_typeddict(payload_type)):
         payload_type = None
     result_type = hints.get("return")
     if not _is_model(result_type):
