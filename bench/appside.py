@@ -27,14 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from drainpool.context import TaskContext
 from drainpool.metrics import Metrics
 from drainpool.outcomes import Outcome
 from drainpool.pool import Pool, PoolConfig
 from drainpool.queue.sqlite import SqliteQueue
 from drainpool.tasks import TaskSpec, _resolve
+from pydantic import BaseModel
 
 WORKERS = 8
 

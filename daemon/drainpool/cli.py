@@ -174,7 +174,10 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
             raise UsageError("--file takes no TASK, JSON, --key, --delay or --at")
         queue = open_queue(loaded)
         try:
-            return bulk.enqueue_file(queue, args.file, known, skip_invalid=args.skip_invalid)
+            checks = {
+                name: _payload_spec(ref) for name, ref in sorted(loaded.settings.tasks.items())
+            }
+            return bulk.enqueue_file(queue, args.file, checks, skip_invalid=args.skip_invalid)
         except QueueUnavailable:
             raise
         except (QueueError, OSError) as exc:
@@ -214,11 +217,17 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _payload_errors(ref: object, payload: Any) -> list[str]:
-    """Why `payload` cannot fit a typed task; empty when it fits or cannot be checked here."""
+def _payload_spec(ref: object) -> Any:
+    """A Python task's payload check, or None: a command task, or not importable here."""
     from drainpool.payloads import spec_for_ref
 
     spec = spec_for_ref(ref) if isinstance(ref, str) else None
+    return spec if spec is not None and spec.typed else None
+
+
+def _payload_errors(ref: object, payload: Any) -> list[str]:
+    """Why `payload` cannot fit a typed task; empty when it fits or cannot be checked here."""
+    spec = _payload_spec(ref)
     return [] if spec is None else spec.errors(payload)
 
 

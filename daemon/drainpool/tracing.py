@@ -105,16 +105,20 @@ def inject(meta: MutableMapping[str, str]) -> None:
 
 
 class Attempt:
-    """One attempt's span, started by the worker; ended once, by the worker or the abandon."""
+    """One attempt's span, started by the worker; ended once, by the worker or the abandon.
+
+    The per-job path of a traced pool: opentelemetry's names are looked up once
+    per process (`_api`), and a completed attempt sets one attribute and ends.
+    """
+
+    __slots__ = ("_ended", "_lock", "_token", "span")
 
     def __init__(self, tracer: Any, job: Any, pool: str, generation: int) -> None:
-        from opentelemetry import context, trace
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
+        api = _api()
         parent = None
         if "traceparent" in job.meta:
-            parent = TraceContextTextMapPropagator().extract(job.meta)
-            if not trace.get_current_span(parent).get_span_context().is_valid:
+            parent = api.propagator.extract(job.meta)
+            if not api.trace.get_current_span(parent).get_span_context().is_valid:
                 log.debug(
                     "job %s: malformed traceparent %r ignored; its attempt starts a new trace",
                     job.id,
@@ -126,7 +130,7 @@ class Attempt:
         self.span = tracer.start_span(
             f"drainpool.job {job.task}",
             context=parent,
-            kind=trace.SpanKind.CONSUMER,
+            kind=api.consumer,
             attributes={
                 "drainpool.task": job.task,
                 "drainpool.job.id": job.id,
@@ -136,13 +140,11 @@ class Attempt:
             },
         )
         # The task's own spans are children of this one.
-        self._token = context.attach(trace.set_span_in_context(self.span))
+        self._token = api.context.attach(api.trace.set_span_in_context(self.span))
 
     def end(self, outcome: str, error: str = "") -> None:
         """The worker's end of the run: detach (on its own thread) and close the span."""
-        from opentelemetry import context
-
-        context.detach(self._token)
+        _api().context.detach(self._token)
         self._close(outcome, error)
 
     def abandoned(self) -> None:
@@ -150,21 +152,44 @@ class Attempt:
         self._close("abandoned", "still running when the grace ran out")
 
     def _close(self, outcome: str, error: str) -> None:
-        from opentelemetry.trace import Status, StatusCode
-
         with self._lock:
             if self._ended:
                 return
             self._ended = True
         span = self.span
         span.set_attribute("drainpool.outcome", outcome)
-        if outcome in ("completed",):
-            span.set_status(Status(StatusCode.OK))
-        elif outcome in ("failed", "timed_out", "abandoned"):
-            span.set_status(Status(StatusCode.ERROR, error[:200]))
         if outcome != "completed":
+            api = _api()
+            if outcome in ("failed", "timed_out", "abandoned"):
+                span.set_status(api.status(api.error, error[:200]))
             span.add_event(outcome, {"drainpool.error": error[:200]} if error else {})
         span.end()
+
+
+class _Api:
+    """opentelemetry's names the per-job path uses, imported once."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context, trace
+        from opentelemetry.trace import Status, StatusCode
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        self.context = context
+        self.trace = trace
+        self.consumer = trace.SpanKind.CONSUMER
+        self.status = Status
+        self.error = StatusCode.ERROR
+        self.propagator = TraceContextTextMapPropagator()
+
+
+_api_names: _Api | None = None
+
+
+def _api() -> _Api:
+    global _api_names
+    if _api_names is None:
+        _api_names = _Api()
+    return _api_names
 
 
 @contextmanager
