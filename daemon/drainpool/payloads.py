@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,20 +82,20 @@ def spec_of(function: Callable[..., Any]) -> PayloadSpec:
 
     Only a pydantic model or a TypedDict on the payload (the second
     parameter), and a model on the return, make a task typed; any other
-    annotation (dict, Any, none) leaves it as it is.
+    annotation (dict, Any, none) leaves it as it is. Only those two are
+    resolved: a `ctx: TaskContext` imported under TYPE_CHECKING stays fine.
     """
     try:
-        hints = typing.get_type_hints(function)
-    except Exception as exc:  # NameError for a name the module never imported, and others
-        raise ValueError(f"cannot resolve its annotations: {type(exc).__name__}: {exc}") from None
-    try:
         params = list(inspect.signature(function).parameters.values())
-    except (TypeError, ValueError):
+        annotations = inspect.get_annotations(inspect.unwrap(function))
+    except (TypeError, ValueError):  # a callable object without a signature: untyped
         return PayloadSpec()
-    payload_type = hints.get(params[1].name) if len(params) >= 2 else None
+    payload_type = _resolved(
+        function, annotations.get(params[1].name) if len(params) >= 2 else None
+    )
     if not (_is_model(payload_type) or typing_extensions.is_typeddict(payload_type)):
         payload_type = None
-    result_type = hints.get("return")
+    result_type = _resolved(function, annotations.get("return"))
     if not _is_model(result_type):
         result_type = None
     adapter = None
@@ -106,6 +105,17 @@ def spec_of(function: Callable[..., Any]) -> PayloadSpec:
         except Exception as exc:  # pydantic cannot build a validator for it
             raise ValueError(f"payload type {payload_type!r}: {exc}") from None
     return PayloadSpec(payload_type, result_type, adapter)
+
+
+def _resolved(function: Callable[..., Any], annotation: Any) -> Any:
+    """An annotation as an object; a string one (PEP 563) evaluated in the function's module."""
+    if not isinstance(annotation, str):
+        return annotation
+    namespace = getattr(inspect.unwrap(function), "__globals__", {})
+    try:
+        return eval(annotation, namespace)  # what typing.get_type_hints does, for one name
+    except Exception as exc:  # NameError for a name the module never imported, and others
+        raise ValueError(f"cannot resolve its annotations: {type(exc).__name__}: {exc}") from None
 
 
 def typed_handler(handler: Callable[..., Any], spec: PayloadSpec) -> Callable[..., Any]:
