@@ -12,7 +12,8 @@ completion. Variants:
 
     PYTHONPATH=daemon:bench python bench/appside.py [--jobs N] [--reps R]
 
-Prints the medians and the ratios to plain; targets: typed >= 0.9x, traced >= 0.8x.
+Prints the medians and the ratios to plain (targets: typed >= 0.9x, traced >= 0.8x),
+and what a typed payload and a span add per job, timed alone on one thread.
 """
 
 from __future__ import annotations
@@ -97,6 +98,23 @@ def one_run(variant: str, jobs: int, work: Path) -> float:
     return jobs / elapsed
 
 
+def per_call_micros(variant: str, calls: int = 20_000) -> float:
+    """What the worker adds per job, alone on one thread: a span (traced) or a validation."""
+    from drainpool import tracing
+    from drainpool.queue.base import Job
+
+    job = Job("1", "plain", {"name": "bench", "count": 1}, 1, "token", 0.0)
+    typed = _resolve("typed", "appside:typed_noop").handler
+    tracer = tracing.tracer("appside:drop_exporter") if variant == "traced" else None
+    started = time.perf_counter()
+    for _ in range(calls):
+        if tracer is not None:
+            tracing.Attempt(tracer, job, "default", 1).end("completed")
+        else:
+            typed(None, job.payload)
+    return (time.perf_counter() - started) / calls * 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
@@ -115,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         median = statistics.median(rates[variant])
         spread = f"{min(rates[variant]):,.0f}-{max(rates[variant]):,.0f}"
         print(f"{variant:7} {median:10,.0f}/s  ({spread})  {median / base:.2f}x plain")
+    print(f"plain: {1e6 / base:.1f} us of the pool's time per job")
+    for variant in ("typed", "traced"):
+        print(f"{variant}: +{per_call_micros(variant):.1f} us per job (one thread, alone)")
     return 0
 
 
