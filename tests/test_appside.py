@@ -45,10 +45,11 @@ def lines(path: Path) -> list[dict[str, Any]]:
 # -- typed payloads -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["thread", "process"])
 def test_typed_task_gets_its_model_and_its_result_is_stored_through_it(
-    factory: DaemonFactory,
+    factory: DaemonFactory, kind: str
 ) -> None:
-    path = config(factory)
+    path = config(factory, pool={"kind": kind, "workers": 2})
     factory.start(path)
     with Client.from_config(path) as client:
         handle = client.enqueue(export, ExportRequest(path="a.csv", rows=3))
