@@ -63,7 +63,13 @@ def _set_up(exporter_ref: str) -> Any:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": "drainpool"}))
+    named = "OTEL_SERVICE_NAME" in os.environ or "service.name=" in os.environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    )
+    # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME; what it is given wins.
+    provider = TracerProvider(
+        resource=Resource.create({} if named else {"service.name": "drainpool"})
+    )
     for exporter in _exporters(exporter_ref):
         provider.add_span_processor(BatchSpanProcessor(exporter))
     atexit.register(provider.shutdown)  # the last batch is exported at exit
