@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from drainpool.context import Interrupted, ShutdownEvent, TaskContext, failure_details
 from drainpool.metrics import Metrics
+from drainpool.observe import Watched, job_watch
 from drainpool.outcomes import Outcome
 from drainpool.queue.base import Done, Failure, Job, Queue, QueueUnavailable, WorkerIdentity
 from drainpool.queue.records import encode_result
@@ -77,6 +78,8 @@ class PoolConfig:
     # A completed job's result is kept in its record up to this many bytes of JSON;
     # None: records are not kept (queue.retention_seconds = 0), so it is not even encoded.
     result_max_bytes: int | None = None
+    hooks: tuple[tuple[str, str], ...] = ()  # (hook name, "module:function"): drainpool.hooks
+    tracing: str | None = None  # None: off; else the exporter ref ("": OTEL_*): drainpool.tracing
 
 
 class RecentOutcomes:
@@ -115,6 +118,7 @@ class _Running:
     started: float
     thread: str
     abandoned: bool = False
+    watched: Watched | None = None  # hooks and span of this attempt (drainpool.observe)
     awaited: bool = False  # abandoned, and the runner is ending it: the drain waits for that
 
 
@@ -165,6 +169,7 @@ class Pool:
         self._queue = queue
         self._metrics = metrics
         self._task_metrics = metrics.for_pool(config.name, self.tasks)  # series at 0 from now
+        self._watch = job_watch(config, generation)  # None: no hooks, no tracing
         self._on_drained = on_drained
         self._on_queue_health = on_queue_health
         self._recent = recent or RecentOutcomes(1)
@@ -239,6 +244,8 @@ class Pool:
         # listeners (command tasks) kill what they started.
         self.shutdown.expire()
         for entry in abandoned:
+            if entry.watched is not None:
+                entry.watched.abandoned(now - entry.started)
             self._task_metrics.finished(entry.job.task, Outcome.ABANDONED, now - entry.started)
             self._recent.add(self, entry.job, Outcome.ABANDONED, now - entry.started)
             log.warning(
@@ -338,6 +345,8 @@ class Pool:
         ctx = TaskContext(job.id, job.attempt, job.task, logger, self.shutdown)
         failure: Failure | None = None
         done: Job | Done = job
+        if self._watch is not None:
+            entry.watched = self._watch.begin(job, ctx)
         try:
             result = spec.handler(ctx, job.payload)
             outcome = Outcome.COMPLETED
@@ -357,6 +366,8 @@ class Pool:
             failure = Failure(job, message, trace[-10 * ERROR_TAIL :], retry)
             logger.warning("job %s failed (attempt %d): %s", job.id, job.attempt, message)
         seconds = self._clock() - entry.started
+        if entry.watched is not None:
+            entry.watched.end(outcome, seconds, "" if failure is None else failure.error)
         with self._lock:
             mean = self._mean_run_seconds
             self._mean_run_seconds = (

@@ -212,6 +212,21 @@ TaskRef = Annotated[str, AfterValidator(_task_ref)]
 TaskName = Annotated[str, AfterValidator(_task_name)]
 
 
+class HooksSettings(_Section):
+    """Functions ("module:function") called in the worker around each job (drainpool.hooks)."""
+
+    before_job: TaskRef | None = None
+    after_job: TaskRef | None = None
+    on_outcome: TaskRef | None = None
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry spans (drainpool.tracing); also on when OTEL_TRACES_EXPORTER is set."""
+
+    enabled: bool = False
+    exporter: TaskRef | None = None  # "module:function" returning a SpanExporter
+
+
 class Settings(BaseSettings):
     """The whole effective config of one daemon."""
 
@@ -227,6 +242,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     console: ConsoleSettings = ConsoleSettings()
+    hooks: HooksSettings = HooksSettings()
+    tracing: TracingSettings = TracingSettings()
     tasks: dict[TaskName, TaskRef | CommandTask] = Field(default_factory=dict)
     schedules: dict[str, ScheduleSettings] = Field(default_factory=dict)
 

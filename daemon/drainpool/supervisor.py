@@ -25,7 +25,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from drainpool import runtime, status
+from drainpool import runtime, status, tracing
 from drainpool.drain import Drain
 from drainpool.endpoint import Endpoint, EndpointError
 from drainpool.exitcodes import ExitCode
@@ -119,6 +119,7 @@ class Supervisor:
         self._pruner = Pruner(lambda: self.queue)  # expired job records, in the background
         self.scheduler = Scheduler(lambda: self.queue, self.metrics)  # its own thread (issue 20)
         self._drain: Drain[Pool] | None = None
+        self._drain_span: Any = None  # drainpool.tracing's span of the drain, when tracing is on
         self._pending: tuple[LoadedConfig, dict[str, TaskSpec], str] | None = None  # after a drain
         self._stop_requested = False
         self._reloads = ReloadSchedule(clock)
@@ -269,6 +270,9 @@ class Supervisor:
 
     def _begin_drain(self, reason: str, pools: dict[str, Pool]) -> None:
         self._drain = Drain(reason, self.clock)
+        self._drain_span = tracing.start_span(
+            "drainpool.drain", **{"drainpool.reason": reason, "drainpool.pools": sorted(pools)}
+        )
         if self.phase is not Phase.DRAINING:
             self._enter(Phase.DRAINING)
         self.notifier.extend_timeout(self._generations.max_grace(pools) + 5.0)
@@ -291,6 +295,8 @@ class Supervisor:
         assert drain is not None
         self._drain = None
         drain.finish()
+        if self._drain_span is not None:
+            self._drain_span.end()
         for name, pool in drain.pools.items():
             if pool.unsettled and self._stop_requested:  # left to their leases, not released
                 self.exit_code = ExitCode.ABANDONED
@@ -313,6 +319,10 @@ class Supervisor:
         """Validate the file; reject, ignore if unchanged, or drain what changed. Every
         outcome ends in READY=1 naming it (_record_reload), so Type=notify-reload never waits."""
         self.notifier.reloading(self.status_line("reloading"))
+        with tracing.span("drainpool.reload", **{"drainpool.source": source}):
+            self._reload_file(source)
+
+    def _reload_file(self, source: str) -> None:
         try:
             loaded, registry = runtime.load(self.loaded.path)
         except ConfigError as exc:

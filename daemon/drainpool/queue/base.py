@@ -99,6 +99,9 @@ class Job:
     attempt: int  # 1 for the first delivery; releases do not count
     token: str  # lease token: settling with a stale token is a no-op
     enqueued_at: float  # wall clock, seconds since the epoch
+    # Small string pairs carried beside the payload, never handed to the task: the
+    # producer's trace context (W3C traceparent) for drainpool.tracing.
+    meta: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +277,26 @@ def decode_payload(body: str | bytes | None) -> tuple[Any, str]:
 _QUERY_SECRET = re.compile(r"(?i)([?&;](?:ssl_)?password=)[^&;#]*")
 
 
+def encode_meta(meta: Mapping[str, str] | None) -> str:
+    """A job's metadata as stored: "" for none (the common case costs nothing)."""
+    if not meta:
+        return ""
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise QueueError("job metadata takes only string keys and string values")
+    return json.dumps(dict(meta), separators=(",", ":"))
+
+
+def decode_meta(body: str | bytes | None) -> dict[str, str]:
+    """Stored metadata back as a dict; empty for none, or for text that is not an object."""
+    if not body:
+        return {}
+    try:
+        meta = json.loads(body)
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def redact_url(url: str) -> str:
     """Return `url` with any password (in the userinfo or the query) replaced by ***.
 
@@ -327,9 +350,18 @@ class Queue(Protocol):
         return from_url(url, retry=retry)
 
     def enqueue(
-        self, task: str, payload: Any = None, *, delay: float = 0.0, key: str | None = None
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        delay: float = 0.0,
+        key: str | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> str:
-        """Add a job; with a live idempotency `key`, return the existing job's id instead."""
+        """Add a job; with a live idempotency `key`, return the existing job's id instead.
+
+        `meta` travels with the job (`Job.meta`): string keys and values only.
+        """
         ...
 
     def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:

@@ -71,7 +71,9 @@ from drainpool.queue.base import (
     QueueUnavailable,
     RetryPolicy,
     WorkerIdentity,
+    decode_meta,
     decode_payload,
+    encode_meta,
     encode_payload,
     loads_or_raw,
     log_dead,
@@ -178,19 +180,21 @@ end
 """
 
 _ENQUEUE = r"""
--- ARGV[3..]: delay_ms, key, then (task, payload) pairs; one pair when a key or delay is given
-local delay, key = tonumber(ARGV[3]), ARGV[4]
+-- ARGV[3..]: delay_ms, key, meta, then (task, payload) pairs; one pair when a key, a delay
+-- or meta (the job's metadata as JSON; '' for none) is given
+local delay, key, meta = tonumber(ARGV[3]), ARGV[4], ARGV[5]
 if key ~= '' then
   local old = redis.call('HGET', P .. ':keys', key)
   if old and redis.call('EXISTS', job_key(old)) == 1 then return old end
 end
 local now = now_ms()
 local id
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local task = ARGV[i]
   id = tostring(redis.call('INCR', P .. ':seq'))
   redis.call('HSET', job_key(id), 'task', task, 'payload', ARGV[i + 1],
     'enqueued_at', secs(now), 'attempts', 0, 'key', key)
+  if meta ~= '' then redis.call('HSET', job_key(id), 'meta', meta) end
   redis.call('ZADD', P .. ':jobs', id, id)
   if delay > 0 then schedule(id, task, now + delay) else push_ready(id, task) end
 end
@@ -297,8 +301,8 @@ for _, pick in ipairs(chosen) do
       redis.call('HSET', jk, 'state', 'leased', 'token', token, 'entry', c.entry,
         'host', host, 'pid', pid, 'pool', pool)
       redis.call('HSETNX', jk, 'started_at', secs(now))
-      local f = redis.call('HMGET', jk, 'payload', 'enqueued_at')
-      out[#out + 1] = {c.id, task, f[1], attempts, f[2]}
+      local f = redis.call('HMGET', jk, 'payload', 'enqueued_at', 'meta')
+      out[#out + 1] = {c.id, task, f[1], attempts, f[2], f[3] or ''}
     end
   end
 end
@@ -709,20 +713,29 @@ class RedisQueue:
     # -- producers --------------------------------------------------------
 
     def enqueue(
-        self, task: str, payload: Any = None, *, delay: float = 0.0, key: str | None = None
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        delay: float = 0.0,
+        key: str | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> str:
         body = encode_payload(payload)
+        meta_json = encode_meta(meta)
         if not math.isfinite(delay):  # NaN or infinity would never come due, or poison the set
             raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
         delay_ms = max(delay, 0.0) * 1000
-        return str(self._run("enqueue", "enqueue", repr(delay_ms), key or "", task, body))
+        return str(
+            self._run("enqueue", "enqueue", repr(delay_ms), key or "", meta_json, task, body)
+        )
 
     def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
         rows = [(task, encode_payload(payload)) for task, payload in jobs]
         # One script per batch: each batch is atomic, and Redis is never blocked for long.
         for start in range(0, len(rows), BATCH):
             flat = [x for row in rows[start : start + BATCH] for x in row]
-            self._run("enqueue", "enqueue", "0", "", *flat)
+            self._run("enqueue", "enqueue", "0", "", "", *flat)
         return len(rows)
 
     def enqueue_tick(
@@ -777,13 +790,23 @@ class RedisQueue:
         )
         jobs: list[Job] = []
         bad: list[Failure] = []
-        for job_id, task, body, attempts, enqueued_at in rows:
+        for job_id, task, body, attempts, enqueued_at, meta in rows:
             payload, error = decode_payload(body)
             if error:
                 job = Job(str(job_id), task, None, int(attempts), token, float(enqueued_at))
                 bad.append(Failure(job, error, retry=False))
                 continue
-            jobs.append(Job(str(job_id), task, payload, int(attempts), token, float(enqueued_at)))
+            jobs.append(
+                Job(
+                    str(job_id),
+                    task,
+                    payload,
+                    int(attempts),
+                    token,
+                    float(enqueued_at),
+                    decode_meta(meta),
+                )
+            )
         if bad:
             self.settle(failures=bad)
         return jobs

@@ -51,7 +51,9 @@ from drainpool.queue.base import (
     QueueUnavailable,
     RetryPolicy,
     WorkerIdentity,
+    decode_meta,
     decode_payload,
+    encode_meta,
     encode_payload,
     loads_or_raw,
     log_dead,
@@ -97,8 +99,10 @@ T = TypeVar("T")
 
 # 2: the meta table (file id) of drainpool.queue.sqlite_db; 4: the indexes below (3 was a
 # step); 5: the job records (RECORD_COLUMNS, jobs_expiry); 6: the outcome_minutes table;
-# 7: schedule ticks (sqlite_schedules).
-SCHEMA_VERSION = 7
+# 7: schedule ticks (sqlite_schedules); 8: jobs.meta, each job's metadata (the producer's
+# trace context), NULL for none.
+SCHEMA_VERSION = 8
+META_COLUMN = "meta TEXT"
 BATCH_SIZE = 500  # parameters per IN (...) list, well under SQLite's limit
 
 _SCHEMA = """
@@ -165,7 +169,7 @@ def _migrate(conn: sqlite3.Connection, found: int) -> None:
         for statement in _SCHEMA.split(";"):
             conn.execute(statement)
     have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-    for column in RECORD_COLUMNS:
+    for column in (*RECORD_COLUMNS, META_COLUMN):
         if column.split()[0] not in have:
             conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
     conn.execute(EXPIRY_INDEX)
@@ -266,11 +270,18 @@ class SqliteQueue:
     # -- producers --------------------------------------------------------
 
     def enqueue(
-        self, task: str, payload: Any = None, *, delay: float = 0.0, key: str | None = None
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        delay: float = 0.0,
+        key: str | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> str:
         if not math.isfinite(delay):
             raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
         body = encode_payload(payload)
+        meta_json = encode_meta(meta) or None
         now = self._clock()
 
         def insert(conn: sqlite3.Connection) -> str:
@@ -280,9 +291,9 @@ class SqliteQueue:
                 if row:
                     return str(row[0])
             cur = conn.execute(
-                "INSERT INTO jobs (task, payload, due_at, idem_key, enqueued_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (task, body, now + max(delay, 0.0), key, now),
+                "INSERT INTO jobs (task, payload, due_at, idem_key, enqueued_at, meta)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (task, body, now + max(delay, 0.0), key, now, meta_json),
             )
             return str(cur.lastrowid)
 
@@ -401,7 +412,7 @@ class SqliteQueue:
                 f"UPDATE jobs SET state = {LEASED}, due_at = ?, token = ?, attempts = attempts + 1,"
                 " started_at = COALESCE(started_at, ?), worker_host = ?, worker_pid = ?,"
                 f" worker_pool = ? WHERE id IN ({marks})"
-                " RETURNING id, task, CAST(payload AS BLOB), attempts, enqueued_at",
+                " RETURNING id, task, CAST(payload AS BLOB), attempts, enqueued_at, meta",
                 (now + lease_seconds, token, now, who.host, who.pid, who.pool, *ids),
             ).fetchall()
             order = {job_id: i for i, job_id in enumerate(ids)}
@@ -419,7 +430,7 @@ class SqliteQueue:
         self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]], token: str, now: float
     ) -> list[Job]:
         jobs: list[Job] = []
-        for job_id, task, body, attempts, enqueued_at in rows:
+        for job_id, task, body, attempts, enqueued_at, meta in rows:
             error = ""
             if attempts > self.retry.max_attempts:
                 # The wording and the count are shared with the Redis backend (contract tests).
@@ -435,7 +446,9 @@ class SqliteQueue:
                 expired = attempts > self.retry.max_attempts
                 log_dead_job(job_id, task, attempts - 1 if expired else attempts, error)
                 continue
-            jobs.append(Job(str(job_id), task, payload, attempts, token, enqueued_at))
+            jobs.append(
+                Job(str(job_id), task, payload, attempts, token, enqueued_at, decode_meta(meta))
+            )
         return jobs
 
     def renew(self, jobs: Sequence[Job], lease_seconds: float) -> None:
