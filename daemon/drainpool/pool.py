@@ -32,12 +32,12 @@ from drainpool.metrics import Metrics
 from drainpool.outcomes import Outcome
 from drainpool.queue.base import Done, Failure, Job, Queue, QueueUnavailable, WorkerIdentity
 from drainpool.queue.records import encode_result
+from drainpool.queue.wakeups import PollWaiter, Waiter, next_due, waiter_for
 from drainpool.runner import Runner, runner_for
 from drainpool.tasks import TaskSpec
 
 log = logging.getLogger("drainpool.pool")
 
-MIN_POLL_SECONDS = 0.002
 ERROR_TAIL = 2000  # characters of an error message kept with a failed job
 AUTO_RESERVE_SECONDS = 0.05  # prefetch = "auto": the reserve is about this much of the pool's time
 # ... and never more than this many jobs per worker: 256 on 8 workers, about 5 ms of no-ops.
@@ -180,6 +180,13 @@ class Pool:
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name=f"{config.name}-g{generation}-dispatch", daemon=True
         )
+        # Issue 21: an idle dispatcher sleeps; the listener wakes it when the queue announces
+        # work for its tasks (drainpool.queue.wakeups). Made at start, closed once drained.
+        self._waiter: Waiter = PollWaiter()
+        self._wake_pending = False  # the queue announced work since the last fetch began
+        self._listener = threading.Thread(
+            target=self._listen_loop, name=f"{config.name}-g{generation}-listen", daemon=True
+        )
         self.drain_started: float | None = None
         self.counts: collections.Counter[Outcome] = collections.Counter()  # of this generation
         self.unsettled = 0  # jobs left to their leases: the queue failed past the grace
@@ -195,6 +202,9 @@ class Pool:
             )
             self._threads.append(thread)
             thread.start()
+        self._waiter = waiter_for(self._queue, self.tasks.keys())
+        self._waiter.wait(0)  # arms the channel before the first fetch: no announcement missed
+        self._listener.start()
         self._dispatcher.start()
 
     def begin_drain(self) -> int:
@@ -264,6 +274,8 @@ class Pool:
         """Wait for the dispatcher and the workers that are not stuck in abandoned tasks."""
         deadline = time.monotonic() + max(timeout, self._runner.join_seconds)
         self._dispatcher.join(max(deadline - time.monotonic(), 0))
+        if self._listener.ident is not None:
+            self._listener.join(max(deadline - time.monotonic(), 0))
         with self._lock:
             stuck = {r.thread for r in self._running.values()}
         for thread in self._threads:
@@ -301,6 +313,7 @@ class Pool:
             "handed": handed,
             "reserve": reserve,
             "running": running,
+            "waits": self._waiter.mode,  # doorbell, blocking read, or poll (issue 21)
         }
         self._runner.describe(snapshot)
         return snapshot
@@ -384,9 +397,29 @@ class Pool:
 
     # -- dispatcher -----------------------------------------------------------
 
+    def _listen_loop(self) -> None:
+        """Block on the queue's waiter; on an announcement, make the dispatcher fetch."""
+        while not self._drained:
+            if self._waiter.wait(self.config.poll_interval_seconds):
+                with self._lock:
+                    self._wake_pending = True
+                    self._dispatch_wake.notify()
+
     def _dispatch_loop(self) -> None:
-        """Settle finished jobs, renew leases, fetch for free slots; repeat."""
-        poll = MIN_POLL_SECONDS
+        """Settle finished jobs, renew leases, fetch for free slots; repeat.
+
+        With free slots and nothing found, it sleeps until the listener says
+        that work came, a delayed job comes due, a lease needs renewing, or the
+        safety net (`poll_interval_seconds`) runs out, whichever is first.
+        """
+        try:
+            self._dispatch_rounds()
+        finally:
+            self._drained = True
+            self._waiter.close()
+        self._on_drained(self)
+
+    def _dispatch_rounds(self) -> None:
         renew_every = self.config.lease_seconds / 3
         clock = self._clock
         next_renew = clock() + renew_every
@@ -401,7 +434,7 @@ class Pool:
                         break
                     wake_at = next_renew
                     if free and not self._stopping:
-                        if now >= next_fetch:
+                        if now >= next_fetch or self._wake_pending:
                             break
                         wake_at = min(wake_at, next_fetch)
                     if now >= next_renew:
@@ -411,24 +444,23 @@ class Pool:
                 stopping = self._stopping
                 finished = stopping and not self._has_active() and not batch
                 free = self._free_slots()
+                due = free and not stopping and (self._wake_pending or clock() >= next_fetch)
+                if due:
+                    self._wake_pending = False  # cleared before the fetch: a later ring counts
             try:
-                want = free if free and not stopping and clock() >= next_fetch else 0
+                want = free if due else 0
                 used_queue = bool(batch or want)
                 fetched = self._exchange(batch, want)
                 if finished:
-                    break
+                    return
                 if clock() >= next_renew:
                     used_queue = True
                     self._renew()
                     next_renew = clock() + renew_every
                 if want:
-                    # Full batch: more is likely waiting. Otherwise back off towards the poll cap.
-                    poll = (
-                        MIN_POLL_SECONDS
-                        if fetched == free
-                        else min(poll * 2, self.config.poll_interval_seconds)
-                    )
-                    next_fetch = clock() + (0 if fetched == free else poll)
+                    # A full batch: more is likely waiting. Otherwise sleep until woken, or
+                    # until the next delayed job or the safety net, whichever comes first.
+                    next_fetch = clock() + (0 if fetched == free else self._idle_wait())
                 if used_queue:
                     # Every success is reported, not only the first after a failure: the
                     # supervisor also hears of failures from elsewhere (stats at a scrape).
@@ -442,12 +474,16 @@ class Pool:
                 elif not backoff:  # one traceback per streak of errors, not one per retry
                     log.exception("pool %s: dispatcher error; retrying", self.config.name)
                 if self._give_up_settling():
-                    break
+                    return
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 with self._lock:
                     self._dispatch_wake.wait(backoff * (0.5 + random.random() / 2))
-        self._drained = True
-        self._on_drained(self)
+
+    def _idle_wait(self) -> float:
+        """Seconds an idle dispatcher may sleep: to the next delayed job, or the safety net."""
+        safety_net = self.config.poll_interval_seconds
+        due_in = next_due(self._queue, self.tasks.keys())
+        return safety_net if due_in is None else min(due_in, safety_net)
 
     def _give_up_settling(self) -> bool:
         """Once the grace is over (abandon), stop retrying a queue that keeps failing.

@@ -86,6 +86,7 @@ from drainpool.queue.records import (
     result_of,
 )
 from drainpool.queue.redis_records import NOTIFY_TTL_MS, list_jobs, read_job, wait_job
+from drainpool.queue.redis_wakeups import NEXT_DUE, PubSubWaiter
 
 PASSWORD_ENV = "DRAINPOOL_REDIS_PASSWORD"
 HORIZON_MS = 100_000_000_000  # ~3 years: longer than any lease, shorter than the epoch
@@ -118,17 +119,27 @@ local function stream_key(task) return P .. ':stream:' .. task end
 local function delayed_key(task) return P .. ':delayed:' .. task end
 local function job_key(id) return P .. ':job:' .. id end
 local function ensure_group(s) redis.pcall('XGROUP', 'CREATE', s, G, '0', 'MKSTREAM') end
+local woken = {}
+-- Wakes the pools idle on this task (drainpool.queue.redis_wakeups), once per script.
+local function wake(task)
+  if not woken[task] then
+    woken[task] = true
+    redis.call('PUBLISH', P .. ':wake:' .. task, '1')
+  end
+end
 local function push_ready(id, task)
   local s = stream_key(task)
   ensure_group(s)
   local entry = redis.call('XADD', s, '*', 'job', id)
   redis.call('HSET', job_key(id), 'state', 'ready', 'entry', entry, 'token', '')
   redis.call('SADD', P .. ':tasks', task)
+  wake(task)
 end
 local function schedule(id, task, due)
   redis.call('ZADD', delayed_key(task), due, id)
   redis.call('HSET', job_key(id), 'state', 'delayed', 'entry', '', 'token', '')
   redis.call('SADD', P .. ':tasks', task)
+  wake(task)
 end
 local function drop_entry(task, entry)
   if entry and entry ~= '' then
@@ -329,6 +340,7 @@ for i = 4, #ARGV, 6 do
         push_ready(id, task)
       else
         redis.call('HSET', jk, 'state', 'ready', 'token', '')
+        wake(task)
       end
     elseif op == 'F' then
       drop_entry(task, entry)
@@ -551,6 +563,7 @@ class RedisQueue:
                 "forget": _FORGET_CONSUMER,
                 "prune": _PRUNE,
                 "upgrade": _UPGRADE,
+                "next_due": NEXT_DUE,
             }.items()
         }
         # Read-only: flagged so, which lets Redis run it even under memory pressure.
@@ -731,6 +744,14 @@ class RedisQueue:
             return
         pairs = [x for j in jobs for x in (_job_id(j.id), j.token)]
         self._run("renew", "renew leases", self.consumer, _lease_ms(lease_seconds), *pairs)
+
+    def waiter(self, tasks: Collection[str]) -> PubSubWaiter:
+        """A pool's own subscribed connection (drainpool.queue.redis_wakeups)."""
+        return PubSubWaiter(self._client, self.prefix, tasks, self.where)
+
+    def next_due(self, tasks: Collection[str]) -> float | None:
+        due_ms = self._run("next_due", "read due times", *dict.fromkeys(tasks))
+        return None if due_ms in ("", None) else float(due_ms) / 1000
 
     def settle_and_fetch(
         self,
