@@ -39,6 +39,11 @@ noop_incr = _adapter("noop_incr", bodies.noop, _redis)
 sleep_10ms_incr = _adapter("sleep_10ms_incr", bodies.sleep_10ms, _redis)
 
 
+def stamp(ctx: Any, payload: Any) -> None:
+    """The pickup-latency job: its start time, and nothing else (bench/wakeup_scenarios.py)."""
+    _redis.stamp(payload["seq"])
+
+
 def hold(ctx: Any, payload: Any) -> None:
     """In flight until a drain: ctx.sleep raises Interrupted, so the job is released."""
     _datagrams.started()

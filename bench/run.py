@@ -26,17 +26,19 @@ from pathlib import Path
 import baselines
 import drainpool_scenarios as dps
 import queue_rounds
+import wakeup_scenarios as wakeups
 from context import BENCH, FULL, QUICK, REPO, Context, Unavailable
 from harness import Children
 from peer_scenarios import PEERS, run_peer
 from report import derived_rows, end_rows, method_lines, start_rows
 from results import Results, render
 
-GROUPS = ("baselines", "drainpool", "peers")
+GROUPS = ("baselines", "drainpool", "peers", "wakeups")
 SECTIONS = [
     ("baselines", "Raw limits (same run)"),
     ("drainpool", "drainpool"),
     ("peers", "Peers (same run, same bodies, Redis on loopback)"),
+    ("wakeups", "Wake-ups: pickup latency, idle cost, burst (issue 21; drainpool and peers)"),
 ]
 
 
@@ -109,6 +111,24 @@ SCENARIOS = [
         "drainpool",
         dps.redis_rows,
         "no-op and 10 ms jobs/s with 1, 2, 4 daemons on one Redis queue, against SQLite",
+    ),
+    Scenario(
+        "wakeup-pickup",
+        "wakeups",
+        wakeups.pickup,
+        "p50/p90/p99 enqueue return to task start, 200 spaced jobs, drainpool and peers",
+    ),
+    Scenario(
+        "wakeup-idle",
+        "wakeups",
+        wakeups.idle,
+        "an idle worker's CPU and Redis commands over 60 s, drainpool and peers",
+    ),
+    Scenario(
+        "wakeup-burst",
+        "wakeups",
+        wakeups.burst,
+        "1,000 jobs enqueued one by one into an idle worker, drainpool and peers",
     ),
     *(
         Scenario(

@@ -38,6 +38,8 @@ from drainpool.tasks import TaskSpec
 
 log = logging.getLogger("drainpool.pool")
 
+BURST_GAP_SECONDS = 0.002  # the first gap between fetches while jobs stream in
+BURST_GAP_MAX_SECONDS = 0.05
 ERROR_TAIL = 2000  # characters of an error message kept with a failed job
 AUTO_RESERVE_SECONDS = 0.05  # prefetch = "auto": the reserve is about this much of the pool's time
 # ... and never more than this many jobs per worker: 256 on 8 workers, about 5 ms of no-ops.
@@ -424,6 +426,7 @@ class Pool:
         clock = self._clock
         next_renew = clock() + renew_every
         next_fetch = 0.0
+        gap = 0.0  # > 0: jobs are streaming in; fetch at next_fetch, wake-ups wait for it
         backoff = 0.0
         while True:
             with self._lock:
@@ -434,7 +437,7 @@ class Pool:
                         break
                     wake_at = next_renew
                     if free and not self._stopping:
-                        if now >= next_fetch or self._wake_pending:
+                        if now >= next_fetch or (self._wake_pending and not gap):
                             break
                         wake_at = min(wake_at, next_fetch)
                     if now >= next_renew:
@@ -444,7 +447,8 @@ class Pool:
                 stopping = self._stopping
                 finished = stopping and not self._has_active() and not batch
                 free = self._free_slots()
-                due = free and not stopping and (self._wake_pending or clock() >= next_fetch)
+                woken = self._wake_pending and not gap
+                due = free and not stopping and (woken or clock() >= next_fetch)
                 if due:
                     self._wake_pending = False  # cleared before the fetch: a later ring counts
             try:
@@ -458,9 +462,19 @@ class Pool:
                     self._renew()
                     next_renew = clock() + renew_every
                 if want:
-                    # A full batch: more is likely waiting. Otherwise sleep until woken, or
-                    # until the next delayed job or the safety net, whichever comes first.
-                    next_fetch = clock() + (0 if fetched == free else self._idle_wait())
+                    # A full batch: more is likely waiting. Some: jobs are streaming in (a
+                    # burst of enqueues), so fetch again after a gap that doubles up to
+                    # BURST_GAP_MAX_SECONDS, taking many per fetch instead of one per wake-up
+                    # (on SQLite each fetch is a write lock the producers would wait for).
+                    # None: sleep until woken, a delayed job is due, or the safety net.
+                    if fetched == free:
+                        gap, wait = 0.0, 0.0
+                    elif fetched:
+                        gap = min(max(gap * 2, BURST_GAP_SECONDS), BURST_GAP_MAX_SECONDS)
+                        wait = gap
+                    else:
+                        gap, wait = 0.0, self._idle_wait()
+                    next_fetch = clock() + wait
                 if used_queue:
                     # Every success is reported, not only the first after a failure: the
                     # supervisor also hears of failures from elsewhere (stats at a scrape).
