@@ -227,3 +227,43 @@ def test_a_delayed_job_starts_at_its_due_time_not_at_the_safety_net(
     payload = {"log": str(log), "seconds": 0}
     job_id = enqueue(factory, config, "record", payload, "--delay", "2")
     done_promptly(log, job_id, "a delayed job at its due time")
+
+
+# -- idle is idle -----------------------------------------------------------------
+
+
+def wake_ups(pid: int) -> int:
+    """Voluntary context switches of every thread of `pid`: one per wake-up from a wait."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue  # a thread that ended between the listing and the read
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_an_idle_daemon_sleeps_until_something_happens(
+    factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """The watcher (inotify), supervisor (5 s tick), dispatcher (30 s safety net) all sleep.
+
+    By design, over IDLE_WINDOW (8 s) the daemon wakes: its doorbell listener every
+    2 s to check its socket file (4), the supervisor every 5 s for /healthz (2), and
+    nothing else. 30 leaves room for GIL hand-offs around those; the 20 ms watchfiles
+    step and the 0.5 s supervisor tick of before came to over 400.
+    """
+    config = factory.config(
+        queue={"poll_interval_seconds": SAFETY_NET}, pool={"workers": 2}, reload={"watch": True}
+    )
+    daemon = factory.start(config)
+    log = tmp_path / "jobs.log"
+    job_id = job(factory, config, log)
+    done_promptly(log, job_id, "one job, then idle")
+    before = wake_ups(daemon.pid)
+    threading.Event().wait(IDLE_WINDOW)  # the window is the measurement
+    spent = wake_ups(daemon.pid) - before
+    assert spent <= 30, f"{spent} wake-ups in {IDLE_WINDOW} s of idling"
