@@ -28,6 +28,7 @@ from tests.support.waiting import wait_until
 SAFETY_NET = 30.0  # poll_interval_seconds: what would pick a job up without a wake-up
 PROMPT = 10.0  # a generous deadline that is still far below the safety net
 IDLE_WINDOW = 8.0  # seconds of an idle daemon whose Redis commands are counted
+QUIET = 0.5  # seconds without a script: the daemons are idle again
 StartRedis = Callable[..., RedisServer]
 
 
@@ -216,6 +217,46 @@ def test_two_idle_daemons_on_redis_run_one_enqueued_job_once(
         done_promptly(log, ids[-1], "a job into two idle daemons")
     assert count(log, "start") == dict.fromkeys(ids, 1)
     assert all(waits(d) == ["blocking read"] for d in daemons)
+
+
+def test_one_enqueue_into_three_idle_redis_daemons_costs_the_others_one_fetch_each(
+    factory: DaemonFactory, tmp_path: Path, start_redis: StartRedis
+) -> None:
+    """Issue 21, item 4: every idle daemon wakes; a herd costs one round trip per loser.
+
+    Scripts (EVALSHA) by design: `drainpool enqueue`'s enqueue and its leaving the
+    consumer group at close (2); the daemon that gets the job fetches it, fetches again
+    once the 2 ms gap is over or with the ack (nothing), asks for the next due time, and
+    acks it (4); each of the two others fetches once and finds nothing (2). 8 in all.
+    """
+    server = start_redis()
+    config = idle_config(factory, server.url)
+    daemons = [factory.start(config) for _ in range(3)]
+    log = tmp_path / "jobs.log"
+    warm = job(factory, config, log)  # every daemon has fetched, asked and gone idle
+    done_promptly(log, warm, "a first job")
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        before = quiet_scripts(client)  # the first job's ack and after-fetches are over
+        job_id = job(factory, config, log)
+        done_promptly(log, job_id, "the job, once")
+        spent = quiet_scripts(client) - before
+    finally:
+        client.close()
+    assert count(log, "start") == {warm: 1, job_id: 1}
+    assert all(waits(d) == ["blocking read"] for d in daemons)
+    assert spent <= 8, f"{spent} scripts for one job into three idle daemons"
+
+
+def quiet_scripts(client: redis.Redis) -> int:
+    """The count of scripts run, once it has not moved for QUIET seconds (all idle again)."""
+    seen: list[int] = []
+
+    def settled() -> int | None:
+        seen.append(commands(client).get("cmdstat_evalsha", 0))
+        return seen[-1] if len(seen) > 1 and seen[-1] == seen[-2] else None
+
+    return wait_until(settled, PROMPT, "the daemons idle again", every=QUIET)
 
 
 def test_a_delayed_job_starts_at_its_due_time_not_at_the_safety_net(

@@ -448,7 +448,10 @@ class Pool:
                 finished = stopping and not self._has_active() and not batch
                 free = self._free_slots()
                 woken = self._wake_pending and not gap
-                due = free and not stopping and (woken or clock() >= next_fetch)
+                # Not only woken: the due times are asked for after this fetch (a failure of
+                # ours is a delayed job now, its retry due after the backoff).
+                timer = clock() >= next_fetch or bool(batch.failures)
+                due = free and not stopping and (woken or timer)
                 if due:
                     self._wake_pending = False  # cleared before the fetch: a later ring counts
             try:
@@ -467,13 +470,18 @@ class Pool:
                     # BURST_GAP_MAX_SECONDS, taking many per fetch instead of one per wake-up
                     # (on SQLite each fetch is a write lock the producers would wait for).
                     # None: sleep until woken, a delayed job is due, or the safety net.
+                    hinted = self._waiter.take_due()
                     if fetched == free:
                         gap, wait = 0.0, 0.0
                     elif fetched:
                         gap = min(max(gap * 2, BURST_GAP_SECONDS), BURST_GAP_MAX_SECONDS)
                         wait = gap
-                    else:
+                    elif timer:
                         gap, wait = 0.0, self._idle_wait()
+                    else:  # only woken, and nothing for us: one round trip, as issue 21 asks
+                        gap, wait = 0.0, max(next_fetch - clock(), 0.0)
+                    if hinted is not None and not fetched:
+                        wait = min(wait, max(hinted - time.time(), 0.0))
                     next_fetch = clock() + wait
                 if used_queue:
                     # Every success is reported, not only the first after a failure: the

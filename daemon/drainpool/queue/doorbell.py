@@ -55,12 +55,17 @@ class Doorbell:
         self.directory = doorbell_dir(queue_path)
         self._sender: socket.socket | None = None
 
-    def ring(self, tasks: Iterable[str]) -> int:
-        """Send the task names to every listening pool; returns how many were rung."""
+    def ring(self, tasks: Iterable[str], due: float | None = None) -> int:
+        """Send the task names (and a delayed job's due time) to every listening pool.
+
+        Returns how many were rung. One line per task: `task` or `task<TAB>due`.
+        """
+        suffix = "" if due is None else f"\t{due!r}"
         try:
             with _reach(self.directory) as address:
                 names = [name for name in os.listdir(self.directory) if name.endswith(SUFFIX)]
-                message = "\n".join(dict.fromkeys(tasks)).encode()[:MAX_DATAGRAM]
+                lines = (task + suffix for task in dict.fromkeys(tasks))
+                message = "\n".join(lines).encode()[:MAX_DATAGRAM]
                 return sum(self._send(message, address(name), name) for name in names)
         except OSError:
             return 0  # no directory: nobody listens (or it cannot be read: the safety net)
@@ -133,7 +138,12 @@ class DoorbellWaiter(ChannelWaiter):
                 message = self._socket.recv(MAX_DATAGRAM)
             except BlockingIOError:
                 return wanted
-            wanted = wanted or not self._tasks.isdisjoint(message.decode(errors="replace").split())
+            for line in message.decode(errors="replace").splitlines():
+                task, _, due = line.partition("\t")
+                if task in self._tasks:
+                    wanted = True
+                    if due:
+                        self._note_due(float(due))
 
     def _moved(self, path: Path) -> bool:
         """Whether our socket file is no longer at `path` (deleted, or replaced)."""

@@ -120,11 +120,14 @@ local function delayed_key(task) return P .. ':delayed:' .. task end
 local function job_key(id) return P .. ':job:' .. id end
 local function ensure_group(s) redis.pcall('XGROUP', 'CREATE', s, G, '0', 'MKSTREAM') end
 local woken = {}
--- Wakes the pools idle on this task (drainpool.queue.redis_wakeups), once per script.
-local function wake(task)
-  if not woken[task] then
+-- Wakes the pools idle on this task (drainpool.queue.redis_wakeups): once per script for
+-- ready jobs ('0'); a delayed job's message is its due time, in seconds since the epoch.
+local function wake(task, due)
+  if due then
+    redis.call('PUBLISH', P .. ':wake:' .. task, secs(due))
+  elseif not woken[task] then
     woken[task] = true
-    redis.call('PUBLISH', P .. ':wake:' .. task, '1')
+    redis.call('PUBLISH', P .. ':wake:' .. task, '0')
   end
 end
 local function push_ready(id, task)
@@ -139,7 +142,7 @@ local function schedule(id, task, due)
   redis.call('ZADD', delayed_key(task), due, id)
   redis.call('HSET', job_key(id), 'state', 'delayed', 'entry', '', 'token', '')
   redis.call('SADD', P .. ':tasks', task)
-  wake(task)
+  wake(task, due)
 end
 local function drop_entry(task, entry)
   if entry and entry ~= '' then

@@ -96,7 +96,10 @@ class PubSubWaiter(ChannelWaiter):
             reply = connection.read_response()
             self._heard_at = time.monotonic()
             kind = reply[0] if isinstance(reply, list) and reply else None
-            woken = woken or kind == "message"
+            if kind == "message":
+                woken = True
+                if float(reply[2]) > 0:
+                    self._note_due(float(reply[2]))
             if kind == "pong":
                 self._ping_unanswered = False
             if not connection.can_read(timeout=0):

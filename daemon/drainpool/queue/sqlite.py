@@ -258,7 +258,7 @@ class SqliteQueue:
             return str(cur.lastrowid)
 
         job_id = self._run(insert, write=True)
-        self._doorbell.ring((task,))
+        self._doorbell.ring((task,), now + delay if delay > 0 else None)
         return job_id
 
     def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
