@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+from drainpool.queue.redis import RedisQueue
 
 from tests.support.daemon import Daemon, DaemonFactory, enqueue
 from tests.support.joblog import count
@@ -308,3 +309,26 @@ def test_an_idle_daemon_sleeps_until_something_happens(
     threading.Event().wait(IDLE_WINDOW)  # the window is the measurement
     spent = wake_ups(daemon.pid) - before
     assert spent <= 30, f"{spent} wake-ups in {IDLE_WINDOW} s of idling"
+
+
+def test_redis_fetch_makes_the_consumer_group_again_when_redis_says_it_is_missing(
+    start_redis: StartRedis,
+) -> None:
+    """An idle fetch does not create the group (issue 21); NOGROUP makes it again."""
+    server = start_redis()
+    queue = RedisQueue.from_url(server.url, prefix="nogroup")
+    raw = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        first = queue.enqueue("t", 1)
+        assert [job.id for job in queue.fetch(1, ["t"], 60)] == [first]
+        second = queue.enqueue("t", 2)
+        raw.xgroup_destroy("nogroup:stream:t", "nogroup")
+        before = commands(raw).get("cmdstat_xgroup|create", 0)
+        fetched = queue.fetch(2, ["t"], 60)  # every entry is new to the new group
+        assert sorted(job.id for job in fetched) == sorted([first, second])
+        assert commands(raw)["cmdstat_xgroup|create"] == before + 1
+        assert queue.fetch(2, ["t"], 60) == []  # an idle fetch: no group creation
+        assert commands(raw)["cmdstat_xgroup|create"] == before + 1
+    finally:
+        raw.close()
+        queue.close()

@@ -205,6 +205,29 @@ return id
 """
 
 _FETCH = r"""
+-- Issue 21: an idle fetch neither creates the group nor reads XINFO. The group is made
+-- when Redis says it is missing (NOGROUP), and the last delivered entry of each stream
+-- is kept in a key that only this script's XREADGROUP moves (XINFO once, for a queue
+-- written before the key existed).
+local function delivered_key(task) return P .. ':delivered:' .. task end
+local function delivered(s, task)
+  local last = redis.call('GET', delivered_key(task))
+  if not last then
+    last = last_delivered(s)
+    redis.call('SET', delivered_key(task), last)
+  end
+  return last
+end
+local function pending_past_horizon(s, task, n)
+  local found = redis.pcall('XPENDING', s, G, 'IDLE', HORIZON, '-', '+', n)
+  if type(found) == 'table' and found.err then  -- NOGROUP: no stream, or its group went
+    if redis.call('EXISTS', s) == 0 then return nil end
+    ensure_group(s)
+    redis.call('DEL', delivered_key(task))
+    found = redis.call('XPENDING', s, G, 'IDLE', HORIZON, '-', '+', n)
+  end
+  return found
+end
 -- ARGV[3..]: consumer, token, n, lease_ms, max_attempts, batch, host, pid, pool, tasks...
 local me, token, n = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local lease, max_attempts, batch = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -219,11 +242,11 @@ for i = 12, #ARGV do
     if redis.call('EXISTS', job_key(id)) == 1 then push_ready(id, task) end
   end
   local s = stream_key(task)
-  if redis.call('EXISTS', s) == 1 then
-    ensure_group(s)
+  local pending = pending_past_horizon(s, task, n)
+  if pending then
     local cands = {}
     -- Pending entries idle past the horizon: expired leases and released jobs.
-    for _, p in ipairs(redis.call('XPENDING', s, G, 'IDLE', HORIZON, '-', '+', n)) do
+    for _, p in ipairs(pending) do
       local e = redis.call('XRANGE', s, p[1], p[1])
       if #e == 0 then
         redis.call('XACK', s, G, p[1])
@@ -232,7 +255,7 @@ for i = 12, #ARGV do
       end
     end
     if #cands < n then
-      local fresh = redis.call('XRANGE', s, '(' .. last_delivered(s), '+', 'COUNT', n - #cands)
+      local fresh = redis.call('XRANGE', s, '(' .. delivered(s, task), '+', 'COUNT', n - #cands)
       for _, e in ipairs(fresh) do cands[#cands + 1] = {entry = e[1], id = e[2][2], pel = false} end
     end
     streams[#streams + 1] = {task = task, s = s, cands = cands, pos = 1, pel = {}, fresh = 0}
@@ -262,6 +285,7 @@ for _, st in ipairs(streams) do
     -- Delivers exactly the entries peeked above: nothing ran in between.
     local r = redis.call('XREADGROUP', 'GROUP', G, me, 'COUNT', st.fresh, 'STREAMS', st.s, '>')
     for _, e in ipairs(r[1][2]) do taken[#taken + 1] = e[1] end
+    redis.call('SET', delivered_key(st.task), taken[#taken])
   end
   if #taken > 0 then
     -- The lease deadline goes into the delivery time (see the module docstring).
