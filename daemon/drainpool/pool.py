@@ -204,8 +204,10 @@ class Pool:
             )
             self._threads.append(thread)
             thread.start()
+        # Armed by the listener's first wait (never here: a connect to a Redis that is down
+        # would hold up the start), which then wakes the dispatcher once: no announcement
+        # made between the first fetch and the arming is missed.
         self._waiter = waiter_for(self._queue, self.tasks.keys())
-        self._waiter.wait(0)  # arms the channel before the first fetch: no announcement missed
         self._listener.start()
         self._dispatcher.start()
 

@@ -11,8 +11,9 @@ backend lands (`queue.waiter(tasks)` returning a Waiter is all it needs).
 A waiter whose channel breaks logs one line, reports the mode "poll" and
 keeps trying to re-arm; the pool's safety-net fetch (every
 `queue.poll_interval_seconds`) finds whatever a lost notification announced,
-so nothing depends on a notification arriving. A re-armed waiter reports one
-wake-up at once, since notifications may have been missed while it was down.
+so nothing depends on a notification arriving. A waiter reports one wake-up
+each time it is armed (the first time too), since notifications may have been
+missed before.
 """
 
 from __future__ import annotations
@@ -188,8 +189,7 @@ class ChannelWaiter(abc.ABC):
         if self._broken:
             self._broken = False
             log.warning("%s: wake-ups are back", self._label)
-            return True  # notifications may have been missed while it was down
-        return False
+        return True  # notifications may have been missed before it was armed
 
     def _fail(self, exc: BaseException) -> None:
         if self._armed:
