@@ -639,7 +639,10 @@ class RedisQueue:
                 protocol=2,  # RESP2 replies: the shapes the scripts and parsers expect
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout,
-                health_check_interval=10,  # PING an idle connection before reuse
+                # PING a connection idle this long before reusing it: longer than the idle
+                # pool's safety-net fetch (10 s), else every such fetch costs a PING too
+                # (issue 21); a stale connection is retried once anyway (below).
+                health_check_interval=30,
                 # One immediate retry on a broken connection (a Redis restart leaves stale
                 # sockets in the pool); none on timeouts, where the command may have run.
                 retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
