@@ -42,6 +42,11 @@ noop_incr = _adapter("noop_incr", bodies.noop, _redis)
 sleep_10ms_incr = _adapter("sleep_10ms_incr", bodies.sleep_10ms, _redis)
 
 
+def stamp(ctx: Any, payload: Any) -> None:
+    """The pickup-latency job: its start time, and nothing else (bench/wakeup_scenarios.py)."""
+    _redis.stamp(payload["seq"])
+
+
 def hold(ctx: Any, payload: Any) -> None:
     """In flight until a drain: ctx.sleep raises Interrupted, so the job is released."""
     _datagrams.started()
@@ -49,7 +54,7 @@ def hold(ctx: Any, payload: Any) -> None:
     _datagrams.done()
 
 
-def stamp(ctx: Any, payload: Any) -> dict[str, float]:
+def finish_stamp(ctx: Any, payload: Any) -> dict[str, float]:
     """The job a producer waits on: its result is the time it finished (one clock per host)."""
     ctx.sleep(float(payload["seconds"]))
     return {"finished": time.monotonic()}

@@ -176,7 +176,7 @@ def wait_latency(ctx: Context) -> None:
     for backend in ("sqlite", "redis"):
         directory = fresh_dir(ctx, f"records-wait-{backend}")
         url = _empty_queue_url(ctx, backend, directory)
-        dp = Drainpool(ctx, directory, config_text({"stamp": "stamp"}, url=url))
+        dp = Drainpool(ctx, directory, config_text({"stamp": "finish_stamp"}, url=url))
         dp.check()
         with inbox("notify") as notify:
             child = dp.start(notify)

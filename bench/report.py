@@ -373,6 +373,14 @@ def method_lines(sizes: Sizes) -> list[str]:
         "doing one SQLite INSERT and one DELETE per job, a commit each, WAL, in bench/.work.",
         "- Medians over the repetitions, with min-max; ratios are of medians from this run. "
         "The machine is shared: the load averages above say how busy it was.",
+        "- Wake-ups (issue 21; bench/wakeup_scenarios.py): one idle worker of each system "
+        "(drainpool on SQLite and on Redis, huey, celery, dramatiq; 8 threads). Pickup: a "
+        "producer enqueues single `stamp` jobs 50-150 ms apart; latency is the job's start "
+        "minus the return of its enqueue call, both on CLOCK_MONOTONIC. Idle: CPU of the "
+        "worker's process tree and Redis commands (INFO commandstats, minus INFO) over the "
+        "window, after one job. Burst: 1,000 jobs, one enqueue call each, into the idle "
+        "worker, from the first call to the last completion (Redis INCR); on SQLite the "
+        "producer's fsync per enqueue bounds it.",
         "- Peers: bench/peers/setup.sh installs the pinned bench/peers/requirements.txt into "
         "bench/.venv-peers; Redis is /usr/bin/redis-server on a free loopback port, no "
         "persistence, started and stopped by the run.",

@@ -29,18 +29,20 @@ import baselines
 import drainpool_scenarios as dps
 import queue_rounds
 import record_scenarios as rec
+import wakeup_scenarios as wakeups
 from context import BENCH, FULL, QUICK, REPO, Context, Unavailable
 from harness import Children
 from peer_scenarios import PEERS, run_peer
 from report import derived_rows, end_rows, method_lines, start_rows
 from results import Results, hand_written, render
 
-GROUPS = ("baselines", "drainpool", "records", "peers")
+GROUPS = ("baselines", "drainpool", "records", "peers", "wakeups")
 SECTIONS = [
     ("baselines", "Raw limits (same run)"),
     ("drainpool", "drainpool"),
     ("records", "Job records (retention, wait, disk)"),
     ("peers", "Peers (same run, same bodies, Redis on loopback)"),
+    ("wakeups", "Wake-ups: pickup latency, idle cost, burst (issue 21; drainpool and peers)"),
 ]
 
 
@@ -137,6 +139,24 @@ SCENARIOS = [
         "records",
         rec.size,
         "SQLite bytes per retained no-op record (bench/record_size.py)",
+    ),
+    Scenario(
+        "wakeup-pickup",
+        "wakeups",
+        wakeups.pickup,
+        "p50/p90/p99 enqueue return to task start, 200 spaced jobs, drainpool and peers",
+    ),
+    Scenario(
+        "wakeup-idle",
+        "wakeups",
+        wakeups.idle,
+        "an idle worker's CPU and Redis commands over 60 s, drainpool and peers",
+    ),
+    Scenario(
+        "wakeup-burst",
+        "wakeups",
+        wakeups.burst,
+        "1,000 jobs enqueued one by one into an idle worker, drainpool and peers",
     ),
     *(
         Scenario(

@@ -113,7 +113,8 @@ class QueueSettings(_Section):
     max_attempts: int = Field(5, ge=1, le=1000)
     retry_backoff_seconds: float = Field(1.0, ge=0, le=86_400)
     retry_backoff_max_seconds: float = Field(300.0, ge=0, le=86_400 * 7)
-    poll_interval_seconds: float = Field(0.2, gt=0, le=60, description="idle poll, at most")
+    # Issue 21: only the safety net now; an idle pool is woken by the queue (README, Queue).
+    poll_interval_seconds: float = Field(10.0, gt=0, le=60, description="safety-net fetch")
     retention_seconds: float = Field(86_400.0, ge=0, le=86_400 * 366)  # 0: removed at the ack
     result_max_bytes: int = Field(65_536, ge=0, le=64 * 1024 * 1024)
 

@@ -47,8 +47,10 @@ from drainpool.watcher import ConfigWatcher
 
 log = logging.getLogger("drainpool.supervisor")
 
-TICK_SECONDS = 0.5  # the loop turns at least this often (healthz, watchdog, deadlines)
 STALL_SECONDS = 10.0  # /healthz fails when the loop has not turned for this long
+# The loop turns at least this often, to show /healthz it is alive; everything else wakes it:
+# the inbox, the reload and drain deadlines, the watchdog (issue 21: idle is idle).
+TICK_SECONDS = STALL_SECONDS / 2
 RECENT_OUTCOMES = 200  # finished jobs the console shows
 
 

@@ -96,6 +96,7 @@ from drainpool.queue.records import (
     result_of,
 )
 from drainpool.queue.redis_records import NOTIFY_TTL_MS, list_jobs, read_job, wait_job
+from drainpool.queue.redis_wakeups import NEXT_DUE, PubSubWaiter
 
 PASSWORD_ENV = "DRAINPOOL_REDIS_PASSWORD"
 HORIZON_MS = 100_000_000_000  # ~3 years: longer than any lease, shorter than the epoch
@@ -128,17 +129,30 @@ local function stream_key(task) return P .. ':stream:' .. task end
 local function delayed_key(task) return P .. ':delayed:' .. task end
 local function job_key(id) return P .. ':job:' .. id end
 local function ensure_group(s) redis.pcall('XGROUP', 'CREATE', s, G, '0', 'MKSTREAM') end
+local woken = {}
+-- Wakes the pools idle on this task (drainpool.queue.redis_wakeups): once per script for
+-- ready jobs ('0'); a delayed job's message is its due time, in seconds since the epoch.
+local function wake(task, due)
+  if due then
+    redis.call('PUBLISH', P .. ':wake:' .. task, secs(due))
+  elseif not woken[task] then
+    woken[task] = true
+    redis.call('PUBLISH', P .. ':wake:' .. task, '0')
+  end
+end
 local function push_ready(id, task)
   local s = stream_key(task)
   ensure_group(s)
   local entry = redis.call('XADD', s, '*', 'job', id)
   redis.call('HSET', job_key(id), 'state', 'ready', 'entry', entry, 'token', '')
   redis.call('SADD', P .. ':tasks', task)
+  wake(task)
 end
 local function schedule(id, task, due)
   redis.call('ZADD', delayed_key(task), due, id)
   redis.call('HSET', job_key(id), 'state', 'delayed', 'entry', '', 'token', '')
   redis.call('SADD', P .. ':tasks', task)
+  wake(task, due)
 end
 local function drop_entry(task, entry)
   if entry and entry ~= '' then
@@ -220,6 +234,29 @@ return id
 """
 
 _FETCH = r"""
+-- Issue 21: an idle fetch neither creates the group nor reads XINFO. The group is made
+-- when Redis says it is missing (NOGROUP), and the last delivered entry of each stream
+-- is kept in a key that only this script's XREADGROUP moves (XINFO once, for a queue
+-- written before the key existed).
+local function delivered_key(task) return P .. ':delivered:' .. task end
+local function delivered(s, task)
+  local last = redis.call('GET', delivered_key(task))
+  if not last then
+    last = last_delivered(s)
+    redis.call('SET', delivered_key(task), last)
+  end
+  return last
+end
+local function pending_past_horizon(s, task, n)
+  local found = redis.pcall('XPENDING', s, G, 'IDLE', HORIZON, '-', '+', n)
+  if type(found) == 'table' and found.err then  -- NOGROUP: no stream, or its group went
+    if redis.call('EXISTS', s) == 0 then return nil end
+    ensure_group(s)
+    redis.call('DEL', delivered_key(task))
+    found = redis.call('XPENDING', s, G, 'IDLE', HORIZON, '-', '+', n)
+  end
+  return found
+end
 -- ARGV[3..]: consumer, token, n, lease_ms, max_attempts, batch, host, pid, pool, tasks...
 local me, token, n = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local lease, max_attempts, batch = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -234,11 +271,11 @@ for i = 12, #ARGV do
     if redis.call('EXISTS', job_key(id)) == 1 then push_ready(id, task) end
   end
   local s = stream_key(task)
-  if redis.call('EXISTS', s) == 1 then
-    ensure_group(s)
+  local pending = pending_past_horizon(s, task, n)
+  if pending then
     local cands = {}
     -- Pending entries idle past the horizon: expired leases and released jobs.
-    for _, p in ipairs(redis.call('XPENDING', s, G, 'IDLE', HORIZON, '-', '+', n)) do
+    for _, p in ipairs(pending) do
       local e = redis.call('XRANGE', s, p[1], p[1])
       if #e == 0 then
         redis.call('XACK', s, G, p[1])
@@ -247,7 +284,7 @@ for i = 12, #ARGV do
       end
     end
     if #cands < n then
-      local fresh = redis.call('XRANGE', s, '(' .. last_delivered(s), '+', 'COUNT', n - #cands)
+      local fresh = redis.call('XRANGE', s, '(' .. delivered(s, task), '+', 'COUNT', n - #cands)
       for _, e in ipairs(fresh) do cands[#cands + 1] = {entry = e[1], id = e[2][2], pel = false} end
     end
     streams[#streams + 1] = {task = task, s = s, cands = cands, pos = 1, pel = {}, fresh = 0}
@@ -277,6 +314,7 @@ for _, st in ipairs(streams) do
     -- Delivers exactly the entries peeked above: nothing ran in between.
     local r = redis.call('XREADGROUP', 'GROUP', G, me, 'COUNT', st.fresh, 'STREAMS', st.s, '>')
     for _, e in ipairs(r[1][2]) do taken[#taken + 1] = e[1] end
+    redis.call('SET', delivered_key(st.task), taken[#taken])
   end
   if #taken > 0 then
     -- The lease deadline goes into the delivery time (see the module docstring).
@@ -361,6 +399,7 @@ for i = 5, #ARGV, 6 do
         push_ready(id, task)
       else
         redis.call('HSET', jk, 'state', 'ready', 'token', '')
+        wake(task)
       end
     elseif op == 'F' then
       drop_entry(task, entry)
@@ -595,6 +634,7 @@ class RedisQueue:
                 "forget": _FORGET_CONSUMER,
                 "prune": _PRUNE,
                 "upgrade": _UPGRADE,
+                "next_due": NEXT_DUE,
             }.items()
         }
         # Read-only: flagged so, which lets Redis run it even under memory pressure.
@@ -643,7 +683,10 @@ class RedisQueue:
                 protocol=2,  # RESP2 replies: the shapes the scripts and parsers expect
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout,
-                health_check_interval=10,  # PING an idle connection before reuse
+                # PING a connection idle this long before reusing it: longer than the idle
+                # pool's safety-net fetch (10 s), else every such fetch costs a PING too
+                # (issue 21); a stale connection is retried once anyway (below).
+                health_check_interval=30,
                 # One immediate retry on a broken connection (a Redis restart leaves stale
                 # sockets in the pool); none on timeouts, where the command may have run.
                 retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
@@ -816,6 +859,14 @@ class RedisQueue:
             return
         pairs = [x for j in jobs for x in (_job_id(j.id), j.token)]
         self._run("renew", "renew leases", self.consumer, _lease_ms(lease_seconds), *pairs)
+
+    def waiter(self, tasks: Collection[str]) -> PubSubWaiter:
+        """A pool's own subscribed connection (drainpool.queue.redis_wakeups)."""
+        return PubSubWaiter(self._client, self.prefix, tasks, self.where)
+
+    def next_due(self, tasks: Collection[str]) -> float | None:
+        due_ms = self._run("next_due", "read due times", *dict.fromkeys(tasks))
+        return None if due_ms in ("", None) else float(due_ms) / 1000
 
     def settle_and_fetch(
         self,

@@ -59,6 +59,7 @@ from drainpool.queue.base import (
     log_dead,
     log_dead_job,
 )
+from drainpool.queue.doorbell import Doorbell, DoorbellWaiter
 from drainpool.queue.outcome_minutes import (
     KEEP_SECONDS,
     PRUNE_SQL,
@@ -233,6 +234,7 @@ class SqliteQueue:
         )
         self._token_prefix = secrets.token_hex(4)
         self._token_counter = itertools.count()
+        self._doorbell = Doorbell(self.path)  # wakes idle daemons after a commit (issue 21)
 
     def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         """A transaction on the main connection; a fault lets go of the side one too.
@@ -297,7 +299,9 @@ class SqliteQueue:
             )
             return str(cur.lastrowid)
 
-        return self._run(insert, write=True)
+        job_id = self._run(insert, write=True)
+        self._doorbell.ring((task,), now + delay if delay > 0 else None)
+        return job_id
 
     def enqueue_tick(
         self,
@@ -341,7 +345,11 @@ class SqliteQueue:
             )
             return len(rows)
 
-        return self._run(insert, write=True) if rows else 0
+        if not rows:
+            return 0
+        added = self._run(insert, write=True)
+        self._doorbell.ring(row[0] for row in rows)
+        return added
 
     # -- consumers --------------------------------------------------------
 
@@ -358,6 +366,25 @@ class SqliteQueue:
         if not self._run(lambda c: _due_ids(c, 1, tasks, self._clock()), write=False):
             return []  # nothing due: no write lock taken
         return self._run(self._claimer(n, tasks, lease_seconds, worker), write=True)
+
+    def waiter(self, tasks: Collection[str]) -> DoorbellWaiter:
+        """A pool's doorbell (drainpool.queue.doorbell): producers ring it after a commit."""
+        return DoorbellWaiter(self.path, tasks)
+
+    def next_due(self, tasks: Collection[str]) -> float | None:
+        """Seconds until the earliest waiting job of `tasks` is due, one index seek per task."""
+
+        def earliest(conn: sqlite3.Connection) -> float | None:
+            found = [
+                conn.execute(
+                    f"SELECT MIN(due_at) FROM jobs WHERE state = {WAITING} AND task = ?", (task,)
+                ).fetchone()[0]
+                for task in tasks
+            ]
+            return min((due for due in found if due is not None), default=None)
+
+        due = self._run(earliest, write=False)
+        return None if due is None else max(due - self._clock(), 0.0)
 
     def settle_and_fetch(
         self,
@@ -384,6 +411,7 @@ class SqliteQueue:
         if n <= 0 or not tasks:
             self._run(settle, write=True)
             log_dead(failures, self.retry)
+            self._ring_released(releases)
             return []
         claim = self._claimer(n, tasks, lease_seconds, worker)
 
@@ -393,7 +421,13 @@ class SqliteQueue:
 
         jobs = self._run(both, write=True)
         log_dead(failures, self.retry)
+        self._ring_released(releases)
         return jobs
+
+    def _ring_released(self, releases: Sequence[Job]) -> None:
+        """Released jobs are ready again: other daemons (a drain's, say) may take them now."""
+        if releases:
+            self._doorbell.ring(job.task for job in releases)
 
     def _claimer(
         self, n: int, tasks: Collection[str], lease_seconds: float, worker: WorkerIdentity | None
@@ -476,6 +510,7 @@ class SqliteQueue:
         if acks or releases or failures or counts:
             self._run(self._settlement(acks, releases, failures, counts), write=True)
             log_dead(failures, self.retry)
+            self._ring_released(releases)
 
     def _settlement(
         self,
@@ -618,7 +653,10 @@ class SqliteQueue:
             f"UPDATE jobs SET state = {WAITING}, due_at = ?, attempts = 0, token = NULL,"
             f" failed_at = NULL WHERE state = {DEAD}"
         )
-        return self._dead_update(sql, (now,), ids)
+        retried = self._dead_update(sql, (now,), ids)
+        if retried:
+            self._doorbell.ring(self._run(_live_tasks, write=False))
+        return retried
 
     def dead_purge(self, ids: Sequence[str] | None = None) -> int:
         return self._dead_update(f"DELETE FROM jobs WHERE state = {DEAD}", (), ids)
@@ -723,6 +761,7 @@ class SqliteQueue:
 
     def close(self) -> None:
         self._closing.set()
+        self._doorbell.close()
         self._db.close()
         self._aside.close()
 
