@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import DaemonFactory, enqueue, wait_until
+from tests.support.daemon import DaemonFactory, enqueue
 from tests.support.joblog import events
 from tests.support.redis_server import redis_servers
+from tests.support.waiting import wait_until
 
 NOT_FOUND = "drainpool: no job {} (never enqueued, or its record expired after retention_seconds)\n"
 TASKS = {"whoami": "tests.support.tasks:whoami"}

@@ -10,7 +10,8 @@ import signal
 from pathlib import Path
 
 from tests.support.console import TOKEN, api, call, console_config, open_queue, wait_dead
-from tests.support.daemon import DaemonFactory, wait_until
+from tests.support.daemon import DaemonFactory
+from tests.support.waiting import wait_until
 
 OTHER_TOKEN = "a-completely-different-token-42"
 

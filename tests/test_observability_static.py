@@ -78,6 +78,7 @@ EXPECTED_ALERTS = {
     "DrainpoolDeadLettersGrowing",
     "DrainpoolNoProgress",
     "DrainpoolTimeoutsGrowing",
+    "DrainpoolScheduleLate",
 }
 
 

@@ -76,8 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p = command("enqueue", _cmd_enqueue, "add jobs to the queue")
+    p.epilog = (
+        "A payload is checked against its task's payload type (a pydantic model or TypedDict)"
+        " when this machine can import the task's module: one line per error, exit 2, nothing"
+        " queued. When it cannot, the job is queued unchecked and the daemon checks it."
+    )
     p.add_argument("task", nargs="?", help="a configured task name")
-    p.add_argument("payload", nargs="?", help="the job's payload as JSON (default {})")
+    p.add_argument(
+        "payload", nargs="?", help="the job's payload as JSON (default {}), checked if typed"
+    )
     p.add_argument("--delay", type=float, default=0.0, metavar="S", help="run after S seconds")
     p.add_argument("--at", metavar="TIME", help="run at TIME (ISO 8601, or Unix seconds)")
     p.add_argument(
@@ -97,11 +104,17 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p = command("queue", _cmd_queue, "inspect the queue and its dead letters")
-    p.add_argument("action", choices=["stats", "dead"], help="stats, or dead list|retry|purge")
+    p.add_argument(
+        "action", nargs="?", choices=["stats", "dead"], help="stats, or dead list|retry|purge"
+    )
     p.add_argument("dead_action", nargs="?", choices=["list", "retry", "purge"])
     p.add_argument("ids", nargs="*", help="job ids for dead retry/purge (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--limit", type=int, default=100, help="dead list: at most this many")
+
+    from drainpool.schedule_cli import add_parser as add_schedule_parser
+
+    add_schedule_parser(command)
 
     p = command("status", _cmd_status, "show a running daemon's state")
     p.add_argument("--pid", type=int, help="the daemon's pid (default: ask its endpoint)")
@@ -138,13 +151,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from drainpool.supervisor import Supervisor
 
         configure_logging(loaded.settings.log)
+        from drainpool.endpoint import EndpointError
+
         try:
             return Supervisor(loaded, registry, inbox=inbox).run()
-        except OSError as exc:  # e.g. the metrics port is taken
+        except (OSError, EndpointError) as exc:
             import logging
 
             logging.getLogger("drainpool").error("cannot start: %s", exc)
-            return ExitCode.FAILURE
+            # The endpoint's address or files are the config's fault: 78, not restarted.
+            return ExitCode.CONFIG if isinstance(exc, EndpointError) else ExitCode.FAILURE
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -176,6 +192,8 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     from drainpool import bulk
     from drainpool.runtime import open_queue
 
+    if not 0 <= args.delay < float("inf"):  # also NaN
+        raise UsageError(f"--delay must be 0 or more seconds (a finite number), not {args.delay:g}")
     loaded, _ = _load(args, tasks=False)
     known = sorted(loaded.settings.tasks)
     if args.file is not None:
@@ -184,7 +202,10 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
             raise UsageError("--file takes no TASK, JSON, --key, --delay, --at or --timeout")
         queue = open_queue(loaded)
         try:
-            return bulk.enqueue_file(queue, args.file, known, skip_invalid=args.skip_invalid)
+            checks = {
+                name: _payload_spec(ref) for name, ref in sorted(loaded.settings.tasks.items())
+            }
+            return bulk.enqueue_file(queue, args.file, checks, skip_invalid=args.skip_invalid)
         except QueueUnavailable:
             raise
         except (QueueError, OSError) as exc:
@@ -201,6 +222,11 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         payload = bulk.parse_json(args.payload) if args.payload is not None else {}
     except ValueError as exc:
         raise UsageError(f"payload is {exc}") from None
+    errors = _payload_errors(loaded.settings.tasks[args.task], payload)
+    if errors:
+        for line in errors:
+            print(f"drainpool: {args.task}: {line}", file=sys.stderr)
+        return ExitCode.USAGE
     delay = args.delay
     if args.at is not None:
         if args.delay:
@@ -219,9 +245,28 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _payload_spec(ref: object) -> Any:
+    """A Python task's payload check, or None: a command task, or not importable here."""
+    from drainpool.payloads import spec_for_ref
+    from drainpool.settings import python_ref
+
+    function = python_ref(ref)
+    spec = spec_for_ref(function) if function is not None else None
+    return spec if spec is not None and spec.typed else None
+
+
+def _payload_errors(ref: object, payload: Any) -> list[str]:
+    """Why `payload` cannot fit a typed task; empty when it fits or cannot be checked here."""
+    spec = _payload_spec(ref)
+    return [] if spec is None else spec.errors(payload)
+
+
 def _cmd_queue(args: argparse.Namespace) -> int:
+    from drainpool import deadletters
     from drainpool.runtime import open_queue
 
+    if args.action is None:
+        raise UsageError("queue needs an action: stats, or dead list|retry|purge [ID...]")
     loaded, _ = _load(args, tasks=False)
     queue = open_queue(loaded)
     try:
@@ -231,15 +276,10 @@ def _cmd_queue(args: argparse.Namespace) -> int:
             raise UsageError("queue dead needs list, retry or purge")
         if args.dead_action == "list":
             return _print_dead(queue, args.json, args.limit)
-        ids = args.ids or None
-        count = queue.dead_retry(ids) if args.dead_action == "retry" else queue.dead_purge(ids)
-        verb = "retried" if args.dead_action == "retry" else "purged"
-        print(f"{count} dead jobs {verb}")
-        if ids is not None and count < len(set(ids)):
-            print(
-                f"drainpool: {len(set(ids)) - count} of the ids given are not dead jobs",
-                file=sys.stderr,
-            )
+        done = deadletters.apply(queue, args.dead_action, args.ids or None)
+        print(done.summary())
+        if done.problem():
+            print(f"drainpool: {done.problem()}", file=sys.stderr)
             return ExitCode.FAILURE
         return ExitCode.OK
     finally:

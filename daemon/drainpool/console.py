@@ -1,12 +1,14 @@
 """The web console (issue 11): a page at / and the JSON API under /api/ that it reads.
 
 Reading. The page and its two static files hold no data and are always
-served. The data routes (/api/running, /api/queue, /api/dead, /api/outcomes,
-/api/outcomes/minutes, /api/jobs, /api/jobs/ID) answer without a token only
-when the endpoint is bound to loopback, and then only to a loopback Host
-header, so a DNS-rebinding page cannot read them through the victim's
-browser. Bound anywhere else, they need the bearer token, and with no token
-configured they are refused. /api/status, /metrics and the
+served. Every other GET under /api/ (/api/running, /api/queue, /api/dead,
+/api/outcomes, /api/outcomes/minutes, /api/jobs, /api/jobs/ID, /api/config, and
+any route added later) passes `read_guard`, which the router applies to all of
+them but the public ones (httpserver.PUBLIC_API): they answer without a token
+only when the endpoint is bound to loopback, and then only to a loopback Host
+header, so a DNS-rebinding page cannot read them through the victim's browser.
+Bound anywhere else, they need the bearer token, and with no token configured
+they are refused. /api/status, /metrics and the
 probes keep the rules of the core endpoint (`drainpool reload` and `status`
 read /api/status without credentials).
 
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from drainpool import __version__
+from drainpool import __version__, deadletters
 from drainpool.httpserver import BodyTooLarge, Handler, Route
 from drainpool.queue.base import (
     CancelEffect,
@@ -90,6 +92,7 @@ class ConsoleSource:
     outcomes: Callable[[], list[dict[str, Any]]]
     settings: Callable[[], ConsoleSettings]
     request_reload: Callable[[], None]
+    schedules: Callable[[], list[dict[str, Any]]] = list  # issue 20: name, task, next tick ...
 
 
 class Refused(Exception):
@@ -114,7 +117,9 @@ class Console:
 
     def get_routes(self) -> dict[str, Route]:
         routes: dict[str, Route] = {path: self._serve_static for path in self._static}
-        routes["/api/console"] = self._guarded(self._console_info, auth=False)
+        # The read guard is the router's (httpserver.PUBLIC_API, Endpoints.read_guard), so a
+        # route added anywhere cannot forget it; /api/console is public there.
+        routes["/api/console"] = self._guarded(self._console_info)
         routes["/api/running"] = self._guarded(self._running)
         routes["/api/queue"] = self._guarded(self._queue)
         routes["/api/dead"] = self._guarded(self._dead)
@@ -122,6 +127,7 @@ class Console:
         routes["/api/outcomes/minutes"] = self._guarded(self._outcome_minutes)
         routes["/api/jobs"] = self._guarded(self._jobs)
         routes["/api/jobs/"] = self._guarded(self._job)  # /api/jobs/ID (one level below)
+        routes["/api/schedules"] = self._guarded(lambda _handler: self.source.schedules())
         return routes
 
     def post_routes(self) -> dict[str, Route]:
@@ -149,15 +155,11 @@ class Console:
         extra = {"WWW-Authenticate": 'Bearer realm="drainpool"'} if refused.code == 401 else None
         self._json(handler, refused.code, {"error": refused.reason}, extra)
 
-    def _guarded(
-        self, read: Callable[[Handler], Any], *, auth: bool = True
-    ) -> Callable[[Handler], None]:
-        """A GET route: check who may read, then answer with `read`'s JSON."""
+    def _guarded(self, read: Callable[[Handler], Any]) -> Callable[[Handler], None]:
+        """A GET route (the router has checked who may read): answer with `read`'s JSON."""
 
         def route(handler: Handler) -> None:
             try:
-                if auth:
-                    self._check_read(handler)
                 self._json(handler, 200, read(handler))
             except Refused as refused:
                 self._refuse(handler, refused)
@@ -208,6 +210,15 @@ class Console:
         return route
 
     # -- guards ---------------------------------------------------------------
+
+    def read_guard(self, handler: Handler) -> bool:
+        """The router's guard for every non-public /api/ GET: True, or refused and answered."""
+        try:
+            self._check_read(handler)
+        except Refused as refused:
+            self._refuse(handler, refused)
+            return False
+        return True
 
     def _check_read(self, handler: Handler) -> None:
         settings = self.source.settings()
@@ -321,16 +332,17 @@ class Console:
     # -- actions --------------------------------------------------------------
 
     def _dead_retry(self, body: dict[str, Any], _handler: Handler) -> dict[str, Any]:
-        return {"retried": self._on_dead(body, lambda q, ids: q.dead_retry(ids))}
+        return self._on_dead(body, "retry")
 
     def _dead_purge(self, body: dict[str, Any], _handler: Handler) -> dict[str, Any]:
-        return {"purged": self._on_dead(body, lambda q, ids: q.dead_purge(ids))}
+        return self._on_dead(body, "purge")
 
-    def _on_dead(
-        self, body: dict[str, Any], apply: Callable[[Queue, list[str] | None], int]
-    ) -> int:
+    def _on_dead(self, body: dict[str, Any], action: str) -> dict[str, Any]:
         ids = _selected_ids(body)
-        return self._read(lambda queue: apply(queue, ids))
+        done = self._read(lambda queue: deadletters.apply(queue, action, ids))
+        # The ids that were not dead jobs are named only when there are some: the answer
+        # to a retry or purge of dead ids stays {"retried": n} as before.
+        return {done.verb: done.count, **({"not_dead": done.not_dead} if done.not_dead else {})}
 
     def _cancel(self, body: dict[str, Any], handler: Handler) -> dict[str, Any]:
         """Cancel one job; 404 unknown, 409 already ended (nothing changed), else what it did."""
@@ -429,9 +441,12 @@ def _selected_ids(body: dict[str, Any]) -> list[str] | None:
     ids = body.get("ids")
     if "all" in body or not isinstance(ids, list) or not ids:
         raise Refused(400, 'send {"ids": ["..."]} (a non-empty list) or {"all": true}')
-    if len(ids) > MAX_IDS or not all(isinstance(i, str | int) for i in ids):
-        raise Refused(400, f"ids must be at most {MAX_IDS} strings")
-    return [str(i) for i in ids]
+    if len(ids) > MAX_IDS:
+        raise Refused(400, f"at most {MAX_IDS} ids at once")
+    try:
+        return deadletters.job_ids(ids)
+    except QueueError as exc:
+        raise Refused(400, str(exc)) from None
 
 
 def _limit(handler: Handler, default: int) -> int:

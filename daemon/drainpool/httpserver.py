@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import selectors
+import socket
 import ssl
 import sys
 import threading
@@ -30,6 +31,10 @@ log = logging.getLogger("drainpool.http")
 MAX_BODY_BYTES = 64 * 1024  # the console's POST bodies are a few ids; refuse anything bigger
 
 BUILTIN_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/api/status"})
+# GET paths under /api/ that anyone who reaches the endpoint may read (README, "Console"):
+# the status (what `drainpool reload` and `status` poll) and the console's own settings.
+# Every other /api/ GET passes `Endpoints.read_guard` first, whoever registered it.
+PUBLIC_API = frozenset({"/api/status", "/api/console"})
 
 Route = Callable[["Handler"], None]
 
@@ -45,6 +50,9 @@ class Endpoints:
     # GET routes by path; a path ending in "/" also serves one level below it.
     extra_routes: dict[str, Route] = field(default_factory=dict)
     post_routes: dict[str, Route] = field(default_factory=dict)
+    # Runs before every GET under /api/ not in PUBLIC_API: True to go on, or False once it
+    # has answered the refusal itself. None refuses them all (fail closed).
+    read_guard: Callable[[Handler], bool] | None = None
 
     def post_route(self, path: str) -> Route | None:
         """The POST route of `path`, or of "/a/*/c" for "/a/ID/c" (/api/jobs/ID/cancel)."""
@@ -78,6 +86,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         endpoints = self.server.endpoints
         path = self.path.split("?", 1)[0]
+        if path.startswith("/api/") and path not in PUBLIC_API and not self._may_read():
+            return
         if path == "/metrics":
             self.reply(200, generate_latest(endpoints.registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
@@ -94,6 +104,14 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(405, b"use POST\n", headers={"Allow": "POST"})
         else:
             self.reply(404, b"not found\n")
+
+    def _may_read(self) -> bool:
+        """The one read guard of every non-public /api/ GET route (issue 23)."""
+        guard = self.server.endpoints.read_guard
+        if guard is None:
+            self.reply(403, b"reading the API is not configured\n")
+            return False
+        return guard(self)
 
     def send_json(self, data: Any, code: int = 200) -> None:
         self.reply(code, json.dumps(data, indent=1).encode(), "application/json")
@@ -158,6 +176,9 @@ ACCEPT_RETRY_SECONDS = 0.1
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client must not keep the process alive
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a burst of 50 GETs (a scrape, a probe and a
+    # console tab at once) overflowed it and waited on SYN retransmits, 1 s and more.
+    request_queue_size = socket.SOMAXCONN
     endpoints: Endpoints
     starved: OSError | None = None  # the last accept that failed for want of resources
 
@@ -192,6 +213,20 @@ class _Server(ThreadingHTTPServer):
         super().finish_request(request, client_address)
 
 
+class TlsFilesError(OSError):
+    """The certificate or key cannot be loaded (missing, unreadable, not a pair)."""
+
+
+def _tls_context(cert: Path, key: Path | None) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is one
+        raise TlsFilesError(exc.errno, exc.strerror or str(exc)) from None
+    return context
+
+
 class HttpServer:
     """Serves the endpoints on a background thread until `stop()`."""
 
@@ -203,13 +238,23 @@ class HttpServer:
         *,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        listener: socket.socket | None = None,
     ) -> None:
-        self._server = _Server((host, port), Handler)
+        """Bind (host, port), or serve on `listener`, a socket already listening there.
+
+        Everything that can fail (the TLS files, the bind) fails here, before
+        `start()`, so a caller can keep its old server until the new one exists.
+        """
+        context = _tls_context(tls_cert, tls_key) if tls_cert is not None else None
+        if listener is None:
+            self._server = _Server((host, port), Handler)
+        else:
+            self._server = _Server(listener.getsockname(), Handler, bind_and_activate=False)
+            self._server.socket.close()
+            self._server.socket = listener
+            self._server.server_address = listener.getsockname()
         self._server.endpoints = endpoints
-        if tls_cert is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(tls_cert, tls_key)
+        if context is not None:
             self._server.socket = context.wrap_socket(
                 self._server.socket, server_side=True, do_handshake_on_connect=False
             )
@@ -223,6 +268,11 @@ class HttpServer:
     def address(self) -> tuple[str, int]:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
+
+    def duplicate_listener(self) -> socket.socket:
+        """A second descriptor of the listening socket, plain (not TLS), for the
+        server that replaces this one on the same address: the port is never let go."""
+        return socket.socket(fileno=os.dup(self._server.socket.fileno()))
 
     def start(self) -> None:
         self._thread.start()

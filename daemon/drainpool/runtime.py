@@ -12,12 +12,32 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from drainpool import hooks
 from drainpool import settings as settings_mod
 from drainpool.exitcodes import ExitCode
 from drainpool.plan import plan_pools, plan_to_json
 from drainpool.queue import Queue, RetryPolicy, from_url, redact_url
 from drainpool.settings import LoadedConfig, Settings
 from drainpool.tasks import TaskSpec, build_registry
+
+SECRET_MASK = "***"
+# Parts of env names that mark a secret value (AWS_SECRET_ACCESS_KEY, PGPASSWORD, API_TOKEN,
+# GITHUB_AUTH, SENTRY_DSN...). Broad on purpose: a masked value that was not secret costs a
+# look at the file; a shown secret cannot be taken back. Other names: `secret_env`.
+SECRET_WORDS = (
+    "PASSWORD",
+    "PASSWD",
+    "PASSPHRASE",
+    "SECRET",
+    "TOKEN",
+    "KEY",
+    "CREDENTIAL",
+    "AUTH",
+    "PRIVATE",
+    "COOKIE",
+    "SESSION",
+    "DSN",
+)
 
 
 def load(path: Path, *, tasks: bool = True) -> tuple[LoadedConfig, dict[str, TaskSpec]]:
@@ -26,7 +46,11 @@ def load(path: Path, *, tasks: bool = True) -> tuple[LoadedConfig, dict[str, Tas
     Raises ConfigError with every problem found, the file left untouched.
     """
     loaded = settings_mod.load(path)
-    return loaded, build_registry(loaded) if tasks else {}
+    if not tasks:
+        return loaded, {}
+    registry = build_registry(loaded)
+    hooks.check(loaded)  # a hook that does not import rejects the config, as a task does
+    return loaded, registry
 
 
 def load_or_exit(
@@ -61,13 +85,35 @@ def open_queue(loaded: LoadedConfig, *, durable_commits: bool = True) -> Queue:
 
 
 def redacted_effective(settings: Settings) -> dict[str, Any]:
-    """The effective config as printed or served: the queue URL's password hidden.
+    """The effective config as printed or served (check-config, /api/config, the dry run):
+    the queue URL's password and the secret values of command tasks' env hidden.
 
-    (Settings.effective() already masks the console token.)
+    (Settings.effective() already masks the console token.) The one redacted view:
+    every place that shows a config shows this.
     """
     effective = settings.effective()
     effective["queue"]["url"] = redact_url(effective["queue"]["url"])
+    for task in effective["tasks"].values():
+        if isinstance(task, dict) and "env" in task:  # a command task, not a FunctionTask
+            secret = set(task.get("secret_env", ()))
+            task["env"] = {
+                name: _shown_env(value, name in secret or looks_secret(name))
+                for name, value in task["env"].items()
+            }
     return effective
+
+
+def _shown_env(value: str, secret: bool) -> str:
+    """A command env value as shown: masked, or with a URL's password hidden."""
+    if secret:
+        return SECRET_MASK
+    return redact_url(value) if "://" in value else value
+
+
+def looks_secret(name: str) -> bool:
+    """Whether an environment variable's name says its value is a secret."""
+    upper = name.upper()
+    return any(word in upper for word in SECRET_WORDS)
 
 
 def config_view(loaded: LoadedConfig, registry: dict[str, TaskSpec]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from pydantic import (
     SecretStr,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -41,8 +42,10 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from drainpool.configchecks import UnreadableConfig, metrics_problems, read_config_text
 from drainpool.queue.base import QueueError
 from drainpool.queue.schemes import check_url
+from drainpool.schedule_settings import ScheduleSettings, check_schedules
 
 DEFAULT_CONFIG_PATH = Path("/etc/drainpool/drainpool.toml")
 ENV_PREFIX = "DRAINPOOL_"
@@ -112,7 +115,8 @@ class QueueSettings(_Section):
     max_attempts: int = Field(5, ge=1, le=1000)
     retry_backoff_seconds: float = Field(1.0, ge=0, le=86_400)
     retry_backoff_max_seconds: float = Field(300.0, ge=0, le=86_400 * 7)
-    poll_interval_seconds: float = Field(0.2, gt=0, le=60, description="idle poll, at most")
+    # Issue 21: only the safety net now; an idle pool is woken by the queue (README, Queue).
+    poll_interval_seconds: float = Field(10.0, gt=0, le=60, description="safety-net fetch")
     retention_seconds: float = Field(86_400.0, ge=0, le=86_400 * 366)  # 0: removed at the ack
     result_max_bytes: int = Field(65_536, ge=0, le=64 * 1024 * 1024)
 
@@ -181,6 +185,17 @@ class CommandTask(_Section):
     timeout_seconds: TimeLimit = None
     cwd: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    # Names in env whose values are shown as *** wherever the config is shown, beside
+    # those whose names look secret (drainpool.runtime.SECRET_WORDS).
+    secret_env: list[str] = Field(default_factory=list)
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_env_in_env(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        missing = [name for name in names if name not in info.data.get("env", {})]
+        if missing:
+            raise ValueError(f"names {', '.join(missing)}, not set in env")
+        return names
 
 
 class FunctionTask(_Section):
@@ -214,6 +229,13 @@ TaskRef = Annotated[str, AfterValidator(_task_ref)]
 TaskName = Annotated[str, AfterValidator(_task_name)]
 
 
+def python_ref(entry: object) -> str | None:
+    """The "module:function" of a Python task entry (either form); None for a command task."""
+    if isinstance(entry, FunctionTask):
+        return entry.function
+    return entry if isinstance(entry, str) else None
+
+
 def _task_kind(value: Any) -> str:
     """Which form a task entry is: a table with `function` is a Python task, else a command."""
     if isinstance(value, dict):
@@ -231,6 +253,21 @@ TaskEntry = Annotated[
 ]
 
 
+class HooksSettings(_Section):
+    """Functions ("module:function") called in the worker around each job (drainpool.hooks)."""
+
+    before_job: TaskRef | None = None
+    after_job: TaskRef | None = None
+    on_outcome: TaskRef | None = None
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry spans (drainpool.tracing); also on when OTEL_TRACES_EXPORTER is set."""
+
+    enabled: bool = False
+    exporter: TaskRef | None = None  # "module:function" returning a SpanExporter
+
+
 class Settings(BaseSettings):
     """The whole effective config of one daemon."""
 
@@ -246,7 +283,10 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     console: ConsoleSettings = ConsoleSettings()
+    hooks: HooksSettings = HooksSettings()
+    tracing: TracingSettings = TracingSettings()
     tasks: dict[TaskName, TaskEntry] = Field(default_factory=dict)
+    schedules: dict[str, ScheduleSettings] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -296,9 +336,11 @@ def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) 
 def load(path: Path) -> LoadedConfig:
     """Read, parse and validate (with the process environment); raise ConfigError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_config_text(path)
     except FileNotFoundError:
         raise ConfigError([f"{path}: config file not found"]) from None
+    except UnreadableConfig as exc:
+        raise ConfigError([f"{path}: not a usable config file: {exc}"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read config file: {exc}"]) from None
     try:
@@ -312,7 +354,12 @@ def load(path: Path) -> LoadedConfig:
     except SettingsError as exc:  # a whole section from the environment that is not JSON
         raise ConfigError([_env_problem(exc)]) from None
     loaded = LoadedConfig(settings, path, text)
-    problems = misspelt_environment(os.environ) + check_pools(loaded, explicit_pool="pool" in data)
+    problems = (
+        misspelt_environment(os.environ)
+        + check_pools(loaded, explicit_pool="pool" in data)
+        + check_metrics(loaded)
+        + check_schedules(loaded)
+    )
     if problems:
         raise ConfigError(problems)
     return loaded
@@ -374,6 +421,31 @@ def check_pools(loaded: LoadedConfig, *, explicit_pool: bool) -> list[str]:
     return problems
 
 
+def check_metrics(loaded: LoadedConfig) -> list[str]:
+    """TLS files that are missing and a host that does not resolve (issue 23): found here,
+    check-config and a reload reject them instead of the endpoint failing to bind."""
+    m = loaded.settings.metrics
+    return [
+        f"{_where_set(loaded, ('metrics', key))}: metrics.{key}: {problem}"
+        for key, problem in metrics_problems(m.host, m.tls_cert_file, m.tls_key_file)
+    ]
+
+
+def _where_set(loaded: LoadedConfig, loc: tuple[str, ...]) -> str:
+    """The environment variable that set a key, else the file line."""
+    names = env_names(loc, os.environ)
+    return f"environment {names[0]}" if names else loaded.where(*loc)
+
+
+def env_names(loc: tuple[str, ...] | list[str], environ: Mapping[str, str]) -> list[str]:
+    """The variables that set the key at `loc` or something below it, whatever their case
+    (pydantic-settings reads DRAINPOOL_ names case-insensitively)."""
+    wanted = (ENV_PREFIX + "__".join(loc)).upper()
+    return sorted(
+        name for name in environ if name.upper() == wanted or name.upper().startswith(wanted + "__")
+    )
+
+
 def _describe(exc: ValidationError, path: Path, text: str, environ: Mapping[str, str]) -> list[str]:
     problems = []
     for err in exc.errors(include_url=False):
@@ -384,9 +456,9 @@ def _describe(exc: ValidationError, path: Path, text: str, environ: Mapping[str,
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
-        env_name = ENV_PREFIX + "__".join(loc).upper()
-        if loc and env_name in environ:
-            problems.append(f"environment {env_name}: {key}: {message}")
+        names = env_names(loc, environ) if loc else []
+        if names:
+            problems.append(f"environment {', '.join(names)}: {key}: {message}")
         else:
             line = find_key_line(text, tuple(loc))
             where = f"{path}:{line}" if line else str(path)

@@ -5,11 +5,16 @@ Redis backends are interchangeable and one test suite checks both. Delivery is
 at-least-once: a job is removed only by `settle(acks=...)` from the holder of
 its current lease token; anything else (a release, an expired lease, a crash)
 leaves it to be delivered again.
+
+Over 400 lines on purpose: the protocol and the data it speaks (jobs,
+records, failures, stats) are read together by whoever writes a backend;
+the shared helpers behind them live in records.py and outcome_minutes.py.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -96,6 +101,9 @@ class Job:
     token: str  # lease token: settling with a stale token is a no-op
     enqueued_at: float  # wall clock, seconds since the epoch
     timeout: float | None = None  # its own time limit (enqueue(..., timeout=)), else the task's
+    # Small string pairs carried beside the payload, never handed to the task: the
+    # producer's trace context (W3C traceparent) for drainpool.tracing.
+    meta: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +169,8 @@ class JobInfo:
     cancel_requested_at: float | None = None  # when a cancel was asked (wall clock)
     cancel_reason: str = ""
     cancelled_by: str = ""  # who asked: "cli user@host", "console", "api"
+    schedule: str = ""  # the schedule that enqueued it (issue 20), "" for other jobs
+    tick: float | None = None  # that schedule's tick; None for `drainpool schedule run`
 
     def as_dict(self) -> dict[str, Any]:
         worker = self.worker
@@ -187,6 +197,8 @@ class JobInfo:
             "cancel_requested_at": self.cancel_requested_at,
             "cancel_reason": self.cancel_reason,
             "cancelled_by": self.cancelled_by,
+            "schedule": self.schedule,
+            "tick": self.tick,
         }
 
 
@@ -262,6 +274,22 @@ class RetryPolicy:
         return attempt >= self.max_attempts
 
 
+def log_dead(failures: Iterable[Failure], policy: RetryPolicy) -> None:
+    """One line for each failure a settle made a dead letter (issue 23), so an operator
+    need not poll `queue dead list` to notice."""
+    for f in failures:
+        if not f.retry or policy.is_final(f.job.attempt):
+            log_dead_job(f.job.id, f.job.task, f.job.attempt, f.error)
+
+
+def log_dead_job(job_id: object, task: str, attempts: int, error: str) -> None:
+    """The line every backend writes when a job becomes dead: job, task, attempts, error."""
+    first_line = error.splitlines()[0] if error else ""
+    logging.getLogger("drainpool.queue").warning(
+        "job %s (task %s) is dead after %d attempt(s): %s", job_id, task, attempts, first_line
+    )
+
+
 def encode_payload(payload: Any) -> str:
     """Serialise a payload as compact JSON (never pickle); refuses what JSON cannot hold."""
     try:
@@ -291,6 +319,26 @@ def decode_payload(body: str | bytes | None) -> tuple[Any, str]:
 
 
 _QUERY_SECRET = re.compile(r"(?i)([?&;](?:ssl_)?password=)[^&;#]*")
+
+
+def encode_meta(meta: Mapping[str, str] | None) -> str:
+    """A job's metadata as stored: "" for none (the common case costs nothing)."""
+    if not meta:
+        return ""
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise QueueError("job metadata takes only string keys and string values")
+    return json.dumps(dict(meta), separators=(",", ":"))
+
+
+def decode_meta(body: str | bytes | None) -> dict[str, str]:
+    """Stored metadata back as a dict; empty for none, or for text that is not an object."""
+    if not body:
+        return {}
+    try:
+        meta = json.loads(body)
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def redact_url(url: str) -> str:
@@ -353,15 +401,40 @@ class Queue(Protocol):
         delay: float = 0.0,
         key: str | None = None,
         timeout: float | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> str:
         """Add a job; with a live idempotency `key`, return the existing job's id instead.
 
         `timeout`: the job's own time limit in seconds (over its task's `timeout_seconds`).
+        `meta` travels with the job (`Job.meta`): string keys and values only.
         """
         ...
 
     def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
         """Add many jobs in one transaction; returns how many were added."""
+        ...
+
+    def enqueue_tick(
+        self,
+        schedule: str,
+        task: str,
+        payload: Any = None,
+        *,
+        tick: float | None,
+        expected: float | None,
+    ) -> str | None:
+        """Enqueue one job of `schedule` for `tick`, once across every daemon on the queue.
+
+        Compare-and-set in the enqueue's own transaction (or script): the stored last
+        tick of `schedule` becomes `tick` only if it is `expected` (None: no tick stored
+        yet), and the job is added only then; otherwise nothing changes and None is
+        returned. `tick` None is a manual run: always enqueued, the stored tick untouched.
+        The job's record names the schedule and the tick.
+        """
+        ...
+
+    def schedule_ticks(self) -> dict[str, float]:
+        """Each schedule's last enqueued tick (Unix seconds), as stored by enqueue_tick."""
         ...
 
     def fetch(

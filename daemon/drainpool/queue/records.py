@@ -117,6 +117,8 @@ def make_info(
     cancel_requested_at: float | None = None,
     cancel_reason: str | None = None,
     cancelled_by: str | None = None,
+    schedule: str | None = None,
+    tick: float | str | None = None,
 ) -> JobInfo:
     """A JobInfo from stored fields; undecodable JSON is shown raw, with the reason."""
     payload, payload_error = decode_payload(payload_text)
@@ -150,6 +152,8 @@ def make_info(
         cancel_requested_at=cancel_requested_at,
         cancel_reason=cancel_reason or "",
         cancelled_by=cancelled_by or "",
+        schedule=schedule or "",
+        tick=None if tick is None or tick == "" else float(tick),
     )
 
 

@@ -43,6 +43,8 @@ RECORD_FIELDS = (
     "cancel_at",
     "cancel_reason",
     "cancel_by",
+    "schedule",
+    "tick",
 )
 
 
@@ -132,6 +134,8 @@ def _info(job_id: str, fields: list[str | None]) -> JobInfo | None:
         cancel_requested_at=_seconds(record["cancel_at"]),
         cancel_reason=record["cancel_reason"],
         cancelled_by=record["cancel_by"],
+        schedule=record["schedule"],
+        tick=record["tick"],
     )
 
 

@@ -31,7 +31,9 @@ RECORD_COLUMNS = (
     "result TEXT",
     "result_note TEXT",
     "released_key TEXT",  # the idempotency key a completed job held (free for a new job)
-    # Version 7 (issue 19): the job's own time limit, and a cancel asked while it was leased.
+)
+# Version 9 (issue 19): the job's own time limit, and a cancel asked while it was leased.
+CANCEL_COLUMNS = (
     "timeout_seconds REAL",
     "cancel_requested_at REAL",
     "cancel_reason TEXT",
@@ -57,7 +59,7 @@ RECORD_SQL = (
     "SELECT id, task, CAST(payload AS BLOB), COALESCE(idem_key, released_key), state, due_at,"
     " attempts, enqueued_at, started_at, COALESCE(finished_at, failed_at), worker_host,"
     " worker_pid, worker_pool, error, traceback, CAST(result AS BLOB), result_note,"
-    " timeout_seconds, cancel_requested_at, cancel_reason, cancel_by FROM jobs"
+    " timeout_seconds, cancel_requested_at, cancel_reason, cancel_by, schedule, tick FROM jobs"
 )
 # Expired records are not shown, though prune() may not have deleted them yet.
 LIVE_SQL = f"NOT (state IN ({COMPLETED}, {CANCELLED}) AND expires_at <= :now)"
@@ -104,7 +106,7 @@ def prune_expired(conn: sqlite3.Connection, now: float, limit: int) -> int:
 def _info(row: tuple[Any, ...], now: float) -> JobInfo:
     (job_id, task, payload, key, state, due_at, attempts, enqueued_at, started_at, finished_at,
      host, pid, pool, error, traceback, result, note, timeout, cancel_at, cancel_reason,
-     cancel_by) = row  # fmt: skip
+     cancel_by, schedule, tick) = row  # fmt: skip
     if state == WAITING:
         shown = JobState.WAITING if due_at <= now else JobState.DELAYED
     else:
@@ -130,6 +132,8 @@ def _info(row: tuple[Any, ...], now: float) -> JobInfo:
         cancel_requested_at=cancel_at,
         cancel_reason=cancel_reason,
         cancelled_by=cancel_by,
+        schedule=schedule,
+        tick=tick,
     )
 
 
