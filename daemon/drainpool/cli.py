@@ -16,7 +16,7 @@ from typing import Any
 
 from drainpool import __version__, jobs_cli
 from drainpool.exitcodes import ExitCode
-from drainpool.queue.base import QueueError, QueueUnavailable
+from drainpool.queue.base import QueueError, QueueUnavailable, check_timeout
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--at", metavar="TIME", help="run at TIME (ISO 8601, or Unix seconds)")
     p.add_argument(
         "--key", metavar="K", help="idempotency key: a live job with K is not added twice"
+    )
+    p.add_argument(
+        "--timeout",
+        type=_time_limit,
+        metavar="S",
+        help="the job's time limit in seconds (over its task's timeout_seconds)",
     )
     p.add_argument(
         "--file", metavar="JOBS.jsonl", help="bulk: one {task, payload} per line; - for stdin"
@@ -172,6 +178,16 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _time_limit(text: str) -> float:
+    """--timeout: seconds in (0, a year]; argparse names the option and exits 2."""
+    try:
+        seconds = float(text)
+        check_timeout(seconds)
+    except (ValueError, QueueError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return seconds
+
+
 def _cmd_enqueue(args: argparse.Namespace) -> int:
     from drainpool import bulk
     from drainpool.runtime import open_queue
@@ -181,8 +197,9 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     loaded, _ = _load(args, tasks=False)
     known = sorted(loaded.settings.tasks)
     if args.file is not None:
-        if args.task or args.payload or args.key or args.delay or args.at is not None:
-            raise UsageError("--file takes no TASK, JSON, --key, --delay or --at")
+        given = (args.task, args.payload, args.key, args.delay, args.timeout)
+        if any(given) or args.at is not None:
+            raise UsageError("--file takes no TASK, JSON, --key, --delay, --at or --timeout")
         queue = open_queue(loaded)
         try:
             checks = {
@@ -217,7 +234,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         delay = bulk.seconds_until(args.at)
     queue = open_queue(loaded)
     try:
-        job_id = queue.enqueue(args.task, payload, delay=delay, key=args.key)
+        job_id = queue.enqueue(args.task, payload, delay=delay, key=args.key, timeout=args.timeout)
     except QueueUnavailable:
         raise
     except QueueError as exc:
@@ -231,8 +248,10 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 def _payload_spec(ref: object) -> Any:
     """A Python task's payload check, or None: a command task, or not importable here."""
     from drainpool.payloads import spec_for_ref
+    from drainpool.settings import python_ref
 
-    spec = spec_for_ref(ref) if isinstance(ref, str) else None
+    function = python_ref(ref)
+    spec = spec_for_ref(function) if function is not None else None
     return spec if spec is not None and spec.typed else None
 
 

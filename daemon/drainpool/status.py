@@ -115,6 +115,11 @@ def state_dump(source: StatusSource) -> str:
                 f"  pool {pool.config.name} g{pool.generation}: job {r['job_id']}"
                 f" task {r['task']} attempt {r['attempt']}"
                 f" running {r['seconds']:.1f}s on {r['thread']}"
+                + (
+                    f", asked to stop ({r['stop_reason']}) {r['stopping_seconds']:.1f}s ago"
+                    if r.get("stop_reason")
+                    else ""
+                )
             )
     names = {t.ident: t.name for t in threading.enumerate()}
     for ident, frame in sys._current_frames().items():
