@@ -154,13 +154,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from drainpool.endpoint import EndpointError
 
         try:
-            return Supervisor(loaded, registry, inbox=inbox).run()
+            code = Supervisor(loaded, registry, inbox=inbox).run()
         except (OSError, EndpointError) as exc:
             import logging
 
             logging.getLogger("drainpool").error("cannot start: %s", exc)
             # The endpoint's address or files are the config's fault: 78, not restarted.
             return ExitCode.CONFIG if isinstance(exc, EndpointError) else ExitCode.FAILURE
+    _exit_now_if_threads_linger(code)
+    return code
+
+
+def _exit_now_if_threads_linger(code: int) -> None:
+    """Exit with `code` now if a task left a non-daemon thread running (issue 23, item 5).
+
+    The interpreter's shutdown would wait for that thread for ever, past the grace
+    and systemd's stop timeout. The supervisor has closed everything by now, so
+    the process ends here without that wait, after flushing what it printed.
+    """
+    import logging
+    import os
+    import threading
+
+    lingering = [
+        t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
+    ]
+    if not lingering:
+        return
+    names = ", ".join(sorted(t.name for t in lingering))
+    logging.getLogger("drainpool").warning(
+        "exiting without waiting for threads a task left running: %s", names
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code))
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

@@ -65,6 +65,12 @@ class StatusSource(Protocol):
     def ready(self) -> bool: ...
 
 
+def running_line(source: StatusSource) -> str:
+    """The log line of a daemon that has started: its pid, pools and config file."""
+    pools = ", ".join(f"{n} ({p.config.workers} workers)" for n, p in source.pools.items())
+    return f"running: pid {os.getpid()}, pools {pools}, config {source.loaded.path}"
+
+
 def status_line(source: StatusSource, state: str | None = None) -> str:
     """One line for sd_notify's STATUS= and the logs."""
     pools = list(source.pools.values())
