@@ -12,27 +12,14 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.support.daemon import DaemonFactory, enqueue
 from tests.support.joblog import count
-from tests.support.redis_server import redis_servers
 from tests.support.waiting import wait_until
 
 LEASE_SECONDS = 2
 PAUSED_SECONDS = 4  # twice the lease: the job is due again when the daemon goes on
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield "sqlite:///queue.db"
-        return
-    with redis_servers(tmp_path) as start_redis:
-        yield start_redis().url
 
 
 def test_a_lapsed_lease_of_a_running_job_is_kept_not_run_again(
