@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import DaemonFactory, daemons
+from tests.support.redis_server import redis_servers
 
 
 @pytest.fixture
@@ -40,3 +41,14 @@ def no_leaked_threads() -> Iterator[None]:
         thread.join(max(0.0, deadline - time.monotonic()))
     leaked = [t for t in started if t.is_alive()]
     assert not leaked, f"threads still running {LEAK_GRACE_SECONDS} s after the test: {leaked}"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The queue of a test's config, once per backend: a SQLite file in the test's folder
+    (relative to its config), or a redis-server of its own."""
+    if request.param == "sqlite":
+        yield "sqlite:///queue.db"
+        return
+    with redis_servers(tmp_path) as start_redis:
+        yield start_redis().url

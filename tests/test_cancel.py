@@ -11,7 +11,6 @@ import contextlib
 import json
 import re
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from drainpool.queue import JobState, Queue, from_url
 from tests.support.console import authorized, call, console_config
 from tests.support.console import open_queue as console_queue
 from tests.support.daemon import DaemonFactory, enqueue, wait_until
-from tests.support.redis_server import redis_servers
 
 NOTHING = "nothing changed\n"
 TASKS: dict[str, Any] = {
@@ -31,15 +29,6 @@ TASKS: dict[str, Any] = {
     "spin": "tests.support.tasks:spin",
     "pause": {"command": ["sleep", "{seconds}"]},
 }
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield "sqlite:///queue.db"
-        return
-    with redis_servers(tmp_path) as start_redis:
-        yield start_redis().url
 
 
 @pytest.fixture

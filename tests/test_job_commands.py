@@ -12,29 +12,15 @@ import signal
 import socket
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support.daemon import DaemonFactory, enqueue
 from tests.support.joblog import events
-from tests.support.redis_server import redis_servers
 from tests.support.waiting import wait_until
 
 NOT_FOUND = "drainpool: no job {} (never enqueued, or its record expired after retention_seconds)\n"
 TASKS = {"whoami": "tests.support.tasks:whoami"}
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The queue of the test's config: a SQLite file in tmp_path, or a redis-server of its own."""
-    if request.param == "sqlite":
-        yield "sqlite:///queue.db"
-        return
-    with redis_servers(tmp_path) as start_redis:
-        yield start_redis().url
 
 
 def job(factory: DaemonFactory, config: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -19,6 +19,7 @@ the invariant above under one lock, and it reads best where all three are.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import random
 import threading
@@ -549,7 +550,10 @@ class Pool:
             self._mean_run_seconds = (
                 seconds if mean is None else mean + RUN_TIME_WEIGHT * (seconds - mean)
             )
-            del self._running[job.id]
+            if self._running.get(job.id) is entry:  # an abandoned run's id may run anew
+                del self._running[job.id]
+            if entry.job is not job:  # its lease lapsed and was taken again: settle with that
+                job, done, failure = _with_lease(entry.job, done, failure)
             if entry.abandoned:
                 if entry.replaced:
                     self._left_behind -= 1
@@ -770,7 +774,10 @@ class Pool:
             return
         self._jobwatch.wake()
         with self._lock:
+            jobs = self._adopt_our_own(jobs)
             stopping = self._stopping
+            if not jobs:
+                return
             if stopping:
                 # A drain began while we fetched: leased for this generation and never
                 # started, so cancelled like the handed ones (every job gets one outcome).
@@ -783,6 +790,36 @@ class Pool:
                 self._work_ready.notify(len(jobs))
         if stopping:
             self._record_cancelled(jobs)
+
+    def _adopt_our_own(self, jobs: list[Job]) -> list[Job]:
+        """Drop from `jobs` those this pool still holds, taking their new leases (lock held).
+
+        A job whose lease lapsed while this daemon still ran it (the process was
+        stopped, the queue was out of reach, or the dispatcher was held up for
+        longer than lease_seconds) is due again, and a fetch returns it to us with
+        a new token (issue 23). It is not run a second time: the run in progress,
+        or the reserve entry, takes the new lease and settles with it.
+        """
+        fresh = []
+        for job in jobs:
+            entry = self._running.get(job.id)
+            if entry is not None and not entry.abandoned:
+                entry.job = job
+            elif any(held.id == job.id for held in self._handed):
+                self._handed = collections.deque(
+                    job if held.id == job.id else held for held in self._handed
+                )
+            else:
+                fresh.append(job)
+                continue
+            log.warning(
+                "pool %s: job %s came back while this daemon still holds it (its lease"
+                " lapsed: the daemon was paused or the queue out of reach); keeping it,"
+                " with its new lease, not running it twice",
+                self.config.name,
+                job.id,
+            )
+        return fresh
 
     def _record_cancelled(self, jobs: list[Job], outcome: Outcome = Outcome.CANCELLED) -> None:
         for job in jobs:
@@ -810,3 +847,13 @@ class Pool:
             self._settle.releases[:0] = batch.releases
             self._settle.failures[:0] = batch.failures
             self._settle.outcomes.update(batch.outcomes)
+
+
+def _with_lease(
+    job: Job, done: Job | Done, failure: Failure | None
+) -> tuple[Job, Job | Done, Failure | None]:
+    """The settlement of a run whose job was leased again meanwhile, under the new token."""
+    done = Done(job, done.result_json, done.note) if isinstance(done, Done) else job
+    if failure is not None:
+        failure = dataclasses.replace(failure, job=job)
+    return job, done, failure

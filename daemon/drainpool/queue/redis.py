@@ -81,6 +81,7 @@ from drainpool.queue.base import (
     encode_payload,
     loads_or_raw,
     log_dead,
+    log_dead_job,
     redact_url,
 )
 from drainpool.queue.outcome_minutes import (
@@ -363,8 +364,9 @@ for _, pick in ipairs(chosen) do
   else
     local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
     if attempts > max_attempts then
-      bury(c.id, task, c.entry,
-        'lease expired ' .. (attempts - 1) .. ' times: its worker died each time', '', now)
+      local why = 'lease expired ' .. (attempts - 1) .. ' times: its worker died each time'
+      bury(c.id, task, c.entry, why, '', now)
+      out[#out + 1] = {c.id, task, why, attempts - 1}  -- dead here: logged by the caller
     else
       redis.call('HSET', jk, 'state', 'leased', 'token', token, 'entry', c.entry,
         'host', host, 'pid', pid, 'pool', pool)
@@ -872,7 +874,12 @@ class RedisQueue:
         )
         jobs: list[Job] = []
         bad: list[Failure] = []
-        for job_id, task, body, attempts, enqueued_at, timeout, meta in rows:
+        for row in rows:
+            if len(row) == 4:  # buried by the fetch: its leases ran out max_attempts times
+                job_id, task, why, attempts = row
+                log_dead_job(str(job_id), task, int(attempts), why)
+                continue
+            job_id, task, body, attempts, enqueued_at, timeout, meta = row
             payload, error = decode_payload(body)
             limit = float(timeout) if timeout else None
             job = Job(
