@@ -50,7 +50,13 @@ def open_queue(loaded: LoadedConfig, *, durable_commits: bool = True) -> Queue:
     """
     q = loaded.settings.queue
     retry = RetryPolicy(q.max_attempts, q.retry_backoff_seconds, q.retry_backoff_max_seconds)
-    return from_url(q.url, base_dir=loaded.base_dir, retry=retry, durable_commits=durable_commits)
+    return from_url(
+        q.url,
+        base_dir=loaded.base_dir,
+        retry=retry,
+        durable_commits=durable_commits,
+        schema=q.schema_name,
+    )
 
 
 def redacted_effective(settings: Settings) -> dict[str, Any]:

@@ -271,6 +271,15 @@ def redact_url(url: str) -> str:
     return scheme + "://" + _QUERY_SECRET.sub(r"\1***", rest)
 
 
+def refuse_connection(connection: Any, backend: str) -> None:
+    """For backends that cannot enqueue inside the application's transaction."""
+    if connection is not None:
+        raise QueueError(
+            f"enqueue(connection=...) needs the PostgreSQL queue; the {backend} queue"
+            " has no transactions to share"
+        )
+
+
 def loads_or_raw(body: str | bytes) -> Any:
     """A stored payload as JSON, or the raw text when it is not (shown in dead letters)."""
     payload, error = decode_payload(body)
@@ -289,7 +298,8 @@ class Queue(Protocol):
 
     @classmethod
     def from_url(cls, url: str, *, retry: RetryPolicy | None = None) -> Queue:
-        """Open the queue that `url` names: sqlite:///relative/to/cwd, sqlite:////abs, redis://.
+        """Open the queue that `url` names: sqlite:///relative/to/cwd, sqlite:////abs, redis://,
+        postgresql://.
 
         A protocol member with a body: on `Queue` itself it picks the backend by
         the URL's scheme (drainpool.queue.schemes, which also takes the options
@@ -302,9 +312,19 @@ class Queue(Protocol):
         return from_url(url, retry=retry)
 
     def enqueue(
-        self, task: str, payload: Any = None, *, delay: float = 0.0, key: str | None = None
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        delay: float = 0.0,
+        key: str | None = None,
+        connection: Any = None,
     ) -> str:
-        """Add a job; with a live idempotency `key`, return the existing job's id instead."""
+        """Add a job; with a live idempotency `key`, return the existing job's id instead.
+
+        `connection`: the application's own database connection, for a backend that can
+        enqueue inside its transaction (PostgreSQL); the others raise QueueError for it.
+        """
         ...
 
     def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:

@@ -75,6 +75,7 @@ from drainpool.queue.base import (
     encode_payload,
     loads_or_raw,
     redact_url,
+    refuse_connection,
 )
 from drainpool.queue.outcome_minutes import (
     KEEP_SECONDS,
@@ -690,8 +691,15 @@ class RedisQueue:
     # -- producers --------------------------------------------------------
 
     def enqueue(
-        self, task: str, payload: Any = None, *, delay: float = 0.0, key: str | None = None
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        delay: float = 0.0,
+        key: str | None = None,
+        connection: Any = None,
     ) -> str:
+        refuse_connection(connection, "Redis")
         body = encode_payload(payload)
         if not math.isfinite(delay):  # NaN or infinity would never come due, or poison the set
             raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")

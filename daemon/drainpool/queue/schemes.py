@@ -32,6 +32,7 @@ class Backend:
     # client that connects lazily (its options are parsed without a round trip),
     # false for a file that opening would create (its path is checked at start).
     check_by_building: bool
+    takes_schema: bool = False  # takes `schema` (queue.schema: a PostgreSQL schema name)
 
 
 BACKENDS: tuple[Backend, ...] = (
@@ -48,6 +49,14 @@ BACKENDS: tuple[Backend, ...] = (
         class_name="RedisQueue",
         local_file=False,
         check_by_building=True,
+    ),
+    Backend(
+        prefixes=("postgresql://", "postgres://"),
+        module="drainpool.queue.postgres",  # needs the optional postgres extra
+        class_name="PostgresQueue",
+        local_file=False,
+        check_by_building=True,
+        takes_schema=True,
     ),
 )
 
@@ -79,13 +88,16 @@ def from_url(
     base_dir: Path | None = None,
     retry: RetryPolicy | None = None,
     durable_commits: bool = True,
+    schema: str | None = None,
 ) -> Queue:
-    """Open the queue at `url` (sqlite:///rel, sqlite:////abs, redis://, rediss://, unix://).
+    """Open the queue at `url` (sqlite:///rel, sqlite:////abs, redis://, rediss://, unix://,
+    postgresql://, postgres://).
 
     Exported as drainpool.queue.from_url; `Queue.from_url(url)` is the same for
     producers. `base_dir` anchors a relative SQLite path (the config file's
     directory). Producers keep the default `durable_commits`; the daemon turns
-    it off for its own connection (see drainpool.queue.sqlite).
+    it off for its own connection (see drainpool.queue.sqlite). `schema` names the
+    PostgreSQL schema of the queue's tables (queue.schema); other backends ignore it.
     """
     backend = backend_for(url)
     queue_class = _backend_class(backend)
@@ -93,6 +105,8 @@ def from_url(
         return queue_class.from_url(
             url, retry=retry, base_dir=base_dir, durable_commits=durable_commits
         )
+    if backend.takes_schema and schema is not None:
+        return queue_class.from_url(url, retry=retry, schema=schema)
     return queue_class.from_url(url, retry=retry)
 
 

@@ -52,6 +52,7 @@ from drainpool.queue.base import (
     decode_payload,
     encode_payload,
     loads_or_raw,
+    refuse_connection,
 )
 from drainpool.queue.outcome_minutes import (
     KEEP_SECONDS,
@@ -247,8 +248,15 @@ class SqliteQueue:
     # -- producers --------------------------------------------------------
 
     def enqueue(
-        self, task: str, payload: Any = None, *, delay: float = 0.0, key: str | None = None
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        delay: float = 0.0,
+        key: str | None = None,
+        connection: Any = None,
     ) -> str:
+        refuse_connection(connection, "SQLite")
         if not math.isfinite(delay):
             raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
         body = encode_payload(payload)

@@ -1,0 +1,201 @@
+"""Connections to the PostgreSQL queue: a small pool, one transaction per call, faults.
+
+A module of its own because what can go wrong with the server is one concern
+and the queue's semantics (daemon/drainpool/queue/postgres.py) are another:
+
+- Pool: psycopg_pool, opened at the first call (building a queue never
+  connects, so `check-config` and a reload check a URL without a round trip).
+- Faults: a lost connection (restart, `pg_terminate_backend`, a network cut),
+  a read-only server, a full disk, a statement timeout or a pool that cannot
+  connect in time are QueueUnavailable, one line, never a secret. A call whose
+  transaction failed *before* its commit was sent is tried again on another
+  connection (the server rolled it back): after a restart the pool's idle
+  connections are all dead, and each would otherwise cost the caller a round.
+  A failure during the commit is not retried: it may have committed, and every
+  settle is keyed on lease tokens, so the caller's retry is a no-op if so.
+- Schema: created or upgraded at the first call (postgres_schema), unless the
+  operator ran `drainpool queue migrate` and the version is already current,
+  in which case no DDL is issued and no CREATE privilege is needed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from drainpool.queue.base import QueueError, QueueUnavailable
+
+try:
+    import psycopg
+    import psycopg.conninfo
+    import psycopg_pool
+except ImportError as exc:  # the optional extra; settings show this at check-config
+    raise QueueError(
+        f"PostgreSQL queue URLs need the postgres extra: pip install 'drainpool[postgres]' ({exc})"
+    ) from None
+
+from drainpool.queue.postgres_schema import (
+    SCHEMA_VERSION,
+    check_schema_name,
+    found_version,
+    migrate,
+    quoted,
+    too_new,
+)
+
+T = TypeVar("T")
+PREFIXES = ("postgresql://", "postgres://")
+# Errors of the server or the link, not of a request: the caller waits and tries again.
+_TRANSIENT = (
+    psycopg.OperationalError,  # connection lost, admin shutdown, disk full, timeouts
+    psycopg.InternalError,  # a read-only transaction (default_transaction_read_only)
+    psycopg.InterfaceError,  # a connection already closed
+    psycopg_pool.PoolTimeout,  # no connection within connect_timeout
+)
+
+
+def check_url(url: str, where: str) -> None:
+    """Raise QueueError unless libpq accepts `url` (its options are passed through)."""
+    if not url.startswith(PREFIXES):
+        raise QueueError(f"not a PostgreSQL URL: {where} (want postgresql:// or postgres://)")
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise QueueError(f"invalid PostgreSQL URL {where}: {one_line(exc, url)}") from None
+
+
+def one_line(exc: BaseException, url: str = "") -> str:
+    """An error's message on one line, with the URL's password (if any) hidden."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    try:
+        secret = urlsplit(url).password if url else None
+    except ValueError:
+        secret = None
+    return text.replace(secret, "***") if secret else text
+
+
+class Database:
+    """A lazily opened pool on one PostgreSQL database and one schema in it."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        where: str,
+        schema: str,
+        pool_size: int = 4,
+        connect_timeout: float = 5.0,
+        create: bool = True,
+    ) -> None:
+        self.url = url
+        self.where = where  # redacted: the only form that reaches messages and logs
+        self.schema = check_schema_name(schema)
+        self.s = quoted(schema)  # for SQL text
+        self.create = create  # False: never issue DDL (the operator migrates)
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._pool: psycopg_pool.ConnectionPool | None = None
+        self._ready = False  # the schema was found at (or brought to) SCHEMA_VERSION
+        self._closed = False
+
+    def _open_pool(self) -> psycopg_pool.ConnectionPool:
+        with self._lock:
+            if self._closed:
+                raise QueueError(f"{self.where}: the queue is closed")
+            if self._pool is None:
+                pool = psycopg_pool.ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    open=False,
+                    timeout=self._connect_timeout,
+                    name="drainpool",
+                    kwargs={
+                        "autocommit": True,  # transactions are explicit: conn.transaction()
+                        "connect_timeout": max(int(self._connect_timeout), 1),
+                        "application_name": "drainpool",
+                    },
+                )
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    def run(self, fn: Callable[[Any], T], what: str, *, ensure: bool = True) -> T:
+        """Run `fn(conn)` in one transaction; faults are QueueUnavailable (module docstring).
+
+        `ensure`: first make sure the tables are there (once per process).
+        """
+        pool = self._open_pool()
+        for attempt in range(self._pool_size + 1):
+            sent_commit = False
+            try:
+                with pool.connection() as conn:
+                    if ensure and not self._ready:
+                        self._ensure(conn)
+                    with conn.transaction():
+                        result = fn(conn)
+                        sent_commit = True
+                    return result
+            except psycopg.errors.TransactionRollbackError:
+                # A deadlock or serialization failure: the server rolled it all back.
+                if attempt == self._pool_size:
+                    raise
+            except _TRANSIENT as exc:
+                broken = isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+                if isinstance(exc, psycopg_pool.PoolTimeout):
+                    broken = False  # no connection at all: trying again only waits again
+                if sent_commit or not broken or attempt == self._pool_size:
+                    raise QueueUnavailable(
+                        f"{self.where}: cannot {what}: {one_line(exc)}"
+                    ) from None
+            except psycopg.errors.UndefinedTable as exc:
+                self._ready = False  # the schema was dropped under us: created again next time
+                raise QueueUnavailable(f"{self.where}: cannot {what}: {one_line(exc)}") from None
+            except psycopg.Error as exc:
+                raise QueueError(f"{self.where}: cannot {what}: {one_line(exc)}") from None
+        raise AssertionError("unreachable: the last attempt raises")
+
+    def on(self, conn: Any, fn: Callable[[Any], T], what: str) -> T:
+        """Run `fn` on the caller's own connection, in its transaction (no commit here)."""
+        if not isinstance(conn, psycopg.Connection):
+            raise QueueError(
+                f"connection= must be a psycopg (3) Connection, not {type(conn).__name__}"
+            )
+        self.run(lambda _conn: None, "open the queue")  # the schema exists before the insert
+        try:
+            return fn(conn)
+        except psycopg.Error as exc:
+            raise QueueError(f"{self.where}: cannot {what}: {one_line(exc)}") from None
+
+    def _ensure(self, conn: Any) -> None:
+        found = found_version(conn, self.schema)
+        if found > SCHEMA_VERSION:
+            raise QueueError(too_new(self.schema, found))
+        if found < SCHEMA_VERSION:
+            if not self.create:
+                raise QueueError(
+                    f"schema {self.schema!r} is at version {found}, not {SCHEMA_VERSION}:"
+                    " run `drainpool queue migrate`"
+                )
+            try:
+                migrate(conn, self.schema)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise QueueError(
+                    f"{self.where}: cannot create the queue's tables in schema {self.schema!r}"
+                    f" ({one_line(exc)}): run `drainpool queue migrate` as a role that may"
+                ) from None
+        self._ready = True
+
+    def migrate(self) -> tuple[int, int]:
+        """`drainpool queue migrate`: create or upgrade the tables; (version found, now)."""
+        return self.run(lambda conn: migrate(conn, self.schema), "migrate", ensure=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()

@@ -1,0 +1,90 @@
+"""The PostgreSQL queue's statements, beside the indexes they rely on (postgres_schema).
+
+A module of its own so that the queue's methods (postgres.py) read as what
+they do. `{s}` stands for the quoted schema name; the queue fills it in once.
+Every statement that changes a leased job is keyed on its id and lease token.
+"""
+
+from __future__ import annotations
+
+from drainpool.queue.outcome_minutes import MINUTE
+from drainpool.queue.postgres_records import NOW
+from drainpool.queue.postgres_schema import COMPLETED, DEAD, LEASED, WAITING
+
+# SQL text with {s} for the quoted schema name (filled in once per queue).
+ENQUEUE = (
+    "INSERT INTO {s}.jobs (task, payload, due_at, idem_key, enqueued_at)"
+    f" VALUES (%s, %s, {NOW} + %s, %s, {NOW})"
+    " ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL DO NOTHING RETURNING id"
+)
+ENQUEUE_MANY = (
+    "INSERT INTO {s}.jobs (task, payload, due_at, enqueued_at)"
+    f" SELECT task, payload, {NOW}, {NOW} FROM unnest(%s::text[], %s::text[]) AS d(task, payload)"
+)
+CLAIM = (
+    "WITH due AS (SELECT id, due_at FROM {s}.jobs"
+    f" WHERE state < {DEAD} AND task = ANY(%(tasks)s::text[]) AND due_at <= {NOW}"
+    " ORDER BY due_at, id LIMIT %(n)s FOR UPDATE SKIP LOCKED)"
+    f" UPDATE {{s}}.jobs AS j SET state = {LEASED}, due_at = {NOW} + %(lease)s,"
+    f" token = %(token)s, attempts = j.attempts + 1, started_at = COALESCE(j.started_at, {NOW}),"
+    " worker_host = %(host)s, worker_pid = %(pid)s, worker_pool = %(pool)s"
+    " FROM due WHERE j.id = due.id"
+    " RETURNING j.id, j.task, j.payload, j.attempts, j.enqueued_at, due.due_at"
+)
+BURY_ONE = (
+    f"UPDATE {{s}}.jobs SET state = {DEAD}, token = NULL, traceback = '', error = %s,"
+    f" failed_at = {NOW} WHERE id = %s"
+)
+RENEW = (
+    f"UPDATE {{s}}.jobs AS j SET due_at = {NOW} + %s"
+    " FROM unnest(%s::bigint[], %s::text[]) AS d(id, token)"
+    f" WHERE j.id = d.id AND j.token = d.token AND j.state = {LEASED}"
+)
+ACK_DELETE = (
+    "DELETE FROM {s}.jobs AS j USING unnest(%s::bigint[], %s::text[]) AS d(id, token)"
+    " WHERE j.id = d.id AND j.token = d.token"
+)
+COMPLETE = (
+    f"UPDATE {{s}}.jobs AS j SET state = {COMPLETED}, token = NULL, released_key = j.idem_key,"
+    f" idem_key = NULL, finished_at = {NOW}, expires_at = {NOW} + %s,"
+    " result = d.result, result_note = d.note"
+    " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) AS d(id, token, result, note)"
+    " WHERE j.id = d.id AND j.token = d.token"
+)
+# A release keeps its place (due at its enqueue time); a retry is due after its backoff
+# (delay); a final failure is dead now. Guarded by token and state, as every change.
+CHANGE = (
+    "UPDATE {s}.jobs AS j SET state = d.state, attempts = d.attempts, token = NULL,"
+    f" due_at = CASE WHEN d.delay IS NULL THEN LEAST(j.enqueued_at, {NOW})"
+    f" ELSE {NOW} + d.delay END,"
+    " error = COALESCE(d.error, j.error), traceback = COALESCE(d.traceback, j.traceback),"
+    f" failed_at = CASE WHEN d.state = {DEAD} THEN {NOW} END"
+    " FROM unnest(%s::bigint[], %s::text[], %s::smallint[], %s::float8[], %s::int[],"
+    " %s::text[], %s::text[]) AS d(id, token, state, delay, attempts, error, traceback)"
+    f" WHERE j.id = d.id AND j.token = d.token AND j.state = {LEASED}"
+)
+BUMP = (
+    "INSERT INTO {s}.outcome_minutes (minute, outcome, n)"
+    f" SELECT (floor({NOW} / {MINUTE}) * {MINUTE})::bigint, outcome, n"
+    " FROM unnest(%s::text[], %s::bigint[]) AS d(outcome, n)"
+    " ON CONFLICT (minute, outcome) DO UPDATE SET n = {s}.outcome_minutes.n + excluded.n"
+)
+STATS = (
+    f"SELECT count(*) FILTER (WHERE state = {WAITING} AND due_at <= {NOW}),"
+    f" count(*) FILTER (WHERE state = {WAITING} AND due_at > {NOW}),"
+    f" count(*) FILTER (WHERE state = {LEASED}),"
+    f" min(due_at) FILTER (WHERE state = {WAITING}), {NOW},"
+    f" (SELECT count(*) FROM {{s}}.jobs WHERE state = {DEAD})"
+    f" FROM {{s}}.jobs WHERE state < {DEAD}"
+)
+# The task names of waiting and leased jobs: one index seek per name (a skip scan).
+LIVE_TASKS = (
+    f"WITH RECURSIVE t(task) AS (SELECT min(task) FROM {{s}}.jobs WHERE state < {DEAD}"
+    f" UNION ALL SELECT (SELECT min(task) FROM {{s}}.jobs WHERE state < {DEAD} AND task > t.task)"
+    " FROM t WHERE t.task IS NOT NULL) SELECT task FROM t WHERE task IS NOT NULL"
+)
+BURY = (
+    f"UPDATE {{s}}.jobs SET state = {DEAD}, token = NULL, traceback = '', error = %s,"
+    f" failed_at = {NOW} WHERE task = %s"
+    f" AND (state = {WAITING} OR (state = {LEASED} AND due_at <= {NOW}))"
+)
