@@ -139,6 +139,7 @@ class PostgresQueue:
         retention_seconds: float = RETENTION_SECONDS,
         result_max_bytes: int = RESULT_MAX_BYTES,
         create_schema: bool = True,
+        connect_timeout: float = 5.0,
     ) -> PostgresQueue:
         """Open `postgresql://` or `postgres://`; libpq's query options pass through.
 
@@ -151,6 +152,7 @@ class PostgresQueue:
             retention_seconds=retention_seconds,
             result_max_bytes=result_max_bytes,
             create_schema=create_schema,
+            connect_timeout=connect_timeout,
         )
 
     def __repr__(self) -> str:

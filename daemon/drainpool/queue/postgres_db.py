@@ -3,8 +3,13 @@
 A module of its own because what can go wrong with the server is one concern
 and the queue's semantics (daemon/drainpool/queue/postgres.py) are another:
 
-- Pool: psycopg_pool, opened at the first call (building a queue never
-  connects, so `check-config` and a reload check a URL without a round trip).
+- Pool: a few idle connections kept for reuse, and a new one made when none
+  is idle (up to `pool_size` at once). Not psycopg_pool: during an outage its
+  background reconnects back off exponentially (a 30 s outage could delay the
+  recovery by as long again) and log a warning at each attempt; here each call
+  tries one connection of its own, so the queue is back at the first call
+  after the server is, and the daemon logs one line per change. Building a
+  queue never connects, so `check-config` and a reload check a URL offline.
 - Faults: a lost connection (restart, `pg_terminate_backend`, a network cut),
   a read-only server, a full disk, a statement timeout or a pool that cannot
   connect in time are QueueUnavailable, one line, never a secret. A call whose
@@ -20,8 +25,9 @@ and the queue's semantics (daemon/drainpool/queue/postgres.py) are another:
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -30,7 +36,6 @@ from drainpool.queue.base import QueueError, QueueUnavailable
 try:
     import psycopg
     import psycopg.conninfo
-    import psycopg_pool
 except ImportError as exc:  # the optional extra; settings show this at check-config
     raise QueueError(
         f"PostgreSQL queue URLs need the postgres extra: pip install 'drainpool[postgres]' ({exc})"
@@ -52,7 +57,6 @@ _TRANSIENT = (
     psycopg.OperationalError,  # connection lost, admin shutdown, disk full, timeouts
     psycopg.InternalError,  # a read-only transaction (default_transaction_read_only)
     psycopg.InterfaceError,  # a connection already closed
-    psycopg_pool.PoolTimeout,  # no connection within connect_timeout
 )
 
 
@@ -96,58 +100,66 @@ class Database:
         self.create = create  # False: never issue DDL (the operator migrates)
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
-        self._lock = threading.Lock()
-        self._pool: psycopg_pool.ConnectionPool | None = None
+        self._lock = threading.Lock()  # guards the idle list
+        self._slots = threading.BoundedSemaphore(pool_size)  # connections in use at once
+        self._idle: list[psycopg.Connection[Any]] = []
         self._ready = False  # the schema was found at (or brought to) SCHEMA_VERSION
         self._closed = False
 
-    def _open_pool(self) -> psycopg_pool.ConnectionPool:
-        with self._lock:
-            if self._closed:
-                raise QueueError(f"{self.where}: the queue is closed")
-            if self._pool is None:
-                pool = psycopg_pool.ConnectionPool(
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[tuple[psycopg.Connection[Any], bool]]:
+        """(An idle connection, True) or (a new one, False); kept unless it broke or we closed."""
+        if not self._slots.acquire(timeout=self._connect_timeout * 2):
+            raise QueueUnavailable(f"{self.where}: all {self._pool_size} connections are busy")
+        try:
+            with self._lock:
+                if self._closed:
+                    raise QueueError(f"{self.where}: the queue is closed")
+                conn = self._idle.pop() if self._idle else None
+            reused = conn is not None
+            if conn is None:
+                conn = psycopg.connect(
                     self.url,
-                    min_size=1,
-                    max_size=self._pool_size,
-                    open=False,
-                    timeout=self._connect_timeout,
-                    name="drainpool",
-                    kwargs={
-                        "autocommit": True,  # transactions are explicit: conn.transaction()
-                        "connect_timeout": max(int(self._connect_timeout), 1),
-                        "application_name": "drainpool",
-                    },
+                    autocommit=True,  # transactions are explicit: conn.transaction()
+                    connect_timeout=max(round(self._connect_timeout), 1),
+                    application_name="drainpool",
                 )
-                pool.open(wait=False)
-                self._pool = pool
-            return self._pool
+            try:
+                yield conn, reused
+            finally:
+                with self._lock:
+                    keep = not (self._closed or conn.closed or conn.broken)
+                    if keep:
+                        self._idle.append(conn)
+                if not keep:
+                    conn.close()
+        finally:
+            self._slots.release()
 
     def run(self, fn: Callable[[Any], T], what: str, *, ensure: bool = True) -> T:
         """Run `fn(conn)` in one transaction; faults are QueueUnavailable (module docstring).
 
         `ensure`: first make sure the tables are there (once per process).
         """
-        pool = self._open_pool()
         for attempt in range(self._pool_size + 1):
-            sent_commit = False
+            sent_commit = reused = False
             try:
-                with pool.connection() as conn:
+                with self._connection() as (conn, reused):
                     if ensure and not self._ready:
                         self._ensure(conn)
                     with conn.transaction():
                         result = fn(conn)
                         sent_commit = True
                     return result
-            except psycopg.errors.TransactionRollbackError:
+            except psycopg.errors.TransactionRollback:
                 # A deadlock or serialization failure: the server rolled it all back.
                 if attempt == self._pool_size:
                     raise
             except _TRANSIENT as exc:
                 broken = isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
-                if isinstance(exc, psycopg_pool.PoolTimeout):
-                    broken = False  # no connection at all: trying again only waits again
-                if sent_commit or not broken or attempt == self._pool_size:
+                # Only a kept connection that went stale is worth another try: a new one
+                # that fails means the server is away.
+                if not (reused and broken) or sent_commit or attempt == self._pool_size:
                     raise QueueUnavailable(
                         f"{self.where}: cannot {what}: {one_line(exc)}"
                     ) from None
@@ -196,6 +208,6 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
