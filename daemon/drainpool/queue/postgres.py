@@ -75,6 +75,7 @@ from drainpool.queue.records import (
 )
 
 BATCH = 5_000  # rows per statement of enqueue_many
+SHARDS = 64  # outcome_minutes rows per minute and outcome, at most
 
 
 class PostgresQueue:
@@ -91,6 +92,7 @@ class PostgresQueue:
         pool_size: int = 4,
         connect_timeout: float = 5.0,
         create_schema: bool = True,
+        durable_commits: bool = True,
     ) -> None:
         check_retention(retention_seconds, result_max_bytes)
         self.where = redact_url(url)
@@ -106,6 +108,7 @@ class PostgresQueue:
             pool_size=pool_size,
             connect_timeout=connect_timeout,
             create=create_schema,
+            durable_commits=durable_commits,
         )
         self.schema = self._db.schema
         self._sql = {
@@ -127,6 +130,7 @@ class PostgresQueue:
         }
         self._closing = threading.Event()  # wakes wait() at close
         self._token_prefix = secrets.token_hex(6)
+        self._shard = secrets.randbelow(SHARDS)  # this object's outcome_minutes rows
         self._token_counter = itertools.count()
 
     @classmethod
@@ -140,10 +144,12 @@ class PostgresQueue:
         result_max_bytes: int = RESULT_MAX_BYTES,
         create_schema: bool = True,
         connect_timeout: float = 5.0,
+        durable_commits: bool = True,
     ) -> PostgresQueue:
         """Open `postgresql://` or `postgres://`; libpq's query options pass through.
 
         Connects lazily: at the first call, which also creates the schema's tables.
+        The daemon passes `durable_commits=False` (see postgres_db: Commits).
         """
         return cls(
             url,
@@ -153,6 +159,7 @@ class PostgresQueue:
             result_max_bytes=result_max_bytes,
             create_schema=create_schema,
             connect_timeout=connect_timeout,
+            durable_commits=durable_commits,
         )
 
     def __repr__(self) -> str:
@@ -187,7 +194,7 @@ class PostgresQueue:
 
         if connection is not None:
             return self._db.on(connection, insert, "enqueue")
-        return self._db.run(insert, "enqueue")
+        return self._db.run(insert, "enqueue", durable=True)
 
     def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
         rows = [(task, encode_payload(payload)) for task, payload in jobs]
@@ -200,7 +207,7 @@ class PostgresQueue:
                 )
             return len(rows)
 
-        return self._db.run(insert, "enqueue") if rows else 0
+        return self._db.run(insert, "enqueue", durable=True) if rows else 0
 
     # -- consumers --------------------------------------------------------
 
@@ -214,7 +221,8 @@ class PostgresQueue:
     ) -> list[Job]:
         if n <= 0 or not tasks:
             return []
-        return self._db.run(self._claimer(n, tasks, lease_seconds, worker), "fetch jobs")
+        claim = self._claimer(n, tasks, lease_seconds, worker)
+        return self._db.run(claim, "fetch jobs", idempotent=True)
 
     def settle_and_fetch(
         self,
@@ -236,7 +244,7 @@ class PostgresQueue:
             settle(conn)
             return claim(conn) if n > 0 and tasks else []
 
-        return self._db.run(both, "settle and fetch jobs")
+        return self._db.run(both, "settle and fetch jobs", idempotent=True)
 
     def _claimer(
         self, n: int, tasks: Collection[str], lease_seconds: float, worker: WorkerIdentity | None
@@ -279,6 +287,7 @@ class PostgresQueue:
         self._db.run(
             lambda c: c.execute(self._sql["renew"], (float(lease_seconds), ids, tokens)),
             "renew leases",
+            idempotent=True,
         )
 
     def settle(
@@ -291,7 +300,8 @@ class PostgresQueue:
     ) -> None:
         counts = check_outcomes(outcomes)
         if acks or releases or failures or counts:
-            self._db.run(self._settlement(acks, releases, failures, counts), "settle jobs")
+            settle = self._settlement(acks, releases, failures, counts)
+            self._db.run(settle, "settle jobs", idempotent=True)
 
     def _settlement(
         self,
@@ -316,7 +326,6 @@ class PostgresQueue:
             else:
                 changes.append((int(j.id), j.token, DEAD, 0.0, j.attempt, f.error, f.traceback))
         dead = sum(1 for c in changes if c[2] == DEAD)
-        # Sorted: two daemons bumping the same minute's rows lock them in one order.
         bumps = sorted((name, n) for name, n in {**counts, "dead": dead}.items() if n)
 
         def apply(conn: Any) -> None:
@@ -341,7 +350,10 @@ class PostgresQueue:
                     self._sql["change"], [list(column) for column in zip(*changes, strict=True)]
                 )
             if bumps:
-                conn.execute(self._sql["bump"], ([b[0] for b in bumps], [b[1] for b in bumps]))
+                conn.execute(
+                    self._sql["bump"],
+                    (self._shard, [b[0] for b in bumps], [b[1] for b in bumps]),
+                )
 
         return apply
 
@@ -451,7 +463,8 @@ class PostgresQueue:
             now = db_now(conn)
             first = first_minute(since, now)
             rows = conn.execute(
-                f"SELECT minute, outcome, n FROM {self._db.s}.outcome_minutes WHERE minute >= %s",
+                f"SELECT minute, outcome, sum(n) FROM {self._db.s}.outcome_minutes"
+                " WHERE minute >= %s GROUP BY minute, outcome",
                 (first,),
             ).fetchall()
             return first, now, rows

@@ -18,6 +18,12 @@ and the queue's semantics (daemon/drainpool/queue/postgres.py) are another:
   connections are all dead, and each would otherwise cost the caller a round.
   A failure during the commit is not retried: it may have committed, and every
   settle is keyed on lease tokens, so the caller's retry is a no-op if so.
+- Commits: producers' commits wait for the WAL flush (PostgreSQL's default).
+  The daemon's do not (`durable_commits=False`: synchronous_commit off on its
+  connections), as the SQLite backend's daemon connection uses synchronous=
+  NORMAL: a crash of the server may lose its last few hundred milliseconds of
+  acks and leases, which only makes jobs run again, never corrupts or loses
+  one; an enqueue made through it still waits for the flush.
 - Schema: created or upgraded at the first call (postgres_schema), unless the
   operator ran `drainpool queue migrate` and the version is already current,
   in which case no DDL is issued and no CREATE privilege is needed.
@@ -92,12 +98,14 @@ class Database:
         pool_size: int = 4,
         connect_timeout: float = 5.0,
         create: bool = True,
+        durable_commits: bool = True,
     ) -> None:
         self.url = url
         self.where = where  # redacted: the only form that reaches messages and logs
         self.schema = check_schema_name(schema)
         self.s = quoted(schema)  # for SQL text
         self.create = create  # False: never issue DDL (the operator migrates)
+        self.durable_commits = durable_commits
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
         self._lock = threading.Lock()  # guards the idle list
@@ -124,6 +132,8 @@ class Database:
                     connect_timeout=max(round(self._connect_timeout), 1),
                     application_name="drainpool",
                 )
+                if not self.durable_commits:
+                    conn.execute("SET synchronous_commit = off")
             try:
                 yield conn, reused
             finally:
@@ -136,10 +146,24 @@ class Database:
         finally:
             self._slots.release()
 
-    def run(self, fn: Callable[[Any], T], what: str, *, ensure: bool = True) -> T:
+    def run(
+        self,
+        fn: Callable[[Any], T],
+        what: str,
+        *,
+        ensure: bool = True,
+        durable: bool = False,
+        idempotent: bool = False,
+    ) -> T:
         """Run `fn(conn)` in one transaction; faults are QueueUnavailable (module docstring).
 
         `ensure`: first make sure the tables are there (once per process).
+        `durable`: the commit waits for the WAL flush even without durable_commits.
+        `idempotent`: doing it twice is the same as once (a settle or renew keyed on
+        lease tokens, a claim): it is sent in pipeline mode, BEGIN, statements and
+        COMMIT in one round trip, and tried again on a stale connection even when
+        the failure showed only at the commit (the batch's outcome counts may then
+        be added twice: a chart's bar, never a job).
         """
         for attempt in range(self._pool_size + 1):
             sent_commit = reused = False
@@ -147,9 +171,12 @@ class Database:
                 with self._connection() as (conn, reused):
                     if ensure and not self._ready:
                         self._ensure(conn)
-                    with conn.transaction():
+                    pipeline = conn.pipeline() if idempotent else contextlib.nullcontext()
+                    with pipeline, conn.transaction():
+                        if durable and not self.durable_commits:
+                            conn.execute("SET LOCAL synchronous_commit = on")
                         result = fn(conn)
-                        sent_commit = True
+                        sent_commit = not idempotent
                     return result
             except psycopg.errors.TransactionRollback:
                 # A deadlock or serialization failure: the server rolled it all back.

@@ -54,14 +54,18 @@ _VERSION_1 = (
         result text,
         result_note text,
         released_key text)""",
-    # Waiting and leased jobs of a task by due time: a fetch takes the head of each
-    # task's range (lapsed leases included) with FOR UPDATE SKIP LOCKED.
-    "CREATE INDEX IF NOT EXISTS jobs_due ON {s}.jobs (task, due_at) WHERE state < 2",
+    # Waiting and leased jobs of a task by due time (then id: the order of a bulk
+    # enqueue): a fetch reads the head of each task's range in index order, lapsed
+    # leases included, with FOR UPDATE SKIP LOCKED, never sorting the whole range.
+    "CREATE INDEX IF NOT EXISTS jobs_due ON {s}.jobs (task, due_at, id) WHERE state < 2",
     "CREATE INDEX IF NOT EXISTS jobs_dead ON {s}.jobs (failed_at) WHERE state = 2",
     "CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON {s}.jobs (idem_key) WHERE idem_key IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS jobs_expiry ON {s}.jobs (expires_at) WHERE expires_at IS NOT NULL",
+    # One row per minute, outcome and shard: each queue object bumps its own shard
+    # (picked at random), so daemons settling at once never wait on each other's row.
     "CREATE TABLE IF NOT EXISTS {s}.outcome_minutes (minute bigint NOT NULL,"
-    " outcome text NOT NULL, n bigint NOT NULL, PRIMARY KEY (minute, outcome))",
+    " outcome text NOT NULL, shard smallint NOT NULL, n bigint NOT NULL,"
+    " PRIMARY KEY (minute, outcome, shard))",
 )
 # Version -> the statements that bring the version before it to this one. A later
 # version (a ticks table for schedules, a cancel request column) is one more entry.

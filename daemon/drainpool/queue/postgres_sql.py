@@ -21,10 +21,14 @@ ENQUEUE_MANY = (
     "INSERT INTO {s}.jobs (task, payload, due_at, enqueued_at)"
     f" SELECT task, payload, {NOW}, {NOW} FROM unnest(%s::text[], %s::text[]) AS d(task, payload)"
 )
+# Up to n due jobs of each task, each task's from the head of its index range (a
+# LATERAL per task, so no sort of the whole range), then the n oldest of those.
 CLAIM = (
-    "WITH due AS (SELECT id, due_at FROM {s}.jobs"
-    f" WHERE state < {DEAD} AND task = ANY(%(tasks)s::text[]) AND due_at <= {NOW}"
-    " ORDER BY due_at, id LIMIT %(n)s FOR UPDATE SKIP LOCKED)"
+    "WITH due AS (SELECT d.id, d.due_at FROM unnest(%(tasks)s::text[]) AS t(task)"
+    " CROSS JOIN LATERAL (SELECT id, due_at FROM {s}.jobs"
+    f" WHERE state < {DEAD} AND task = t.task AND due_at <= {NOW}"
+    " ORDER BY due_at, id LIMIT %(n)s FOR UPDATE SKIP LOCKED) AS d"
+    " ORDER BY d.due_at, d.id LIMIT %(n)s)"
     f" UPDATE {{s}}.jobs AS j SET state = {LEASED}, due_at = {NOW} + %(lease)s,"
     f" token = %(token)s, attempts = j.attempts + 1, started_at = COALESCE(j.started_at, {NOW}),"
     " worker_host = %(host)s, worker_pid = %(pid)s, worker_pool = %(pool)s"
@@ -64,10 +68,10 @@ CHANGE = (
     f" WHERE j.id = d.id AND j.token = d.token AND j.state = {LEASED}"
 )
 BUMP = (
-    "INSERT INTO {s}.outcome_minutes (minute, outcome, n)"
-    f" SELECT (floor({NOW} / {MINUTE}) * {MINUTE})::bigint, outcome, n"
+    "INSERT INTO {s}.outcome_minutes (minute, outcome, shard, n)"
+    f" SELECT (floor({NOW} / {MINUTE}) * {MINUTE})::bigint, outcome, %s, n"
     " FROM unnest(%s::text[], %s::bigint[]) AS d(outcome, n)"
-    " ON CONFLICT (minute, outcome) DO UPDATE SET n = {s}.outcome_minutes.n + excluded.n"
+    " ON CONFLICT (minute, outcome, shard) DO UPDATE SET n = {s}.outcome_minutes.n + excluded.n"
 )
 STATS = (
     f"SELECT count(*) FILTER (WHERE state = {WAITING} AND due_at <= {NOW}),"

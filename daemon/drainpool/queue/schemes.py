@@ -32,7 +32,8 @@ class Backend:
     # client that connects lazily (its options are parsed without a round trip),
     # false for a file that opening would create (its path is checked at start).
     check_by_building: bool
-    takes_schema: bool = False  # takes `schema` (queue.schema: a PostgreSQL schema name)
+    # A database server: takes `schema` (queue.schema) and `durable_commits`.
+    database_server: bool = False
 
 
 BACKENDS: tuple[Backend, ...] = (
@@ -56,7 +57,7 @@ BACKENDS: tuple[Backend, ...] = (
         class_name="PostgresQueue",
         local_file=False,
         check_by_building=True,
-        takes_schema=True,
+        database_server=True,
     ),
 )
 
@@ -96,7 +97,7 @@ def from_url(
     Exported as drainpool.queue.from_url; `Queue.from_url(url)` is the same for
     producers. `base_dir` anchors a relative SQLite path (the config file's
     directory). Producers keep the default `durable_commits`; the daemon turns
-    it off for its own connection (see drainpool.queue.sqlite). `schema` names the
+    it off for its own connection (see drainpool.queue.sqlite and .postgres). `schema` names the
     PostgreSQL schema of the queue's tables (queue.schema); other backends ignore it.
     """
     backend = backend_for(url)
@@ -105,8 +106,9 @@ def from_url(
         return queue_class.from_url(
             url, retry=retry, base_dir=base_dir, durable_commits=durable_commits
         )
-    if backend.takes_schema and schema is not None:
-        return queue_class.from_url(url, retry=retry, schema=schema)
+    if backend.database_server:
+        options = {} if schema is None else {"schema": schema}
+        return queue_class.from_url(url, retry=retry, durable_commits=durable_commits, **options)
     return queue_class.from_url(url, retry=retry)
 
 
