@@ -203,7 +203,8 @@ class Database:
             raise QueueError(
                 f"connection= must be a psycopg (3) Connection, not {type(conn).__name__}"
             )
-        self.run(lambda _conn: None, "open the queue")  # the schema exists before the insert
+        if not self._ready:  # the tables exist before the insert (once per process)
+            self.run(lambda _conn: None, "open the queue")
         try:
             return fn(conn)
         except psycopg.Error as exc:
