@@ -233,3 +233,24 @@ def test_a_read_only_server_is_unavailable_not_an_error(
     finally:
         writable.close()
         read_only.close()
+
+
+def test_a_statement_timeout_is_unavailable_and_the_lease_stays(
+    server: PostgresServer, schema: str
+) -> None:
+    # statement_timeout through the URL: a renew that waits on a row another
+    # transaction holds is cancelled by the server, and the queue says so in one line.
+    url = server.url() + "?options=-c%20statement_timeout%3D300"
+    queue = PostgresQueue.from_url(url, schema=schema)
+    try:
+        queue.enqueue("t", 1)
+        [job] = queue.fetch(1, ["t"], 60)
+        with psycopg.connect(server.url()) as other:
+            other.execute(f'SELECT id FROM "{schema}".jobs FOR UPDATE')
+            with pytest.raises(QueueUnavailable, match="statement timeout") as cancelled:
+                queue.renew([job], 60)
+            assert len(str(cancelled.value).splitlines()) == 1
+        queue.settle(acks=[job])  # the lease was never lost: the ack still counts
+        assert queue.stats().leased == 0 and queue.job(job.id) is not None
+    finally:
+        queue.close()
