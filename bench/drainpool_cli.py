@@ -1,4 +1,4 @@
-"""Drive drainpool through its documented command line only (DESIGN.md, "Command line").
+"""Drive drainpool through its documented command line only (README, "Command line").
 
 The bench never imports the daemon: it writes a TOML config, fills the queue
 with `enqueue --file`, reads `queue stats --json`, and runs `run --config` as a

@@ -25,6 +25,7 @@ import pytest
 from drainpool.supervisor import STALL_SECONDS
 
 from tests.support.daemon import (
+    REPO,
     Daemon,
     DaemonFactory,
     base_config,
@@ -122,14 +123,22 @@ def test_readyz_is_503_while_draining_and_healthz_stays_200(
 def test_healthz_is_503_while_the_supervisor_loop_is_stuck(
     factory: DaemonFactory, tmp_path: Path
 ) -> None:
-    config = factory.config(reload={"watch": False})
-    daemon = factory.start(config)
-    text = config.read_text()
-    # A reload reads the config on the loop's own thread; a FIFO without a writer blocks
-    # that read, as a hung network file system would. The HTTP thread keeps answering.
-    fifo = tmp_path / "config.fifo"
+    # A reload imports new task modules on the loop's own thread; one whose import blocks
+    # (here on a FIFO without a writer, as on a hung network file system) stalls the loop.
+    # The HTTP thread keeps answering. (A config path that is a FIFO no longer blocks:
+    # it is refused before it is read; tests/test_e2e_config_attacks.py.)
+    fifo = tmp_path / "import.fifo"
     os.mkfifo(fifo)
-    os.replace(fifo, config)
+    (tmp_path / "stall_on_import.py").write_text(
+        f"with open({str(fifo)!r}) as fifo:\n    fifo.read()\n\n\ndef task(payload):\n"
+        "    return None\n"
+    )
+    config = factory.config(reload={"watch": False})
+    env = {"PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
+    daemon = factory.start(config, env=env)
+    stalling = base_config(tmp_path, reload={"watch": False})
+    stalling["tasks"]["stall"] = "stall_on_import:task"
+    write_atomic(config, render_config(stalling))
     daemon.signal(signal.SIGHUP)
     assert daemon.get("/healthz") == (200, "ok\n")
     wait_until(
@@ -137,9 +146,9 @@ def test_healthz_is_503_while_the_supervisor_loop_is_stuck(
         timeout=STALL_SECONDS + 30,
         what="/healthz 503",
     )
-    with open(config, "w") as writer:  # unblocks the reload: the same config as before
-        writer.write(text)
-    daemon.wait_log(r"reload \(sighup\): config unchanged")
+    with open(fifo, "w") as writer:  # unblocks the import, and so the reload
+        writer.write("")
+    daemon.wait_log(r"reload applied")
     wait_until(lambda: daemon.get("/healthz")[0] == 200, what="/healthz 200 again")
     daemon.terminate()
 

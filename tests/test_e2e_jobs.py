@@ -45,11 +45,11 @@ def test_failing_task_is_retried_with_backoff_then_dead_with_its_error(
     assert count(log, "failed")["2"] == 2
     # dead retry puts the dead job back with a fresh attempt count; it fails 3 times again.
     retried = factory.cli("queue", "dead", "retry", config=config)
-    assert retried.returncode == 0 and "1 dead jobs retried" in retried.stdout
+    assert retried.returncode == 0 and "1 dead job retried" in retried.stdout
     wait_until(lambda: count(log, "failed")["1"] == 6, what="retried job ran again")
     wait_until(lambda: len(dead_list(factory, config)) == 1, what="dead again")
     purged = factory.cli("queue", "dead", "purge", config=config)
-    assert purged.returncode == 0 and "1 dead jobs purged" in purged.stdout
+    assert purged.returncode == 0 and "1 dead job purged" in purged.stdout
     assert queue_stats(factory, config)["dead"] == 0
     daemon.terminate()
 
@@ -73,9 +73,7 @@ def test_delayed_job_waits_for_its_time(factory: DaemonFactory, tmp_path: Path) 
     log = tmp_path / "jobs.log"
     config = factory.config()
     payload = json.dumps({"log": str(log)})
-    assert (
-        factory.cli("enqueue", "record", payload, "--delay", "1.5", config=config).returncode == 0
-    )
+    assert factory.cli("enqueue", "record", payload, "--delay", "5", config=config).returncode == 0
     assert queue_stats(factory, config)["delayed"] == 1
     daemon = factory.start(config)
     wait_until(lambda: count(log, "done")["1"] == 1, what="delayed job ran")

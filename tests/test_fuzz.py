@@ -50,6 +50,8 @@ KNOWN_KEYS: dict[str, list[str]] = {
         "retry_backoff_seconds",
         "retry_backoff_max_seconds",
         "poll_interval_seconds",
+        "retention_seconds",
+        "result_max_bytes",
     ],
     "metrics": ["host", "port", "tls_cert_file", "tls_key_file"],
     "log": ["level", "format"],

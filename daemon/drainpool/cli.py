@@ -1,7 +1,7 @@
-"""The `drainpool` command: run, check-config, reload, enqueue, queue, status.
+"""The `drainpool` command: run, check-config, reload, enqueue, queue, status, job.
 
 Exit codes follow drainpool.exitcodes: 0 ok, 1 failure, 2 usage or bad input,
-78 invalid config (EX_CONFIG).
+3, 4, 5 how a waited-for job ended (drainpool.jobs_cli), 78 invalid config (EX_CONFIG).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from queue import SimpleQueue
 from typing import Any
 
-from drainpool import __version__
+from drainpool import __version__, jobs_cli
 from drainpool.exitcodes import ExitCode
 from drainpool.queue.base import QueueError, QueueUnavailable
 
@@ -55,11 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument(
-            "--config",
-            metavar="PATH",
-            help="config file (default: $DRAINPOOL_CONFIG, else /etc/drainpool/drainpool.toml)",
-        )
+        _add_config(p)
         p.set_defaults(handler=handler)
         return p
 
@@ -97,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     p = command("queue", _cmd_queue, "inspect the queue and its dead letters; migrate its tables")
     p.add_argument(
         "action",
+        nargs="?",
         choices=["stats", "dead", "migrate"],
         help="stats, dead list|retry|purge, or migrate (create or upgrade PostgreSQL tables)",
     )
@@ -109,7 +106,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pid", type=int, help="the daemon's pid (default: ask its endpoint)")
     p.add_argument("--watch", action="store_true", help="refresh in place every second")
     p.add_argument("--json", action="store_true", help="print the raw status JSON")
+
+    jobs_cli.register(sub, _add_config)
     return parser
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $DRAINPOOL_CONFIG, else /etc/drainpool/drainpool.toml)",
+    )
 
 
 def _load(args: argparse.Namespace, *, tasks: bool = True) -> Any:
@@ -130,13 +137,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from drainpool.supervisor import Supervisor
 
         configure_logging(loaded.settings.log)
+        from drainpool.endpoint import EndpointError
+
         try:
             return Supervisor(loaded, registry, inbox=inbox).run()
-        except OSError as exc:  # e.g. the metrics port is taken
+        except (OSError, EndpointError) as exc:
             import logging
 
             logging.getLogger("drainpool").error("cannot start: %s", exc)
-            return ExitCode.FAILURE
+            # The endpoint's address or files are the config's fault: 78, not restarted.
+            return ExitCode.CONFIG if isinstance(exc, EndpointError) else ExitCode.FAILURE
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -158,6 +168,8 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     from drainpool import bulk
     from drainpool.runtime import open_queue
 
+    if not 0 <= args.delay < float("inf"):  # also NaN
+        raise UsageError(f"--delay must be 0 or more seconds, not {args.delay:g}")
     loaded, _ = _load(args, tasks=False)
     known = sorted(loaded.settings.tasks)
     if args.file is not None:
@@ -201,8 +213,13 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def _cmd_queue(args: argparse.Namespace) -> int:
+    from drainpool import deadletters
     from drainpool.runtime import open_queue
 
+    if args.action is None:
+        raise UsageError(
+            "queue needs an action: stats, or dead list|retry|purge [ID...], or migrate"
+        )
     loaded, _ = _load(args, tasks=False)
     queue = open_queue(loaded)
     try:
@@ -214,15 +231,10 @@ def _cmd_queue(args: argparse.Namespace) -> int:
             raise UsageError("queue dead needs list, retry or purge")
         if args.dead_action == "list":
             return _print_dead(queue, args.json, args.limit)
-        ids = args.ids or None
-        count = queue.dead_retry(ids) if args.dead_action == "retry" else queue.dead_purge(ids)
-        verb = "retried" if args.dead_action == "retry" else "purged"
-        print(f"{count} dead jobs {verb}")
-        if ids is not None and count < len(set(ids)):
-            print(
-                f"drainpool: {len(set(ids)) - count} of the ids given are not dead jobs",
-                file=sys.stderr,
-            )
+        done = deadletters.apply(queue, args.dead_action, args.ids or None)
+        print(done.summary())
+        if done.problem():
+            print(f"drainpool: {done.problem()}", file=sys.stderr)
             return ExitCode.FAILURE
         return ExitCode.OK
     finally:

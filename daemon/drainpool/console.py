@@ -1,12 +1,14 @@
 """The web console (issue 11): a page at / and the JSON API under /api/ that it reads.
 
 Reading. The page and its two static files hold no data and are always
-served. The data routes (/api/running, /api/queue, /api/dead, /api/outcomes,
-/api/outcomes/minutes, /api/jobs/ID)
-answer without a token only when the endpoint is bound to loopback, and then
-only to a loopback Host header, so a DNS-rebinding page cannot read them
-through the victim's browser. Bound anywhere else, they need the bearer token,
-and with no token configured they are refused. /api/status, /metrics and the
+served. Every other GET under /api/ (/api/running, /api/queue, /api/dead,
+/api/outcomes, /api/outcomes/minutes, /api/jobs, /api/jobs/ID, /api/config, and
+any route added later) passes `read_guard`, which the router applies to all of
+them but the public ones (httpserver.PUBLIC_API): they answer without a token
+only when the endpoint is bound to loopback, and then only to a loopback Host
+header, so a DNS-rebinding page cannot read them through the victim's browser.
+Bound anywhere else, they need the bearer token, and with no token configured
+they are refused. /api/status, /metrics and the
 probes keep the rules of the core endpoint (`drainpool reload` and `status`
 read /api/status without credentials).
 
@@ -37,9 +39,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from drainpool import __version__
+from drainpool import __version__, deadletters
 from drainpool.httpserver import BodyTooLarge, Handler, Route
-from drainpool.queue.base import JobNotFound, Queue, QueueError, QueueUnavailable
+from drainpool.queue.base import JobNotFound, JobState, Queue, QueueError, QueueUnavailable
 from drainpool.queue.outcome_minutes import OUTCOMES
 from drainpool.settings import ConsoleSettings
 
@@ -105,13 +107,16 @@ class Console:
 
     def get_routes(self) -> dict[str, Route]:
         routes: dict[str, Route] = {path: self._serve_static for path in self._static}
-        routes["/api/console"] = self._guarded(self._console_info, auth=False)
+        # The read guard is the router's (httpserver.PUBLIC_API, Endpoints.read_guard), so a
+        # route added anywhere cannot forget it; /api/console is public there.
+        routes["/api/console"] = self._guarded(self._console_info)
         routes["/api/running"] = self._guarded(self._running)
         routes["/api/queue"] = self._guarded(self._queue)
         routes["/api/dead"] = self._guarded(self._dead)
         routes["/api/outcomes"] = self._guarded(self._outcomes)
         routes["/api/outcomes/minutes"] = self._guarded(self._outcome_minutes)
-        routes["/api/jobs/"] = self._guarded(self._job)  # /api/jobs/ID (httpserver._under)
+        routes["/api/jobs"] = self._guarded(self._jobs)
+        routes["/api/jobs/"] = self._guarded(self._job)  # /api/jobs/ID (one level below)
         return routes
 
     def post_routes(self) -> dict[str, Route]:
@@ -137,15 +142,11 @@ class Console:
         extra = {"WWW-Authenticate": 'Bearer realm="drainpool"'} if refused.code == 401 else None
         self._json(handler, refused.code, {"error": refused.reason}, extra)
 
-    def _guarded(
-        self, read: Callable[[Handler], Any], *, auth: bool = True
-    ) -> Callable[[Handler], None]:
-        """A GET route: check who may read, then answer with `read`'s JSON."""
+    def _guarded(self, read: Callable[[Handler], Any]) -> Callable[[Handler], None]:
+        """A GET route (the router has checked who may read): answer with `read`'s JSON."""
 
         def route(handler: Handler) -> None:
             try:
-                if auth:
-                    self._check_read(handler)
                 self._json(handler, 200, read(handler))
             except Refused as refused:
                 self._refuse(handler, refused)
@@ -196,6 +197,15 @@ class Console:
         return route
 
     # -- guards ---------------------------------------------------------------
+
+    def read_guard(self, handler: Handler) -> bool:
+        """The router's guard for every non-public /api/ GET: True, or refused and answered."""
+        try:
+            self._check_read(handler)
+        except Refused as refused:
+            self._refuse(handler, refused)
+            return False
+        return True
 
     def _check_read(self, handler: Handler) -> None:
         settings = self.source.settings()
@@ -256,19 +266,11 @@ class Console:
         return {"running": running}
 
     def _queue(self, handler: Handler) -> dict[str, Any]:
-        queue = self._open_queue()
-        try:
-            return queue.stats().as_dict()
-        except QueueError as exc:
-            raise Refused(503, f"queue unavailable: {exc}") from None
+        return self._read(lambda queue: queue.stats().as_dict())
 
     def _dead(self, handler: Handler) -> dict[str, Any]:
         limit = _limit(handler, 100)
-        queue = self._open_queue()
-        try:
-            dead = queue.dead_list(limit)
-        except QueueError as exc:
-            raise Refused(503, f"queue unavailable: {exc}") from None
+        dead = self._read(lambda queue: queue.dead_list(limit))
         return {"dead": [dataclasses.asdict(job) for job in dead], "limit": limit}
 
     def _outcomes(self, handler: Handler) -> dict[str, Any]:
@@ -276,23 +278,37 @@ class Console:
         return {"outcomes": self.source.outcomes()[::-1][:limit]}
 
     def _outcome_minutes(self, handler: Handler) -> dict[str, Any]:
-        queue = self._open_queue()
-        try:
-            minutes = queue.outcome_minutes(time.time() - CHART_SECONDS)
-        except QueueError as exc:
-            raise Refused(503, f"queue unavailable: {exc}") from None
+        minutes = self._read(lambda queue: queue.outcome_minutes(time.time() - CHART_SECONDS))
         return {"minutes": minutes, "outcomes": list(OUTCOMES)}
 
+    def _jobs(self, handler: Handler) -> dict[str, Any]:
+        query = parse_qs(urlsplit(handler.path).query)
+        state = query.get("state", [""])[-1]
+        if state and state not in {s.value for s in JobState}:
+            names = ", ".join(JobState)
+            raise Refused(400, f"state must be one of {names}, not {state!r}")
+        limit = _limit(handler, 100)
+        task = query.get("task", [""])[-1] or None
+        records = self._read(lambda queue: queue.jobs(state or None, task, limit))
+        return {"jobs": [info.as_dict() for info in records], "limit": limit}
+
     def _job(self, handler: Handler) -> dict[str, Any]:
-        job_id = unquote(urlsplit(handler.path).path.rpartition("/")[2])
+        job_id = unquote(urlsplit(handler.path).path.rsplit("/", 1)[1])
+        info = self._read(lambda queue: queue.job(job_id)) if job_id else None
+        if info is None:
+            raise Refused(
+                404, str(JobNotFound(job_id)) if job_id else "give a job id: /api/jobs/ID"
+            )
+        return info.as_dict()
+
+    def _read(self, read: Callable[[Queue], Any]) -> Any:
         queue = self._open_queue()
         try:
-            info = queue.job(job_id)
+            return read(queue)
         except QueueError as exc:
-            raise Refused(503 if isinstance(exc, QueueUnavailable) else 400, str(exc)) from None
-        if info is None:
-            raise Refused(404, str(JobNotFound(job_id)))
-        return info.as_dict()
+            if isinstance(exc, QueueUnavailable):
+                raise Refused(503, f"queue unavailable: {exc}") from None
+            raise Refused(400, str(exc)) from None
 
     def _open_queue(self) -> Queue:
         queue = self.source.queue()
@@ -303,20 +319,17 @@ class Console:
     # -- actions --------------------------------------------------------------
 
     def _dead_retry(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"retried": self._on_dead(body, lambda q, ids: q.dead_retry(ids))}
+        return self._on_dead(body, "retry")
 
     def _dead_purge(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"purged": self._on_dead(body, lambda q, ids: q.dead_purge(ids))}
+        return self._on_dead(body, "purge")
 
-    def _on_dead(
-        self, body: dict[str, Any], apply: Callable[[Queue, list[str] | None], int]
-    ) -> int:
+    def _on_dead(self, body: dict[str, Any], action: str) -> dict[str, Any]:
         ids = _selected_ids(body)
-        queue = self._open_queue()
-        try:
-            return apply(queue, ids)
-        except QueueError as exc:
-            raise Refused(503 if isinstance(exc, QueueUnavailable) else 400, str(exc)) from None
+        done = self._read(lambda queue: deadletters.apply(queue, action, ids))
+        # The ids that were not dead jobs are named only when there are some: the answer
+        # to a retry or purge of dead ids stays {"retried": n} as before.
+        return {done.verb: done.count, **({"not_dead": done.not_dead} if done.not_dead else {})}
 
     def _reload(self, body: dict[str, Any]) -> dict[str, Any]:
         seq = self.source.status()["reload"]["seq"]
@@ -393,9 +406,12 @@ def _selected_ids(body: dict[str, Any]) -> list[str] | None:
     ids = body.get("ids")
     if "all" in body or not isinstance(ids, list) or not ids:
         raise Refused(400, 'send {"ids": ["..."]} (a non-empty list) or {"all": true}')
-    if len(ids) > MAX_IDS or not all(isinstance(i, str | int) for i in ids):
-        raise Refused(400, f"ids must be at most {MAX_IDS} strings")
-    return [str(i) for i in ids]
+    if len(ids) > MAX_IDS:
+        raise Refused(400, f"at most {MAX_IDS} ids at once")
+    try:
+        return deadletters.job_ids(ids)
+    except QueueError as exc:
+        raise Refused(400, str(exc)) from None
 
 
 def _limit(handler: Handler, default: int) -> int:

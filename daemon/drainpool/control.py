@@ -10,12 +10,14 @@ works with any port, even port 0) or through the config's metrics address.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import ssl
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -87,30 +89,65 @@ def _base_url(host: str, port: int, scheme: str = "http") -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
+def find_by_pid(pid: int) -> tuple[str, dict[str, Any]]:
+    """The endpoint that process `pid` listens on, http or https, and its status."""
+    errors = []
+    for host, port in listening_addresses(pid):
+        for scheme in ("http", "https"):
+            base = _base_url(host, port, scheme)
+            try:
+                status = get_status(base, timeout=2.0)
+            except ControlError as exc:
+                errors.append(str(exc))
+                continue
+            if status.get("pid") == pid:
+                return base, status
+    raise ControlError(f"pid {pid} serves no drainpool endpoint ({'; '.join(errors)})")
+
+
 def find_daemon(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The daemon's endpoint base URL and its current status."""
     if getattr(args, "pid", None):
-        errors = []
-        for host, port in listening_addresses(args.pid):
-            for scheme in ("http", "https"):
-                base = _base_url(host, port, scheme)
-                try:
-                    status = get_status(base, timeout=2.0)
-                except ControlError as exc:
-                    errors.append(str(exc))
-                    continue
-                if status.get("pid") == args.pid:
-                    return base, status
-        raise ControlError(f"pid {args.pid} serves no drainpool endpoint ({'; '.join(errors)})")
-    from drainpool.runtime import load_or_exit
-
-    loaded, _ = load_or_exit(args.config, tasks=False)
-    m = loaded.settings.metrics
-    if m.port == 0:
-        raise ControlError(f"{loaded.path}: metrics.port is 0 (any free port): pass --pid")
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(m.host, m.host)
-    base = _base_url(host, m.port, "https" if m.tls_cert_file else "http")
+        return find_by_pid(args.pid)
+    path, metrics = _metrics_table(args.config)
+    port, host = metrics["port"], str(metrics["host"])
+    if port == 0:
+        raise ControlError(f"{path}: metrics.port is 0 (any free port): pass --pid")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    base = _base_url(host, int(port), "https" if metrics.get("tls_cert_file") else "http")
     return base, get_status(base)
+
+
+def _metrics_table(config_option: str | None) -> tuple[Path, dict[str, Any]]:
+    """The config's effective [metrics] settings; from the raw file when the config is invalid.
+
+    A daemon keeps running on its old config when the file is broken by an edit: it
+    must still be reachable through that file's address (issue 23).
+    """
+    from drainpool import settings
+    from drainpool.configchecks import read_config_text
+
+    path = settings.config_path(config_option)
+    try:
+        loaded = settings.load(path)
+    except settings.ConfigError as exc:
+        try:
+            raw = tomllib.loads(read_config_text(path)).get("metrics", {})
+        except (OSError, ValueError, tomllib.TOMLDecodeError):
+            raw = None
+        defaults = settings.MetricsSettings().model_dump()
+        if not isinstance(raw, dict) or not isinstance(raw.get("port", 0), int):
+            raise ControlError(
+                f"{exc.problems[0]}; cannot find the daemon's address in it: pass --pid PID"
+            ) from None
+        raw = {**defaults, **raw}
+        print(
+            f"drainpool: warning: config is invalid ({exc.problems[0]});"
+            " using its [metrics] table to find the daemon",
+            file=sys.stderr,
+        )
+        return path, raw
+    return path, loaded.settings.metrics.model_dump()
 
 
 def dry_run(args: argparse.Namespace) -> int:
@@ -120,11 +157,13 @@ def dry_run(args: argparse.Namespace) -> int:
 
     try:
         base, _ = find_daemon(args)
-        running = _get_json(f"{base}/api/config")
+        # /api/config is under the console's read rules: off loopback it needs the token.
+        running = _get_json(f"{base}/api/config", token=_console_token(args.config))
     except ControlError as exc:
         print(f"drainpool: {exc}", file=sys.stderr)
         return ExitCode.FAILURE
-    loaded, registry = load_or_exit(args.config)  # exits 78, every problem shown, if invalid
+    # Without --config, the file the running daemon was started with (not the default path).
+    loaded, registry = load_or_exit(args.config or running.get("config"))  # 78 if invalid
     old = {name: plan_from_json(plan) for name, plan in running["plans"].items()}
     new = plan_pools(loaded.settings, registry)
     queue_before = running["effective"]["queue"]
@@ -155,10 +194,23 @@ def dry_run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _get_json(url: str) -> Any:
-    context = ssl._create_unverified_context() if url.startswith("https") else None
+def _console_token(config_option: str | None) -> str | None:
+    """The console token of the config (file or DRAINPOOL_CONSOLE__TOKEN), if it loads."""
+    from drainpool import settings
+
     try:
-        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+        token = settings.load(settings.config_path(config_option)).settings.console.token
+    except settings.ConfigError:
+        return None
+    return token.get_secret_value() if token is not None else None
+
+
+def _get_json(url: str, token: str | None = None) -> Any:
+    context = ssl._create_unverified_context() if url.startswith("https") else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
             return json.loads(response.read())
     except (OSError, ValueError) as exc:
         raise ControlError(f"no answer from {url}: {exc}") from None
@@ -178,7 +230,11 @@ def reload(args: argparse.Namespace) -> int:
             try:
                 now = get_status(base, timeout=2.0)
             except ControlError:
-                continue  # the endpoint may be rebinding to a new address
+                # The reload may have moved the endpoint (a new port, TLS turned on):
+                # look for it again through the daemon's sockets.
+                with contextlib.suppress(ControlError):
+                    base = find_by_pid(pid)[0]
+                continue
             record = now["reload"]
             if record["seq"] > seq and now["state"] in ("running", "stopped"):
                 return _report(record, now)

@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import selectors
+import socket
 import ssl
 import sys
 import threading
@@ -30,6 +31,10 @@ log = logging.getLogger("drainpool.http")
 MAX_BODY_BYTES = 64 * 1024  # the console's POST bodies are a few ids; refuse anything bigger
 
 BUILTIN_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/api/status"})
+# GET paths under /api/ that anyone who reaches the endpoint may read (README, "Console"):
+# the status (what `drainpool reload` and `status` poll) and the console's own settings.
+# Every other /api/ GET passes `Endpoints.read_guard` first, whoever registered it.
+PUBLIC_API = frozenset({"/api/status", "/api/console"})
 
 Route = Callable[["Handler"], None]
 
@@ -42,19 +47,19 @@ class Endpoints:
     healthy: Callable[[], bool]
     ready: Callable[[], bool]
     status: Callable[[], dict[str, Any]]
+    # GET routes by path; a path ending in "/" also serves one level below it.
     extra_routes: dict[str, Route] = field(default_factory=dict)
     post_routes: dict[str, Route] = field(default_factory=dict)
+    # Runs before every GET under /api/ not in PUBLIC_API: True to go on, or False once it
+    # has answered the refusal itself. None refuses them all (fail closed).
+    read_guard: Callable[[Handler], bool] | None = None
 
-
-def _under(routes: Mapping[str, Route], path: str) -> Route | None:
-    """The route keyed by `path` up to its last "/" (a key ending in "/"), if any.
-
-    Never "/" itself: that is the console's page, not a prefix.
-    """
-    head, _, rest = path.rpartition("/")
-    if not head or not rest:
-        return None
-    return routes.get(head + "/")
+    def get_route(self, path: str) -> Route | None:
+        """The GET route of `path`, or of its parent "/a/b/" for "/a/b/ID" (/api/jobs/ID)."""
+        parent = path[: path.rfind("/") + 1]
+        return self.extra_routes.get(path) or (
+            self.extra_routes.get(parent) if len(parent) > 1 else None
+        )
 
 
 HANDSHAKE_SECONDS = 10.0  # a TLS client that says nothing is dropped after this
@@ -73,6 +78,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         endpoints = self.server.endpoints
         path = self.path.split("?", 1)[0]
+        if path.startswith("/api/") and path not in PUBLIC_API and not self._may_read():
+            return
         if path == "/metrics":
             self.reply(200, generate_latest(endpoints.registry), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
@@ -83,14 +90,20 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
         elif path == "/api/status":
             self.send_json(endpoints.status())
-        elif path in endpoints.extra_routes:
-            endpoints.extra_routes[path](self)
+        elif (route := endpoints.get_route(path)) is not None:
+            route(self)
         elif path in endpoints.post_routes:
             self.reply(405, b"use POST\n", headers={"Allow": "POST"})
-        elif (route := _under(endpoints.extra_routes, path)) is not None:
-            route(self)  # a route ending in "/" takes every path below it: /api/jobs/ID
         else:
             self.reply(404, b"not found\n")
+
+    def _may_read(self) -> bool:
+        """The one read guard of every non-public /api/ GET route (issue 23)."""
+        guard = self.server.endpoints.read_guard
+        if guard is None:
+            self.reply(403, b"reading the API is not configured\n")
+            return False
+        return guard(self)
 
     def send_json(self, data: Any, code: int = 200) -> None:
         self.reply(code, json.dumps(data, indent=1).encode(), "application/json")
@@ -104,7 +117,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         # The body was not read: close, or its bytes would be parsed as the next request.
         self.close_connection = True
-        if path in endpoints.extra_routes or path in BUILTIN_PATHS:
+        if endpoints.get_route(path) is not None or path in BUILTIN_PATHS:
             self.reply(405, b"use GET\n", headers={"Allow": "GET", "Connection": "close"})
         else:
             self.reply(404, b"not found\n", headers={"Connection": "close"})
@@ -155,6 +168,9 @@ ACCEPT_RETRY_SECONDS = 0.1
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client must not keep the process alive
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a burst of 50 GETs (a scrape, a probe and a
+    # console tab at once) overflowed it and waited on SYN retransmits, 1 s and more.
+    request_queue_size = socket.SOMAXCONN
     endpoints: Endpoints
     starved: OSError | None = None  # the last accept that failed for want of resources
 
@@ -189,6 +205,20 @@ class _Server(ThreadingHTTPServer):
         super().finish_request(request, client_address)
 
 
+class TlsFilesError(OSError):
+    """The certificate or key cannot be loaded (missing, unreadable, not a pair)."""
+
+
+def _tls_context(cert: Path, key: Path | None) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is one
+        raise TlsFilesError(exc.errno, exc.strerror or str(exc)) from None
+    return context
+
+
 class HttpServer:
     """Serves the endpoints on a background thread until `stop()`."""
 
@@ -200,13 +230,23 @@ class HttpServer:
         *,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        listener: socket.socket | None = None,
     ) -> None:
-        self._server = _Server((host, port), Handler)
+        """Bind (host, port), or serve on `listener`, a socket already listening there.
+
+        Everything that can fail (the TLS files, the bind) fails here, before
+        `start()`, so a caller can keep its old server until the new one exists.
+        """
+        context = _tls_context(tls_cert, tls_key) if tls_cert is not None else None
+        if listener is None:
+            self._server = _Server((host, port), Handler)
+        else:
+            self._server = _Server(listener.getsockname(), Handler, bind_and_activate=False)
+            self._server.socket.close()
+            self._server.socket = listener
+            self._server.server_address = listener.getsockname()
         self._server.endpoints = endpoints
-        if tls_cert is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(tls_cert, tls_key)
+        if context is not None:
             self._server.socket = context.wrap_socket(
                 self._server.socket, server_side=True, do_handshake_on_connect=False
             )
@@ -220,6 +260,11 @@ class HttpServer:
     def address(self) -> tuple[str, int]:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
+
+    def duplicate_listener(self) -> socket.socket:
+        """A second descriptor of the listening socket, plain (not TLS), for the
+        server that replaces this one on the same address: the port is never let go."""
+        return socket.socket(fileno=os.dup(self._server.socket.fileno()))
 
     def start(self) -> None:
         self._thread.start()

@@ -19,6 +19,25 @@ from drainpool.queue import Queue, RetryPolicy, from_url, redact_url
 from drainpool.settings import LoadedConfig, Settings
 from drainpool.tasks import TaskSpec, build_registry
 
+SECRET_MASK = "***"
+# Parts of env names that mark a secret value (AWS_SECRET_ACCESS_KEY, PGPASSWORD, API_TOKEN,
+# GITHUB_AUTH, SENTRY_DSN...). Broad on purpose: a masked value that was not secret costs a
+# look at the file; a shown secret cannot be taken back. Other names: `secret_env`.
+SECRET_WORDS = (
+    "PASSWORD",
+    "PASSWD",
+    "PASSPHRASE",
+    "SECRET",
+    "TOKEN",
+    "KEY",
+    "CREDENTIAL",
+    "AUTH",
+    "PRIVATE",
+    "COOKIE",
+    "SESSION",
+    "DSN",
+)
+
 
 def load(path: Path, *, tasks: bool = True) -> tuple[LoadedConfig, dict[str, TaskSpec]]:
     """The config at `path` and its task registry (empty unless `tasks`).
@@ -55,18 +74,42 @@ def open_queue(loaded: LoadedConfig, *, durable_commits: bool = True) -> Queue:
         base_dir=loaded.base_dir,
         retry=retry,
         durable_commits=durable_commits,
+        retention_seconds=q.retention_seconds,
+        result_max_bytes=q.result_max_bytes,
         schema=q.schema_name,
     )
 
 
 def redacted_effective(settings: Settings) -> dict[str, Any]:
-    """The effective config as printed or served: the queue URL's password hidden.
+    """The effective config as printed or served (check-config, /api/config, the dry run):
+    the queue URL's password and the secret values of command tasks' env hidden.
 
-    (Settings.effective() already masks the console token.)
+    (Settings.effective() already masks the console token.) The one redacted view:
+    every place that shows a config shows this.
     """
     effective = settings.effective()
     effective["queue"]["url"] = redact_url(effective["queue"]["url"])
+    for task in effective["tasks"].values():
+        if isinstance(task, dict):
+            secret = set(task.get("secret_env", ()))
+            task["env"] = {
+                name: _shown_env(value, name in secret or looks_secret(name))
+                for name, value in task["env"].items()
+            }
     return effective
+
+
+def _shown_env(value: str, secret: bool) -> str:
+    """A command env value as shown: masked, or with a URL's password hidden."""
+    if secret:
+        return SECRET_MASK
+    return redact_url(value) if "://" in value else value
+
+
+def looks_secret(name: str) -> bool:
+    """Whether an environment variable's name says its value is a secret."""
+    upper = name.upper()
+    return any(word in upper for word in SECRET_WORDS)
 
 
 def config_view(loaded: LoadedConfig, registry: dict[str, TaskSpec]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -39,6 +40,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from drainpool.configchecks import UnreadableConfig, metrics_problems, read_config_text
 from drainpool.queue.base import QueueError
 from drainpool.queue.schemes import check_url
 
@@ -179,6 +181,17 @@ class CommandTask(_Section):
     timeout_seconds: float | None = Field(None, gt=0)
     cwd: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    # Names in env whose values are shown as *** wherever the config is shown, beside
+    # those whose names look secret (drainpool.runtime.SECRET_WORDS).
+    secret_env: list[str] = Field(default_factory=list)
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_env_in_env(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        missing = [name for name in names if name not in info.data.get("env", {})]
+        if missing:
+            raise ValueError(f"names {', '.join(missing)}, not set in env")
+        return names
 
 
 def _task_ref(ref: str) -> str:
@@ -267,9 +280,11 @@ def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) 
 def load(path: Path) -> LoadedConfig:
     """Read, parse and validate (with the process environment); raise ConfigError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_config_text(path)
     except FileNotFoundError:
         raise ConfigError([f"{path}: config file not found"]) from None
+    except UnreadableConfig as exc:
+        raise ConfigError([f"{path}: not a usable config file: {exc}"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read config file: {exc}"]) from None
     try:
@@ -283,7 +298,11 @@ def load(path: Path) -> LoadedConfig:
     except SettingsError as exc:  # a whole section from the environment that is not JSON
         raise ConfigError([_env_problem(exc)]) from None
     loaded = LoadedConfig(settings, path, text)
-    problems = misspelt_environment(os.environ) + check_pools(loaded, explicit_pool="pool" in data)
+    problems = (
+        misspelt_environment(os.environ)
+        + check_pools(loaded, explicit_pool="pool" in data)
+        + check_metrics(loaded)
+    )
     if problems:
         raise ConfigError(problems)
     return loaded
@@ -345,6 +364,31 @@ def check_pools(loaded: LoadedConfig, *, explicit_pool: bool) -> list[str]:
     return problems
 
 
+def check_metrics(loaded: LoadedConfig) -> list[str]:
+    """TLS files that are missing and a host that does not resolve (issue 23): found here,
+    check-config and a reload reject them instead of the endpoint failing to bind."""
+    m = loaded.settings.metrics
+    return [
+        f"{_where_set(loaded, ('metrics', key))}: metrics.{key}: {problem}"
+        for key, problem in metrics_problems(m.host, m.tls_cert_file, m.tls_key_file)
+    ]
+
+
+def _where_set(loaded: LoadedConfig, loc: tuple[str, ...]) -> str:
+    """The environment variable that set a key, else the file line."""
+    names = env_names(loc, os.environ)
+    return f"environment {names[0]}" if names else loaded.where(*loc)
+
+
+def env_names(loc: tuple[str, ...] | list[str], environ: Mapping[str, str]) -> list[str]:
+    """The variables that set the key at `loc` or something below it, whatever their case
+    (pydantic-settings reads DRAINPOOL_ names case-insensitively)."""
+    wanted = (ENV_PREFIX + "__".join(loc)).upper()
+    return sorted(
+        name for name in environ if name.upper() == wanted or name.upper().startswith(wanted + "__")
+    )
+
+
 def _describe(exc: ValidationError, path: Path, text: str, environ: Mapping[str, str]) -> list[str]:
     problems = []
     for err in exc.errors(include_url=False):
@@ -355,9 +399,9 @@ def _describe(exc: ValidationError, path: Path, text: str, environ: Mapping[str,
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
-        env_name = ENV_PREFIX + "__".join(loc).upper()
-        if loc and env_name in environ:
-            problems.append(f"environment {env_name}: {key}: {message}")
+        names = env_names(loc, environ) if loc else []
+        if names:
+            problems.append(f"environment {', '.join(names)}: {key}: {message}")
         else:
             line = find_key_line(text, tuple(loc))
             where = f"{path}:{line}" if line else str(path)

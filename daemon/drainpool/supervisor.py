@@ -27,7 +27,7 @@ from typing import Any
 
 from drainpool import runtime, status
 from drainpool.drain import Drain
-from drainpool.endpoint import Endpoint
+from drainpool.endpoint import Endpoint, EndpointError
 from drainpool.exitcodes import ExitCode
 from drainpool.generations import Generations
 from drainpool.inbox import ConfigChanged, PoolDrained, QueueHealthChanged, ReloadRequest
@@ -304,27 +304,34 @@ class Supervisor:
             self._reloads.request(source, due)
 
     def _reload(self, source: str) -> None:
-        """Validate the file; reject, ignore if unchanged, or drain what changed."""
+        """Validate the file; reject, ignore if unchanged, or drain what changed. Every
+        outcome ends in READY=1 naming it (_record_reload), so Type=notify-reload never waits."""
+        self.notifier.reloading(self.status_line("reloading"))
         try:
             loaded, registry = runtime.load(self.loaded.path)
         except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("config rejected, keeping the running config: %s", problem)
-            self._record_reload("rejected", "; ".join(exc.problems), source)
-            return
+            return self._reject(exc.problems, source)
         changes = reload_changes(self.loaded, self.registry, loaded, registry)
         how = source.replace("_", " ")
         if changes is None:
             log.info("reload (%s): config unchanged", how)
-            self._record_reload("unchanged", "", source)
-            return
-        self.notifier.reloading(self.status_line("reloading"))
+            return self._record_reload("unchanged", "", source)
+        if loaded.settings.metrics != self.loaded.settings.metrics:
+            try:  # first, so a metrics change that cannot be served rejects the whole reload
+                self.endpoint.restart(loaded.settings, self.loaded.settings)
+            except EndpointError as exc:
+                return self._reject([str(exc)], source)
         if not changes:  # log, metrics or console settings: applied in place
             self._apply(loaded, registry, source, restarted=set())
             return
         log.info("reload (%s): %s", how, describe_restarts(changes, self.pools.keys()))
         self._pending = (loaded, registry, source)
         self._begin_drain("reload", {n: p for n, p in self.pools.items() if n in changes})
+
+    def _reject(self, problems: list[str], source: str) -> None:
+        for problem in problems:
+            log.error("config rejected, keeping the running config: %s", problem)
+        self._record_reload("rejected", "; ".join(problems), source)
 
     def _apply(
         self,
@@ -343,8 +350,6 @@ class Supervisor:
             old_queue, self.queue = self.queue, self._open_queue(loaded)
             if old_queue is not None:
                 old_queue.close()
-        if new.metrics != old.metrics:
-            self.endpoint.restart(new, old)
         self._apply_watch(new)
         self.queue_monitor.bury_unknown()
         for name, plan in plan_pools(new, registry).items():
@@ -355,14 +360,14 @@ class Supervisor:
         for name in restarted & self.pools.keys():  # drained and started again (not removed)
             self.metrics.pool_restarts.labels(pool=name, reason=source).inc()
         self._generations.publish()
-        self._record_reload("applied", "", source)
         log.info("reload applied: %s", self.status_line())
-        self.notifier.ready(self.status_line())
+        self._record_reload("applied", "", source)
 
     def _record_reload(self, result: str, message: str, source: str) -> None:
         self.metrics.reload_result(result)
         seq = self.reload_record.seq + 1
         self.reload_record = ReloadRecord(seq, result, message, source, time.time())
+        self.notifier.ready(self.status_line() + f"; reload {result}")
 
     # -- the watcher ------------------------------------------------------------
 

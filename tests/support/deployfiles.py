@@ -23,7 +23,7 @@ DOCKERIGNORE = REPO / ".dockerignore"
 COMPOSE = REPO / "compose.yaml"
 DEMO_CONFIG = REPO / "config" / "drainpool.toml"
 
-# DESIGN.md: shutdown.grace_seconds defaults to 10 s.
+# README (Configuration): shutdown.grace_seconds defaults to 10 s.
 DEFAULT_GRACE_SECONDS = 10.0
 # What a stop needs past the grace: release the jobs, close the queue and the
 # metrics server. The unit and compose.yaml must leave at least this much.

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 @dataclass(frozen=True)
 class Metric:
-    """One exported metric family as DESIGN.md fixes it.
+    """One exported metric family as the README's metrics table fixes it.
 
     `labels` maps each label name to its fixed set of values, or to None where
     the values come from the config (task names).

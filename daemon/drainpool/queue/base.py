@@ -5,11 +5,16 @@ Redis backends are interchangeable and one test suite checks both. Delivery is
 at-least-once: a job is removed only by `settle(acks=...)` from the holder of
 its current lease token; anything else (a release, an expired lease, a crash)
 leaves it to be delivered again.
+
+Over 400 lines on purpose: the protocol and the data it speaks (jobs,
+records, failures, stats) are read together by whoever writes a backend;
+the shared helpers behind them live in records.py and outcome_minutes.py.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -216,6 +221,22 @@ class RetryPolicy:
 
     def is_final(self, attempt: int) -> bool:
         return attempt >= self.max_attempts
+
+
+def log_dead(failures: Iterable[Failure], policy: RetryPolicy) -> None:
+    """One line for each failure a settle made a dead letter (issue 23), so an operator
+    need not poll `queue dead list` to notice."""
+    for f in failures:
+        if not f.retry or policy.is_final(f.job.attempt):
+            log_dead_job(f.job.id, f.job.task, f.job.attempt, f.error)
+
+
+def log_dead_job(job_id: object, task: str, attempts: int, error: str) -> None:
+    """The line every backend writes when a job becomes dead: job, task, attempts, error."""
+    first_line = error.splitlines()[0] if error else ""
+    logging.getLogger("drainpool.queue").warning(
+        "job %s (task %s) is dead after %d attempt(s): %s", job_id, task, attempts, first_line
+    )
 
 
 def encode_payload(payload: Any) -> str:

@@ -50,6 +50,8 @@ from drainpool.queue.base import (
     decode_payload,
     encode_payload,
     loads_or_raw,
+    log_dead,
+    log_dead_job,
     redact_url,
 )
 from drainpool.queue.outcome_minutes import (
@@ -244,7 +246,9 @@ class PostgresQueue:
             settle(conn)
             return claim(conn) if n > 0 and tasks else []
 
-        return self._db.run(both, "settle and fetch jobs", idempotent=True)
+        jobs = self._db.run(both, "settle and fetch jobs", idempotent=True)
+        log_dead(failures, self.retry)
+        return jobs
 
     def _claimer(
         self, n: int, tasks: Collection[str], lease_seconds: float, worker: WorkerIdentity | None
@@ -274,6 +278,8 @@ class PostgresQueue:
                     payload, error = decode_payload(body)
                 if error:
                     conn.execute(self._sql["bury_one"], (error, job_id))
+                    expired = attempts > self.retry.max_attempts
+                    log_dead_job(job_id, task, attempts - 1 if expired else attempts, error)
                     continue
                 jobs.append(Job(str(job_id), task, payload, attempts, token, enqueued_at))
             return jobs
@@ -302,6 +308,7 @@ class PostgresQueue:
         if acks or releases or failures or counts:
             settle = self._settlement(acks, releases, failures, counts)
             self._db.run(settle, "settle jobs", idempotent=True)
+            log_dead(failures, self.retry)
 
     def _settlement(
         self,

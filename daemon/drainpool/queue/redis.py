@@ -74,6 +74,7 @@ from drainpool.queue.base import (
     decode_payload,
     encode_payload,
     loads_or_raw,
+    log_dead,
     redact_url,
     refuse_connection,
 )
@@ -800,6 +801,7 @@ class RedisQueue:
         if ops or counts:
             retention_ms = int(self.retention_seconds * 1000)
             self._run("settle", "settle jobs", retention_ms, counts, *ops)
+            log_dead(failures, self.retry)
 
     # -- inspection and dead letters --------------------------------------
 

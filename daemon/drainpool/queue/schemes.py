@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drainpool.queue.base import QueueError, RetryPolicy, redact_url
+from drainpool.queue.records import RESULT_MAX_BYTES, RETENTION_SECONDS
 
 if TYPE_CHECKING:
     from drainpool.queue.base import Queue
@@ -90,6 +91,8 @@ def from_url(
     retry: RetryPolicy | None = None,
     durable_commits: bool = True,
     schema: str | None = None,
+    retention_seconds: float = RETENTION_SECONDS,
+    result_max_bytes: int = RESULT_MAX_BYTES,
 ) -> Queue:
     """Open the queue at `url` (sqlite:///rel, sqlite:////abs, redis://, rediss://, unix://,
     postgresql://, postgres://).
@@ -97,19 +100,24 @@ def from_url(
     Exported as drainpool.queue.from_url; `Queue.from_url(url)` is the same for
     producers. `base_dir` anchors a relative SQLite path (the config file's
     directory). Producers keep the default `durable_commits`; the daemon turns
-    it off for its own connection (see drainpool.queue.sqlite and .postgres). `schema` names the
-    PostgreSQL schema of the queue's tables (queue.schema); other backends ignore it.
+    it off for its own connection (see drainpool.queue.sqlite and .postgres).
+    `retention_seconds` and `result_max_bytes` are the config's `queue.*` keys; `schema`
+    names the PostgreSQL schema of the queue's tables (queue.schema), others ignore it.
     """
     backend = backend_for(url)
     queue_class = _backend_class(backend)
+    options: dict[str, Any] = {
+        "retry": retry,
+        "retention_seconds": retention_seconds,
+        "result_max_bytes": result_max_bytes,
+    }
     if backend.local_file:
-        return queue_class.from_url(
-            url, retry=retry, base_dir=base_dir, durable_commits=durable_commits
-        )
+        options.update(base_dir=base_dir, durable_commits=durable_commits)
     if backend.database_server:
-        options = {} if schema is None else {"schema": schema}
-        return queue_class.from_url(url, retry=retry, durable_commits=durable_commits, **options)
-    return queue_class.from_url(url, retry=retry)
+        options["durable_commits"] = durable_commits
+        if schema is not None:
+            options["schema"] = schema
+    return queue_class.from_url(url, **options)
 
 
 def check_url(url: str) -> None:

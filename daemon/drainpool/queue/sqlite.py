@@ -52,6 +52,8 @@ from drainpool.queue.base import (
     decode_payload,
     encode_payload,
     loads_or_raw,
+    log_dead,
+    log_dead_job,
     refuse_connection,
 )
 from drainpool.queue.outcome_minutes import (
@@ -329,6 +331,7 @@ class SqliteQueue:
         settle = self._settlement(acks, releases, failures, counts)
         if n <= 0 or not tasks:
             self._run(settle, write=True)
+            log_dead(failures, self.retry)
             return []
         claim = self._claimer(n, tasks, lease_seconds, worker)
 
@@ -336,7 +339,9 @@ class SqliteQueue:
             settle(conn)
             return claim(conn)
 
-        return self._run(both, write=True)
+        jobs = self._run(both, write=True)
+        log_dead(failures, self.retry)
+        return jobs
 
     def _claimer(
         self, n: int, tasks: Collection[str], lease_seconds: float, worker: WorkerIdentity | None
@@ -386,6 +391,8 @@ class SqliteQueue:
                     " failed_at = ? WHERE id = ?",
                     (error, now, job_id),
                 )
+                expired = attempts > self.retry.max_attempts
+                log_dead_job(job_id, task, attempts - 1 if expired else attempts, error)
                 continue
             jobs.append(Job(str(job_id), task, payload, attempts, token, enqueued_at))
         return jobs
@@ -414,6 +421,7 @@ class SqliteQueue:
         counts = check_outcomes(outcomes)
         if acks or releases or failures or counts:
             self._run(self._settlement(acks, releases, failures, counts), write=True)
+            log_dead(failures, self.retry)
 
     def _settlement(
         self,

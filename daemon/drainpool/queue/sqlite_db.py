@@ -6,6 +6,11 @@ and the queue's semantics (daemon/drainpool/queue/sqlite.py) are another:
 - Busy: a transaction that meets another writer's lock is retried (SQLite's
   busy handler waits first, then this loop backs off) for BUSY_RETRY_SECONDS,
   so "database is locked" never reaches a producer or the daemon early.
+- Space: a write that fails because the disk is full makes the connection
+  checkpoint every quarter of the space left (SQLite's own checkpoint waits
+  for 4 MiB of WAL, more than a small disk holds), checkpoints and truncates
+  the WAL at once, and is tried once more: recovery follows the space
+  actually free, not the size the WAL once reached.
 - Faults: any other SQLite or OS error (disk full, read-only file system, I/O
   error, a corrupt file) is raised as QueueUnavailable for the caller to retry;
   all but a full disk also close the connection, so the next transaction starts
@@ -21,13 +26,22 @@ and the queue's semantics (daemon/drainpool/queue/sqlite.py) are another:
   `epoch` names the file (a random id kept inside it, and its inode, which
   differs for a restored copy), so the queue can tell the lease tokens given
   out for an old file from those of the file now at the path.
+- Journal: the -wal and -shm files are checked too (two more stats per
+  transaction). Deleted under an open connection, they took every commit
+  since the last checkpoint with them: the queue becomes unavailable in this
+  process until it restarts, the connection is kept so that its close writes
+  that WAL back into the file, and a process about to open a file that another
+  has open without its -wal or -shm refuses to (issue 23).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
 import sqlite3
+import struct
 import threading
 import time
 import urllib.parse
@@ -38,9 +52,17 @@ from typing import TypeVar
 from drainpool.queue.base import QueueUnavailable
 
 T = TypeVar("T")
+log = logging.getLogger("drainpool.queue")
 
 BUSY_TIMEOUT_SECONDS = 5.0  # SQLite's own busy handler, per attempt
 BUSY_RETRY_SECONDS = 60.0  # then this loop gives up and reports the queue unavailable
+JOURNAL_SUFFIXES = ("-wal", "-shm")
+ORPHAN_WAIT_SECONDS = 1.0  # a missing -wal under another process's lock, before refusing
+_LOCK_BYTES, _LOCK_SPAN = 0x40000000, 512  # SQLite's PENDING_BYTE, then reserved and shared
+_FLOCK = "hhqqi4x"  # struct flock on Linux (64-bit off_t)
+# Files whose -wal or -shm was deleted under a connection of this process (see _check_journal).
+_JOURNAL_LOST: set[Path] = set()
+MIN_CHECKPOINT_PAGES = 16  # after a full disk: checkpoint at least every 64 KiB of WAL
 # A random id made when the file is created; with the inode it names this very file.
 _META = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -57,6 +79,41 @@ _HINTS = {
     "SQLITE_IOERR": "an I/O error: a read-only or failing file system?",
     "SQLITE_CANTOPEN": "the file or its directory cannot be opened",
 }
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _lost_message(path: Path) -> str:
+    return (
+        f"{path}-wal or -shm was deleted or replaced while the daemon had the file open:"
+        " the queue is not used until the daemon restarts (its stop writes the jobs it"
+        " holds back into the file); producers are refused meanwhile"
+    )
+
+
+def _opened_elsewhere_without_journal(path: Path) -> bool:
+    """Whether another process holds a SQLite lock on `path` while its -wal or -shm is missing."""
+    if not path.exists() or all(Path(f"{path}{s}").exists() for s in JOURNAL_SUFFIXES):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        # SQLite's lock bytes (pending, reserved, shared range); F_GETLK sees other processes'.
+        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _LOCK_BYTES, _LOCK_SPAN, 0)
+        kind = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, probe))[0]
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return kind != fcntl.F_UNLCK
 
 
 def _primary_code(exc: sqlite3.Error) -> int | None:
@@ -87,11 +144,13 @@ class Database:
         self._lock = threading.Lock()  # one transaction at a time on the shared connection
         self._conn: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None  # of the file last opened
+        self._journal: tuple[tuple[int, int] | None, ...] = ()  # its -wal and -shm, then
 
     def run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         """Run `fn` in one transaction; retry while busy; raise QueueUnavailable on faults."""
         deadline = time.monotonic() + BUSY_RETRY_SECONDS
         pause = 0.005
+        reclaimed = False  # the WAL was checkpointed and truncated after a full disk
         while True:
             with self._lock:
                 try:
@@ -99,8 +158,12 @@ class Database:
                 except sqlite3.Error as exc:
                     if isinstance(exc, _BUGS):
                         raise  # a bug in the caller's SQL, not a fault of the file
+                    full = _primary_code(exc) == sqlite3.SQLITE_FULL
+                    if full and not reclaimed and self._reclaim_wal():
+                        reclaimed = True
+                        continue  # once: a retry that fails again reports the full disk
                     if not is_busy(exc):
-                        if _primary_code(exc) != sqlite3.SQLITE_FULL:
+                        if not full:
                             # A full disk leaves the connection sound (SQLite rolled back);
                             # closing it would checkpoint and delete the WAL, freeing a
                             # little space that the next commit fills again: a flapping fault.
@@ -114,9 +177,36 @@ class Database:
             time.sleep(pause)  # lock released; another connection is writing
             pause = min(pause * 2, 0.2)
 
+    def _reclaim_wal(self) -> bool:
+        """After a write failed for space: checkpoint more often, and now (lock held).
+
+        SQLite checkpoints on its own every 1000 pages (4 MiB of WAL): on a smaller
+        disk the WAL alone fills it, every commit then fails, and nothing would
+        checkpoint again, even once space is freed (the WAL grows into it). So the
+        connection now checkpoints (and trims the WAL) every quarter of the space
+        left, and tries a checkpoint that truncates the WAL. True when that freed
+        the WAL (no reader held it, the file had room for its pages): a retry may
+        then succeed. Whether it does depends on the space actually free.
+        """
+        if self._conn is None:
+            return False
+        try:
+            page = self._conn.execute("PRAGMA page_size").fetchone()[0]
+            st = os.statvfs(self.path.parent)
+            pages = max(MIN_CHECKPOINT_PAGES, min(1000, st.f_bavail * st.f_frsize // page // 4))
+            self._conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+            self._conn.execute(f"PRAGMA journal_size_limit={pages * page}")
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            log.debug("%s: checkpoint after a full disk failed: %s", self.path, exc)
+            return False
+        return busy == 0
+
     def _once(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
         # A write checks the file after its commit (below), which also covers a swap
         # before it: one stat per transaction, not two, on the dispatcher's hot path.
+        if self.path in _JOURNAL_LOST:
+            raise QueueUnavailable(_lost_message(self.path))
         conn = self._conn if write and self._conn is not None else self._connect()
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
@@ -131,12 +221,15 @@ class Database:
             # Swapped during the transaction: the commit may have gone to the old file.
             self._drop()
             raise QueueUnavailable(f"{self.path}: database file was deleted or replaced")
+        if write:
+            self._check_journal()
         return result
 
     def _connect(self) -> sqlite3.Connection:
         """The open connection if its file is still at the path, else a new one (lock held)."""
         if self._conn is not None:
             if self._file_identity() == self._identity:
+                self._check_journal()
                 return self._conn
             self._drop()
             raise QueueUnavailable(f"{self.path}: database file was deleted or replaced")
@@ -148,6 +241,7 @@ class Database:
             )
         if not reopening:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._refuse_orphaned_file()
         # mode=rw on a reopen: a file deleted since the check above is not created here.
         uri = f"file:{urllib.parse.quote(str(self.path))}?mode={'rw' if reopening else 'rwc'}"
         conn = sqlite3.connect(
@@ -172,7 +266,47 @@ class Database:
         self.file_id = file_id
         self.epoch = f"{file_id}.{identity[1]:x}"
         self._conn, self._identity = conn, identity
+        self._journal = self._journal_identity()
         return conn
+
+    def _journal_identity(self) -> tuple[tuple[int, int] | None, ...]:
+        return tuple(_identity(Path(f"{self.path}{suffix}")) for suffix in JOURNAL_SUFFIXES)
+
+    def _check_journal(self) -> None:
+        """Whether the -wal and -shm this connection uses are still the files at their paths.
+
+        No other connection can delete them while this one is open (it holds a
+        shared lock on the file), so a change means someone removed them by hand:
+        commits made since the last checkpoint are in the deleted WAL, and a new
+        connection would start an empty one beside it. The connection is kept (its
+        close at the daemon's stop checkpoints that WAL into the file: nothing the
+        daemon held is lost) and the queue is unavailable in this process from now
+        on; producers are refused meanwhile (`_refuse_orphaned_file`).
+        """
+        if self._journal_identity() != self._journal:
+            _JOURNAL_LOST.add(self.path)  # the queue monitor logs it, once
+            raise QueueUnavailable(_lost_message(self.path))
+
+    def _refuse_orphaned_file(self) -> None:
+        """Before opening: refuse a file another process has open without its -wal or -shm.
+
+        A process with the file open in WAL mode always has both; their absence
+        means they were deleted under it, and a connection opened now would write
+        to a new WAL that process never reads (issue 23: producers got ids for jobs
+        that were lost). The state also appears for an instant while the last
+        connection closes or the first opens: looked at again for up to a second.
+        """
+        pause, waited = 0.01, 0.0
+        while _opened_elsewhere_without_journal(self.path):
+            if waited >= ORPHAN_WAIT_SECONDS:
+                raise QueueUnavailable(
+                    f"{self.path}: another process (the daemon?) has the file open but its"
+                    " -wal or -shm file is gone (deleted by hand?); refusing to write where"
+                    " that process would never read: restart it"
+                )
+            time.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 0.2)
 
     def _upgrade(self, conn: sqlite3.Connection) -> None:
         """Create or upgrade the file in one write transaction, if no one else did meanwhile."""
@@ -196,11 +330,7 @@ class Database:
         return self._identity is not None
 
     def _file_identity(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
+        return _identity(self.path)
 
     def _drop(self) -> None:
         """Forget the connection (the next transaction opens a fresh one)."""
