@@ -671,6 +671,11 @@ def test_redis_leaves_nothing_behind_finished_jobs(shared_redis: RedisServer) ->
         (f"redis://db:6379/0?password={SECRET}&db=3", "redis://db:6379/0?password=***&db=3"),
         ("redis://db:6379/0", "redis://db:6379/0"),
         (f"redis://:{SECRET}@[::1:6379/0", None),
+        (
+            f"postgresql://app:{SECRET}@db:5432/app?sslmode=require",
+            "postgresql://app:***@db:5432/app?sslmode=require",
+        ),
+        (f"postgres://db/app?password={SECRET}&sslmode=disable", None),
     ],
 )
 def test_redact_url_never_shows_the_password(url: str, shown: str | None) -> None:
