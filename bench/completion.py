@@ -27,6 +27,7 @@ from typing import Any
 DONE_KEY = "bench:done"
 STARTED_KEY = "bench:started"
 FINISHED_KEY = "bench:finished"  # list: the monotonic time of the BENCH_EXPECT-th completion
+STAMPS_KEY = "bench:stamps"  # list: "seq start-time" of each stamp job (pickup latency)
 
 
 def _expect() -> int:
@@ -55,6 +56,11 @@ class RedisCounter:
 
     def started(self) -> None:
         self._redis().incr(STARTED_KEY)
+
+    def stamp(self, seq: float) -> None:
+        """The task's start on CLOCK_MONOTONIC, taken first; pushed after (not timed)."""
+        started = time.monotonic()
+        self._redis().rpush(STAMPS_KEY, f"{int(seq)} {started!r}")
 
     def done(self) -> None:
         client = self._redis()

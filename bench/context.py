@@ -39,6 +39,9 @@ class Sizes:
     enqueue_bulk_jobs: int
     reloads: int
     redis_daemons: tuple[int, ...]  # the later Redis rows: that many daemons on one queue
+    retained_records: int  # completed records beside the queued jobs (record flat scaling)
+    wait_jobs: int  # jobs a producer waits on, per backend (wait() latency)
+    record_size_jobs: int  # no-op jobs per file for SQLite bytes per retained record
 
 
 FULL = Sizes(
@@ -57,6 +60,9 @@ FULL = Sizes(
     enqueue_bulk_jobs=100_000,
     reloads=10,
     redis_daemons=(1, 2, 4),
+    retained_records=1_000_000,
+    wait_jobs=100,
+    record_size_jobs=100_000,
 )
 QUICK = Sizes(  # a smoke run of every scenario in under a minute, not a measurement
     reps=1,
@@ -74,6 +80,9 @@ QUICK = Sizes(  # a smoke run of every scenario in under a minute, not a measure
     enqueue_bulk_jobs=10_000,
     reloads=3,
     redis_daemons=(1, 2),
+    retained_records=20_000,
+    wait_jobs=10,
+    record_size_jobs=5_000,
 )
 
 

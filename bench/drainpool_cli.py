@@ -31,9 +31,14 @@ def config_text(
     debounce_ms: int = 50,
     url: str = "sqlite:///queue.db",
     level: str = "INFO",
+    retention_seconds: float | None = None,
 ) -> str:
-    """A complete config with every documented key; tasks map names to adapter functions."""
+    """A complete config with every documented key; tasks map names to adapter functions.
+
+    `retention_seconds` None leaves the key out (the daemon's default, 86400).
+    """
     task_lines = "\n".join(f'{name} = "{TASKS_MODULE}:{fn}"' for name, fn in tasks.items())
+    retention = "" if retention_seconds is None else f"retention_seconds = {retention_seconds:g}\n"
     return f"""# written by bench/run.py
 [pool]
 workers = {workers}
@@ -50,7 +55,7 @@ url = "{url}"
 lease_seconds = 60
 max_attempts = 5
 retry_backoff_seconds = 1.0
-
+{retention}
 [metrics]
 host = "127.0.0.1"
 port = 0

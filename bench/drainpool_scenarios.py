@@ -35,7 +35,7 @@ def _metric(key: str, label: str, unit: str, digits: int = 0) -> Metric:
     return Metric(f"drainpool.{key}", SECTION, label, unit, digits)
 
 
-def _fresh(ctx: Context, name: str) -> Path:
+def fresh_dir(ctx: Context, name: str) -> Path:
     path = ctx.work / "drainpool" / name
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -51,7 +51,7 @@ def _sigterm(child: Child, timeout: float) -> float:
     return exited - sent
 
 
-def _jobs_timeout(n: int) -> float:
+def jobs_timeout(n: int) -> float:
     return 120.0 + n / 100  # generous: a stuck run fails, a slow one is still measured
 
 
@@ -59,7 +59,7 @@ def start(ctx: Context) -> None:
     """Start to READY=1, start to the first job done, idle RSS, idle stop; one job queued."""
     s = ctx.sizes
     for _ in range(s.reps):
-        dp = Drainpool(ctx, _fresh(ctx, "start"), config_text({"job": "noop"}))
+        dp = Drainpool(ctx, fresh_dir(ctx, "start"), config_text({"job": "noop"}))
         dp.check()
         dp.enqueue_file(jobs_file(ctx, "job", 1))
         with inbox("notify") as notify, inbox("events") as events:
@@ -96,7 +96,7 @@ def noop(ctx: Context) -> None:
     n = s.noop_jobs
     for _ in range(s.reps):
         for adapter in ("noop", "noop_incr"):
-            dp = Drainpool(ctx, _fresh(ctx, "noop"), config_text({"job": adapter}))
+            dp = Drainpool(ctx, fresh_dir(ctx, "noop"), config_text({"job": adapter}))
             dp.check()
             redis = ctx.redis()  # started once, after the daemon proved usable
             enqueued = dp.enqueue_file(jobs_file(ctx, "job", n))
@@ -109,10 +109,10 @@ def noop(ctx: Context) -> None:
                 child = dp.start(notify, events=events, expect=n, redis_url=redis.url)
                 try:
                     if adapter == "noop":
-                        done = wait_done(events, child, n, timeout=_jobs_timeout(n))
+                        done = wait_done(events, child, n, timeout=jobs_timeout(n))
                         steady = steady_rate(events, n)
                     else:
-                        finished = wait_finished(redis.client, child.alive, _jobs_timeout(n))
+                        finished = wait_finished(redis.client, child.alive, jobs_timeout(n))
                         if finished is None:
                             raise BenchError(f"drainpool did not finish {n} jobs:\n{child.tail()}")
                         done, steady = finished, None
@@ -160,7 +160,7 @@ def depth(ctx: Context) -> None:
     small, large = min(s.depths), max(s.depths)
     kept: dict[int, Drainpool] = {}
     for d in s.depths:
-        directory = _fresh(ctx, f"depth-{d}")
+        directory = fresh_dir(ctx, f"depth-{d}")
         kinds = (
             ("noop", "noop", min(d, s.depth_noop_window)),
             ("10ms", "sleep_10ms", min(d, s.sleep_jobs)),
@@ -180,7 +180,7 @@ def depth(ctx: Context) -> None:
                     kept[d] = dp
             for _ in range(s.reps):
                 dp.fill_to("job", d)
-                events, child, done = _run_window(ctx, dp, window)
+                events, child, done = run_window(ctx, dp, window)
                 steady = steady_rate(events, window)
                 if steady is None:
                     raise BenchError(f"too few progress reports for a rate at depth {d}")
@@ -206,15 +206,24 @@ def depth(ctx: Context) -> None:
             shutil.rmtree(dp.dir)
 
 
-def _run_window(ctx: Context, dp: Drainpool, window: int) -> tuple[Inbox, Child, float]:
+def run_window(ctx: Context, dp: Drainpool, window: int) -> tuple[Inbox, Child, float]:
     """Start the daemon on its queue, wait for `window` completions, stop it (SIGTERM)."""
     with inbox("notify") as notify, inbox("events") as events:
         child = dp.start(notify, events=events, expect=window)
         try:
-            done = wait_done(events, child, window, timeout=_jobs_timeout(window))
+            done = wait_done(events, child, window, timeout=jobs_timeout(window))
         finally:
             dp.stop(child)
     return events, child, done
+
+
+def window_rate(ctx: Context, dp: Drainpool, window: int) -> float:
+    """The sustained no-op rate of one run of the first `window` jobs of the queue."""
+    events, _, _ = run_window(ctx, dp, window)
+    rate = steady_rate(events, window)
+    if rate is None:
+        raise BenchError(f"too few progress reports in the first {window:,} jobs")
+    return rate
 
 
 def _flat_pairs(ctx: Context, queues: dict[int, Drainpool]) -> None:
@@ -231,10 +240,7 @@ def _flat_pairs(ctx: Context, queues: dict[int, Drainpool]) -> None:
     for rep in range(s.flat_reps):
         for d in pair if rep % 2 == 0 else pair[::-1]:
             queues[d].fill_to("job", d)
-            events, _, _ = _run_window(ctx, queues[d], window)
-            rate = steady_rate(events, window)
-            if rate is None:
-                raise BenchError(f"too few progress reports in the first {window:,} jobs")
+            rate = window_rate(ctx, queues[d], window)
             ctx.results.add(
                 _metric(
                     f"depth.noop_first.{d}",
@@ -249,7 +255,7 @@ def _flat_pairs(ctx: Context, queues: dict[int, Drainpool]) -> None:
 def enqueue(ctx: Context) -> None:
     """Enqueue rates: one job per `enqueue` command, and `enqueue --file` in bulk."""
     s = ctx.sizes
-    directory = _fresh(ctx, "enqueue")
+    directory = fresh_dir(ctx, "enqueue")
     dp = Drainpool(ctx, directory, config_text({"job": "noop"}))
     dp.check()
     dp.stats()  # creates the queue file, so the first timed command does not
@@ -279,7 +285,7 @@ def sigterm(ctx: Context) -> None:
     """SIGTERM with 8 cooperative tasks in flight: time to exit, jobs back in the queue."""
     s = ctx.sizes
     for _ in range(s.reps):
-        dp = Drainpool(ctx, _fresh(ctx, "sigterm"), config_text({"hold": "hold"}))
+        dp = Drainpool(ctx, fresh_dir(ctx, "sigterm"), config_text({"hold": "hold"}))
         dp.check()
         dp.enqueue_file(jobs_file(ctx, "hold", HELD, {"seconds": s.hold_seconds}))
         with inbox("notify") as notify, inbox("events") as events:
@@ -319,7 +325,7 @@ def _wait_started(events: Inbox, child: Child, n: int, timeout: float = 60.0) ->
 def reload(ctx: Context) -> None:
     """A config write (atomic rename) to the new generation running: RELOADING=1 then READY=1."""
     s = ctx.sizes
-    directory = _fresh(ctx, "reload")
+    directory = fresh_dir(ctx, "reload")
 
     def text(workers: int) -> str:
         return config_text({"job": "noop"}, workers=workers, watch=True, debounce_ms=50)
@@ -383,7 +389,7 @@ def redis_rows(ctx: Context) -> None:
     for count in s.redis_daemons:
         for _ in range(s.reps):
             redis.flush()
-            directory = _fresh(ctx, "redis")
+            directory = fresh_dir(ctx, "redis")
             dp = Drainpool(ctx, directory, config_text({"job": "noop_incr"}, url=redis.url))
             dp.check()
             dp.enqueue_file(jobs_file(ctx, "job", n))
@@ -392,7 +398,7 @@ def redis_rows(ctx: Context) -> None:
             try:
                 children.extend(dp.start(box, expect=n, redis_url=redis.url) for box in boxes)
                 alive = partial(_all_alive, children)
-                finished = wait_finished(redis.client, alive, _jobs_timeout(n))
+                finished = wait_finished(redis.client, alive, jobs_timeout(n))
                 if finished is None:
                     raise BenchError(f"{count} daemons did not finish {n} jobs on Redis")
             finally:

@@ -6,11 +6,14 @@ the shared body from bench/bodies.py and reports completion:
 - noop, sleep_10ms, hold: in process, by datagram to the bench (no Redis in
   the path of the daemon on SQLite);
 - noop_incr, sleep_10ms_incr: one Redis INCR per job, exactly as the peers
-  count, for the "same task bodies" comparison with them.
+  count, for the "same task bodies" comparison with them;
+- stamp: waits `payload["seconds"]`, then returns its CLOCK_MONOTONIC time as
+  its result, for the wait() latency of bench/record_scenarios.py.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,8 +42,19 @@ noop_incr = _adapter("noop_incr", bodies.noop, _redis)
 sleep_10ms_incr = _adapter("sleep_10ms_incr", bodies.sleep_10ms, _redis)
 
 
+def stamp(ctx: Any, payload: Any) -> None:
+    """The pickup-latency job: its start time, and nothing else (bench/wakeup_scenarios.py)."""
+    _redis.stamp(payload["seq"])
+
+
 def hold(ctx: Any, payload: Any) -> None:
     """In flight until a drain: ctx.sleep raises Interrupted, so the job is released."""
     _datagrams.started()
     bodies.hold(float(payload["seconds"]), ctx.sleep)
     _datagrams.done()
+
+
+def finish_stamp(ctx: Any, payload: Any) -> dict[str, float]:
+    """The job a producer waits on: its result is the time it finished (one clock per host)."""
+    ctx.sleep(float(payload["seconds"]))
+    return {"finished": time.monotonic()}

@@ -7,8 +7,7 @@ and once with 86400, each in a fresh file, and prints the size of each file
 
     python bench/record_size.py [--jobs N]
 
-Not part of bench/run.py: a figure of disk, not of speed, reported by hand in
-bench/RESULTS.md.
+bench/run.py's records-size scenario calls `measure` and reports the figure.
 """
 
 from __future__ import annotations
@@ -46,6 +45,13 @@ def run(path: Path, jobs: int, retention_seconds: float) -> int:
     return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
+def measure(directory: Path, jobs: int) -> tuple[int, int, float]:
+    """(bytes with retention 0, bytes with 86400, bytes per retained record), fresh files."""
+    without = run(directory / "retention-0.db", jobs, 0)
+    kept = run(directory / "retention-86400.db", jobs, 86_400)
+    return without, kept, (kept - without) / jobs
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100_000, help="jobs per run (default 100000)")
@@ -53,9 +59,7 @@ def main(argv: list[str]) -> int:
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     with tempfile.TemporaryDirectory(prefix="record-size-") as tmp:
-        without = run(Path(tmp) / "retention-0.db", args.jobs, 0)
-        kept = run(Path(tmp) / "retention-86400.db", args.jobs, 86_400)
-    per_record = (kept - without) / args.jobs
+        without, kept, per_record = measure(Path(tmp), args.jobs)
     print(f"jobs: {args.jobs}  (rounds of {ROUND}; sqlite {sqlite3.sqlite_version})")
     print(f"retention 0:     {without:>12,} bytes")
     print(f"retention 86400: {kept:>12,} bytes")

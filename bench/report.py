@@ -17,7 +17,15 @@ from pathlib import Path
 
 from context import BENCH, REPO, Context, Sizes
 from harness import REDIS_SERVER
-from results import Derived, Results, median_of, paired_ratio, ratio, worst_of
+from results import (
+    Derived,
+    Results,
+    median_of,
+    paired_ratio,
+    percentile_of,
+    ratio,
+    worst_of,
+)
 
 IDEAL_10MS = 8 / 0.010  # 8 workers, each finishing one 10 ms job at a time
 
@@ -212,6 +220,7 @@ def derived_rows(sizes: Sizes) -> list[Derived]:
                 lambda v: v >= 0.9,
             ),
         ),
+        *_record_targets(sizes),
         Derived(
             f"flat scaling, the median of the {sizes.flat_reps} per-pair ratios"
             " (each pair side by side in time)",
@@ -238,6 +247,7 @@ def derived_rows(sizes: Sizes) -> list[Derived]:
             digits=1,
         ),
     ]
+    rows += _record_figures(sizes)
     for peer in ("huey", "celery"):  # dramatiq's ratio is a target above
         rows.append(
             Derived(
@@ -254,6 +264,68 @@ def derived_rows(sizes: Sizes) -> list[Derived]:
                 digits=1,
             )
         )
+    return rows
+
+
+def _record_targets(sizes: Sizes) -> list[Derived]:
+    """Issue 18's targets: retention's cost per job, and records that do not slow a claim."""
+    rows = [
+        Derived(
+            f"no-op sustained, retention_seconds 86400 / 0, {backend}, same run, interleaved",
+            ratio(f"records.noop.{backend}.86400", f"records.noop.{backend}.0"),
+            target=(">= 0.85x", lambda v: v >= 0.85),
+        )
+        for backend in ("sqlite", "redis")
+    ]
+    n = sizes.retained_records
+    rows.append(
+        Derived(
+            f"flat scaling with records: no-op over 1,000 queued, {n:,} completed records"
+            " retained / none, SQLite, interleaved pairs",
+            ratio(f"records.depth.noop.{n}", "records.depth.noop.0"),
+            target=(
+                ">= 0.90x" + ("" if n >= 1_000_000 else " (at 1M; quick mode is smaller)"),
+                lambda v: v >= 0.9,
+            ),
+        )
+    )
+    return rows
+
+
+def _record_figures(sizes: Sizes) -> list[Derived]:
+    """Issue 18's figures without a target: pair-by-pair ratios, wait() latency, disk."""
+    n = sizes.retained_records
+    rows = [
+        Derived(
+            f"retention 86400 / 0, {backend}, the median of the per-pair ratios",
+            paired_ratio(f"records.noop.{backend}.86400", f"records.noop.{backend}.0"),
+        )
+        for backend in ("sqlite", "redis")
+    ]
+    rows.append(
+        Derived(
+            f"flat scaling with {n:,} records, the median of the per-pair ratios",
+            paired_ratio(f"records.depth.noop.{n}", "records.depth.noop.0"),
+        )
+    )
+    for backend in ("sqlite", "redis"):
+        for name, share in (("p50", 0.5), ("p99", 0.99)):
+            rows.append(
+                Derived(
+                    f"wait() return after the task finished, {backend}, {name}",
+                    percentile_of(f"records.wait.{backend}", share),
+                    unit="ms",
+                    digits=1,
+                )
+            )
+    rows.append(
+        Derived(
+            "SQLite bytes per retained no-op record",
+            median_of("records.size.per_record"),
+            unit="bytes",
+            digits=1,
+        )
+    )
     return rows
 
 
@@ -286,10 +358,29 @@ def method_lines(sizes: Sizes) -> list[str]:
         "messages a later worker would still get (bench/peers/*_app.py `pending`).",
         "- Idle RSS: one job queued, started, the job done, then idle for "
         f"{sizes.settle_seconds:g} s; VmRSS summed over the process and its descendants.",
+        "- Job records: records-retention runs the no-op queue of drainpool-noop "
+        f"({sizes.noop_jobs:,} jobs) on a fresh queue per run, retention_seconds 0 and 86400 "
+        "alternating which goes first, on SQLite and on Redis (FLUSHALL between runs). "
+        f"records-depth writes {sizes.retained_records:,} completed no-op records into a "
+        "new queue file with one INSERT ... WITH RECURSIVE (the rows an ack with retention "
+        "leaves), then runs the 1,000 queued jobs beside them and beside none, in "
+        f"{sizes.flat_reps} pairs. records-wait: a producer process (bench/wait_probe.py) "
+        f"enqueues {sizes.wait_jobs} jobs one at a time and waits on each; the job returns "
+        "its CLOCK_MONOTONIC finish time, and the latency is the producer's clock when "
+        "wait() returned minus it. records-size: bench/record_size.py, "
+        f"{sizes.record_size_jobs:,} jobs per file.",
         "- Raw limits: ThreadPoolExecutor(8) with every job submitted up front; a Python loop "
         "doing one SQLite INSERT and one DELETE per job, a commit each, WAL, in bench/.work.",
         "- Medians over the repetitions, with min-max; ratios are of medians from this run. "
         "The machine is shared: the load averages above say how busy it was.",
+        "- Wake-ups (issue 21; bench/wakeup_scenarios.py): one idle worker of each system "
+        "(drainpool on SQLite and on Redis, huey, celery, dramatiq; 8 threads). Pickup: a "
+        "producer enqueues single `stamp` jobs 50-150 ms apart; latency is the job's start "
+        "minus the return of its enqueue call, both on CLOCK_MONOTONIC. Idle: CPU of the "
+        "worker's process tree and Redis commands (INFO commandstats, minus INFO) over the "
+        "window, after one job. Burst: 1,000 jobs, one enqueue call each, into the idle "
+        "worker, from the first call to the last completion (Redis INCR); on SQLite the "
+        "producer's fsync per enqueue bounds it.",
         "- Peers: bench/peers/setup.sh installs the pinned bench/peers/requirements.txt into "
         "bench/.venv-peers; Redis is /usr/bin/redis-server on a free loopback port, no "
         "persistence, started and stopped by the run.",

@@ -8,6 +8,7 @@ spread a noisy shared machine gave, not one lucky number.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,6 +106,18 @@ def paired_ratio(num: str, den: str) -> Callable[[Results], float | None]:
     return compute
 
 
+def percentile_of(key: str, share: float) -> Callable[[Results], float | None]:
+    """The nearest-rank percentile of every sample of `key` (share 0.5, 0.99): a sample."""
+
+    def compute(results: Results) -> float | None:
+        values = sorted(results.samples.get(key, []))
+        if not values:
+            return None
+        return values[max(math.ceil(share * len(values)), 1) - 1]
+
+    return compute
+
+
 def median_of(key: str) -> Callable[[Results], float | None]:
     return lambda results: results.median(key)
 
@@ -135,17 +148,45 @@ def _metric_table(results: Results, section: str) -> list[str]:
     return rows
 
 
+TARGETS_HEADING = "Targets and ratios (medians of this run)"
+FIXED_HEADINGS = (TARGETS_HEADING, "Scenarios", "How each scenario ran", "Method")
+
+
+def hand_written(previous: str, sections: list[tuple[str, str]]) -> list[str]:
+    """The lines of every `## ` section of a previous RESULTS.md that render() does not write.
+
+    Figures measured outside run.py (bench/abandon_step.py, a note by hand) are
+    kept, in their order, after the generated report; a section render() writes
+    is dropped even when this run left it out (a --only run), being stale.
+    """
+    generated = {*FIXED_HEADINGS, *(title for _, title in sections)}
+    kept: list[str] = []
+    keeping = False
+    for line in previous.splitlines():
+        if line.startswith("## "):
+            keeping = line[3:].strip() not in generated
+        if keeping:
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return kept
+
+
 def render(
     results: Results,
     header: list[tuple[str, str]],
     derived: list[Derived],
     sections: list[tuple[str, str]],
     method: list[str],
+    carried: list[str] | None = None,
 ) -> str:
-    """RESULTS.md: context, targets, every metric by section, scenario status, method."""
+    """RESULTS.md: context, targets, every metric by section, scenario status, method.
+
+    `carried`: hand-written sections of the previous report (hand_written), kept at the end.
+    """
     out = ["# drainpool benchmark results", ""]
     out += [f"- **{name}**: {value}" for name, value in header]
-    out += ["", "## Targets and ratios (medians of this run)", ""]
+    out += ["", f"## {TARGETS_HEADING}", ""]
     out += ["| what | value | target | verdict |", "|---|---:|---|---|"]
     for item in derived:
         value = item.compute(results)
@@ -172,6 +213,8 @@ def render(
             out.append(f"- **{name}**")
             out += [f"  - {line}" for line in lines]
     out += ["", "## Method", "", *method, ""]
+    if carried:
+        out += [*carried, ""]
     return "\n".join(out)
 
 

@@ -2,10 +2,12 @@
 
     python bench/run.py [--quick] [--only NAME...] [--reps N] [--out PATH] [--list]
 
-NAME is a scenario or a group (baselines, drainpool, peers); see --list.
+NAME is a scenario or a group (baselines, drainpool, records, peers); see --list.
 Writes bench/RESULTS.md (medians with min-max, versions, machine, the command)
-and bench/.work/results.json with every sample. Exits 1 when a selected
-scenario failed or could not run; the report says which and why.
+and bench/.work/results.json with every sample; a section of the previous
+RESULTS.md that the report does not write (figures added by hand) is kept.
+Exits 1 when a selected scenario failed or could not run; the report says
+which and why.
 No timing here is a test: the test suite asserts behaviour, this measures speed.
 """
 
@@ -27,17 +29,21 @@ import baselines
 import drainpool_scenarios as dps
 import postgres_rows
 import queue_rounds
+import record_scenarios as rec
+import wakeup_scenarios as wakeups
 from context import BENCH, FULL, QUICK, REPO, Context, Unavailable
 from harness import Children
 from peer_scenarios import PEERS, run_peer
 from report import derived_rows, end_rows, method_lines, start_rows
-from results import Results, render
+from results import Results, hand_written, render
 
-GROUPS = ("baselines", "drainpool", "peers")
+GROUPS = ("baselines", "drainpool", "records", "peers", "wakeups")
 SECTIONS = [
     ("baselines", "Raw limits (same run)"),
     ("drainpool", "drainpool"),
+    ("records", "Job records (retention, wait, disk)"),
     ("peers", "Peers (same run, same bodies, Redis on loopback)"),
+    ("wakeups", "Wake-ups: pickup latency, idle cost, burst (issue 21; drainpool and peers)"),
 ]
 
 
@@ -118,6 +124,48 @@ SCENARIOS = [
         "no-op and 10 ms jobs/s with 1, 2, 4 daemons on one PostgreSQL; idle pickup latency",
         default=False,  # needs Debian's postgresql (scripts/setup-dev); --only drainpool-postgres
     ),
+    Scenario(
+        "records-retention",
+        "records",
+        rec.retention,
+        "no-op jobs/s, retention 86400 against 0, interleaved, SQLite and Redis",
+    ),
+    Scenario(
+        "records-depth",
+        "records",
+        rec.depth,
+        "no-op jobs/s over 1k queued beside 1M completed records, against none (SQLite)",
+    ),
+    Scenario(
+        "records-wait",
+        "records",
+        rec.wait_latency,
+        "wait() return after the task finished, a producer process, SQLite and Redis",
+    ),
+    Scenario(
+        "records-size",
+        "records",
+        rec.size,
+        "SQLite bytes per retained no-op record (bench/record_size.py)",
+    ),
+    Scenario(
+        "wakeup-pickup",
+        "wakeups",
+        wakeups.pickup,
+        "p50/p90/p99 enqueue return to task start, 200 spaced jobs, drainpool and peers",
+    ),
+    Scenario(
+        "wakeup-idle",
+        "wakeups",
+        wakeups.idle,
+        "an idle worker's CPU and Redis commands over 60 s, drainpool and peers",
+    ),
+    Scenario(
+        "wakeup-burst",
+        "wakeups",
+        wakeups.burst,
+        "1,000 jobs enqueued one by one into an idle worker, drainpool and peers",
+    ),
     *(
         Scenario(
             name,
@@ -184,7 +232,15 @@ def main(argv: list[str]) -> int:
     finally:
         ctx.close()
         shutil.rmtree(work / "jobs", ignore_errors=True)  # a million-line file is not worth keeping
-    text = render(results, header, derived_rows(sizes), SECTIONS, method_lines(sizes))
+    previous = ns.out.read_text() if ns.out.exists() else ""
+    text = render(
+        results,
+        header,
+        derived_rows(sizes),
+        SECTIONS,
+        method_lines(sizes),
+        carried=hand_written(previous, SECTIONS),
+    )
     ns.out.write_text(text)
     (work / "results.json").write_text(results.to_json())
     print(f"wrote {ns.out} ({time.monotonic() - began:.0f} s)")

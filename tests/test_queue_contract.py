@@ -50,7 +50,7 @@ from drainpool.queue.outcome_minutes import KEEP_SECONDS, MINUTE, OUTCOMES
 from drainpool.queue.postgres import PostgresQueue
 from drainpool.queue.records import encode_result, result_of
 from drainpool.queue.redis import RedisQueue, redact_url
-from drainpool.queue.sqlite import SqliteQueue
+from drainpool.queue.sqlite import SCHEMA_VERSION, SqliteQueue
 
 from tests.support.net import free_port
 from tests.support.postgres_server import PostgresServer, postgres_servers
@@ -646,12 +646,14 @@ def test_redis_leaves_nothing_behind_finished_jobs(shared_redis: RedisServer) ->
             # The outcome counts of this minute (the dead job) expire by themselves.
             buckets = {key for key in left if key.startswith(f"{prefix}:outcomes:")}
             assert len(buckets) in (1, 2) and all(raw.ttl(key) > 0 for key in buckets)
-            # What may stay: the id counter, the task list, the (empty) streams, the version.
+            # What may stay: the id counter, the task list, the (empty) streams and their
+            # last delivered entries (issue 21: no XINFO per fetch), the version.
             assert left - buckets == {
                 f"{prefix}:seq",
                 f"{prefix}:tasks",
                 f"{prefix}:version",
                 *(f"{prefix}:stream:{t}" for t in "tu"),
+                *(f"{prefix}:delivered:{t}" for t in "tu"),
             }
             for task in "tu":
                 stream = f"{prefix}:stream:{task}"
@@ -1239,5 +1241,20 @@ def test_sqlite_schema_5_is_upgraded_to_6_keeping_jobs(tmp_path: Path) -> None:
     finally:
         queue.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (6,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)  # 6 or later
     conn.close()
+
+
+def test_meta_travels_with_its_job_beside_the_payload(make_queue: MakeQueue) -> None:
+    queue = make_queue()
+    traced = queue.enqueue(
+        "t", {"n": 1}, meta={"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}
+    )
+    plain = queue.enqueue("t", {"n": 2})
+    queue.enqueue_many([("t", {"n": 3})])
+    jobs = {job.id: job for job in queue.fetch(10, ["t"], 60)}
+    assert jobs[traced].meta == {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}
+    assert jobs[traced].payload == {"n": 1}
+    assert jobs[plain].meta == {} and len(jobs) == 3
+    with pytest.raises(QueueError, match="string"):
+        queue.enqueue("t", {}, meta={"n": 1})  # type: ignore[dict-item]

@@ -21,7 +21,14 @@ from drainpool.pool import Pool, PoolConfig
 from drainpool.queue import Queue
 from drainpool.queue import sqlite_db as sqlite_db_mod
 from drainpool.queue.base import Failure, QueueError, QueueUnavailable, RetryPolicy
-from drainpool.queue.sqlite import ACK_SQL, DUE_SQL, SqliteQueue, _due_ids, _live_tasks
+from drainpool.queue.sqlite import (
+    ACK_SQL,
+    DUE_SQL,
+    SCHEMA_VERSION,
+    SqliteQueue,
+    _due_ids,
+    _live_tasks,
+)
 from drainpool.queue.sqlite_db import Database
 from drainpool.queue_monitor import QueueMonitor
 from drainpool.tasks import TaskSpec
@@ -287,7 +294,7 @@ def test_an_older_file_is_upgraded_in_place_with_every_job_kept(
         )
     }
     assert names == {"jobs_ready", "jobs_leased", "jobs_dead", "jobs_key", "jobs_expiry"}
-    assert conn.execute("PRAGMA user_version").fetchone() == (6,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     assert conn.execute("SELECT value FROM meta").fetchone() == ("f00d",)  # the same file
     conn.close()
 

@@ -28,4 +28,9 @@ def hold(seconds: float) -> None:
     counter.done()
 
 
-JOBS = {"noop": noop, "sleep_10ms": sleep_10ms, "hold": hold}
+def stamp(seq: float) -> None:
+    """The pickup-latency job: its start time, and nothing else."""
+    counter.stamp(seq)
+
+
+JOBS = {"noop": noop, "sleep_10ms": sleep_10ms, "hold": hold, "stamp": stamp}

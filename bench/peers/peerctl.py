@@ -3,6 +3,8 @@
     peerctl.py versions                      JSON {package: version} of the peers
     peerctl.py enqueue PEER TASK N [ARG...]  enqueue N jobs; prints JSON {"seconds": ...}
     peerctl.py pending PEER                  prints JSON {"pending": ...}
+    peerctl.py spaced PEER N                 N stamp jobs, 50-150 ms apart; prints JSON
+                                             {"returned": {seq: monotonic time of the return}}
 
 PEER is dramatiq, huey or celery; its app module is `<PEER>_app`. The bench
 (system Python) runs this with bench/.venv-peers/bin/python and PYTHONPATH
@@ -16,6 +18,8 @@ import importlib
 import json
 import time
 from importlib.metadata import version
+
+from spaced import spaced_enqueue
 
 PEERS = ("dramatiq", "huey", "celery")
 PACKAGES = ("dramatiq", "huey", "celery", "kombu", "redis")
@@ -32,6 +36,9 @@ def main() -> None:
     enqueue.add_argument("args", nargs="*", type=float)
     pending = sub.add_parser("pending")
     pending.add_argument("peer", choices=PEERS)
+    spaced = sub.add_parser("spaced")
+    spaced.add_argument("peer", choices=PEERS)
+    spaced.add_argument("n", type=int)
     ns = parser.parse_args()
 
     if ns.command == "versions":
@@ -41,7 +48,10 @@ def main() -> None:
     if ns.command == "enqueue":
         start = time.monotonic()
         app.enqueue(ns.task, ns.n, list(ns.args))
-        print(json.dumps({"seconds": time.monotonic() - start}))
+        print(json.dumps({"seconds": time.monotonic() - start, "started": start}))
+    elif ns.command == "spaced":
+        returned = spaced_enqueue(ns.n, lambda seq: app.enqueue("stamp", 1, [float(seq)]))
+        print(json.dumps({"returned": returned}))
     else:
         print(json.dumps({"pending": app.pending()}))
 

@@ -14,13 +14,17 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from drainpool.exitcodes import ExitCode
 from drainpool.queue.base import Queue, QueueError, QueueUnavailable, encode_payload
 
+if TYPE_CHECKING:
+    from drainpool.payloads import PayloadSpec
+
+Known = list[str] | Mapping[str, "PayloadSpec | None"]  # configured task names (see parse_line)
 BATCH = 1000
 MAX_REPORTED = 20  # bad lines printed one by one before a count takes over
 
@@ -56,8 +60,12 @@ def parse_json(text: str) -> Any:
         raise ValueError("nested too deeply") from None
 
 
-def parse_line(raw: bytes | str, known: list[str]) -> tuple[str, Any]:
-    """One job from one line; ValueError says what is wrong with it."""
+def parse_line(raw: bytes | str, known: Known) -> tuple[str, Any]:
+    """One job from one line; ValueError says what is wrong with it.
+
+    `known` maps each task name to its payload check (drainpool.payloads), or
+    None for a task whose payload cannot be checked here.
+    """
     try:
         line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as exc:
@@ -78,6 +86,9 @@ def parse_line(raw: bytes | str, known: list[str]) -> tuple[str, Any]:
         encode_payload(payload)
     except QueueError as exc:
         raise ValueError(str(exc)) from None
+    spec = known.get(task) if isinstance(known, Mapping) else None
+    if spec is not None and (errors := spec.errors(payload)):
+        raise ValueError("; ".join(errors))
     return task, payload
 
 
@@ -114,7 +125,7 @@ def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
             yield number, line
 
 
-def enqueue_file(queue: Queue, name: str, known: list[str], *, skip_invalid: bool) -> int:
+def enqueue_file(queue: Queue, name: str, known: Known, *, skip_invalid: bool) -> int:
     """Enqueue every line of `name` ('-' is stdin); print a summary; return the exit code."""
     err = sys.stderr
     source: IO[bytes] = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
@@ -167,7 +178,7 @@ def enqueue_file(queue: Queue, name: str, known: list[str], *, skip_invalid: boo
 def _enqueue_stream(
     queue: Queue,
     source: IO[bytes],
-    known: list[str],
+    known: Known,
     report: Callable[[int, str], None],
     total: int | None,
     added: list[int],

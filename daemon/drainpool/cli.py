@@ -76,8 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p = command("enqueue", _cmd_enqueue, "add jobs to the queue")
+    p.epilog = (
+        "A payload is checked against its task's payload type (a pydantic model or TypedDict)"
+        " when this machine can import the task's module: one line per error, exit 2, nothing"
+        " queued. When it cannot, the job is queued unchecked and the daemon checks it."
+    )
     p.add_argument("task", nargs="?", help="a configured task name")
-    p.add_argument("payload", nargs="?", help="the job's payload as JSON (default {})")
+    p.add_argument(
+        "payload", nargs="?", help="the job's payload as JSON (default {}), checked if typed"
+    )
     p.add_argument("--delay", type=float, default=0.0, metavar="S", help="run after S seconds")
     p.add_argument("--at", metavar="TIME", help="run at TIME (ISO 8601, or Unix seconds)")
     p.add_argument(
@@ -101,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", help="job ids for dead retry/purge (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--limit", type=int, default=100, help="dead list: at most this many")
+
+    from drainpool.schedule_cli import add_parser as add_schedule_parser
+
+    add_schedule_parser(command)
 
     p = command("status", _cmd_status, "show a running daemon's state")
     p.add_argument("--pid", type=int, help="the daemon's pid (default: ask its endpoint)")
@@ -169,7 +180,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     from drainpool.runtime import open_queue
 
     if not 0 <= args.delay < float("inf"):  # also NaN
-        raise UsageError(f"--delay must be 0 or more seconds, not {args.delay:g}")
+        raise UsageError(f"--delay must be 0 or more seconds (a finite number), not {args.delay:g}")
     loaded, _ = _load(args, tasks=False)
     known = sorted(loaded.settings.tasks)
     if args.file is not None:
@@ -177,7 +188,10 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
             raise UsageError("--file takes no TASK, JSON, --key, --delay or --at")
         queue = open_queue(loaded)
         try:
-            return bulk.enqueue_file(queue, args.file, known, skip_invalid=args.skip_invalid)
+            checks = {
+                name: _payload_spec(ref) for name, ref in sorted(loaded.settings.tasks.items())
+            }
+            return bulk.enqueue_file(queue, args.file, checks, skip_invalid=args.skip_invalid)
         except QueueUnavailable:
             raise
         except (QueueError, OSError) as exc:
@@ -194,6 +208,11 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         payload = bulk.parse_json(args.payload) if args.payload is not None else {}
     except ValueError as exc:
         raise UsageError(f"payload is {exc}") from None
+    errors = _payload_errors(loaded.settings.tasks[args.task], payload)
+    if errors:
+        for line in errors:
+            print(f"drainpool: {args.task}: {line}", file=sys.stderr)
+        return ExitCode.USAGE
     delay = args.delay
     if args.at is not None:
         if args.delay:
@@ -210,6 +229,20 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         queue.close()
     print(job_id)
     return ExitCode.OK
+
+
+def _payload_spec(ref: object) -> Any:
+    """A Python task's payload check, or None: a command task, or not importable here."""
+    from drainpool.payloads import spec_for_ref
+
+    spec = spec_for_ref(ref) if isinstance(ref, str) else None
+    return spec if spec is not None and spec.typed else None
+
+
+def _payload_errors(ref: object, payload: Any) -> list[str]:
+    """Why `payload` cannot fit a typed task; empty when it fits or cannot be checked here."""
+    spec = _payload_spec(ref)
+    return [] if spec is None else spec.errors(payload)
 
 
 def _cmd_queue(args: argparse.Namespace) -> int:

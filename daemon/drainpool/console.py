@@ -83,6 +83,7 @@ class ConsoleSource:
     outcomes: Callable[[], list[dict[str, Any]]]
     settings: Callable[[], ConsoleSettings]
     request_reload: Callable[[], None]
+    schedules: Callable[[], list[dict[str, Any]]] = list  # issue 20: name, task, next tick ...
 
 
 class Refused(Exception):
@@ -117,6 +118,7 @@ class Console:
         routes["/api/outcomes/minutes"] = self._guarded(self._outcome_minutes)
         routes["/api/jobs"] = self._guarded(self._jobs)
         routes["/api/jobs/"] = self._guarded(self._job)  # /api/jobs/ID (one level below)
+        routes["/api/schedules"] = self._guarded(lambda _handler: self.source.schedules())
         return routes
 
     def post_routes(self) -> dict[str, Route]:

@@ -51,6 +51,8 @@ class EndpointSource(Protocol):
 
     def request_reload(self, source: str) -> None: ...
 
+    def schedules(self) -> list[dict[str, Any]]: ...
+
 
 class EndpointError(Exception):
     """The endpoint cannot serve with these settings; str() is one line naming the key."""
@@ -137,6 +139,7 @@ class Endpoint:
                 outcomes=source.recent.snapshot,
                 settings=lambda: source.loaded.settings.console,
                 request_reload=lambda: source.request_reload("console"),
+                schedules=source.schedules,
             )
         )
         endpoints = Endpoints(

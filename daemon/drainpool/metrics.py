@@ -306,6 +306,31 @@ class Metrics:
             "Abandoned task threads still running after their generation ended.",
             registry=r,
         )
+        self._schedules: set[str] = set()  # schedules with series (declare_schedules)
+        self.schedule_enqueued = Counter(
+            "drainpool_schedule_enqueued",
+            "Jobs this daemon enqueued for a schedule's ticks (each tick once across daemons).",
+            ["schedule"],
+            registry=r,
+        )
+        self.schedule_skipped = Counter(
+            "drainpool_schedule_skipped_ticks",
+            "Ticks this daemon found missed and skipped (catch_up, clock jumps).",
+            ["schedule"],
+            registry=r,
+        )
+        self.schedule_last_tick = Gauge(
+            "drainpool_schedule_last_tick_timestamp_seconds",
+            "Unix time of the schedule's last enqueued tick, as the queue stores it.",
+            ["schedule"],
+            registry=r,
+        )
+        self.schedule_period = Gauge(
+            "drainpool_schedule_period_seconds",
+            "Seconds between the schedule's last tick and its next one.",
+            ["schedule"],
+            registry=r,
+        )
         Info("drainpool_build", "drainpool build.", registry=r).info(
             {"version": __version__, "python": platform.python_version()}
         )
@@ -331,6 +356,18 @@ class Metrics:
         for gauge in (self.pool_workers, self.pool_generation, self.drain_grace):
             with contextlib.suppress(KeyError):
                 gauge.remove(pool)
+
+    def declare_schedules(self, names: Iterable[str]) -> None:
+        """Series for the enabled schedules (counters at 0); a removed one's gauges go."""
+        wanted = set(names)
+        for name in self._schedules - wanted:
+            for gauge in (self.schedule_last_tick, self.schedule_period):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
+        self._schedules = wanted
+        for name in wanted:
+            self.schedule_enqueued.labels(schedule=name)
+            self.schedule_skipped.labels(schedule=name)
 
     def for_pool(self, pool: str, tasks: Iterable[str]) -> PoolMetrics:
         return PoolMetrics(self.task_series, pool, tasks)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from drainpool import hooks, tracing
 from drainpool.pool import PoolConfig
 from drainpool.settings import PoolSettings, Settings
 from drainpool.tasks import TaskSpec
@@ -40,6 +41,8 @@ def plan_pools(settings: Settings, registry: dict[str, TaskSpec]) -> dict[str, P
             result_max_bytes=(
                 settings.queue.result_max_bytes if settings.queue.retention_seconds > 0 else None
             ),
+            hooks=hooks.refs_of(settings.hooks),
+            tracing=tracing.wanted(settings.tracing),
         )
 
     if not settings.pools:
@@ -56,7 +59,9 @@ def plan_to_json(plan: PoolPlan) -> dict[str, Any]:
 
 
 def plan_from_json(data: dict[str, Any]) -> PoolPlan:
-    return PoolPlan(PoolConfig(**data["config"]), tuple(tuple(t) for t in data["tasks"]))  # type: ignore[misc]
+    config = dict(data["config"])
+    config["hooks"] = tuple(tuple(pair) for pair in config.get("hooks", ()))  # JSON has lists
+    return PoolPlan(PoolConfig(**config), tuple(tuple(t) for t in data["tasks"]))  # type: ignore[misc]
 
 
 def _refs(registry: dict[str, TaskSpec], names: Iterable[str]) -> tuple[tuple[str, str], ...]:

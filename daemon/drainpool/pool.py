@@ -29,15 +29,18 @@ from typing import Any, Literal
 
 from drainpool.context import Interrupted, ShutdownEvent, TaskContext, failure_details
 from drainpool.metrics import Metrics
+from drainpool.observe import Watched, job_watch
 from drainpool.outcomes import Outcome
 from drainpool.queue.base import Done, Failure, Job, Queue, QueueUnavailable, WorkerIdentity
 from drainpool.queue.records import encode_result
+from drainpool.queue.wakeups import PollWaiter, Waiter, next_due, waiter_for
 from drainpool.runner import Runner, runner_for
 from drainpool.tasks import TaskSpec
 
 log = logging.getLogger("drainpool.pool")
 
-MIN_POLL_SECONDS = 0.002
+BURST_GAP_SECONDS = 0.002  # the first gap between fetches while jobs stream in
+BURST_GAP_MAX_SECONDS = 0.05
 ERROR_TAIL = 2000  # characters of an error message kept with a failed job
 AUTO_RESERVE_SECONDS = 0.05  # prefetch = "auto": the reserve is about this much of the pool's time
 # ... and never more than this many jobs per worker: 256 on 8 workers, about 5 ms of no-ops.
@@ -77,6 +80,8 @@ class PoolConfig:
     # A completed job's result is kept in its record up to this many bytes of JSON;
     # None: records are not kept (queue.retention_seconds = 0), so it is not even encoded.
     result_max_bytes: int | None = None
+    hooks: tuple[tuple[str, str], ...] = ()  # (hook name, "module:function"): drainpool.hooks
+    tracing: str | None = None  # None: off; else the exporter ref ("": OTEL_*): drainpool.tracing
 
 
 class RecentOutcomes:
@@ -115,6 +120,7 @@ class _Running:
     started: float
     thread: str
     abandoned: bool = False
+    watched: Watched | None = None  # hooks and span of this attempt (drainpool.observe)
     awaited: bool = False  # abandoned, and the runner is ending it: the drain waits for that
 
 
@@ -165,6 +171,7 @@ class Pool:
         self._queue = queue
         self._metrics = metrics
         self._task_metrics = metrics.for_pool(config.name, self.tasks)  # series at 0 from now
+        self._watch = job_watch(config, generation)  # None: no hooks, no tracing
         self._on_drained = on_drained
         self._on_queue_health = on_queue_health
         self._recent = recent or RecentOutcomes(1)
@@ -182,6 +189,13 @@ class Pool:
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name=f"{config.name}-g{generation}-dispatch", daemon=True
         )
+        # Issue 21: an idle dispatcher sleeps; the listener wakes it when the queue announces
+        # work for its tasks (drainpool.queue.wakeups). Made at start, closed once drained.
+        self._waiter: Waiter = PollWaiter()
+        self._wake_pending = False  # the queue announced work since the last fetch began
+        self._listener = threading.Thread(
+            target=self._listen_loop, name=f"{config.name}-g{generation}-listen", daemon=True
+        )
         self.drain_started: float | None = None
         self.counts: collections.Counter[Outcome] = collections.Counter()  # of this generation
         self.unsettled = 0  # jobs left to their leases: the queue failed past the grace
@@ -197,6 +211,11 @@ class Pool:
             )
             self._threads.append(thread)
             thread.start()
+        # Armed by the listener's first wait (never here: a connect to a Redis that is down
+        # would hold up the start), which then wakes the dispatcher once: no announcement
+        # made between the first fetch and the arming is missed.
+        self._waiter = waiter_for(self._queue, self.tasks.keys())
+        self._listener.start()
         self._dispatcher.start()
 
     def begin_drain(self) -> int:
@@ -239,6 +258,8 @@ class Pool:
         # listeners (command tasks) kill what they started.
         self.shutdown.expire()
         for entry in abandoned:
+            if entry.watched is not None:
+                entry.watched.abandoned(now - entry.started)
             self._task_metrics.finished(entry.job.task, Outcome.ABANDONED, now - entry.started)
             self._recent.add(self, entry.job, Outcome.ABANDONED, now - entry.started)
             log.warning(
@@ -268,6 +289,8 @@ class Pool:
         """Wait for the dispatcher and the workers that are not stuck in abandoned tasks."""
         deadline = time.monotonic() + max(timeout, self._runner.join_seconds)
         self._dispatcher.join(max(deadline - time.monotonic(), 0))
+        if self._listener.ident is not None:
+            self._listener.join(max(deadline - time.monotonic(), 0))
         with self._lock:
             stuck = {r.thread for r in self._running.values()}
         for thread in self._threads:
@@ -305,6 +328,7 @@ class Pool:
             "handed": handed,
             "reserve": reserve,
             "running": running,
+            "waits": self._waiter.mode,  # doorbell, blocking read, or poll (issue 21)
         }
         self._runner.describe(snapshot)
         return snapshot
@@ -338,6 +362,8 @@ class Pool:
         ctx = TaskContext(job.id, job.attempt, job.task, logger, self.shutdown)
         failure: Failure | None = None
         done: Job | Done = job
+        if self._watch is not None:
+            entry.watched = self._watch.begin(job, ctx)
         try:
             result = spec.handler(ctx, job.payload)
             outcome = Outcome.COMPLETED
@@ -357,6 +383,8 @@ class Pool:
             failure = Failure(job, message, trace[-10 * ERROR_TAIL :], retry)
             logger.warning("job %s failed (attempt %d): %s", job.id, job.attempt, message)
         seconds = self._clock() - entry.started
+        if entry.watched is not None:
+            entry.watched.end(outcome, seconds, "" if failure is None else failure.error)
         with self._lock:
             mean = self._mean_run_seconds
             self._mean_run_seconds = (
@@ -389,13 +417,34 @@ class Pool:
 
     # -- dispatcher -----------------------------------------------------------
 
+    def _listen_loop(self) -> None:
+        """Block on the queue's waiter; on an announcement, make the dispatcher fetch."""
+        while not self._drained:
+            if self._waiter.wait(self.config.poll_interval_seconds):
+                with self._lock:
+                    self._wake_pending = True
+                    self._dispatch_wake.notify()
+
     def _dispatch_loop(self) -> None:
-        """Settle finished jobs, renew leases, fetch for free slots; repeat."""
-        poll = MIN_POLL_SECONDS
+        """Settle finished jobs, renew leases, fetch for free slots; repeat.
+
+        With free slots and nothing found, it sleeps until the listener says
+        that work came, a delayed job comes due, a lease needs renewing, or the
+        safety net (`poll_interval_seconds`) runs out, whichever is first.
+        """
+        try:
+            self._dispatch_rounds()
+        finally:
+            self._drained = True
+            self._waiter.close()
+        self._on_drained(self)
+
+    def _dispatch_rounds(self) -> None:
         renew_every = self.config.lease_seconds / 3
         clock = self._clock
         next_renew = clock() + renew_every
         next_fetch = 0.0
+        gap = 0.0  # > 0: jobs are streaming in; fetch at next_fetch, wake-ups wait for it
         backoff = 0.0
         while True:
             with self._lock:
@@ -406,7 +455,7 @@ class Pool:
                         break
                     wake_at = next_renew
                     if free and not self._stopping:
-                        if now >= next_fetch:
+                        if now >= next_fetch or (self._wake_pending and not gap):
                             break
                         wake_at = min(wake_at, next_fetch)
                     if now >= next_renew:
@@ -416,24 +465,42 @@ class Pool:
                 stopping = self._stopping
                 finished = stopping and not self._has_active() and not batch
                 free = self._free_slots()
+                woken = self._wake_pending and not gap
+                # Not only woken: the due times are asked for after this fetch (a failure of
+                # ours is a delayed job now, its retry due after the backoff).
+                timer = clock() >= next_fetch or bool(batch.failures)
+                due = free and not stopping and (woken or timer)
+                if due:
+                    self._wake_pending = False  # cleared before the fetch: a later ring counts
             try:
-                want = free if free and not stopping and clock() >= next_fetch else 0
+                want = free if due else 0
                 used_queue = bool(batch or want)
                 fetched = self._exchange(batch, want)
                 if finished:
-                    break
+                    return
                 if clock() >= next_renew:
                     used_queue = True
                     self._renew()
                     next_renew = clock() + renew_every
                 if want:
-                    # Full batch: more is likely waiting. Otherwise back off towards the poll cap.
-                    poll = (
-                        MIN_POLL_SECONDS
-                        if fetched == free
-                        else min(poll * 2, self.config.poll_interval_seconds)
-                    )
-                    next_fetch = clock() + (0 if fetched == free else poll)
+                    # A full batch: more is likely waiting. Some: jobs are streaming in (a
+                    # burst of enqueues), so fetch again after a gap that doubles up to
+                    # BURST_GAP_MAX_SECONDS, taking many per fetch instead of one per wake-up
+                    # (on SQLite each fetch is a write lock the producers would wait for).
+                    # None: sleep until woken, a delayed job is due, or the safety net.
+                    hinted = self._waiter.take_due()
+                    if fetched == free:
+                        gap, wait = 0.0, 0.0
+                    elif fetched:
+                        gap = min(max(gap * 2, BURST_GAP_SECONDS), BURST_GAP_MAX_SECONDS)
+                        wait = gap
+                    elif timer:
+                        gap, wait = 0.0, self._idle_wait()
+                    else:  # only woken, and nothing for us: one round trip, as issue 21 asks
+                        gap, wait = 0.0, max(next_fetch - clock(), 0.0)
+                    if hinted is not None and not fetched:
+                        wait = min(wait, max(hinted - time.time(), 0.0))
+                    next_fetch = clock() + wait
                 if used_queue:
                     # Every success is reported, not only the first after a failure: the
                     # supervisor also hears of failures from elsewhere (stats at a scrape).
@@ -447,12 +514,16 @@ class Pool:
                 elif not backoff:  # one traceback per streak of errors, not one per retry
                     log.exception("pool %s: dispatcher error; retrying", self.config.name)
                 if self._give_up_settling():
-                    break
+                    return
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 with self._lock:
                     self._dispatch_wake.wait(backoff * (0.5 + random.random() / 2))
-        self._drained = True
-        self._on_drained(self)
+
+    def _idle_wait(self) -> float:
+        """Seconds an idle dispatcher may sleep: to the next delayed job, or the safety net."""
+        safety_net = self.config.poll_interval_seconds
+        due_in = next_due(self._queue, self.tasks.keys())
+        return safety_net if due_in is None else min(due_in, safety_net)
 
     def _give_up_settling(self) -> bool:
         """Once the grace is over (abandon), stop retrying a queue that keeps failing.

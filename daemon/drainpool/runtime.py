@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from drainpool import hooks
 from drainpool import settings as settings_mod
 from drainpool.exitcodes import ExitCode
 from drainpool.plan import plan_pools, plan_to_json
@@ -45,7 +46,11 @@ def load(path: Path, *, tasks: bool = True) -> tuple[LoadedConfig, dict[str, Tas
     Raises ConfigError with every problem found, the file left untouched.
     """
     loaded = settings_mod.load(path)
-    return loaded, build_registry(loaded) if tasks else {}
+    if not tasks:
+        return loaded, {}
+    registry = build_registry(loaded)
+    hooks.check(loaded)  # a hook that does not import rejects the config, as a task does
+    return loaded, registry
 
 
 def load_or_exit(

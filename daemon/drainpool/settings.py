@@ -43,6 +43,7 @@ from pydantic_settings import (
 from drainpool.configchecks import UnreadableConfig, metrics_problems, read_config_text
 from drainpool.queue.base import QueueError
 from drainpool.queue.schemes import check_url
+from drainpool.schedule_settings import ScheduleSettings, check_schedules
 
 DEFAULT_CONFIG_PATH = Path("/etc/drainpool/drainpool.toml")
 ENV_PREFIX = "DRAINPOOL_"
@@ -113,7 +114,8 @@ class QueueSettings(_Section):
     max_attempts: int = Field(5, ge=1, le=1000)
     retry_backoff_seconds: float = Field(1.0, ge=0, le=86_400)
     retry_backoff_max_seconds: float = Field(300.0, ge=0, le=86_400 * 7)
-    poll_interval_seconds: float = Field(0.2, gt=0, le=60, description="idle poll, at most")
+    # Issue 21: only the safety net now; an idle pool is woken by the queue (README, Queue).
+    poll_interval_seconds: float = Field(10.0, gt=0, le=60, description="safety-net fetch")
     retention_seconds: float = Field(86_400.0, ge=0, le=86_400 * 366)  # 0: removed at the ack
     result_max_bytes: int = Field(65_536, ge=0, le=64 * 1024 * 1024)
     # The PostgreSQL schema that holds the queue's tables (other backends ignore it).
@@ -215,6 +217,21 @@ TaskRef = Annotated[str, AfterValidator(_task_ref)]
 TaskName = Annotated[str, AfterValidator(_task_name)]
 
 
+class HooksSettings(_Section):
+    """Functions ("module:function") called in the worker around each job (drainpool.hooks)."""
+
+    before_job: TaskRef | None = None
+    after_job: TaskRef | None = None
+    on_outcome: TaskRef | None = None
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry spans (drainpool.tracing); also on when OTEL_TRACES_EXPORTER is set."""
+
+    enabled: bool = False
+    exporter: TaskRef | None = None  # "module:function" returning a SpanExporter
+
+
 class Settings(BaseSettings):
     """The whole effective config of one daemon."""
 
@@ -230,7 +247,10 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     console: ConsoleSettings = ConsoleSettings()
+    hooks: HooksSettings = HooksSettings()
+    tracing: TracingSettings = TracingSettings()
     tasks: dict[TaskName, TaskRef | CommandTask] = Field(default_factory=dict)
+    schedules: dict[str, ScheduleSettings] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -302,6 +322,7 @@ def load(path: Path) -> LoadedConfig:
         misspelt_environment(os.environ)
         + check_pools(loaded, explicit_pool="pool" in data)
         + check_metrics(loaded)
+        + check_schedules(loaded)
     )
     if problems:
         raise ConfigError(problems)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from drainpool import runtime, status
+from drainpool import runtime, status, tracing
 from drainpool.drain import Drain
 from drainpool.endpoint import Endpoint, EndpointError
 from drainpool.exitcodes import ExitCode
@@ -39,6 +39,7 @@ from drainpool.queue import Queue
 from drainpool.queue_monitor import QueueMonitor
 from drainpool.reloads import ReloadRecord, ReloadSchedule, describe_restarts, reload_changes
 from drainpool.retention import Pruner
+from drainpool.scheduler import Scheduler
 from drainpool.settings import ConfigError, LoadedConfig, Settings
 from drainpool.systemd import Notifier
 from drainpool.tasks import TaskSpec
@@ -46,8 +47,10 @@ from drainpool.watcher import ConfigWatcher
 
 log = logging.getLogger("drainpool.supervisor")
 
-TICK_SECONDS = 0.5  # the loop turns at least this often (healthz, watchdog, deadlines)
 STALL_SECONDS = 10.0  # /healthz fails when the loop has not turned for this long
+# The loop turns at least this often, to show /healthz it is alive; everything else wakes it:
+# the inbox, the reload and drain deadlines, the watchdog (issue 21: idle is idle).
+TICK_SECONDS = STALL_SECONDS / 2
 RECENT_OUTCOMES = 200  # finished jobs the console shows
 
 
@@ -116,7 +119,9 @@ class Supervisor:
         )
         self.endpoint = Endpoint(self)
         self._pruner = Pruner(lambda: self.queue)  # expired job records, in the background
+        self.scheduler = Scheduler(lambda: self.queue, self.metrics)  # its own thread (issue 20)
         self._drain: Drain[Pool] | None = None
+        self._drain_span: Any = None  # drainpool.tracing's span of the drain, when tracing is on
         self._pending: tuple[LoadedConfig, dict[str, TaskSpec], str] | None = None  # after a drain
         self._stop_requested = False
         self._reloads = ReloadSchedule(clock)
@@ -144,6 +149,8 @@ class Supervisor:
             self._generations.start(name, plan, self.registry, queue)
         self._apply_watch(settings)
         self._pruner.start()
+        self.scheduler.update(settings.schedules)
+        self.scheduler.start()
         self._enter(Phase.RUNNING)
         self._generations.publish()
         log.info(
@@ -165,6 +172,7 @@ class Supervisor:
         return self.exit_code
 
     def close(self) -> None:
+        self.scheduler.stop()
         if self.watcher is not None:
             self.watcher.stop()
         self._pruner.stop()
@@ -252,6 +260,7 @@ class Supervisor:
 
     def _begin_stop(self) -> None:
         self._stop_requested = True
+        self.scheduler.stop(timeout=0)  # a stopping daemon enqueues no more ticks; others do
         self._reloads.cancel()
         self._pending = None
         self.notifier.stopping(self.status_line("stopping"))
@@ -263,6 +272,9 @@ class Supervisor:
 
     def _begin_drain(self, reason: str, pools: dict[str, Pool]) -> None:
         self._drain = Drain(reason, self.clock)
+        self._drain_span = tracing.start_span(
+            "drainpool.drain", **{"drainpool.reason": reason, "drainpool.pools": sorted(pools)}
+        )
         if self.phase is not Phase.DRAINING:
             self._enter(Phase.DRAINING)
         self.notifier.extend_timeout(self._generations.max_grace(pools) + 5.0)
@@ -285,6 +297,8 @@ class Supervisor:
         assert drain is not None
         self._drain = None
         drain.finish()
+        if self._drain_span is not None:
+            self._drain_span.end()
         for name, pool in drain.pools.items():
             if pool.unsettled and self._stop_requested:  # left to their leases, not released
                 self.exit_code = ExitCode.ABANDONED
@@ -307,6 +321,10 @@ class Supervisor:
         """Validate the file; reject, ignore if unchanged, or drain what changed. Every
         outcome ends in READY=1 naming it (_record_reload), so Type=notify-reload never waits."""
         self.notifier.reloading(self.status_line("reloading"))
+        with tracing.span("drainpool.reload", **{"drainpool.source": source}):
+            self._reload_file(source)
+
+    def _reload_file(self, source: str) -> None:
         try:
             loaded, registry = runtime.load(self.loaded.path)
         except ConfigError as exc:
@@ -351,6 +369,7 @@ class Supervisor:
             if old_queue is not None:
                 old_queue.close()
         self._apply_watch(new)
+        changed_schedules = self.scheduler.update(new.schedules)
         self.queue_monitor.bury_unknown()
         for name, plan in plan_pools(new, registry).items():
             if name not in self.pools and self.queue is not None:
@@ -360,7 +379,11 @@ class Supervisor:
         for name in restarted & self.pools.keys():  # drained and started again (not removed)
             self.metrics.pool_restarts.labels(pool=name, reason=source).inc()
         self._generations.publish()
-        log.info("reload applied: %s", self.status_line())
+        log.info(
+            "reload applied: %s%s",
+            self.status_line(),
+            f"; schedules changed: {', '.join(changed_schedules)}" if changed_schedules else "",
+        )
         self._record_reload("applied", "", source)
 
     def _record_reload(self, result: str, message: str, source: str) -> None:
@@ -394,6 +417,10 @@ class Supervisor:
 
     def status_line(self, state: str | None = None) -> str:
         return status.status_line(self, state)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """The /api/schedules document: each schedule, its last and next tick."""
+        return self.scheduler.view()
 
     def status(self) -> dict[str, Any]:
         """The /api/status document; runs on the HTTP thread, never on the loop."""

@@ -17,13 +17,19 @@ from pathlib import Path
 
 import watchfiles
 
+from drainpool.inotify import DirectoryWatch
+
 log = logging.getLogger("drainpool.watcher")
 
-STEP_MS = 20  # quiet time that ends a burst of raw events (the supervisor debounces on top)
+STEP_MS = 20  # watchfiles only: quiet time that ends a burst (the supervisor debounces on top)
 
 
 class ConfigWatcher:
-    """A daemon thread running watchfiles over the config's directory (and its link target's)."""
+    """A daemon thread blocked on inotify over the config's directory (and its link target's).
+
+    Issue 21: it wakes only when a name changes in those directories
+    (drainpool.inotify). Where inotify is missing, watchfiles does the work.
+    """
 
     def __init__(self, path: Path, on_change: Callable[[], None]) -> None:
         self.path = path
@@ -38,30 +44,53 @@ class ConfigWatcher:
             # update; the `..data` rename in the watched directory shows those changes.)
             self._names.add(resolved.name)
             self._dirs.add(resolved.parent)
+        self._inotify: DirectoryWatch | None = None
         self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
 
     def start(self) -> None:
+        try:
+            self._inotify = DirectoryWatch(sorted(self._dirs))
+        except OSError as exc:
+            log.debug("inotify not used (%s): watching with watchfiles", exc)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._inotify is not None:
+            self._inotify.stop()
+
+    def _relevant_name(self, name: str) -> bool:
+        return name in self._names or name.startswith("..")
 
     def _relevant(self, _change: watchfiles.Change, raw: str) -> bool:
-        name = Path(raw).name
-        return name in self._names or name.startswith("..")
+        return self._relevant_name(Path(raw).name)
 
     def _run(self) -> None:
         try:
-            for _changes in watchfiles.watch(
-                *sorted(self._dirs),
-                watch_filter=self._relevant,
-                debounce=1000,
-                step=STEP_MS,
-                stop_event=self._stop,
-                rust_timeout=1000,
-                recursive=False,
-                raise_interrupt=False,
-            ):
-                self._on_change()
+            if self._inotify is not None:
+                self._run_inotify(self._inotify)
+            else:
+                self._run_watchfiles()
         except Exception as exc:  # e.g. the directory vanished; SIGHUP still works
             log.error("config watcher stopped: %s; reload by SIGHUP still works", exc)
+
+    def _run_inotify(self, watch: DirectoryWatch) -> None:
+        try:
+            while (names := watch.changes()) is not None:
+                if any(self._relevant_name(name) for name in names):
+                    self._on_change()  # the supervisor debounces a burst of these
+        finally:
+            watch.release()
+
+    def _run_watchfiles(self) -> None:
+        for _changes in watchfiles.watch(
+            *sorted(self._dirs),
+            watch_filter=self._relevant,
+            debounce=1000,
+            step=STEP_MS,
+            stop_event=self._stop,
+            rust_timeout=1000,
+            recursive=False,
+            raise_interrupt=False,
+        ):
+            self._on_change()

@@ -25,6 +25,7 @@ class Metric:
     name: str
     kind: str  # counter, gauge, histogram, enum, info
     labels: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
+    needs: str = ""  # a config section the series exist for only when it is set ("schedules")
 
     def sample_names(self) -> tuple[str, ...]:
         """The sample names a Prometheus scrape stores for this family."""
@@ -43,6 +44,7 @@ POOL_TASK: dict[str, tuple[str, ...] | None] = {"pool": None, "task": None}
 DURATION_OUTCOMES = ("completed", "failed", "interrupted", "abandoned")
 RESTART_REASONS = ("config_file", "sighup", "console")
 DRAIN_REASONS = ("shutdown", "reload")
+SCHEDULE: dict[str, tuple[str, ...] | None] = {"schedule": None}  # names from the config
 
 DAEMON_METRICS: tuple[Metric, ...] = (
     Metric("drainpool_tasks_in_flight", "gauge", POOL_TASK),
@@ -74,6 +76,11 @@ DAEMON_METRICS: tuple[Metric, ...] = (
         {"drainpool_state": ("starting", "running", "draining", "stopped")},
     ),
     Metric("drainpool_build", "info", {"version": None, "python": None}),
+    # One series per configured schedule (issue 20): exported once [schedules.NAME] exists.
+    Metric("drainpool_schedule_enqueued", "counter", SCHEDULE, needs="schedules"),
+    Metric("drainpool_schedule_skipped_ticks", "counter", SCHEDULE, needs="schedules"),
+    Metric("drainpool_schedule_last_tick_timestamp_seconds", "gauge", SCHEDULE, needs="schedules"),
+    Metric("drainpool_schedule_period_seconds", "gauge", SCHEDULE, needs="schedules"),
     # prometheus_client's ProcessCollector; only the ones the dashboard uses.
     Metric("process_cpu_seconds", "counter"),
     Metric("process_resident_memory_bytes", "gauge"),
@@ -115,4 +122,11 @@ def missing_from_exposition(text: str) -> list[str]:
     present = {
         sample.name for family in text_string_to_metric_families(text) for sample in family.samples
     }
-    return sorted(daemon_sample_names() - present)
+    # A family that needs a config section is checked only when the daemon exports it at all.
+    optional = {
+        name
+        for metric in DAEMON_METRICS
+        if metric.needs and not present & set(metric.sample_names())
+        for name in metric.sample_names()
+    }
+    return sorted(daemon_sample_names() - present - optional)

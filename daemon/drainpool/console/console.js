@@ -209,6 +209,26 @@
     );
   }
 
+  function renderSchedules(rows) {
+    if (!changed("schedules", rows)) return;
+    $("schedules-empty").hidden = rows.length > 0;
+    $("schedules").replaceChildren(
+      ...rows.map((s) =>
+        el(
+          "tr",
+          { data: { schedule: s.name } },
+          el("td", { class: "wrap" }, s.name),
+          el("td", { class: "wrap" }, s.task),
+          el("td", { class: "mono" }, s.expression),
+          el("td", {}, s.timezone),
+          el("td", {}, s.last_tick === null ? "never" : clock(s.last_tick)),
+          el("td", {}, s.next_due === null ? "-" : clock(s.next_due)),
+          el("td", {}, s.enabled ? "yes" : "no"),
+        ),
+      ),
+    );
+  }
+
   function renderDead(data) {
     $("dead-count").textContent = data.dead.length + (data.dead.length >= data.limit ? "+" : "");
     const deadChanged = changed("dead", data.dead);
@@ -293,6 +313,7 @@
       renderOutcomes(outcomes);
       renderDead(dead);
       if (changed("chart", minutes)) window.drainpool.renderChart(minutes);
+      renderSchedules(await getJSON("/api/schedules"));
       showProblem("");
       $("updated").textContent = "updated " + new Date().toLocaleTimeString();
       document.body.dataset.loaded = "1";

@@ -99,6 +99,9 @@ class Job:
     attempt: int  # 1 for the first delivery; releases do not count
     token: str  # lease token: settling with a stale token is a no-op
     enqueued_at: float  # wall clock, seconds since the epoch
+    # Small string pairs carried beside the payload, never handed to the task: the
+    # producer's trace context (W3C traceparent) for drainpool.tracing.
+    meta: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,8 @@ class JobInfo:
     result_kept: bool = False  # False: no result (yet), or `result_note` says why not
     result_note: str = ""
     payload_error: str = ""
+    schedule: str = ""  # the schedule that enqueued it (issue 20), "" for other jobs
+    tick: float | None = None  # that schedule's tick; None for `drainpool schedule run`
 
     def as_dict(self) -> dict[str, Any]:
         worker = self.worker
@@ -182,6 +187,8 @@ class JobInfo:
             "result": self.result,
             "result_kept": self.result_kept,
             "result_note": self.result_note,
+            "schedule": self.schedule,
+            "tick": self.tick,
         }
 
 
@@ -270,6 +277,26 @@ def decode_payload(body: str | bytes | None) -> tuple[Any, str]:
 _QUERY_SECRET = re.compile(r"(?i)([?&;](?:ssl_)?password=)[^&;#]*")
 
 
+def encode_meta(meta: Mapping[str, str] | None) -> str:
+    """A job's metadata as stored: "" for none (the common case costs nothing)."""
+    if not meta:
+        return ""
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise QueueError("job metadata takes only string keys and string values")
+    return json.dumps(dict(meta), separators=(",", ":"))
+
+
+def decode_meta(body: str | bytes | None) -> dict[str, str]:
+    """Stored metadata back as a dict; empty for none, or for text that is not an object."""
+    if not body:
+        return {}
+    try:
+        meta = json.loads(body)
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def redact_url(url: str) -> str:
     """Return `url` with any password (in the userinfo or the query) replaced by ***.
 
@@ -340,9 +367,11 @@ class Queue(Protocol):
         delay: float = 0.0,
         key: str | None = None,
         connection: Any = None,
+        meta: Mapping[str, str] | None = None,
     ) -> str:
         """Add a job; with a live idempotency `key`, return the existing job's id instead.
 
+        `meta` travels with the job (`Job.meta`): string keys and values only.
         `connection`: the application's own database connection, for a backend that can
         enqueue inside its transaction (PostgreSQL); the others raise QueueError for it.
         """
@@ -350,6 +379,29 @@ class Queue(Protocol):
 
     def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
         """Add many jobs in one transaction; returns how many were added."""
+        ...
+
+    def enqueue_tick(
+        self,
+        schedule: str,
+        task: str,
+        payload: Any = None,
+        *,
+        tick: float | None,
+        expected: float | None,
+    ) -> str | None:
+        """Enqueue one job of `schedule` for `tick`, once across every daemon on the queue.
+
+        Compare-and-set in the enqueue's own transaction (or script): the stored last
+        tick of `schedule` becomes `tick` only if it is `expected` (None: no tick stored
+        yet), and the job is added only then; otherwise nothing changes and None is
+        returned. `tick` None is a manual run: always enqueued, the stored tick untouched.
+        The job's record names the schedule and the tick.
+        """
+        ...
+
+    def schedule_ticks(self) -> dict[str, float]:
+        """Each schedule's last enqueued tick (Unix seconds), as stored by enqueue_tick."""
         ...
 
     def fetch(

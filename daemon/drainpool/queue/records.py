@@ -113,6 +113,8 @@ def make_info(
     traceback: str | None,
     result_text: str | bytes | None,
     result_note: str | None,
+    schedule: str | None = None,
+    tick: float | str | None = None,
 ) -> JobInfo:
     """A JobInfo from stored fields; undecodable JSON is shown raw, with the reason."""
     payload, payload_error = decode_payload(payload_text)
@@ -142,6 +144,8 @@ def make_info(
         result_kept=kept,
         result_note=note,
         payload_error=payload_error,
+        schedule=schedule or "",
+        tick=None if tick is None or tick == "" else float(tick),
     )
 
 

@@ -71,7 +71,9 @@ from drainpool.queue.base import (
     QueueUnavailable,
     RetryPolicy,
     WorkerIdentity,
+    decode_meta,
     decode_payload,
+    encode_meta,
     encode_payload,
     loads_or_raw,
     log_dead,
@@ -95,6 +97,7 @@ from drainpool.queue.records import (
     result_of,
 )
 from drainpool.queue.redis_records import NOTIFY_TTL_MS, list_jobs, read_job, wait_job
+from drainpool.queue.redis_wakeups import NEXT_DUE, PubSubWaiter
 
 PASSWORD_ENV = "DRAINPOOL_REDIS_PASSWORD"
 HORIZON_MS = 100_000_000_000  # ~3 years: longer than any lease, shorter than the epoch
@@ -127,17 +130,30 @@ local function stream_key(task) return P .. ':stream:' .. task end
 local function delayed_key(task) return P .. ':delayed:' .. task end
 local function job_key(id) return P .. ':job:' .. id end
 local function ensure_group(s) redis.pcall('XGROUP', 'CREATE', s, G, '0', 'MKSTREAM') end
+local woken = {}
+-- Wakes the pools idle on this task (drainpool.queue.redis_wakeups): once per script for
+-- ready jobs ('0'); a delayed job's message is its due time, in seconds since the epoch.
+local function wake(task, due)
+  if due then
+    redis.call('PUBLISH', P .. ':wake:' .. task, secs(due))
+  elseif not woken[task] then
+    woken[task] = true
+    redis.call('PUBLISH', P .. ':wake:' .. task, '0')
+  end
+end
 local function push_ready(id, task)
   local s = stream_key(task)
   ensure_group(s)
   local entry = redis.call('XADD', s, '*', 'job', id)
   redis.call('HSET', job_key(id), 'state', 'ready', 'entry', entry, 'token', '')
   redis.call('SADD', P .. ':tasks', task)
+  wake(task)
 end
 local function schedule(id, task, due)
   redis.call('ZADD', delayed_key(task), due, id)
   redis.call('HSET', job_key(id), 'state', 'delayed', 'entry', '', 'token', '')
   redis.call('SADD', P .. ':tasks', task)
+  wake(task, due)
 end
 local function drop_entry(task, entry)
   if entry and entry ~= '' then
@@ -179,19 +195,21 @@ end
 """
 
 _ENQUEUE = r"""
--- ARGV[3..]: delay_ms, key, then (task, payload) pairs; one pair when a key or delay is given
-local delay, key = tonumber(ARGV[3]), ARGV[4]
+-- ARGV[3..]: delay_ms, key, meta, then (task, payload) pairs; one pair when a key, a delay
+-- or meta (the job's metadata as JSON; '' for none) is given
+local delay, key, meta = tonumber(ARGV[3]), ARGV[4], ARGV[5]
 if key ~= '' then
   local old = redis.call('HGET', P .. ':keys', key)
   if old and redis.call('EXISTS', job_key(old)) == 1 then return old end
 end
 local now = now_ms()
 local id
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local task = ARGV[i]
   id = tostring(redis.call('INCR', P .. ':seq'))
   redis.call('HSET', job_key(id), 'task', task, 'payload', ARGV[i + 1],
     'enqueued_at', secs(now), 'attempts', 0, 'key', key)
+  if meta ~= '' then redis.call('HSET', job_key(id), 'meta', meta) end
   redis.call('ZADD', P .. ':jobs', id, id)
   if delay > 0 then schedule(id, task, now + delay) else push_ready(id, task) end
 end
@@ -199,7 +217,47 @@ if key ~= '' then redis.call('HSET', P .. ':keys', key, id) end
 return id
 """
 
+_ENQUEUE_TICK = r"""
+-- ARGV[3..]: schedule, tick ('' for a manual run), expected tick ('' for none), task, payload
+-- The schedule's last tick (hash {prefix}:schedules) moves by compare-and-set, and the
+-- job is added in the same script: one enqueue per tick, however many daemons ask.
+local name, tick, expected, task = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if tick ~= '' then
+  if (redis.call('HGET', P .. ':schedules', name) or '') ~= expected then return false end
+  redis.call('HSET', P .. ':schedules', name, tick)
+end
+local id = tostring(redis.call('INCR', P .. ':seq'))
+redis.call('HSET', job_key(id), 'task', task, 'payload', ARGV[7],
+  'enqueued_at', secs(now_ms()), 'attempts', 0, 'key', '', 'schedule', name, 'tick', tick)
+redis.call('ZADD', P .. ':jobs', id, id)
+push_ready(id, task)
+return id
+"""
+
 _FETCH = r"""
+-- Issue 21: an idle fetch neither creates the group nor reads XINFO. The group is made
+-- when Redis says it is missing (NOGROUP), and the last delivered entry of each stream
+-- is kept in a key that only this script's XREADGROUP moves (XINFO once, for a queue
+-- written before the key existed).
+local function delivered_key(task) return P .. ':delivered:' .. task end
+local function delivered(s, task)
+  local last = redis.call('GET', delivered_key(task))
+  if not last then
+    last = last_delivered(s)
+    redis.call('SET', delivered_key(task), last)
+  end
+  return last
+end
+local function pending_past_horizon(s, task, n)
+  local found = redis.pcall('XPENDING', s, G, 'IDLE', HORIZON, '-', '+', n)
+  if type(found) == 'table' and found.err then  -- NOGROUP: no stream, or its group went
+    if redis.call('EXISTS', s) == 0 then return nil end
+    ensure_group(s)
+    redis.call('DEL', delivered_key(task))
+    found = redis.call('XPENDING', s, G, 'IDLE', HORIZON, '-', '+', n)
+  end
+  return found
+end
 -- ARGV[3..]: consumer, token, n, lease_ms, max_attempts, batch, host, pid, pool, tasks...
 local me, token, n = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local lease, max_attempts, batch = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -214,11 +272,11 @@ for i = 12, #ARGV do
     if redis.call('EXISTS', job_key(id)) == 1 then push_ready(id, task) end
   end
   local s = stream_key(task)
-  if redis.call('EXISTS', s) == 1 then
-    ensure_group(s)
+  local pending = pending_past_horizon(s, task, n)
+  if pending then
     local cands = {}
     -- Pending entries idle past the horizon: expired leases and released jobs.
-    for _, p in ipairs(redis.call('XPENDING', s, G, 'IDLE', HORIZON, '-', '+', n)) do
+    for _, p in ipairs(pending) do
       local e = redis.call('XRANGE', s, p[1], p[1])
       if #e == 0 then
         redis.call('XACK', s, G, p[1])
@@ -227,7 +285,7 @@ for i = 12, #ARGV do
       end
     end
     if #cands < n then
-      local fresh = redis.call('XRANGE', s, '(' .. last_delivered(s), '+', 'COUNT', n - #cands)
+      local fresh = redis.call('XRANGE', s, '(' .. delivered(s, task), '+', 'COUNT', n - #cands)
       for _, e in ipairs(fresh) do cands[#cands + 1] = {entry = e[1], id = e[2][2], pel = false} end
     end
     streams[#streams + 1] = {task = task, s = s, cands = cands, pos = 1, pel = {}, fresh = 0}
@@ -257,6 +315,7 @@ for _, st in ipairs(streams) do
     -- Delivers exactly the entries peeked above: nothing ran in between.
     local r = redis.call('XREADGROUP', 'GROUP', G, me, 'COUNT', st.fresh, 'STREAMS', st.s, '>')
     for _, e in ipairs(r[1][2]) do taken[#taken + 1] = e[1] end
+    redis.call('SET', delivered_key(st.task), taken[#taken])
   end
   if #taken > 0 then
     -- The lease deadline goes into the delivery time (see the module docstring).
@@ -281,8 +340,8 @@ for _, pick in ipairs(chosen) do
       redis.call('HSET', jk, 'state', 'leased', 'token', token, 'entry', c.entry,
         'host', host, 'pid', pid, 'pool', pool)
       redis.call('HSETNX', jk, 'started_at', secs(now))
-      local f = redis.call('HMGET', jk, 'payload', 'enqueued_at')
-      out[#out + 1] = {c.id, task, f[1], attempts, f[2]}
+      local f = redis.call('HMGET', jk, 'payload', 'enqueued_at', 'meta')
+      out[#out + 1] = {c.id, task, f[1], attempts, f[2], f[3] or ''}
     end
   end
 end
@@ -341,6 +400,7 @@ for i = 5, #ARGV, 6 do
         push_ready(id, task)
       else
         redis.call('HSET', jk, 'state', 'ready', 'token', '')
+        wake(task)
       end
     elseif op == 'F' then
       drop_entry(task, entry)
@@ -565,6 +625,7 @@ class RedisQueue:
             name: client.register_script(_lua(body))
             for name, body in {
                 "enqueue": _ENQUEUE,
+                "enqueue_tick": _ENQUEUE_TICK,
                 "fetch": _FETCH,
                 "renew": _RENEW,
                 "settle": _SETTLE,
@@ -574,6 +635,7 @@ class RedisQueue:
                 "forget": _FORGET_CONSUMER,
                 "prune": _PRUNE,
                 "upgrade": _UPGRADE,
+                "next_due": NEXT_DUE,
             }.items()
         }
         # Read-only: flagged so, which lets Redis run it even under memory pressure.
@@ -622,7 +684,10 @@ class RedisQueue:
                 protocol=2,  # RESP2 replies: the shapes the scripts and parsers expect
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout,
-                health_check_interval=10,  # PING an idle connection before reuse
+                # PING a connection idle this long before reusing it: longer than the idle
+                # pool's safety-net fetch (10 s), else every such fetch costs a PING too
+                # (issue 21); a stale connection is retried once anyway (below).
+                health_check_interval=30,
                 # One immediate retry on a broken connection (a Redis restart leaves stale
                 # sockets in the pool); none on timeouts, where the command may have run.
                 retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
@@ -699,21 +764,47 @@ class RedisQueue:
         delay: float = 0.0,
         key: str | None = None,
         connection: Any = None,
+        meta: Mapping[str, str] | None = None,
     ) -> str:
         refuse_connection(connection, "Redis")
         body = encode_payload(payload)
+        meta_json = encode_meta(meta)
         if not math.isfinite(delay):  # NaN or infinity would never come due, or poison the set
             raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
         delay_ms = max(delay, 0.0) * 1000
-        return str(self._run("enqueue", "enqueue", repr(delay_ms), key or "", task, body))
+        return str(
+            self._run("enqueue", "enqueue", repr(delay_ms), key or "", meta_json, task, body)
+        )
 
     def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
         rows = [(task, encode_payload(payload)) for task, payload in jobs]
         # One script per batch: each batch is atomic, and Redis is never blocked for long.
         for start in range(0, len(rows), BATCH):
             flat = [x for row in rows[start : start + BATCH] for x in row]
-            self._run("enqueue", "enqueue", "0", "", *flat)
+            self._run("enqueue", "enqueue", "0", "", "", *flat)
         return len(rows)
+
+    def enqueue_tick(
+        self,
+        schedule: str,
+        task: str,
+        payload: Any = None,
+        *,
+        tick: float | None,
+        expected: float | None,
+    ) -> str | None:
+        body = encode_payload(payload)
+        # repr() round-trips a float exactly: the stored text is compared as text.
+        args = ("" if tick is None else repr(tick), "" if expected is None else repr(expected))
+        job_id = self._run("enqueue_tick", "enqueue a tick", schedule, *args, task, body)
+        return None if job_id is None else str(job_id)
+
+    def schedule_ticks(self) -> dict[str, float]:
+        if not self._upgraded:
+            self._upgrade()
+        with self._guard("read schedule ticks"):
+            stored = self._client.hgetall(f"{self.prefix}:schedules")
+        return {name: float(tick) for name, tick in stored.items()}
 
     # -- consumers --------------------------------------------------------
 
@@ -745,13 +836,23 @@ class RedisQueue:
         )
         jobs: list[Job] = []
         bad: list[Failure] = []
-        for job_id, task, body, attempts, enqueued_at in rows:
+        for job_id, task, body, attempts, enqueued_at, meta in rows:
             payload, error = decode_payload(body)
             if error:
                 job = Job(str(job_id), task, None, int(attempts), token, float(enqueued_at))
                 bad.append(Failure(job, error, retry=False))
                 continue
-            jobs.append(Job(str(job_id), task, payload, int(attempts), token, float(enqueued_at)))
+            jobs.append(
+                Job(
+                    str(job_id),
+                    task,
+                    payload,
+                    int(attempts),
+                    token,
+                    float(enqueued_at),
+                    decode_meta(meta),
+                )
+            )
         if bad:
             self.settle(failures=bad)
         return jobs
@@ -761,6 +862,14 @@ class RedisQueue:
             return
         pairs = [x for j in jobs for x in (_job_id(j.id), j.token)]
         self._run("renew", "renew leases", self.consumer, _lease_ms(lease_seconds), *pairs)
+
+    def waiter(self, tasks: Collection[str]) -> PubSubWaiter:
+        """A pool's own subscribed connection (drainpool.queue.redis_wakeups)."""
+        return PubSubWaiter(self._client, self.prefix, tasks, self.where)
+
+    def next_due(self, tasks: Collection[str]) -> float | None:
+        due_ms = self._run("next_due", "read due times", *dict.fromkeys(tasks))
+        return None if due_ms in ("", None) else float(due_ms) / 1000
 
     def settle_and_fetch(
         self,

@@ -39,6 +39,8 @@ RECORD_FIELDS = (
     "traceback",
     "result",
     "result_note",
+    "schedule",
+    "tick",
 )
 
 
@@ -124,6 +126,8 @@ def _info(job_id: str, fields: list[str | None]) -> JobInfo | None:
         traceback=record["traceback"],
         result_text=record["result"],
         result_note=record["result_note"],
+        schedule=record["schedule"],
+        tick=record["tick"],
     )
 
 

@@ -38,6 +38,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from drainpool.queue import sqlite_schedules
 from drainpool.queue.base import (
     DeadJob,
     Done,
@@ -47,15 +48,19 @@ from drainpool.queue.base import (
     JobState,
     QueueError,
     QueueStats,
+    QueueUnavailable,
     RetryPolicy,
     WorkerIdentity,
+    decode_meta,
     decode_payload,
+    encode_meta,
     encode_payload,
     loads_or_raw,
     log_dead,
     log_dead_job,
     refuse_connection,
 )
+from drainpool.queue.doorbell import Doorbell, DoorbellWaiter
 from drainpool.queue.outcome_minutes import (
     KEEP_SECONDS,
     PRUNE_SQL,
@@ -95,8 +100,11 @@ log = logging.getLogger("drainpool.queue")
 T = TypeVar("T")
 
 # 2: the meta table (file id) of drainpool.queue.sqlite_db; 4: the indexes below (3 was a
-# step); 5: the job records (RECORD_COLUMNS, jobs_expiry); 6: the outcome_minutes table.
-SCHEMA_VERSION = 6
+# step); 5: the job records (RECORD_COLUMNS, jobs_expiry); 6: the outcome_minutes table;
+# 7: schedule ticks (sqlite_schedules); 8: jobs.meta, each job's metadata (the producer's
+# trace context), NULL for none.
+SCHEMA_VERSION = 8
+META_COLUMN = "meta TEXT"
 BATCH_SIZE = 500  # parameters per IN (...) list, well under SQLite's limit
 
 _SCHEMA = """
@@ -163,11 +171,13 @@ def _migrate(conn: sqlite3.Connection, found: int) -> None:
         for statement in _SCHEMA.split(";"):
             conn.execute(statement)
     have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-    for column in RECORD_COLUMNS:
+    for column in (*RECORD_COLUMNS, META_COLUMN):
         if column.split()[0] not in have:
             conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
     conn.execute(EXPIRY_INDEX)
     conn.execute(TABLE_SQL)
+    if found < 7:
+        sqlite_schedules.migrate(conn)
 
 
 def path_from_url(url: str, base_dir: Path | None) -> Path:
@@ -217,7 +227,6 @@ class SqliteQueue:
             SCHEMA_VERSION,
             synchronous="FULL" if durable_commits else "NORMAL",
         )
-        self._run = self._db.run
         # Reads for people (stats at a scrape, dead letters) on a connection of their own:
         # a count over a million jobs takes a tenth of a second, and on the dispatcher's
         # connection it would hold up every settle and fetch for that long.
@@ -226,6 +235,20 @@ class SqliteQueue:
         )
         self._token_prefix = secrets.token_hex(4)
         self._token_counter = itertools.count()
+        self._doorbell = Doorbell(self.path)  # wakes idle daemons after a commit (issue 21)
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        """A transaction on the main connection; a fault lets go of the side one too.
+
+        The main connection is dropped on a fault (a file system that failed or was
+        unmounted); the side one, idle between scrapes and prunes, would otherwise
+        hold the broken file open, and the device with it, until its next use.
+        """
+        try:
+            return self._db.run(fn, write=write)
+        except QueueUnavailable:
+            self._aside.close()
+            raise
 
     @classmethod
     def from_url(
@@ -257,11 +280,13 @@ class SqliteQueue:
         delay: float = 0.0,
         key: str | None = None,
         connection: Any = None,
+        meta: Mapping[str, str] | None = None,
     ) -> str:
         refuse_connection(connection, "SQLite")
         if not math.isfinite(delay):
             raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
         body = encode_payload(payload)
+        meta_json = encode_meta(meta) or None
         now = self._clock()
 
         def insert(conn: sqlite3.Connection) -> str:
@@ -271,13 +296,47 @@ class SqliteQueue:
                 if row:
                     return str(row[0])
             cur = conn.execute(
-                "INSERT INTO jobs (task, payload, due_at, idem_key, enqueued_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (task, body, now + max(delay, 0.0), key, now),
+                "INSERT INTO jobs (task, payload, due_at, idem_key, enqueued_at, meta)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (task, body, now + max(delay, 0.0), key, now, meta_json),
             )
             return str(cur.lastrowid)
 
+        job_id = self._run(insert, write=True)
+        self._doorbell.ring((task,), now + delay if delay > 0 else None)
+        return job_id
+
+    def enqueue_tick(
+        self,
+        schedule: str,
+        task: str,
+        payload: Any = None,
+        *,
+        tick: float | None,
+        expected: float | None,
+    ) -> str | None:
+        body = encode_payload(payload)
+        now = self._clock()
+
+        def insert(conn: sqlite3.Connection) -> str | None:
+            if tick is not None and not sqlite_schedules.advance(
+                conn, schedule, tick, expected, now
+            ):
+                return None  # another daemon enqueued this tick (or a later one) first
+            cur = conn.execute(
+                "INSERT INTO jobs (task, payload, due_at, enqueued_at, schedule, tick)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (task, body, now, now, schedule, tick),
+            )
+            job_id = int(cur.lastrowid or 0)
+            if tick is not None:
+                sqlite_schedules.note_job(conn, schedule, job_id)
+            return str(job_id)
+
         return self._run(insert, write=True)
+
+    def schedule_ticks(self) -> dict[str, float]:
+        return self._run(sqlite_schedules.read_ticks, write=False)
 
     def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
         now = self._clock()
@@ -289,7 +348,11 @@ class SqliteQueue:
             )
             return len(rows)
 
-        return self._run(insert, write=True) if rows else 0
+        if not rows:
+            return 0
+        added = self._run(insert, write=True)
+        self._doorbell.ring(row[0] for row in rows)
+        return added
 
     # -- consumers --------------------------------------------------------
 
@@ -306,6 +369,25 @@ class SqliteQueue:
         if not self._run(lambda c: _due_ids(c, 1, tasks, self._clock()), write=False):
             return []  # nothing due: no write lock taken
         return self._run(self._claimer(n, tasks, lease_seconds, worker), write=True)
+
+    def waiter(self, tasks: Collection[str]) -> DoorbellWaiter:
+        """A pool's doorbell (drainpool.queue.doorbell): producers ring it after a commit."""
+        return DoorbellWaiter(self.path, tasks)
+
+    def next_due(self, tasks: Collection[str]) -> float | None:
+        """Seconds until the earliest waiting job of `tasks` is due, one index seek per task."""
+
+        def earliest(conn: sqlite3.Connection) -> float | None:
+            found = [
+                conn.execute(
+                    f"SELECT MIN(due_at) FROM jobs WHERE state = {WAITING} AND task = ?", (task,)
+                ).fetchone()[0]
+                for task in tasks
+            ]
+            return min((due for due in found if due is not None), default=None)
+
+        due = self._run(earliest, write=False)
+        return None if due is None else max(due - self._clock(), 0.0)
 
     def settle_and_fetch(
         self,
@@ -332,6 +414,7 @@ class SqliteQueue:
         if n <= 0 or not tasks:
             self._run(settle, write=True)
             log_dead(failures, self.retry)
+            self._ring_released(releases)
             return []
         claim = self._claimer(n, tasks, lease_seconds, worker)
 
@@ -341,7 +424,13 @@ class SqliteQueue:
 
         jobs = self._run(both, write=True)
         log_dead(failures, self.retry)
+        self._ring_released(releases)
         return jobs
+
+    def _ring_released(self, releases: Sequence[Job]) -> None:
+        """Released jobs are ready again: other daemons (a drain's, say) may take them now."""
+        if releases:
+            self._doorbell.ring(job.task for job in releases)
 
     def _claimer(
         self, n: int, tasks: Collection[str], lease_seconds: float, worker: WorkerIdentity | None
@@ -360,7 +449,7 @@ class SqliteQueue:
                 f"UPDATE jobs SET state = {LEASED}, due_at = ?, token = ?, attempts = attempts + 1,"
                 " started_at = COALESCE(started_at, ?), worker_host = ?, worker_pid = ?,"
                 f" worker_pool = ? WHERE id IN ({marks})"
-                " RETURNING id, task, CAST(payload AS BLOB), attempts, enqueued_at",
+                " RETURNING id, task, CAST(payload AS BLOB), attempts, enqueued_at, meta",
                 (now + lease_seconds, token, now, who.host, who.pid, who.pool, *ids),
             ).fetchall()
             order = {job_id: i for i, job_id in enumerate(ids)}
@@ -378,7 +467,7 @@ class SqliteQueue:
         self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]], token: str, now: float
     ) -> list[Job]:
         jobs: list[Job] = []
-        for job_id, task, body, attempts, enqueued_at in rows:
+        for job_id, task, body, attempts, enqueued_at, meta in rows:
             error = ""
             if attempts > self.retry.max_attempts:
                 # The wording and the count are shared with the Redis backend (contract tests).
@@ -394,7 +483,9 @@ class SqliteQueue:
                 expired = attempts > self.retry.max_attempts
                 log_dead_job(job_id, task, attempts - 1 if expired else attempts, error)
                 continue
-            jobs.append(Job(str(job_id), task, payload, attempts, token, enqueued_at))
+            jobs.append(
+                Job(str(job_id), task, payload, attempts, token, enqueued_at, decode_meta(meta))
+            )
         return jobs
 
     def renew(self, jobs: Sequence[Job], lease_seconds: float) -> None:
@@ -422,6 +513,7 @@ class SqliteQueue:
         if acks or releases or failures or counts:
             self._run(self._settlement(acks, releases, failures, counts), write=True)
             log_dead(failures, self.retry)
+            self._ring_released(releases)
 
     def _settlement(
         self,
@@ -564,7 +656,10 @@ class SqliteQueue:
             f"UPDATE jobs SET state = {WAITING}, due_at = ?, attempts = 0, token = NULL,"
             f" failed_at = NULL WHERE state = {DEAD}"
         )
-        return self._dead_update(sql, (now,), ids)
+        retried = self._dead_update(sql, (now,), ids)
+        if retried:
+            self._doorbell.ring(self._run(_live_tasks, write=False))
+        return retried
 
     def dead_purge(self, ids: Sequence[str] | None = None) -> int:
         return self._dead_update(f"DELETE FROM jobs WHERE state = {DEAD}", (), ids)
@@ -669,6 +764,7 @@ class SqliteQueue:
 
     def close(self) -> None:
         self._closing.set()
+        self._doorbell.close()
         self._db.close()
         self._aside.close()
 

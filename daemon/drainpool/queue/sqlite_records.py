@@ -51,7 +51,8 @@ COMPLETE_SQL = (
 RECORD_SQL = (
     "SELECT id, task, CAST(payload AS BLOB), COALESCE(idem_key, released_key), state, due_at,"
     " attempts, enqueued_at, started_at, COALESCE(finished_at, failed_at), worker_host,"
-    " worker_pid, worker_pool, error, traceback, CAST(result AS BLOB), result_note FROM jobs"
+    " worker_pid, worker_pool, error, traceback, CAST(result AS BLOB), result_note, schedule, tick"
+    " FROM jobs"
 )
 # Expired records are not shown, though prune() may not have deleted them yet.
 LIVE_SQL = f"NOT (state IN ({COMPLETED}, {CANCELLED}) AND expires_at <= :now)"
@@ -97,7 +98,7 @@ def prune_expired(conn: sqlite3.Connection, now: float, limit: int) -> int:
 
 def info_from_row(row: tuple[Any, ...], now: float) -> JobInfo:
     (job_id, task, payload, key, state, due_at, attempts, enqueued_at, started_at, finished_at,
-     host, pid, pool, error, traceback, result, note) = row  # fmt: skip
+     host, pid, pool, error, traceback, result, note, schedule, tick) = row  # fmt: skip
     if state == WAITING:
         shown = JobState.WAITING if due_at <= now else JobState.DELAYED
     else:
@@ -119,6 +120,8 @@ def info_from_row(row: tuple[Any, ...], now: float) -> JobInfo:
         traceback=traceback,
         result_text=result,
         result_note=note,
+        schedule=schedule,
+        tick=tick,
     )
 
 

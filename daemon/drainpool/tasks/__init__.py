@@ -7,12 +7,13 @@ generation keeps its own registry untouched.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from drainpool.payloads import UNTYPED, PayloadSpec, spec_of, typed_handler
+from drainpool.refs import import_ref
 from drainpool.settings import CommandTask, ConfigError, LoadedConfig
 
 Handler = Callable[..., Any]
@@ -27,6 +28,7 @@ class TaskSpec:
     source: str  # "module:function" or the command's argv template
     kind: TaskKind
     handler: Handler
+    payload: PayloadSpec = UNTYPED  # its annotations (drainpool.payloads)
 
 
 def build_registry(loaded: LoadedConfig) -> dict[str, TaskSpec]:
@@ -48,23 +50,18 @@ def _resolve(name: str, ref: str | CommandTask) -> TaskSpec:
         from drainpool.tasks.command import command_handler, command_source
 
         return TaskSpec(name, command_source(ref), "command", command_handler(ref))
-    module_name, _, attr_path = ref.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ValueError(f"cannot import {ref!r}: {type(exc).__name__}: {exc}") from None
-    for attr in attr_path.split("."):
-        target = getattr(target, attr, None)
-        if target is None:
-            raise ValueError(f"cannot import {ref!r}: {module_name} has no {attr_path!r}")
-    if not callable(target):
-        raise ValueError(f"{ref!r} is not callable")
+    target = import_ref(ref)
+    payload = spec_of(target)  # a model it names that cannot be found: a config error
+    kind: TaskKind = "function"
+    handler: Handler = target
     if inspect.iscoroutinefunction(target):
         from drainpool.tasks.asyncrun import run_async
 
         # Wrapped once here, so the pool calls every kind the same way (no per-job branch).
-        return TaskSpec(name, ref, "async", run_async(target))
-    return TaskSpec(name, ref, "function", target)
+        kind, handler = "async", run_async(target)
+    if payload.typed:
+        handler = typed_handler(handler, payload)  # untyped tasks keep their own handler
+    return TaskSpec(name, ref, kind, handler, payload)
 
 
 def task_names(registry: Mapping[str, TaskSpec]) -> list[str]:

@@ -11,6 +11,8 @@ import hashlib
 import time
 from typing import Any
 
+from typing_extensions import TypedDict  # pydantic validates typing's only from Python 3.12
+
 from drainpool.context import TaskContext
 
 BLOCK_SIZE = 1 << 20
@@ -20,7 +22,13 @@ def noop(ctx: TaskContext, payload: Any) -> None:
     """Returns at once: measures the daemon's own overhead."""
 
 
-def sleep(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, float]:
+class SleepRequest(TypedDict, total=False):
+    """`sleep`'s payload: typed, so `drainpool enqueue sleep '[1, 2]'` is refused at once."""
+
+    seconds: float
+
+
+def sleep(ctx: TaskContext, payload: SleepRequest) -> dict[str, float]:
     """Waits `seconds` (default 1) on the shutdown event: interrupted the moment it is set."""
     seconds = float(payload.get("seconds", 1.0))
     ctx.sleep(seconds)

@@ -1,0 +1,178 @@
+"""The SQLite queue's doorbell: how a producer wakes the daemons idle on the same file.
+
+Design (issue 21): a directory beside the queue file, `<file>-doorbell/`,
+holds one Unix datagram socket per listening pool. After its commit, a
+producer sends one datagram (the task names, one per line) to every socket in
+it; a pool serving one of those tasks wakes and fetches once.
+
+Why this shape rather than the alternatives:
+- SQLite has no notification, and inotify on the WAL fires on every write of
+  every connection (the daemons' own leases and acks too), so a daemon would
+  wake for its own work and could not tell which task changed.
+- Datagrams are fire-and-forget: a send to a full buffer fails at once with
+  EAGAIN (the daemon already has a wake-up pending) and a send to a socket
+  whose daemon died fails with ECONNREFUSED, so a producer never blocks nor
+  fails because a daemon is gone or slow; the stale socket is removed.
+- The file system finds the listeners: any process that can open the queue
+  file can find and ring them, with no registry to keep in step. A producer
+  that cannot create or write the directory (read-only) still enqueues: the
+  daemons find its job at their safety-net poll.
+- A pool checks every CHECK_SECONDS that its socket file is still there
+  (someone may have deleted it) and binds a new one if not: one stat().
+
+Socket paths are bound through /proc/self/fd/<dir fd>/<name>, so a queue
+file deep in a long path does not hit the 108-byte limit of sun_path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+from collections.abc import Callable, Collection, Iterable, Iterator
+from pathlib import Path
+
+from drainpool.queue.wakeups import ChannelWaiter, WaitMode, process_tag
+
+log = logging.getLogger("drainpool.queue")
+
+SUFFIX = ".sock"
+MAX_DATAGRAM = 65_536
+CHECK_SECONDS = 2.0  # a listener checks this often that its socket file is still there
+_GONE = (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)  # nobody listens there any more
+
+
+def doorbell_dir(queue_path: Path) -> Path:
+    return queue_path.with_name(queue_path.name + "-doorbell")
+
+
+class Doorbell:
+    """The producer's side: rings every listener after a commit; never raises."""
+
+    def __init__(self, queue_path: Path) -> None:
+        self.directory = doorbell_dir(queue_path)
+        self._sender: socket.socket | None = None
+
+    def ring(self, tasks: Iterable[str], due: float | None = None) -> int:
+        """Send the task names (and a delayed job's due time) to every listening pool.
+
+        Returns how many were rung. One line per task: `task` or `task<TAB>due`.
+        """
+        suffix = "" if due is None else f"\t{due!r}"
+        try:
+            with _reach(self.directory) as address:
+                names = [name for name in os.listdir(self.directory) if name.endswith(SUFFIX)]
+                lines = (task + suffix for task in dict.fromkeys(tasks))
+                message = "\n".join(lines).encode()[:MAX_DATAGRAM]
+                return sum(self._send(message, address(name), name) for name in names)
+        except OSError:
+            return 0  # no directory: nobody listens (or it cannot be read: the safety net)
+
+    def _send(self, message: bytes, address: str, name: str) -> bool:
+        try:
+            self._socket().sendto(message, address)
+        except OSError as exc:
+            if exc.errno in _GONE:
+                with contextlib.suppress(OSError):  # a read-only directory keeps it
+                    (self.directory / name).unlink()
+            return False  # EAGAIN: its buffer is full, so a wake-up is pending anyway
+        return True
+
+    def _socket(self) -> socket.socket:
+        if self._sender is None:
+            sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sender.setblocking(False)
+            self._sender = sender
+        return self._sender
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+
+
+class DoorbellWaiter(ChannelWaiter):
+    """A pool's side: one datagram socket in the doorbell directory."""
+
+    armed_mode: WaitMode = "doorbell"
+
+    def __init__(self, queue_path: Path, tasks: Collection[str]) -> None:
+        self.directory = doorbell_dir(queue_path)
+        super().__init__(f"doorbell in {self.directory}")
+        self._tasks = set(tasks)
+        self._socket: socket.socket | None = None
+        self._path: Path | None = None
+        self._inode: int | None = None
+
+    def _arm(self) -> None:
+        self.directory.mkdir(exist_ok=True)
+        name = process_tag() + SUFFIX
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            with _reach(self.directory) as address:
+                sock.bind(address(name))
+            self._path = self.directory / name
+            self._inode = self._path.stat().st_ino
+        except BaseException:
+            sock.close()
+            raise
+        self._socket = sock
+
+    def _listen(self, timeout: float) -> bool:
+        assert self._socket is not None and self._path is not None
+        if self._interrupter.select([self._socket.fileno()], min(timeout, CHECK_SECONDS)):
+            return self._drain_datagrams()
+        if not self._interrupter.closed.is_set() and self._moved(self._path):
+            raise OSError(f"its socket {self._path.name} was removed")
+        return False
+
+    def _drain_datagrams(self) -> bool:
+        """Read every datagram waiting (a burst of enqueues is one wake-up)."""
+        assert self._socket is not None
+        wanted = False
+        while True:
+            try:
+                message = self._socket.recv(MAX_DATAGRAM)
+            except BlockingIOError:
+                return wanted
+            for line in message.decode(errors="replace").splitlines():
+                task, _, due = line.partition("\t")
+                if task in self._tasks:
+                    wanted = True
+                    if due:
+                        self._note_due(float(due))
+
+    def _moved(self, path: Path) -> bool:
+        """Whether our socket file is no longer at `path` (deleted, or replaced)."""
+        try:
+            return path.stat().st_ino != self._inode
+        except OSError:
+            return True
+
+    def _disarm(self) -> None:
+        sock, path = self._socket, self._path
+        self._socket = self._path = None
+        if sock is not None:
+            sock.close()
+        if path is not None and not self._moved(path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+@contextlib.contextmanager
+def _reach(directory: Path) -> Iterator[Callable[[str], str]]:
+    """Socket addresses in `directory`: its path when short, else through a directory fd.
+
+    sun_path holds 108 bytes; /proc/self/fd/N/name reaches the same file in a few.
+    """
+    if len(os.fsencode(directory)) < 80:
+        yield lambda name: str(directory / name)
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield lambda name: f"/proc/self/fd/{fd}/{name}"
+    finally:
+        os.close(fd)
