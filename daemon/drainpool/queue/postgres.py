@@ -16,14 +16,14 @@ numbers are those of the SQLite backend (postgres_schema).
 `enqueue(..., connection=conn)` inserts on the application's own psycopg
 connection, inside its transaction: the job exists only if that commits.
 
-Wake-ups: `wait()` polls with a backoff for now. The notifications the issue
-asks for (LISTEN/NOTIFY on enqueue and cancel, a lost one costing at most one
-poll interval) come with the queue's `waiter` seam; see the README.
+Wake-ups: every enqueue, release and retry notifies in its own transaction,
+and an idle pool LISTENs on a connection of its own (postgres_wakeups).
+`wait()` for a job's end still polls with a backoff.
 
 Longer than a module should be, as sqlite.py is: every method of the protocol
 is here; the statements are in postgres_sql.py, the connections and faults in
 postgres_db.py, the tables in postgres_schema.py, the records' reads in
-postgres_records.py.
+postgres_records.py, the wake-ups' waiter in postgres_wakeups.py.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ from drainpool.queue.base import (
     QueueStats,
     RetryPolicy,
     WorkerIdentity,
+    decode_meta,
     decode_payload,
+    encode_meta,
     encode_payload,
     loads_or_raw,
     log_dead,
@@ -64,6 +66,7 @@ from drainpool.queue.outcome_minutes import (
 from drainpool.queue.postgres_db import Database, check_url
 from drainpool.queue.postgres_records import NOW, db_now, list_jobs, prune_expired, read_job
 from drainpool.queue.postgres_schema import DEAD, DEFAULT_SCHEMA, WAITING
+from drainpool.queue.postgres_wakeups import ListenWaiter, channel_literal
 from drainpool.queue.records import (
     RESULT_MAX_BYTES,
     RETENTION_SECONDS,
@@ -113,8 +116,10 @@ class PostgresQueue:
             durable_commits=durable_commits,
         )
         self.schema = self._db.schema
+        self._connect_timeout = connect_timeout
+        channel = channel_literal(self.schema)
         self._sql = {
-            name: text.replace("{s}", self._db.s)
+            name: text.replace("{s}", self._db.s).replace("{c}", channel)
             for name, text in {
                 "enqueue": sql.ENQUEUE,
                 "enqueue_many": sql.ENQUEUE_MANY,
@@ -128,6 +133,13 @@ class PostgresQueue:
                 "stats": sql.STATS,
                 "live_tasks": sql.LIVE_TASKS,
                 "bury": sql.BURY,
+                "announce_ready": sql.ANNOUNCE_READY,
+                "announce_changes": sql.ANNOUNCE_CHANGES,
+                "tick_first": sql.TICK_FIRST,
+                "tick_next": sql.TICK_NEXT,
+                "enqueue_tick": sql.ENQUEUE_TICK,
+                "note_tick_job": sql.NOTE_TICK_JOB,
+                "next_due": sql.NEXT_DUE,
             }.items()
         }
         self._closing = threading.Event()  # wakes wait() at close
@@ -177,11 +189,12 @@ class PostgresQueue:
         delay: float = 0.0,
         key: str | None = None,
         connection: Any = None,
+        meta: Mapping[str, str] | None = None,
     ) -> str:
         """Add a job; with `connection` (the application's psycopg one), in its transaction."""
         if not math.isfinite(delay):
             raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
-        params = (task, encode_payload(payload), max(delay, 0.0), key)
+        params = (task, encode_payload(payload), max(delay, 0.0), key, encode_meta(meta) or None)
 
         def insert(conn: Any) -> str:
             row = conn.execute(self._sql["enqueue"], params).fetchone()
@@ -207,9 +220,60 @@ class PostgresQueue:
                 conn.execute(
                     self._sql["enqueue_many"], ([t for t, _ in chunk], [p for _, p in chunk])
                 )
+            conn.execute(self._sql["announce_ready"], (sorted({t for t, _ in rows}),))
             return len(rows)
 
         return self._db.run(insert, "enqueue", durable=True) if rows else 0
+
+    def enqueue_tick(
+        self,
+        schedule: str,
+        task: str,
+        payload: Any = None,
+        *,
+        tick: float | None,
+        expected: float | None,
+    ) -> str | None:
+        """The tick's row moves by compare-and-set in the transaction that inserts its job."""
+        body = encode_payload(payload)
+
+        def insert(conn: Any) -> str | None:
+            if tick is not None:
+                moved = (
+                    conn.execute(self._sql["tick_first"], (schedule, tick))
+                    if expected is None
+                    else conn.execute(self._sql["tick_next"], (tick, schedule, expected))
+                )
+                if moved.rowcount != 1:
+                    return None  # another daemon enqueued this tick (or a later one) first
+            (job_id, _) = conn.execute(
+                self._sql["enqueue_tick"], (task, body, schedule, tick)
+            ).fetchone()
+            if tick is not None:
+                conn.execute(self._sql["note_tick_job"], (job_id, schedule))
+            return str(job_id)
+
+        return self._db.run(insert, "enqueue a tick", durable=True)
+
+    def schedule_ticks(self) -> dict[str, float]:
+        rows = self._db.run(
+            lambda c: c.execute(f"SELECT name, tick FROM {self._db.s}.schedule_ticks").fetchall(),
+            "read schedule ticks",
+        )
+        return {name: float(tick) for name, tick in rows}
+
+    # -- wake-ups ---------------------------------------------------------
+
+    def waiter(self, tasks: Collection[str]) -> ListenWaiter:
+        """A pool's own listening connection (drainpool.queue.postgres_wakeups)."""
+        return ListenWaiter(self._db.url, self.schema, tasks, self.where, self._connect_timeout)
+
+    def next_due(self, tasks: Collection[str]) -> float | None:
+        (due,) = self._db.run(
+            lambda c: c.execute(self._sql["next_due"], (sorted(set(tasks)),)).fetchone(),
+            "read due times",
+        )
+        return None if due is None else max(float(due), 0.0)
 
     # -- consumers --------------------------------------------------------
 
@@ -269,7 +333,7 @@ class PostgresQueue:
             rows = conn.execute(self._sql["claim"], params).fetchall()
             rows.sort(key=lambda row: (row[5], row[0]))  # RETURNING has no defined order
             jobs: list[Job] = []
-            for job_id, task, body, attempts, enqueued_at, _ in rows:
+            for job_id, task, body, attempts, enqueued_at, _, meta in rows:
                 error = ""
                 if attempts > self.retry.max_attempts:
                     # The wording and the count are shared with the other backends (contract).
@@ -281,7 +345,9 @@ class PostgresQueue:
                     expired = attempts > self.retry.max_attempts
                     log_dead_job(job_id, task, attempts - 1 if expired else attempts, error)
                     continue
-                jobs.append(Job(str(job_id), task, payload, attempts, token, enqueued_at))
+                jobs.append(
+                    Job(str(job_id), task, payload, attempts, token, enqueued_at, decode_meta(meta))
+                )
             return jobs
 
         return claim
@@ -333,6 +399,12 @@ class PostgresQueue:
             else:
                 changes.append((int(j.id), j.token, DEAD, 0.0, j.attempt, f.error, f.traceback))
         dead = sum(1 for c in changes if c[2] == DEAD)
+        # Released and retried jobs are waiting again: (task, delay) for their notification.
+        again = [(j.task, None) for j in releases] + [
+            (f.job.task, c[3])
+            for f, c in zip(failures, changes[len(releases) :], strict=True)
+            if c[2] == WAITING
+        ]
         bumps = sorted((name, n) for name, n in {**counts, "dead": dead}.items() if n)
 
         def apply(conn: Any) -> None:
@@ -355,6 +427,10 @@ class PostgresQueue:
             if changes:
                 conn.execute(
                     self._sql["change"], [list(column) for column in zip(*changes, strict=True)]
+                )
+            if again:
+                conn.execute(
+                    self._sql["announce_changes"], ([a[0] for a in again], [a[1] for a in again])
                 )
             if bumps:
                 conn.execute(
@@ -393,11 +469,20 @@ class PostgresQueue:
         ]
 
     def dead_retry(self, ids: Sequence[str] | None = None) -> int:
-        return self._dead_update(
+        retried = self._dead_update(
             f"UPDATE {self._db.s}.jobs SET state = {WAITING}, due_at = {NOW}, attempts = 0,"
             f" token = NULL, failed_at = NULL WHERE state = {DEAD}",
             ids,
         )
+        if retried:
+            self._db.run(
+                lambda c: c.execute(
+                    self._sql["announce_ready"],
+                    ([row[0] for row in c.execute(self._sql["live_tasks"]).fetchall()],),
+                ),
+                "announce retried jobs",
+            )
+        return retried
 
     def dead_purge(self, ids: Sequence[str] | None = None) -> int:
         return self._dead_update(f"DELETE FROM {self._db.s}.jobs WHERE state = {DEAD}", ids)

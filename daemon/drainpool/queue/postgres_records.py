@@ -20,7 +20,7 @@ NOW = "extract(epoch from statement_timestamp())::float8"
 RECORD_COLUMNS = (
     "id, task, payload, COALESCE(idem_key, released_key), state, due_at, attempts,"
     " enqueued_at, started_at, COALESCE(finished_at, failed_at), worker_host, worker_pid,"
-    " worker_pool, error, traceback, result, result_note"
+    " worker_pool, error, traceback, result, result_note, schedule, tick"
 )
 LIVE_SQL = f"NOT (state IN ({COMPLETED}, {CANCELLED}) AND expires_at <= %(now)s)"
 STATE_SQL = {

@@ -19,7 +19,7 @@ from typing import Any
 
 from drainpool.queue.base import QueueError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_SCHEMA = "drainpool"
 # A plain lower-case identifier: it is quoted into SQL text, never bound as a value.
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -67,9 +67,19 @@ _VERSION_1 = (
     " outcome text NOT NULL, shard smallint NOT NULL, n bigint NOT NULL,"
     " PRIMARY KEY (minute, outcome, shard))",
 )
+# Version 2: each job's metadata (Job.meta, JSON text), the schedule and tick that
+# enqueued it, and one row per schedule holding its last enqueued tick, moved by
+# compare-and-set in the transaction that inserts the tick's job (schedules).
+_VERSION_2 = (
+    "ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS meta text",
+    "ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS schedule text",
+    "ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS tick float8",
+    "CREATE TABLE IF NOT EXISTS {s}.schedule_ticks (name text PRIMARY KEY,"
+    " tick float8 NOT NULL, job_id bigint, updated_at float8 NOT NULL)",
+)
 # Version -> the statements that bring the version before it to this one. A later
-# version (a ticks table for schedules, a cancel request column) is one more entry.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _VERSION_1}
+# version (a cancel request column) is one more entry.
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _VERSION_1, 2: _VERSION_2}
 
 
 def check_schema_name(name: str) -> str:

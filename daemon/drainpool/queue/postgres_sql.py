@@ -11,15 +11,55 @@ from drainpool.queue.outcome_minutes import MINUTE
 from drainpool.queue.postgres_records import NOW
 from drainpool.queue.postgres_schema import COMPLETED, DEAD, LEASED, WAITING
 
-# SQL text with {s} for the quoted schema name (filled in once per queue).
+
+# SQL text with {s} for the quoted schema name and {c} for the wake-up channel's name
+# as a literal (postgres_wakeups), both filled in once per queue. Every statement that
+# makes a job ready or delayed notifies in its own transaction: a rolled-back enqueue
+# wakes nobody. A notification's payload is "<due>\t<task>" (postgres_wakeups.announce).
+def _announce(due: str, task: str) -> str:
+    """The pg_notify call for one job: `due` is 0 for ready, else its epoch due time."""
+    return f"pg_notify({{c}}, ({due})::text || chr(9) || {task})"
+
+
+ANNOUNCE_DUE = "CASE WHEN {d} > {n} THEN {d} ELSE 0 END"
 ENQUEUE = (
-    "INSERT INTO {s}.jobs (task, payload, due_at, idem_key, enqueued_at)"
-    f" VALUES (%s, %s, {NOW} + %s, %s, {NOW})"
-    " ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL DO NOTHING RETURNING id"
+    "WITH ins AS (INSERT INTO {s}.jobs (task, payload, due_at, idem_key, enqueued_at, meta)"
+    f" VALUES (%s, %s, {NOW} + %s, %s, {NOW}, %s)"
+    " ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL DO NOTHING"
+    " RETURNING id, task, due_at, enqueued_at)"
+    f" SELECT id, {_announce(ANNOUNCE_DUE.format(d='due_at', n='enqueued_at'), 'task')}"
+    " FROM ins"
 )
 ENQUEUE_MANY = (
     "INSERT INTO {s}.jobs (task, payload, due_at, enqueued_at)"
     f" SELECT task, payload, {NOW}, {NOW} FROM unnest(%s::text[], %s::text[]) AS d(task, payload)"
+)
+# Ready now, each of the tasks %s (distinct names): after a bulk enqueue or a dead retry.
+ANNOUNCE_READY = f"SELECT {_announce('0', 't')} FROM unnest(%s::text[]) AS d(t)"
+# Released (delay NULL: ready) or retried after a backoff (the delay in seconds).
+ANNOUNCE_CHANGES = (
+    f"SELECT {_announce(f'CASE WHEN d.delay > 0 THEN {NOW} + d.delay ELSE 0 END', 'd.t')}"
+    " FROM unnest(%s::text[], %s::float8[]) AS d(t, delay)"
+)
+# Schedules: the tick's row moves from the expected tick (none: inserted) or not at all.
+TICK_FIRST = (
+    f"INSERT INTO {{s}}.schedule_ticks (name, tick, updated_at) VALUES (%s, %s, {NOW})"
+    " ON CONFLICT (name) DO NOTHING"
+)
+TICK_NEXT = (
+    f"UPDATE {{s}}.schedule_ticks SET tick = %s, updated_at = {NOW} WHERE name = %s AND tick = %s"
+)
+ENQUEUE_TICK = (
+    "WITH ins AS (INSERT INTO {s}.jobs (task, payload, due_at, enqueued_at, schedule, tick)"
+    f" VALUES (%s, %s, {NOW}, {NOW}, %s, %s) RETURNING id, task)"
+    f" SELECT id, {_announce('0', 'task')} FROM ins"
+)
+NOTE_TICK_JOB = "UPDATE {s}.schedule_ticks SET job_id = %s WHERE name = %s"
+# Seconds until the earliest waiting job of the tasks %s is due: one index seek per task.
+NEXT_DUE = (
+    f"SELECT min(head.due_at) - {NOW} FROM unnest(%s::text[]) AS t(task)"
+    " CROSS JOIN LATERAL (SELECT due_at FROM {s}.jobs"
+    f" WHERE state = {WAITING} AND task = t.task ORDER BY due_at LIMIT 1) AS head"
 )
 # Up to n due jobs of each task, each task's from the head of its index range (a
 # LATERAL per task, so no sort of the whole range), then the n oldest of those.
@@ -33,7 +73,7 @@ CLAIM = (
     f" token = %(token)s, attempts = j.attempts + 1, started_at = COALESCE(j.started_at, {NOW}),"
     " worker_host = %(host)s, worker_pid = %(pid)s, worker_pool = %(pool)s"
     " FROM due WHERE j.id = due.id"
-    " RETURNING j.id, j.task, j.payload, j.attempts, j.enqueued_at, due.due_at"
+    " RETURNING j.id, j.task, j.payload, j.attempts, j.enqueued_at, due.due_at, j.meta"
 )
 BURY_ONE = (
     f"UPDATE {{s}}.jobs SET state = {DEAD}, token = NULL, traceback = '', error = %s,"
