@@ -528,7 +528,7 @@ class PostgresQueue:
         return self._db.run(lambda c: list_jobs(c, self._db.s, wanted, task, limit), "list jobs")
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:
-        """Polls with a backoff (2 ms doubling to 100 ms) until LISTEN/NOTIFY lands."""
+        """Polls the record with a backoff (2 ms doubling to 100 ms): an end notifies nobody."""
         return wait_for(job_id, timeout, lambda: self.job(job_id), self._pause)
 
     def _pause(self, left: float | None, rounds: int) -> None:
