@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from drainpool.queue.base import Done, QueueError, QueueUnavailable
 from drainpool.queue.postgres import PostgresQueue
-from drainpool.queue.postgres_schema import SCHEMA_VERSION
+from drainpool.queue.postgres_schema import MIGRATIONS, SCHEMA_VERSION
 from drainpool.queue.sqlite import SqliteQueue
 from drainpool.settings import QueueSettings
 from pydantic import ValidationError
@@ -150,9 +150,42 @@ def test_migrate_lets_a_service_without_ddl_rights_use_the_queue(
         assert queue.result(job_id, timeout=10) == "ok"
         assert queue.prune() == 0 and queue.bury_unknown(["t"]) == 0
         assert queue.dead_retry() == 0 and queue.dead_purge() == 0
+        assert queue.enqueue_tick("nightly", "t", tick=100.0, expected=None) is not None
+        assert queue.schedule_ticks() == {"nightly": 100.0}
     finally:
         queue.close()
     assert factory.cli("queue", "stats", config=service).returncode == 0
+
+
+def test_version_1_tables_are_upgraded_in_place_every_job_kept(
+    server: PostgresServer, schema: str
+) -> None:
+    with psycopg.connect(server.url(), autocommit=True) as conn:
+        for statement in MIGRATIONS[1]:
+            conn.execute(statement.replace("{s}", f'"{schema}"'))
+        conn.execute(f"INSERT INTO \"{schema}\".meta VALUES ('version', '1')")
+        conn.execute(
+            f'INSERT INTO "{schema}".jobs (task, payload, due_at, enqueued_at)'
+            " VALUES ('t', '{\"n\": 1}', 0, 0)"
+        )
+    queue = PostgresQueue.from_url(server.url(), schema=schema)
+    try:
+        assert queue.migrate() == (1, SCHEMA_VERSION)
+        [job] = queue.fetch(1, ["t"], 60)
+        assert (job.payload, job.meta) == ({"n": 1}, {})
+        queue.enqueue("t", {"n": 2}, meta={"request": "r-1"})
+        assert queue.enqueue_tick("nightly", "t", tick=5.0, expected=None) is not None
+        fetched = queue.fetch(2, ["t"], 60)
+        assert [(j.payload, j.meta) for j in fetched] == [
+            ({"n": 2}, {"request": "r-1"}),
+            (None, {}),
+        ]
+        assert {(info.schedule, info.tick) for info in queue.jobs(task="t")} == {
+            ("", None),
+            ("nightly", 5.0),
+        }
+    finally:
+        queue.close()
 
 
 def test_a_schema_newer_than_this_release_is_refused(
