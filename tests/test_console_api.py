@@ -381,7 +381,8 @@ def test_a_job_by_id_and_the_outcomes_per_minute(factory: DaemonFactory, tmp_pat
     answer = api(daemon, "/api/outcomes/minutes")
     minutes = answer["minutes"]
     assert answer["outcomes"] == [
-        "completed", "failed", "interrupted", "cancelled", "abandoned", "dead"
+        "completed", "failed", "interrupted", "cancelled", "abandoned", "aborted", "timed_out",
+        "dead",
     ]  # fmt: skip
     assert 60 <= len(minutes) <= 62  # the last hour, minute by minute, zero-filled
     assert all(set(m) == {"minute", *answer["outcomes"]} for m in minutes)

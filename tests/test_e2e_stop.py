@@ -7,7 +7,7 @@ import re
 import signal
 from pathlib import Path
 
-from tests.support.daemon import DaemonFactory, queue_stats
+from tests.support.daemon import DaemonFactory, enqueue, queue_stats
 from tests.support.joblog import count
 from tests.support.waiting import wait_until
 
@@ -144,3 +144,16 @@ def test_sigusr1_dumps_running_tasks_and_thread_stacks(factory: DaemonFactory) -
     assert "thread MainThread:" in daemon.log()
     assert "in sleep" in daemon.log()  # the task's own frame in its thread's stack
     daemon.terminate()
+
+
+def test_a_thread_a_task_left_running_does_not_keep_the_daemon_alive(
+    factory: DaemonFactory,
+) -> None:
+    """Issue 23, item 5: the interpreter would wait for a non-daemon thread for ever."""
+    config = factory.config(tasks={"leave": "tests.support.tasks:leave_thread"})
+    daemon = factory.start(config)
+    job = enqueue(factory, config, "leave")
+    wait_until(lambda: daemon.metric("drainpool_tasks_completed_total", task="leave") == 1)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0, f"job {job}"
+    daemon.wait_log("exiting without waiting for threads a task left running: left-by-a-task")

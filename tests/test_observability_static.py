@@ -77,6 +77,7 @@ EXPECTED_ALERTS = {
     "DrainpoolBacklogGrowing",
     "DrainpoolDeadLettersGrowing",
     "DrainpoolNoProgress",
+    "DrainpoolTimeoutsGrowing",
     "DrainpoolScheduleLate",
 }
 

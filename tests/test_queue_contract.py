@@ -1222,7 +1222,7 @@ def test_sqlite_prune_drops_buckets_older_than_kept(tmp_path: Path) -> None:
         queue.close()
 
 
-def test_sqlite_schema_5_is_upgraded_to_6_keeping_jobs(tmp_path: Path) -> None:
+def test_sqlite_schema_5_is_upgraded_keeping_jobs(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     old = SqliteQueue(path)
     job_id = old.enqueue("t", {"kept": True})
@@ -1243,6 +1243,47 @@ def test_sqlite_schema_5_is_upgraded_to_6_keeping_jobs(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)  # 6 or later
     conn.close()
+
+
+# Files an older build left: main's schema 8 (no cancel columns), and a branch build that
+# numbered its cancel step 7 (no schedules, no meta). Each step is idempotent, so both end
+# with every column and table.
+@pytest.mark.parametrize(
+    ("version", "dropped", "tables"),
+    [
+        (8, ("timeout_seconds", "cancel_requested_at", "cancel_reason", "cancel_by"), ()),
+        (7, ("meta", "schedule", "tick"), ("schedule_ticks",)),
+    ],
+)
+def test_sqlite_older_schemas_are_upgraded_keeping_jobs(
+    tmp_path: Path, version: int, dropped: tuple[str, ...], tables: tuple[str, ...]
+) -> None:
+    path = tmp_path / "q.db"
+    old = SqliteQueue(path)
+    job_id = old.enqueue("t", {"kept": True})
+    old.close()
+    with sqlite3.connect(path) as conn:
+        for column in dropped:
+            conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+        for table in tables:
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+
+    queue = SqliteQueue(path)
+    try:
+        timed = queue.enqueue("t", {}, timeout=5.0, meta={"k": "v"})
+        assert queue.cancel(job_id).job.state == JobState.CANCELLED
+        [job] = queue.fetch(2, ["t"], 60)
+        assert (job.id, job.timeout, job.meta) == (timed, 5.0, {"k": "v"})
+        assert queue.schedule_ticks() == {}
+    finally:
+        queue.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    conn.close()
+    assert set(dropped) <= have
 
 
 def test_meta_travels_with_its_job_beside_the_payload(make_queue: MakeQueue) -> None:

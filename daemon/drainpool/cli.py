@@ -16,7 +16,7 @@ from typing import Any
 
 from drainpool import __version__, jobs_cli
 from drainpool.exitcodes import ExitCode
-from drainpool.queue.base import QueueError, QueueUnavailable
+from drainpool.queue.base import QueueError, QueueUnavailable, check_timeout
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
         "--key", metavar="K", help="idempotency key: a live job with K is not added twice"
     )
     p.add_argument(
+        "--timeout",
+        type=_time_limit,
+        metavar="S",
+        help="the job's time limit in seconds (over its task's timeout_seconds)",
+    )
+    p.add_argument(
         "--file", metavar="JOBS.jsonl", help="bulk: one {task, payload} per line; - for stdin"
     )
     p.add_argument(
@@ -151,13 +157,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from drainpool.endpoint import EndpointError
 
         try:
-            return Supervisor(loaded, registry, inbox=inbox).run()
+            code = Supervisor(loaded, registry, inbox=inbox).run()
         except (OSError, EndpointError) as exc:
             import logging
 
             logging.getLogger("drainpool").error("cannot start: %s", exc)
             # The endpoint's address or files are the config's fault: 78, not restarted.
             return ExitCode.CONFIG if isinstance(exc, EndpointError) else ExitCode.FAILURE
+    _exit_now_if_threads_linger(code)
+    return code
+
+
+def _exit_now_if_threads_linger(code: int) -> None:
+    """Exit with `code` now if a task left a non-daemon thread running (issue 23, item 5).
+
+    The interpreter's shutdown would wait for that thread for ever, past the grace
+    and systemd's stop timeout. The supervisor has closed everything by now, so
+    the process ends here without that wait, after flushing what it printed.
+    """
+    import logging
+    import os
+    import threading
+
+    lingering = [
+        t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
+    ]
+    if not lingering:
+        return
+    names = ", ".join(sorted(t.name for t in lingering))
+    logging.getLogger("drainpool").warning(
+        "exiting without waiting for threads a task left running: %s", names
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code))
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -175,6 +209,16 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _time_limit(text: str) -> float:
+    """--timeout: seconds in (0, a year]; argparse names the option and exits 2."""
+    try:
+        seconds = float(text)
+        check_timeout(seconds)
+    except (ValueError, QueueError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return seconds
+
+
 def _cmd_enqueue(args: argparse.Namespace) -> int:
     from drainpool import bulk
     from drainpool.runtime import open_queue
@@ -184,8 +228,9 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
     loaded, _ = _load(args, tasks=False)
     known = sorted(loaded.settings.tasks)
     if args.file is not None:
-        if args.task or args.payload or args.key or args.delay or args.at is not None:
-            raise UsageError("--file takes no TASK, JSON, --key, --delay or --at")
+        given = (args.task, args.payload, args.key, args.delay, args.timeout)
+        if any(given) or args.at is not None:
+            raise UsageError("--file takes no TASK, JSON, --key, --delay, --at or --timeout")
         queue = open_queue(loaded)
         try:
             checks = {
@@ -220,7 +265,7 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
         delay = bulk.seconds_until(args.at)
     queue = open_queue(loaded)
     try:
-        job_id = queue.enqueue(args.task, payload, delay=delay, key=args.key)
+        job_id = queue.enqueue(args.task, payload, delay=delay, key=args.key, timeout=args.timeout)
     except QueueUnavailable:
         raise
     except QueueError as exc:
@@ -234,8 +279,10 @@ def _cmd_enqueue(args: argparse.Namespace) -> int:
 def _payload_spec(ref: object) -> Any:
     """A Python task's payload check, or None: a command task, or not importable here."""
     from drainpool.payloads import spec_for_ref
+    from drainpool.settings import python_ref
 
-    spec = spec_for_ref(ref) if isinstance(ref, str) else None
+    function = python_ref(ref)
+    spec = spec_for_ref(function) if function is not None else None
     return spec if spec is not None and spec.typed else None
 
 

@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar, overload
 from drainpool.context import TaskContext
 from drainpool.payloads import PayloadInvalid, PayloadSpec, dump_payload, spec_for_ref, spec_of
 from drainpool.queue.base import JobInfo, JobState, Queue, QueueError
-from drainpool.settings import CommandTask
+from drainpool.settings import CommandTask, FunctionTask, python_ref
 
 R = TypeVar("R")
 P = TypeVar("P")
@@ -74,9 +74,12 @@ class JobHandle(Generic[R]):
 class Client:
     """A producer bound to one queue and (from a config) its task names."""
 
-    def __init__(self, queue: Queue, tasks: Mapping[str, str | CommandTask] | None = None) -> None:
+    def __init__(
+        self, queue: Queue, tasks: Mapping[str, str | CommandTask | FunctionTask] | None = None
+    ) -> None:
         self.queue = queue
-        self._tasks = dict(tasks or {})
+        # name -> "module:function" of each Python task; a command task maps to None.
+        self._tasks = {name: python_ref(entry) for name, entry in (tasks or {}).items()}
         self._specs: dict[str, PayloadSpec | None] = {}
 
     @classmethod
@@ -180,7 +183,7 @@ class Client:
     def _spec_of_name(self, name: str) -> PayloadSpec | None:
         if name not in self._specs:
             ref = self._tasks.get(name)
-            self._specs[name] = spec_for_ref(ref) if isinstance(ref, str) else None
+            self._specs[name] = spec_for_ref(ref) if ref is not None else None
         return self._specs[name]
 
     def _name_of(self, function: Callable[..., Any]) -> str:

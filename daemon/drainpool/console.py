@@ -12,7 +12,7 @@ they are refused. /api/status, /metrics and the
 probes keep the rules of the core endpoint (`drainpool reload` and `status`
 read /api/status without credentials).
 
-Actions (retry, purge, reload) are off unless `console.actions = true`. Then
+Actions (retry, purge, reload, cancel a job) are off unless `console.actions = true`. Then
 each needs the bearer token (compared in constant time), the header
 `X-Drainpool-CSRF: 1` (a cross-site form cannot set it and a cross-site fetch
 cannot send it without a CORS preflight, which this server never grants), a
@@ -41,7 +41,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from drainpool import __version__, deadletters
 from drainpool.httpserver import BodyTooLarge, Handler, Route
-from drainpool.queue.base import JobNotFound, JobState, Queue, QueueError, QueueUnavailable
+from drainpool.queue.base import (
+    CancelEffect,
+    CancelResult,
+    JobNotFound,
+    JobState,
+    Queue,
+    QueueError,
+    QueueUnavailable,
+)
 from drainpool.queue.outcome_minutes import OUTCOMES
 from drainpool.settings import ConsoleSettings
 
@@ -71,6 +79,7 @@ SECURITY_HEADERS = {
 CSRF_HEADER = "X-Drainpool-CSRF"
 MAX_LIMIT = 1000  # rows of one dead-letter or outcome answer
 MAX_IDS = 1000  # ids in one retry or purge
+MAX_REASON = 500  # characters of a cancel's reason
 CHART_SECONDS = 3600  # the outcomes chart's span: the last hour, minute by minute
 
 
@@ -126,6 +135,8 @@ class Console:
             "/api/dead/retry": self._action("dead_retry", self._dead_retry),
             "/api/dead/purge": self._action("dead_purge", self._dead_purge),
             "/api/reload": self._action("reload", self._reload),
+            # /api/jobs/ID/cancel: the "*" stands for the id (httpserver's post_route).
+            "/api/jobs/*/cancel": self._action("cancel", self._cancel),
         }
 
     # -- responses ------------------------------------------------------------
@@ -159,7 +170,7 @@ class Console:
         return route
 
     def _action(
-        self, name: str, act: Callable[[dict[str, Any]], dict[str, Any]]
+        self, name: str, act: Callable[[dict[str, Any], Handler], dict[str, Any]]
     ) -> Callable[[Handler], None]:
         """A POST route: read the body, check every guard, act, and log it either way."""
 
@@ -172,7 +183,7 @@ class Console:
             try:
                 self._check_action(handler)
                 body = _parse_body(raw)
-                result = act(body)
+                result = act(body, handler)
             except Refused as refused:
                 log.warning(
                     "console %s refused for %s: %s (%d)",
@@ -320,10 +331,10 @@ class Console:
 
     # -- actions --------------------------------------------------------------
 
-    def _dead_retry(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _dead_retry(self, body: dict[str, Any], _handler: Handler) -> dict[str, Any]:
         return self._on_dead(body, "retry")
 
-    def _dead_purge(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _dead_purge(self, body: dict[str, Any], _handler: Handler) -> dict[str, Any]:
         return self._on_dead(body, "purge")
 
     def _on_dead(self, body: dict[str, Any], action: str) -> dict[str, Any]:
@@ -333,11 +344,33 @@ class Console:
         # to a retry or purge of dead ids stays {"retried": n} as before.
         return {done.verb: done.count, **({"not_dead": done.not_dead} if done.not_dead else {})}
 
-    def _reload(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _cancel(self, body: dict[str, Any], handler: Handler) -> dict[str, Any]:
+        """Cancel one job; 404 unknown, 409 already ended (nothing changed), else what it did."""
+        job_id = unquote(urlsplit(handler.path).path.split("/")[-2])
+        reason = body.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > MAX_REASON:
+            raise Refused(400, f"reason must be text of at most {MAX_REASON} characters")
+        asker = f"console {handler.client_address[0]}"
+        result = self._read(lambda queue: _cancel_or_none(queue, job_id, reason, asker))
+        if result is None:
+            raise Refused(404, str(JobNotFound(job_id)))
+        if result.effect is CancelEffect.ENDED:
+            ended = f"job {job_id} had already ended ({result.job.state}); nothing changed"
+            raise Refused(409, ended)
+        return {"effect": str(result.effect), "job": result.job.as_dict()}
+
+    def _reload(self, body: dict[str, Any], _handler: Handler) -> dict[str, Any]:
         seq = self.source.status()["reload"]["seq"]
         self.source.request_reload()
         # The caller waits for /api/status reload.seq to pass `seq`, as `drainpool reload` does.
         return {"requested": True, "seq": seq}
+
+
+def _cancel_or_none(queue: Queue, job_id: str, reason: str, by: str) -> CancelResult | None:
+    try:
+        return queue.cancel(job_id, reason=reason, by=by)
+    except JobNotFound:
+        return None
 
 
 def _who(handler: Handler) -> str:

@@ -1,9 +1,10 @@
-"""What a running task sees of the daemon: its job, a logger, and the shutdown event.
+"""What a running task sees of the daemon: its job, a logger, and its stop signal.
 
 Interruption is cooperative because Python cannot kill a thread: the pool sets
-the generation's event, and every `check()` or `sleep()` turns it into
-`Interrupted`. Waiting is `Event.wait`, so a task wakes the moment the event is
-set, with no polling interval to tune.
+the job's stop signal (`JobStop`: every running job of a generation at a drain,
+one job at a cancel or at its time limit), and every `check()` or `sleep()`
+turns it into `Interrupted`. Waiting is `Event.wait`, so a task wakes the
+moment the signal is set, with no polling interval to tune.
 """
 
 from __future__ import annotations
@@ -12,11 +13,17 @@ import logging
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 log = logging.getLogger("drainpool.context")
+
+
+# Why a job was asked to stop: the pool drains, an operator cancelled it, or its time ran out.
+StopReason = Literal["drain", "cancel", "timeout"]
 
 
 class Interrupted(BaseException):
@@ -51,6 +58,10 @@ class JobFailed(Exception):
         self.error = error
         self.traceback = traceback
         self.retry = retry
+
+
+class TimedOut(JobFailed):
+    """A task that ran out of its own time (a command's timeout_seconds): outcome timed_out."""
 
 
 def failure_details(exc: BaseException) -> tuple[str, str, bool]:
@@ -127,6 +138,91 @@ class ShutdownEvent(threading.Event):
                 log.exception("shutdown listener failed")
 
 
+class JobStop:
+    """One running job's stop signal: the shutdown event of a single job, and why it was set.
+
+    The pool makes one per job it starts, so it must cost next to nothing: a
+    few slots, and a threading.Event only once something waits on it (a task
+    that never sleeps never needs one). `lock` is shared by the pool's jobs;
+    a signal of its own gets one. The first `set()` wins: a job asked to stop
+    for a cancel keeps that reason when a drain follows.
+    """
+
+    __slots__ = ("_event", "_listeners", "_lock", "expired", "reason", "since")
+
+    def __init__(self, lock: threading.Lock | None = None) -> None:
+        self.reason: StopReason | None = None
+        self.since: float | None = None  # time.monotonic() at the set
+        self.expired = False  # its grace is over: listeners stop what they started by force
+        self._event: threading.Event | None = None
+        self._listeners: dict[object, Callable[[], None]] | None = None
+        self._lock = lock or threading.Lock()
+
+    def is_set(self) -> bool:
+        return self.reason is not None
+
+    def set(self, reason: StopReason = "drain") -> bool:
+        """Ask the job to stop; False when it already was (the first reason stays)."""
+        with self._lock:
+            if self.reason is not None:
+                return False
+            self.reason = reason
+            self.since = time.monotonic()
+            event = self._event
+        if event is not None:
+            event.set()
+        self._notify()
+        return True
+
+    def expire(self) -> None:
+        """The grace is over: listeners end the run by force (SIGKILL to a command's group)."""
+        self.set()
+        self.expired = True
+        self._notify()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until set or `timeout`; True when set, as Event.wait."""
+        if self.reason is not None:
+            return True
+        with self._lock:
+            if self.reason is not None:
+                return True
+            event = self._event
+            if event is None:
+                event = self._event = threading.Event()
+        return event.wait(timeout)
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """As ShutdownEvent.listen: called at set() and expire(), at once if already set."""
+        key = object()
+        with self._lock:
+            if self._listeners is None:
+                self._listeners = {}
+            self._listeners[key] = callback
+        if self.reason is not None:
+            callback()
+
+        def stop() -> None:
+            with self._lock:
+                if self._listeners is not None:
+                    self._listeners.pop(key, None)
+
+        return stop
+
+    def _notify(self) -> None:
+        with self._lock:
+            callbacks = list(self._listeners.values()) if self._listeners else []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # one broken listener must not keep the others from stopping
+                log.exception("stop listener failed")
+
+
+# What a context's `shutdown` may be: a job's own signal, or (tests, old callers) an Event.
+StopSignal = ShutdownEvent | JobStop
+
+
 @dataclass(frozen=True, slots=True)
 class TaskContext:
     """Handed to every task as its first argument.
@@ -139,12 +235,24 @@ class TaskContext:
     attempt: int
     task: str
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
-    shutdown: threading.Event = field(repr=False)
+    shutdown: threading.Event | JobStop = field(repr=False)  # the job's JobStop in a pool
 
     @property
     def cancelled(self) -> bool:
-        """True once the pool asked running tasks to stop."""
+        """True once the job was asked to stop: a drain, a cancel of this job, or its time limit."""
         return self.shutdown.is_set()
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        """Why the job was asked to stop ("drain", "cancel", "timeout"), None while it runs on.
+
+        Lets a task clean up differently: keep partial work at a drain (it runs
+        again), throw it away at a cancel (it never will).
+        """
+        reason: StopReason | None = getattr(self.shutdown, "reason", None)
+        if reason is None and self.shutdown.is_set():
+            return "drain"  # a generation-wide event: only a drain sets it
+        return reason
 
     def check(self) -> None:
         """Raise Interrupted if shutdown was requested; a cheap checkpoint for loops."""

@@ -291,6 +291,13 @@ def render_status(status: dict[str, Any]) -> str:
             by_task[running["task"]] = by_task.get(running["task"], 0) + 1
     for task, count in sorted(by_task.items()):
         lines.append(f"  in flight  {task}: {count}")
+    for pool in status["pools"]:
+        for running in pool["running"]:
+            if running.get("stop_reason"):  # asked to stop: a drain, a cancel, a time limit
+                lines.append(
+                    f"  stopping   job {running['job_id']} ({running['task']}):"
+                    f" {running['stop_reason']} {running['stopping_seconds']:.1f}s ago"
+                )
     queue = status.get("queue")
     if queue:
         counts = ", ".join(f"{k} {queue[k]}" for k in ("ready", "delayed", "leased", "dead"))

@@ -54,10 +54,11 @@ P = TypeVar("P", bound=DrainablePool)
 class Drain(Generic[P]):
     """Pools being drained for one reason ("shutdown" or "reload"), each with its deadline."""
 
-    def __init__(self, reason: str, clock: Callable[[], float]) -> None:
+    def __init__(self, reason: str, clock: Callable[[], float], span: Any = None) -> None:
         self.reason = reason
         self._clock = clock
         self.started = clock()
+        self.span = span  # drainpool.tracing's span of the drain, when tracing is on
         self.pools: dict[str, P] = {}
         self._deadlines: dict[str, float] = {}
         self._forced: set[str] = set()  # pools whose grace is over
@@ -122,3 +123,5 @@ class Drain(Generic[P]):
             counts = ", ".join(f"{k} {pool.counts[k]}" for k in Outcome)
             log.info("pool %s generation %d ended: %s", name, pool.generation, counts)
         log.info("%s drain finished in %.3fs", self.reason, self.elapsed())
+        if self.span is not None:
+            self.span.end()

@@ -54,6 +54,14 @@ class Endpoints:
     # has answered the refusal itself. None refuses them all (fail closed).
     read_guard: Callable[[Handler], bool] | None = None
 
+    def post_route(self, path: str) -> Route | None:
+        """The POST route of `path`, or of "/a/*/c" for "/a/ID/c" (/api/jobs/ID/cancel)."""
+        route = self.post_routes.get(path)
+        if route is None and path.count("/") >= 3:
+            head, _, rest = path.rpartition("/")
+            route = self.post_routes.get(head[: head.rfind("/")] + "/*/" + rest)
+        return route
+
     def get_route(self, path: str) -> Route | None:
         """The GET route of `path`, or of its parent "/a/b/" for "/a/b/ID" (/api/jobs/ID)."""
         parent = path[: path.rfind("/") + 1]
@@ -111,7 +119,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         endpoints = self.server.endpoints
         path = self.path.split("?", 1)[0]
-        route = endpoints.post_routes.get(path)
+        route = endpoints.post_route(path)
         if route is not None:
             route(self)
             return

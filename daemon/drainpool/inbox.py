@@ -6,6 +6,7 @@ the supervisor: they put one of these in its inbox, and its loop decides.
 
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,3 +33,15 @@ class ReloadRequest:
     """A reload asked for by something other than a signal (the console)."""
 
     source: str
+
+
+def take_all(inbox: queue.SimpleQueue[object], timeout: float) -> list[object]:
+    """Everything in the inbox, waiting up to `timeout` for the first item (0: no wait)."""
+    items: list[object] = []
+    try:
+        items.append(inbox.get(timeout=timeout) if timeout > 0 else inbox.get_nowait())
+        while True:
+            items.append(inbox.get_nowait())
+    except queue.Empty:
+        pass
+    return items

@@ -1,4 +1,4 @@
-"""`drainpool job show|wait|list`: a job's record from the command line (issue 18).
+"""`drainpool job show|wait|list|cancel`: a job's record, and stopping one job (issues 18, 19).
 
 The commands are the queue's own calls (`job`, `wait`, `jobs`), as /api/jobs
 is; this module parses their options and prints. `job wait` says how the job
@@ -11,8 +11,11 @@ cannot be decoded is printed raw with the reason (the record says it).
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import math
+import os
+import socket
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -20,6 +23,7 @@ from typing import Any
 
 from drainpool.exitcodes import ExitCode
 from drainpool.queue import JobInfo, JobNotFound, JobState, Queue, WorkerIdentity
+from drainpool.queue.base import CancelEffect, QueueError, QueueUnavailable
 from drainpool.queue.records import MAX_LIST_LIMIT
 
 LIST_DEFAULT_LIMIT = 50
@@ -66,7 +70,23 @@ def register(sub: Any, add_config: Callable[[argparse.ArgumentParser], None]) ->
     )
     listing.add_argument("--json", action="store_true", help="the records as a JSON list")
     listing.set_defaults(handler=_list)
-    for parser in (show, wait, listing):
+
+    cancel = actions.add_parser(
+        "cancel",
+        help="stop one job: never run if waiting, stopped if running (exit 1 if it had ended)",
+    )
+    cancel.add_argument("id", metavar="ID", help="the job id that enqueue printed")
+    cancel.add_argument("--reason", default="", metavar="TEXT", help="kept in the job's record")
+    cancel.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until a running job has stopped; say whether it ended cancelled",
+    )
+    cancel.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="with --wait: give up after S seconds"
+    )
+    cancel.set_defaults(handler=_cancel)
+    for parser in (show, wait, listing, cancel):
         add_config(parser)
 
 
@@ -146,6 +166,58 @@ def _wait(args: argparse.Namespace) -> int:
     return WAIT_EXIT[info.state]
 
 
+def _cancel(args: argparse.Namespace) -> int:
+    queue = _open(args)
+    try:
+        return cancel_job(queue, args.id, args.reason, args.wait, args.timeout)
+    except JobNotFound as exc:
+        return _not_found(exc)
+    except QueueUnavailable:
+        raise
+    except QueueError as exc:  # not an id of this queue at all
+        print(f"drainpool: {exc}", file=sys.stderr)
+        return ExitCode.FAILURE
+    finally:
+        queue.close()
+
+
+def cancel_job(queue: Queue, job_id: str, reason: str, wait: bool, timeout: float | None) -> int:
+    """Cancel, print what happened in one line, and exit 0 only if the job ends cancelled."""
+    result = queue.cancel(job_id, reason=reason, by=asker())
+    info = result.job
+    if result.effect is CancelEffect.CANCELLED:
+        print(f"job {info.id} cancelled; it had not started")
+        return ExitCode.OK
+    if result.effect is CancelEffect.ENDED:
+        print(f"drainpool: job {info.id} had already ended ({info.state}); nothing changed",
+              file=sys.stderr)  # fmt: skip
+        return ExitCode.FAILURE
+    again = " (asked before)" if result.effect is CancelEffect.ALREADY_REQUESTED else ""
+    if not wait:
+        print(f"job {info.id}: cancel requested{again}; {_worker(info.worker)} stops it")
+        return ExitCode.OK
+    try:
+        ended = queue.wait(info.id, timeout)
+    except TimeoutError as exc:
+        print(f"drainpool: {exc}", file=sys.stderr)
+        return ExitCode.JOB_TIMED_OUT
+    if ended.state is JobState.CANCELLED:
+        print(f"job {ended.id} cancelled; it was stopped while running")
+        return ExitCode.OK
+    print(f"drainpool: job {ended.id} ended {ended.state} before the cancel took effect",
+          file=sys.stderr)  # fmt: skip
+    return ExitCode.FAILURE
+
+
+def asker() -> str:
+    """Who asked, for the record: the user and host the command runs as."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = str(os.getuid())
+    return f"cli {user}@{socket.gethostname()}"
+
+
 def _list(args: argparse.Namespace) -> int:
     queue = _open(args)
     try:
@@ -181,6 +253,12 @@ def describe(info: JobInfo) -> str:
         rows.append(("result note", info.result_note))
     if info.error:
         rows.append(("error", info.error))
+    if info.timeout is not None:
+        rows.append(("time limit", f"{info.timeout:g} s"))
+    if info.cancel_requested_at is not None:
+        by = f" by {info.cancelled_by}" if info.cancelled_by else ""
+        why = f": {info.cancel_reason}" if info.cancel_reason else ""
+        rows.append(("cancel", f"asked {_when(info.cancel_requested_at)}{by}{why}"))
     lines = [f"{name:<12}{value}" for name, value in rows]
     if info.traceback:
         lines.append("traceback")

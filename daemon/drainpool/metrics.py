@@ -75,6 +75,8 @@ OUTCOME_HELP: dict[str, str] = {
     Outcome.ABANDONED: (
         "Tasks still running when the drain grace ran out; their jobs were released."
     ),
+    Outcome.ABORTED: "Jobs stopped by a cancel (running or reserved); their records are cancelled.",
+    Outcome.TIMED_OUT: "Tasks stopped at their time limit; each a failed attempt, retried or dead.",
 }
 PHASES = ("starting", "running", "draining", "stopped")
 QUEUE_STATES = ("ready", "delayed", "leased", "dead")
@@ -238,11 +240,11 @@ class PoolMetrics:
             series.buckets[outcome][bucket] += 1
             series.sums[outcome] += seconds
 
-    def cancelled(self, task: str) -> None:
-        """A job handed over that never started: no duration, never in flight."""
+    def cancelled(self, task: str, outcome: Outcome = Outcome.CANCELLED) -> None:
+        """A job handed over that never started (cancelled, or aborted): no duration."""
         series = self._series[task]
         with series.lock:
-            series.counts[Outcome.CANCELLED] += 1
+            series.counts[outcome] += 1
 
 
 class Metrics:

@@ -16,7 +16,17 @@ class Outcome(enum.StrEnum):
     INTERRUPTED = "interrupted"  # the handler raised Interrupted: released, attempt not counted
     CANCELLED = "cancelled"  # fetched but never started when the drain began: released
     ABANDONED = "abandoned"  # still running when the grace ran out: released, late result ignored
+    ABORTED = "aborted"  # stopped after a cancel of its job (or dropped unstarted): never re-run
+    TIMED_OUT = "timed_out"  # stopped at its time limit: a failed attempt, retried, then dead
 
 
 # Outcomes of a task that ran (a cancelled job never started, so it has no duration).
-RAN = (Outcome.COMPLETED, Outcome.FAILED, Outcome.INTERRUPTED, Outcome.ABANDONED)
+# An aborted job may have run (it gets a duration) or been dropped from the reserve (none).
+RAN = (
+    Outcome.COMPLETED,
+    Outcome.FAILED,
+    Outcome.INTERRUPTED,
+    Outcome.ABANDONED,
+    Outcome.ABORTED,
+    Outcome.TIMED_OUT,
+)

@@ -65,7 +65,7 @@ def plan_from_json(data: dict[str, Any]) -> PoolPlan:
 
 
 def _refs(registry: dict[str, TaskSpec], names: Iterable[str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((name, registry[name].source) for name in names if name in registry))
+    return tuple(sorted((name, registry[name].identity) for name in names if name in registry))
 
 
 def diff_plans(

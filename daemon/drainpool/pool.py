@@ -27,7 +27,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from drainpool.context import Interrupted, ShutdownEvent, TaskContext, failure_details
+from drainpool.context import (
+    Interrupted,
+    JobStop,
+    ShutdownEvent,
+    StopReason,
+    TaskContext,
+    TimedOut,
+    failure_details,
+)
+from drainpool.jobwatch import JobWatch
 from drainpool.metrics import Metrics
 from drainpool.observe import Watched, job_watch
 from drainpool.outcomes import Outcome
@@ -119,9 +128,14 @@ class _Running:
     job: Job
     started: float
     thread: str
+    stop: JobStop  # the job's own signal: a drain sets every one, a cancel or time limit one
+    limit: float | None = None  # its time limit in seconds
+    stop_at: float | None = None  # pool clock: when a cancel or time limit stopped it
+    cancel_asked: bool = False  # a cancel came, maybe after a drain had stopped it already
     abandoned: bool = False
     watched: Watched | None = None  # hooks and span of this attempt (drainpool.observe)
     awaited: bool = False  # abandoned, and the runner is ending it: the drain waits for that
+    replaced: bool = False  # abandoned alone while the pool runs: a new worker took its place
 
 
 @dataclass(slots=True)
@@ -184,6 +198,11 @@ class Pool:
         self._stopping = False
         self._mean_run_seconds: float | None = None  # moving mean of run times, for the reserve
         self._abandon_requested = False
+        self._stops_lock = threading.Lock()  # shared by the jobs' JobStops: cheap to make
+        # Time limits of the tasks that have one (a job's own `timeout` wins).
+        self._limits = {n: s.timeout_seconds for n, s in self.tasks.items() if s.timeout_seconds}
+        self._left_behind = 0  # abandoned runs whose worker was replaced while the pool runs
+        self._jobwatch = JobWatch(self, queue, f"{config.name}-g{generation}", clock=clock)
         self._drained = False
         self._threads: list[threading.Thread] = []
         self._dispatcher = threading.Thread(
@@ -217,6 +236,7 @@ class Pool:
         self._waiter = waiter_for(self._queue, self.tasks.keys())
         self._listener.start()
         self._dispatcher.start()
+        self._jobwatch.start()
 
     def begin_drain(self) -> int:
         """Drain steps 1-2: stop fetching, set the event, cancel what never started."""
@@ -233,6 +253,10 @@ class Pool:
             self._work_ready.notify_all()
             self._dispatch_wake.notify()
             self.counts[Outcome.CANCELLED] += len(cancelled)
+            stops = [r.stop for r in self._running.values()]
+        for stop in stops:
+            stop.set("drain")
+        self._jobwatch.wake()  # it ends once nothing is held
         self._runner.drain_begun()
         self._record_cancelled(cancelled)
         return len(cancelled)
@@ -258,6 +282,8 @@ class Pool:
         # listeners (command tasks) kill what they started.
         self.shutdown.expire()
         for entry in abandoned:
+            entry.stop.expire()
+        for entry in abandoned:
             if entry.watched is not None:
                 entry.watched.abandoned(now - entry.started)
             self._task_metrics.finished(entry.job.task, Outcome.ABANDONED, now - entry.started)
@@ -281,6 +307,129 @@ class Pool:
                     entry.awaited = False
             self._dispatch_wake.notify()
 
+    # -- stopping one job (drainpool.jobwatch calls these) -------------------
+
+    def sweep(self) -> tuple[list[Job], float | None, bool]:
+        """Stop the jobs past their time limit, end those past their grace; what is held.
+
+        Returns (jobs held, seconds until the next limit or grace ends, whether the
+        pool has drained and the watch can end).
+        """
+        now = self._clock()
+        grace = self.config.grace_seconds
+        timed_out: list[str] = []
+        graced: list[_Running] = []
+        next_at: float | None = None
+        with self._lock:
+            if self._drained:
+                return [], None, True
+            held = [r.job for r in self._running.values() if not r.abandoned]
+            held.extend(self._handed)
+            for entry in self._running.values():
+                if entry.abandoned:
+                    continue
+                if entry.stop_at is not None:
+                    at = entry.stop_at + grace
+                    if now >= at:
+                        graced.append(entry)
+                        continue
+                elif entry.limit is not None and not entry.stop.is_set():
+                    at = entry.started + entry.limit
+                    if now >= at:
+                        timed_out.append(entry.job.id)
+                        continue
+                else:
+                    continue
+                next_at = at if next_at is None else min(next_at, at)
+        for job_id in timed_out:
+            self.stop_job(job_id, "timeout")
+        for entry in graced:
+            self._grace_over(entry)
+        return held, None if next_at is None else next_at - now, False
+
+    def stop_job(self, job_id: str, reason: StopReason) -> None:
+        """Ask one job to stop; a cancelled job that never started is dropped at once."""
+        dropped: Job | None = None
+        with self._lock:
+            entry = self._running.get(job_id)
+            if entry is None:
+                dropped = next((j for j in self._handed if j.id == job_id), None)
+                if dropped is None or reason != "cancel":
+                    return  # ended meanwhile: its settle says how (ack wins, else cancelled)
+                self._handed.remove(dropped)
+                self._settle.releases.append(dropped)  # the queue ends it cancelled
+                self._settle.outcomes[Outcome.ABORTED] += 1
+                self.counts[Outcome.ABORTED] += 1
+                self._dispatch_wake.notify()
+            elif entry.abandoned:
+                return
+            elif reason == "cancel":
+                entry.cancel_asked = True
+        if dropped is not None:
+            self._record_cancelled([dropped], Outcome.ABORTED)
+            log.info("job %s (%s) cancelled before it started", dropped.id, dropped.task)
+            return
+        assert entry is not None
+        if entry.stop.set(reason):
+            with self._lock:
+                entry.stop_at = self._clock()  # its grace counts from now
+            log.info(
+                "job %s (%s) asked to stop: %s; it gets %.1fs",
+                job_id,
+                entry.job.task,
+                reason,
+                self.config.grace_seconds,
+            )
+
+    def _grace_over(self, entry: _Running) -> None:
+        """A job stopped by a cancel or its time limit still runs a grace later: end it alone.
+
+        The job is settled now (cancelled, or a failed attempt); a thread is left
+        behind and a new worker takes its slot, a child or a command is killed.
+        """
+        job = entry.job
+        cancel = entry.cancel_asked or entry.stop.reason == "cancel"
+        outcome = Outcome.ABORTED if cancel else Outcome.TIMED_OUT
+        now = self._clock()
+        with self._lock:
+            if entry.abandoned or self._running.get(job.id) is not entry:
+                return
+            entry.abandoned = True
+            entry.awaited = self._runner.ends(job.task)
+            kind = self.tasks[job.task].kind
+            entry.replaced = not entry.awaited and kind != "command" and not self._stopping
+            self._left_behind += entry.replaced
+            if cancel:
+                self._settle.releases.append(job)
+            else:
+                self._settle.failures.append(self._timed_out(entry))
+            self._settle.outcomes[outcome] += 1
+            self.counts[outcome] += 1
+            self._dispatch_wake.notify()
+        entry.stop.expire()  # listeners: SIGKILL to a command's group
+        self._task_metrics.finished(job.task, outcome, now - entry.started)
+        self._recent.add(self, job, outcome, now - entry.started)
+        log.warning(
+            "job %s (%s) on %s still ran %.1fs after its %s: %s; the job is %s",
+            job.id,
+            job.task,
+            entry.thread,
+            self.config.grace_seconds,
+            entry.stop.reason,
+            "killed" if entry.awaited or kind == "command" else "abandoned (thread left behind)",
+            "cancelled" if cancel else "failed (timed out)",
+        )
+        if entry.awaited:
+            self._runner.kill({job.id}, self._stop_awaiting)
+        if entry.replaced:
+            thread = threading.Thread(
+                target=self._worker_loop,
+                name=f"{self.config.name}-g{self.generation}-w{len(self._threads)}",
+                daemon=True,
+            )
+            self._threads.append(thread)
+            thread.start()
+
     @property
     def drained(self) -> bool:
         return self._drained
@@ -289,6 +438,7 @@ class Pool:
         """Wait for the dispatcher and the workers that are not stuck in abandoned tasks."""
         deadline = time.monotonic() + max(timeout, self._runner.join_seconds)
         self._dispatcher.join(max(deadline - time.monotonic(), 0))
+        self._jobwatch.join(max(deadline - time.monotonic(), 0))
         if self._listener.ident is not None:
             self._listener.join(max(deadline - time.monotonic(), 0))
         with self._lock:
@@ -315,6 +465,12 @@ class Pool:
                     "seconds": round(now - r.started, 3),
                     "thread": r.thread,
                     "abandoned": r.abandoned,
+                    # Asked to stop (drain, cancel, timeout) and for how long: status, SIGUSR1.
+                    "stop_reason": r.stop.reason,
+                    "stopping_seconds": None
+                    if r.stop.since is None
+                    else round(time.monotonic() - r.stop.since, 3),
+                    "timeout": r.limit,
                 }
                 for r in self._running.values()
             ]
@@ -347,11 +503,14 @@ class Pool:
                 if not self._handed:
                     return  # stopping, and nothing handed over
                 job = self._handed.popleft()
-                entry = _Running(job, self._clock(), name)
+                entry = _Running(job, self._clock(), name, JobStop(self._stops_lock))
+                entry.limit = job.timeout or self._limits.get(job.task)
                 self._running[job.id] = entry
-            self._run(entry)
+            if self._run(entry):
+                return  # abandoned alone; its replacement serves in its place
 
-    def _run(self, entry: _Running) -> None:
+    def _run(self, entry: _Running) -> bool:
+        """Run one job and classify its end; True when this worker was replaced meanwhile."""
         job = entry.job
         spec = self.tasks[job.task]
         metrics = self._task_metrics
@@ -359,7 +518,7 @@ class Pool:
         logger = logging.LoggerAdapter(
             logging.getLogger(f"drainpool.task.{job.task}"), {"job_id": job.id, "task": job.task}
         )
-        ctx = TaskContext(job.id, job.attempt, job.task, logger, self.shutdown)
+        ctx = TaskContext(job.id, job.attempt, job.task, logger, entry.stop)
         failure: Failure | None = None
         done: Job | Done = job
         if self._watch is not None:
@@ -371,11 +530,11 @@ class Pool:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("job %s completed: %r", job.id, result)
         except Interrupted:
-            if self.shutdown.is_set():
-                outcome = Outcome.INTERRUPTED
-            else:
-                outcome = Outcome.FAILED
-                failure = Failure(job, "raised Interrupted while no shutdown was requested")
+            outcome, failure = self._interrupted(entry)
+        except TimedOut as exc:  # a command task's own timeout_seconds
+            outcome = Outcome.TIMED_OUT
+            failure = Failure(job, exc.error[:ERROR_TAIL], exc.traceback[-10 * ERROR_TAIL :])
+            logger.warning("job %s timed out (attempt %d): %s", job.id, job.attempt, exc.error)
         except BaseException as exc:  # a task's SystemExit is its failure, not ours
             outcome = Outcome.FAILED
             message, trace, retry = failure_details(exc)
@@ -392,9 +551,11 @@ class Pool:
             )
             del self._running[job.id]
             if entry.abandoned:
+                if entry.replaced:
+                    self._left_behind -= 1
                 if entry.awaited:
                     self._dispatch_wake.notify()  # the drain may have waited for this end
-                return  # released at the deadline; it may already run elsewhere
+                return entry.replaced  # settled when abandoned; it may already run elsewhere
             self.counts[outcome] += 1
             self._settle.outcomes[outcome] += 1
             if outcome is Outcome.COMPLETED:
@@ -406,6 +567,24 @@ class Pool:
             self._dispatch_wake.notify()
         metrics.finished(job.task, outcome, seconds)
         self._recent.add(self, job, outcome, seconds)
+        return False
+
+    def _interrupted(self, entry: _Running) -> tuple[Outcome, Failure | None]:
+        """The outcome of a task that raised Interrupted: why was it asked to stop?"""
+        reason = entry.stop.reason
+        if entry.cancel_asked or reason == "cancel":
+            return Outcome.ABORTED, None  # released: the queue ends a cancelled job so
+        if reason == "timeout":
+            return Outcome.TIMED_OUT, self._timed_out(entry)
+        if reason is not None or self.shutdown.is_set():
+            return Outcome.INTERRUPTED, None
+        return Outcome.FAILED, Failure(
+            entry.job, "raised Interrupted while no shutdown was requested"
+        )
+
+    @staticmethod
+    def _timed_out(entry: _Running) -> Failure:
+        return Failure(entry.job, f"timed out after {entry.limit or 0.0:.1f} s")
 
     def _done(self, job: Job, result: object) -> Job | Done:
         """The ack of a completed job, with its result encoded here, in the worker's thread."""
@@ -437,6 +616,7 @@ class Pool:
         finally:
             self._drained = True
             self._waiter.close()
+            self._jobwatch.wake()  # it sees the pool drained, and ends
         self._on_drained(self)
 
     def _dispatch_rounds(self) -> None:
@@ -555,7 +735,7 @@ class Pool:
         return any(not r.abandoned or r.awaited for r in self._running.values())
 
     def _free_slots(self) -> int:
-        held = len(self._running) + len(self._handed)
+        held = len(self._running) - self._left_behind + len(self._handed)
         return self.config.workers + self.reserve() - held
 
     def reserve(self) -> int:
@@ -588,6 +768,7 @@ class Pool:
     def _hand_over(self, jobs: list[Job]) -> None:
         if not jobs:
             return
+        self._jobwatch.wake()
         with self._lock:
             stopping = self._stopping
             if stopping:
@@ -603,10 +784,10 @@ class Pool:
         if stopping:
             self._record_cancelled(jobs)
 
-    def _record_cancelled(self, jobs: list[Job]) -> None:
+    def _record_cancelled(self, jobs: list[Job], outcome: Outcome = Outcome.CANCELLED) -> None:
         for job in jobs:
-            self._task_metrics.cancelled(job.task)
-            self._recent.add(self, job, Outcome.CANCELLED, None)
+            self._task_metrics.cancelled(job.task, outcome)
+            self._recent.add(self, job, outcome, None)
 
     def _fetch(self, free: int) -> int:
         """Fetch and hand over up to `free` jobs (tests drive this directly)."""

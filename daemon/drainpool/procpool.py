@@ -10,7 +10,8 @@ already run a separate program and are run by the worker thread itself, as
 in a thread pool.
 
 At a stop, the drain forwards the shutdown event to every child, where
-ctx.sleep and ctx.check see it at once. At the grace deadline the pool's
+ctx.sleep and ctx.check see it at once; a cancel or a time limit forwards
+one job's stop (with its reason) to the child running it. At the grace deadline the pool's
 abandon() releases the jobs still running and kill() signals their
 children's process groups: SIGTERM at once, then SIGKILL after
 KILL_AFTER_SECONDS from a reaper thread, so the supervisor's loop never
@@ -40,6 +41,7 @@ from typing import Any
 from drainpool.context import (
     Interrupted,
     JobFailed,
+    JobStop,
     TaskContext,
     child_environment,
     exit_description,
@@ -129,6 +131,11 @@ class _Worker:
     def send_shutdown(self) -> None:
         with contextlib.suppress(OSError):  # a dead child needs no telling
             self.channel.send({"op": "shutdown"})
+
+    def send_stop(self, job_id: str, reason: str) -> None:
+        """One job asked to stop (a cancel, a time limit): the child sets that job's signal."""
+        with contextlib.suppress(OSError):
+            self.channel.send({"op": "stop", "id": job_id, "reason": reason})
 
     def signal(self, signum: int) -> None:
         with self.lock:
@@ -239,8 +246,15 @@ class ProcessRunner:
         }
         with self._lock:
             if ctx.job_id in self._doomed:  # abandoned before it reached its child
+                self._doomed.discard(ctx.job_id)  # a later attempt (a retry) runs as usual
                 raise Interrupted
             worker.job_id = ctx.job_id
+        stop = ctx.shutdown
+        stop_listening = (
+            stop.listen(lambda: worker.send_stop(ctx.job_id, stop.reason or "drain"))
+            if isinstance(stop, JobStop)
+            else lambda: None
+        )
         try:
             reply = worker.call(message)
         except WorkerDied as died:
@@ -249,8 +263,10 @@ class ProcessRunner:
                 raise Interrupted from None
             raise JobFailed(f"worker process died: {died}") from None
         finally:
+            stop_listening()
             with self._lock:
                 worker.job_id = None
+                self._doomed.discard(ctx.job_id)
         outcome = reply["outcome"]
         if outcome == Outcome.COMPLETED:
             if "not_json" in reply:  # the child could not send it: the record says why
@@ -281,10 +297,13 @@ class ProcessRunner:
         self._forget(worker)
         worker.dispose()
         self._local.worker = None
-        if worker.killed:
-            return  # abandoned at the deadline: the pool is stopping
         with self._lock:
             stopping = self._stopping
+        if worker.killed:
+            # Killed for one job (a cancel or time limit past its grace): the slot lives on.
+            if not stopping:
+                self._local.worker = self._spawn_logged()
+            return
         log.warning(
             "worker process %d died %s: %s%s",
             worker.pid,

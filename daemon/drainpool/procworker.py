@@ -2,11 +2,12 @@
 
 A child is a fresh interpreter (the spawn way: nothing inherited but what is
 passed), started by drainpool.procpool with one end of a socketpair. Messages
-are JSON, one per line, never pickle: the parent sends `run` (a job) and
-`shutdown`; the child answers each job with its outcome.
+are JSON, one per line, never pickle: the parent sends `run` (a job),
+`shutdown` (a drain) and `stop` (one job: a cancel or a time limit, with its
+reason); the child answers each job with its outcome.
 
-A reader thread owns the socket's input, so a `shutdown` arriving while a
-task runs sets the child's own ShutdownEvent at once: ctx.sleep wakes,
+A reader thread owns the socket's input, so a `shutdown` or `stop` arriving
+while a task runs sets that job's JobStop at once: ctx.sleep wakes,
 ctx.check raises, an async task is cancelled, exactly as in a thread worker.
 End of stream means the pool closed this worker or the daemon is gone; the
 child then exits at once (a job it was running comes back by its lease).
@@ -24,7 +25,7 @@ import sys
 import threading
 from typing import Any
 
-from drainpool.context import Interrupted, ShutdownEvent, TaskContext, failure_details
+from drainpool.context import Interrupted, JobStop, StopReason, TaskContext, failure_details
 from drainpool.outcomes import Outcome
 
 # Run with `python -c BOOTSTRAP drainpool-worker FD SYS_PATH_JSON CONFIG_JSON`: the parent's
@@ -81,16 +82,20 @@ def main() -> None:
     config = json.loads(sys.argv[4])
     os.set_inheritable(fd, False)  # a task's own children must not hold the pool's socket
     channel = Channel(socket.socket(fileno=fd))
-    shutdown = ShutdownEvent()
+    stops = _Stops()
     inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
     threading.Thread(
-        target=_read, args=(channel, inbox, shutdown), name="drainpool-control", daemon=True
+        target=_read, args=(channel, inbox, stops), name="drainpool-control", daemon=True
     ).start()
     _configure_logging(config["log"])
     tasks: dict[str, str] = config["tasks"]
     handlers: dict[str, Any] = {}
     while True:
-        reply = _run(inbox.get(), tasks, handlers, shutdown)
+        message = inbox.get()
+        try:
+            reply = _run(message, tasks, handlers, stops.begin(message["id"]))
+        finally:
+            stops.end()
         try:
             channel.send(reply)
         except (TypeError, ValueError, RecursionError) as exc:  # a result JSON cannot hold
@@ -98,12 +103,51 @@ def main() -> None:
             channel.send(reply)
 
 
-def _read(
-    channel: Channel, inbox: queue.SimpleQueue[dict[str, Any]], shutdown: ShutdownEvent
-) -> None:
+class _Stops:
+    """The child's side of stopping: the drain (every job from now on) and one job's stop.
+
+    A `stop` for a job may arrive before its `run` is taken from the inbox (the
+    parent forwards a stop the moment it is set); it is kept until that job begins.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._draining = False
+        self._early: dict[str, StopReason] = {}
+        self._job_id: str | None = None
+        self._stop: JobStop | None = None
+
+    def begin(self, job_id: str) -> JobStop:
+        stop = JobStop()
+        with self._lock:
+            self._job_id, self._stop = job_id, stop
+            reason = "drain" if self._draining else self._early.pop(job_id, None)
+        if reason is not None:
+            stop.set(reason)
+        return stop
+
+    def end(self) -> None:
+        with self._lock:
+            self._job_id = self._stop = None
+
+    def received(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            if message["op"] == "shutdown":
+                self._draining = True
+                stop, reason = self._stop, "drain"
+            elif message["id"] == self._job_id:
+                stop, reason = self._stop, message["reason"]
+            else:
+                self._early[message["id"]] = message["reason"]
+                stop = None
+        if stop is not None:
+            stop.set(reason)
+
+
+def _read(channel: Channel, inbox: queue.SimpleQueue[dict[str, Any]], stops: _Stops) -> None:
     while (message := channel.recv()) is not None:
-        if message.get("op") == "shutdown":
-            shutdown.set()
+        if message.get("op") in ("shutdown", "stop"):
+            stops.received(message)
         else:
             inbox.put(message)
     for stream in (sys.stdout, sys.stderr):
@@ -123,7 +167,7 @@ def _run(
     message: dict[str, Any],
     tasks: dict[str, str],
     handlers: dict[str, Any],
-    shutdown: ShutdownEvent,
+    shutdown: JobStop,
 ) -> dict[str, Any]:
     """Run one job; its outcome as the parent's Pool._run would classify it."""
     name = message["task"]

@@ -7,6 +7,7 @@ comparison of two configs says which pools restart, or that nothing changed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -26,6 +27,10 @@ class ReloadRecord:
     message: str = ""
     source: str = ""
     at: float = 0.0
+
+    def next(self, result: str, message: str, source: str) -> ReloadRecord:
+        """The record of the reload attempt after this one, made now."""
+        return ReloadRecord(self.seq + 1, result, message, source, time.time())
 
 
 class ReloadSchedule:

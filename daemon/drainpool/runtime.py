@@ -95,7 +95,7 @@ def redacted_effective(settings: Settings) -> dict[str, Any]:
     effective = settings.effective()
     effective["queue"]["url"] = redact_url(effective["queue"]["url"])
     for task in effective["tasks"].values():
-        if isinstance(task, dict):
+        if isinstance(task, dict) and "env" in task:  # a command task, not a FunctionTask
             secret = set(task.get("secret_env", ()))
             task["env"] = {
                 name: _shown_env(value, name in secret or looks_secret(name))

@@ -26,8 +26,10 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -176,11 +178,15 @@ class LogSettings(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
+# A time limit: more than 0, at most a year (above that it is a typo), never NaN or infinite.
+TimeLimit = Annotated[float | None, Field(None, gt=0, le=366 * 86_400, allow_inf_nan=False)]
+
+
 class CommandTask(_Section):
     """A task that runs a program: argv template filled from the payload, never a shell."""
 
     command: list[str] = Field(min_length=1)
-    timeout_seconds: float | None = Field(None, gt=0)
+    timeout_seconds: TimeLimit = None
     cwd: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     # Names in env whose values are shown as *** wherever the config is shown, beside
@@ -194,6 +200,16 @@ class CommandTask(_Section):
         if missing:
             raise ValueError(f"names {', '.join(missing)}, not set in env")
         return names
+
+
+class FunctionTask(_Section):
+    """A Python task written as a table: `function = "module:function"` and its time limit.
+
+    The one-line form `name = "module:function"` is the same task with no limit.
+    """
+
+    function: TaskRef
+    timeout_seconds: TimeLimit = None
 
 
 def _task_ref(ref: str) -> str:
@@ -215,6 +231,30 @@ def _task_name(name: str) -> str:
 
 TaskRef = Annotated[str, AfterValidator(_task_ref)]
 TaskName = Annotated[str, AfterValidator(_task_name)]
+
+
+def python_ref(entry: object) -> str | None:
+    """The "module:function" of a Python task entry (either form); None for a command task."""
+    if isinstance(entry, FunctionTask):
+        return entry.function
+    return entry if isinstance(entry, str) else None
+
+
+def _task_kind(value: Any) -> str:
+    """Which form a task entry is: a table with `function` is a Python task, else a command."""
+    if isinstance(value, dict):
+        return "FunctionTask" if "function" in value else "CommandTask"
+    if isinstance(value, FunctionTask | CommandTask):
+        return type(value).__name__
+    return "str"
+
+
+TaskEntry = Annotated[
+    Annotated[TaskRef, Tag("str")]
+    | Annotated[CommandTask, Tag("CommandTask")]
+    | Annotated[FunctionTask, Tag("FunctionTask")],
+    Discriminator(_task_kind),
+]
 
 
 class HooksSettings(_Section):
@@ -249,7 +289,7 @@ class Settings(BaseSettings):
     console: ConsoleSettings = ConsoleSettings()
     hooks: HooksSettings = HooksSettings()
     tracing: TracingSettings = TracingSettings()
-    tasks: dict[TaskName, TaskRef | CommandTask] = Field(default_factory=dict)
+    tasks: dict[TaskName, TaskEntry] = Field(default_factory=dict)
     schedules: dict[str, ScheduleSettings] = Field(default_factory=dict)
 
     @classmethod
@@ -444,6 +484,8 @@ def _wrong_union_branch(err: Any) -> bool:
     tags = [part for part in err["loc"] if _is_union_tag(part)]
     if not tags:
         return False
+    if tags[0] == "FunctionTask":
+        return False  # chosen by its `function` key: its errors are the ones
     if tags[0] == "CommandTask":
         return err["type"] == "model_type"  # not a table at all: the string branch speaks
     return isinstance(err["input"], dict)  # a table: the CommandTask branch speaks
@@ -452,7 +494,7 @@ def _wrong_union_branch(err: Any) -> bool:
 def _is_union_tag(part: Any) -> bool:
     # pydantic names the union member it tried ("str", "CommandTask"); not a key.
     return isinstance(part, str) and (
-        part in {"str", "CommandTask"} or part.startswith("function-after[")
+        part in {"str", "CommandTask", "FunctionTask"} or part.startswith("function-after[")
     )
 
 

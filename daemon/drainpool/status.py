@@ -65,6 +65,12 @@ class StatusSource(Protocol):
     def ready(self) -> bool: ...
 
 
+def running_line(source: StatusSource) -> str:
+    """The log line of a daemon that has started: its pid, pools and config file."""
+    pools = ", ".join(f"{n} ({p.config.workers} workers)" for n, p in source.pools.items())
+    return f"running: pid {os.getpid()}, pools {pools}, config {source.loaded.path}"
+
+
 def status_line(source: StatusSource, state: str | None = None) -> str:
     """One line for sd_notify's STATUS= and the logs."""
     pools = list(source.pools.values())
@@ -115,6 +121,11 @@ def state_dump(source: StatusSource) -> str:
                 f"  pool {pool.config.name} g{pool.generation}: job {r['job_id']}"
                 f" task {r['task']} attempt {r['attempt']}"
                 f" running {r['seconds']:.1f}s on {r['thread']}"
+                + (
+                    f", asked to stop ({r['stop_reason']}) {r['stopping_seconds']:.1f}s ago"
+                    if r.get("stop_reason")
+                    else ""
+                )
             )
     names = {t.ident: t.name for t in threading.enumerate()}
     for ident, frame in sys._current_frames().items():

@@ -15,9 +15,7 @@ graces), queue_monitor (queue health), status and endpoint (what it says).
 
 from __future__ import annotations
 
-import enum
 import logging
-import os
 import queue as queue_mod
 import signal
 import time
@@ -26,11 +24,13 @@ from functools import partial
 from typing import Any
 
 from drainpool import runtime, status, tracing
+from drainpool.background import Background
 from drainpool.drain import Drain
 from drainpool.endpoint import Endpoint, EndpointError
 from drainpool.exitcodes import ExitCode
 from drainpool.generations import Generations
-from drainpool.inbox import ConfigChanged, PoolDrained, QueueHealthChanged, ReloadRequest
+from drainpool.inbox import ConfigChanged, PoolDrained, QueueHealthChanged, ReloadRequest, take_all
+from drainpool.lifecycle import Phase, check_transition
 from drainpool.logs import configure_logging
 from drainpool.metrics import Metrics
 from drainpool.plan import plan_pools
@@ -38,12 +38,9 @@ from drainpool.pool import Pool, RecentOutcomes
 from drainpool.queue import Queue
 from drainpool.queue_monitor import QueueMonitor
 from drainpool.reloads import ReloadRecord, ReloadSchedule, describe_restarts, reload_changes
-from drainpool.retention import Pruner
-from drainpool.scheduler import Scheduler
-from drainpool.settings import ConfigError, LoadedConfig, Settings
+from drainpool.settings import ConfigError, LoadedConfig
 from drainpool.systemd import Notifier
 from drainpool.tasks import TaskSpec
-from drainpool.watcher import ConfigWatcher
 
 log = logging.getLogger("drainpool.supervisor")
 
@@ -52,25 +49,6 @@ STALL_SECONDS = 10.0  # /healthz fails when the loop has not turned for this lon
 # the inbox, the reload and drain deadlines, the watchdog (issue 21: idle is idle).
 TICK_SECONDS = STALL_SECONDS / 2
 RECENT_OUTCOMES = 200  # finished jobs the console shows
-
-
-class Phase(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-
-
-_ALLOWED = {
-    Phase.STARTING: {Phase.RUNNING, Phase.DRAINING, Phase.STOPPED},
-    Phase.RUNNING: {Phase.DRAINING},
-    Phase.DRAINING: {Phase.RUNNING, Phase.STOPPED},
-    Phase.STOPPED: set(),
-}
-
-
-class IllegalTransition(RuntimeError):
-    pass
 
 
 class Supervisor:
@@ -98,7 +76,6 @@ class Supervisor:
         self._open_queue = open_queue or partial(runtime.open_queue, durable_commits=False)
         self.phase = Phase.STARTING
         self.queue: Queue | None = None
-        self.watcher: ConfigWatcher | None = None
         self.reload_record = ReloadRecord()
         self.recent = RecentOutcomes(RECENT_OUTCOMES)  # across generations, for the console
         self._generations = Generations(
@@ -118,10 +95,10 @@ class Supervisor:
             lambda: self.inbox.put(QueueHealthChanged()),
         )
         self.endpoint = Endpoint(self)
-        self._pruner = Pruner(lambda: self.queue)  # expired job records, in the background
-        self.scheduler = Scheduler(lambda: self.queue, self.metrics)  # its own thread (issue 20)
+        self.background = Background(
+            lambda: self.queue, self.metrics, lambda: self.inbox.put(ConfigChanged())
+        )
         self._drain: Drain[Pool] | None = None
-        self._drain_span: Any = None  # drainpool.tracing's span of the drain, when tracing is on
         self._pending: tuple[LoadedConfig, dict[str, TaskSpec], str] | None = None  # after a drain
         self._stop_requested = False
         self._reloads = ReloadSchedule(clock)
@@ -129,8 +106,7 @@ class Supervisor:
         self.started_at = time.time()
 
     def _enter(self, phase: Phase) -> None:
-        if phase not in _ALLOWED[self.phase]:
-            raise IllegalTransition(f"{self.phase.value} -> {phase.value}")
+        check_transition(self.phase, phase)
         self.phase = phase
         self.metrics.state.state(phase.value)
 
@@ -147,18 +123,10 @@ class Supervisor:
         self.endpoint.start(settings)
         for name, plan in plan_pools(settings, self.registry).items():
             self._generations.start(name, plan, self.registry, queue)
-        self._apply_watch(settings)
-        self._pruner.start()
-        self.scheduler.update(settings.schedules)
-        self.scheduler.start()
+        self.background.start(self.loaded)
         self._enter(Phase.RUNNING)
         self._generations.publish()
-        log.info(
-            "running: pid %d, pools %s, config %s",
-            os.getpid(),
-            ", ".join(f"{n} ({p.config.workers} workers)" for n, p in self.pools.items()),
-            self.loaded.path,
-        )
+        log.info(status.running_line(self))
         self.notifier.ready(self.status_line())
 
     def run(self) -> ExitCode:
@@ -172,10 +140,7 @@ class Supervisor:
         return self.exit_code
 
     def close(self) -> None:
-        self.scheduler.stop()
-        if self.watcher is not None:
-            self.watcher.stop()
-        self._pruner.stop()
+        self.background.close()
         self._generations.close()
         self.endpoint.stop()
         if self.queue is not None:
@@ -185,16 +150,7 @@ class Supervisor:
 
     def step(self, timeout: float = 0.0) -> None:
         """Handle all that is in the inbox (waiting up to `timeout` for it), then the clock."""
-        items: list[object] = []
-        try:
-            items.append(
-                self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
-            )
-            while True:
-                items.append(self.inbox.get_nowait())
-        except queue_mod.Empty:
-            pass
-        for item in items:
+        for item in take_all(self.inbox, timeout):
             self._handle(item)
         self._tick()
 
@@ -260,7 +216,7 @@ class Supervisor:
 
     def _begin_stop(self) -> None:
         self._stop_requested = True
-        self.scheduler.stop(timeout=0)  # a stopping daemon enqueues no more ticks; others do
+        self.background.stop_scheduling()
         self._reloads.cancel()
         self._pending = None
         self.notifier.stopping(self.status_line("stopping"))
@@ -271,10 +227,10 @@ class Supervisor:
         self._begin_drain("shutdown", dict(self.pools))
 
     def _begin_drain(self, reason: str, pools: dict[str, Pool]) -> None:
-        self._drain = Drain(reason, self.clock)
-        self._drain_span = tracing.start_span(
+        span = tracing.start_span(
             "drainpool.drain", **{"drainpool.reason": reason, "drainpool.pools": sorted(pools)}
         )
+        self._drain = Drain(reason, self.clock, span)
         if self.phase is not Phase.DRAINING:
             self._enter(Phase.DRAINING)
         self.notifier.extend_timeout(self._generations.max_grace(pools) + 5.0)
@@ -297,8 +253,6 @@ class Supervisor:
         assert drain is not None
         self._drain = None
         drain.finish()
-        if self._drain_span is not None:
-            self._drain_span.end()
         for name, pool in drain.pools.items():
             if pool.unsettled and self._stop_requested:  # left to their leases, not released
                 self.exit_code = ExitCode.ABANDONED
@@ -368,8 +322,7 @@ class Supervisor:
             old_queue, self.queue = self.queue, self._open_queue(loaded)
             if old_queue is not None:
                 old_queue.close()
-        self._apply_watch(new)
-        changed_schedules = self.scheduler.update(new.schedules)
+        changed_schedules = self.background.follow(loaded)
         self.queue_monitor.bury_unknown()
         for name, plan in plan_pools(new, registry).items():
             if name not in self.pools and self.queue is not None:
@@ -388,20 +341,8 @@ class Supervisor:
 
     def _record_reload(self, result: str, message: str, source: str) -> None:
         self.metrics.reload_result(result)
-        seq = self.reload_record.seq + 1
-        self.reload_record = ReloadRecord(seq, result, message, source, time.time())
+        self.reload_record = self.reload_record.next(result, message, source)
         self.notifier.ready(self.status_line() + f"; reload {result}")
-
-    # -- the watcher ------------------------------------------------------------
-
-    def _apply_watch(self, settings: Settings) -> None:
-        want = settings.reload.watch
-        if self.watcher is not None and (not want or self.watcher.path != self.loaded.path):
-            self.watcher.stop()
-            self.watcher = None
-        if want and self.watcher is None:
-            self.watcher = ConfigWatcher(self.loaded.path, lambda: self.inbox.put(ConfigChanged()))
-            self.watcher.start()
 
     # -- what the endpoint and the notifier read ---------------------------------
 
@@ -420,7 +361,7 @@ class Supervisor:
 
     def schedules(self) -> list[dict[str, Any]]:
         """The /api/schedules document: each schedule, its last and next tick."""
-        return self.scheduler.view()
+        return self.background.scheduler.view()
 
     def status(self) -> dict[str, Any]:
         """The /api/status document; runs on the HTTP thread, never on the loop."""

@@ -41,7 +41,7 @@ class Metric:
 # `pool` and `task` take their values from the config; a lone [pool] table is pool="default".
 POOL: dict[str, tuple[str, ...] | None] = {"pool": None}
 POOL_TASK: dict[str, tuple[str, ...] | None] = {"pool": None, "task": None}
-DURATION_OUTCOMES = ("completed", "failed", "interrupted", "abandoned")
+DURATION_OUTCOMES = ("completed", "failed", "interrupted", "abandoned", "aborted", "timed_out")
 RESTART_REASONS = ("config_file", "sighup", "console")
 DRAIN_REASONS = ("shutdown", "reload")
 SCHEDULE: dict[str, tuple[str, ...] | None] = {"schedule": None}  # names from the config
@@ -54,6 +54,8 @@ DAEMON_METRICS: tuple[Metric, ...] = (
     Metric("drainpool_tasks_interrupted", "counter", POOL_TASK),
     Metric("drainpool_tasks_cancelled", "counter", POOL_TASK),
     Metric("drainpool_tasks_abandoned", "counter", POOL_TASK),
+    Metric("drainpool_tasks_aborted", "counter", POOL_TASK),
+    Metric("drainpool_tasks_timed_out", "counter", POOL_TASK),
     Metric(
         "drainpool_task_duration_seconds",
         "histogram",

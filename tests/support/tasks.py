@@ -141,3 +141,9 @@ def echo(ctx: TaskContext, payload: dict[str, Any]) -> Any:
 
 async def async_echo(ctx: TaskContext, payload: dict[str, Any]) -> Any:
     return {"async": payload.get("value")}
+
+
+def leave_thread(ctx: TaskContext, payload: dict[str, Any]) -> str:
+    """Start a non-daemon thread that outlives the job (and any drain), then return."""
+    threading.Thread(target=time.sleep, args=(3600,), name="left-by-a-task", daemon=False).start()
+    return "left"

@@ -14,6 +14,8 @@
     ["failed", "#e8833a"],
     ["interrupted", "#3b6fd8"],
     ["cancelled", "#8a8f99"],
+    ["aborted", "#9b59b6"],
+    ["timed_out", "#b8860b"],
     ["dead", "#c0392b"],
   ];
   const WIDTH = 900;

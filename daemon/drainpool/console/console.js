@@ -106,7 +106,13 @@
   }
 
   // Shared with chart.js and jobpage.js, which load after this file and add to it.
-  window.drainpool = { el, getJSON, clock, duration, payloadText };
+  // cancelJob: the running list's and the job page's button (POST /api/jobs/ID/cancel).
+  const cancelJob = (id) =>
+    act("/api/jobs/" + encodeURIComponent(id) + "/cancel", { reason: "from the console" }, (r) =>
+      r.effect === "cancelled" ? "Cancelled job " + id : "Asked job " + id + " to stop",
+    );
+  const actionsOn = () => info.actions;
+  window.drainpool = { el, getJSON, clock, duration, payloadText, cancelJob, actionsOn };
 
   // -- rendering ------------------------------------------------------------------
 
@@ -152,11 +158,26 @@
           el("td", { class: "num" }, task.attempt),
           el("td", { class: "num" }, duration(task.seconds)),
           el("td", {}, task.pool + " g" + task.generation),
-          el("td", { class: "mono muted" }, task.thread, task.abandoned ? el("span", { class: "pill bad" }, "abandoned") : null),
+          el(
+            "td",
+            { class: "mono muted" },
+            task.thread,
+            task.abandoned ? el("span", { class: "pill bad" }, "abandoned") : null,
+            // Asked to stop (drain, cancel, timeout) and since when: the job's own signal.
+            task.stop_reason ? el("span", { class: "pill warn stop-reason" }, task.stop_reason + " " + duration(task.stopping_seconds) + " ago") : null,
+          ),
+          el("td", { class: "row-actions" }, cancelButton(task)),
         ),
       ),
     );
     renderReload(status.reload);
+  }
+
+  function cancelButton(task) {
+    if (!info.actions || task.abandoned || task.stop_reason === "cancel") return null;
+    const button = el("button", { type: "button", class: "small cancel-job" }, "Cancel");
+    button.addEventListener("click", () => cancelJob(task.job_id));
+    return button;
   }
 
   function renderReload(record) {

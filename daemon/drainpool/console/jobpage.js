@@ -64,8 +64,22 @@
       ["Finished", clock(job.finished_at)],
       ["Daemon", worker],
       ["Key", job.key === null ? "–" : job.key],
+      ["Time limit", job.timeout ? job.timeout + " s" : "–"],
     ];
+    if (job.cancel_requested_at) {
+      const by = job.cancelled_by ? " by " + job.cancelled_by : "";
+      const why = job.cancel_reason ? ": " + job.cancel_reason : "";
+      facts.push(["Cancel asked", clock(job.cancel_requested_at) + by + why]);
+    }
+    const { cancelJob, actionsOn } = window.drainpool;
+    const cancellable = ["waiting", "delayed", "running"].includes(job.state) && !job.cancel_requested_at;
+    let cancel = null;
+    if (cancellable && actionsOn()) {
+      cancel = el("button", { type: "button", class: "small cancel-job", id: "job-cancel" }, "Cancel this job");
+      cancel.addEventListener("click", () => cancelJob(job.id));
+    }
     const parts = [
+      cancel,
       el("dl", { class: "facts", id: "job-facts" }, ...facts.flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, value)])),
       el("h3", {}, "Timeline"),
       timeline(job),
@@ -81,7 +95,7 @@
       parts.push(el("h3", {}, job.state === "dead" ? "Error" : "Last error"), el("pre", { class: "error-text" }, job.error));
       parts.push(el("h3", {}, "Traceback"), el("pre", { class: "traceback" }, job.traceback || "(none)"));
     }
-    return parts;
+    return parts.filter((part) => part !== null);
   }
 
   async function show() {

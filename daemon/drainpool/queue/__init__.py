@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from drainpool.queue.base import (
+    CancelEffect,
+    CancelResult,
     DeadJob,
     Done,
     Failure,
@@ -24,6 +26,8 @@ from drainpool.queue.records import encode_result
 from drainpool.queue.schemes import check_url, from_url
 
 __all__ = [
+    "CancelEffect",
+    "CancelResult",
     "DeadJob",
     "Done",
     "Failure",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -99,6 +100,7 @@ class Job:
     attempt: int  # 1 for the first delivery; releases do not count
     token: str  # lease token: settling with a stale token is a no-op
     enqueued_at: float  # wall clock, seconds since the epoch
+    timeout: float | None = None  # its own time limit (enqueue(..., timeout=)), else the task's
     # Small string pairs carried beside the payload, never handed to the task: the
     # producer's trace context (W3C traceparent) for drainpool.tracing.
     meta: dict[str, str] = field(default_factory=dict)
@@ -163,6 +165,10 @@ class JobInfo:
     result_kept: bool = False  # False: no result (yet), or `result_note` says why not
     result_note: str = ""
     payload_error: str = ""
+    timeout: float | None = None  # the job's own time limit, in seconds
+    cancel_requested_at: float | None = None  # when a cancel was asked (wall clock)
+    cancel_reason: str = ""
+    cancelled_by: str = ""  # who asked: "cli user@host", "console", "api"
     schedule: str = ""  # the schedule that enqueued it (issue 20), "" for other jobs
     tick: float | None = None  # that schedule's tick; None for `drainpool schedule run`
 
@@ -187,9 +193,47 @@ class JobInfo:
             "result": self.result,
             "result_kept": self.result_kept,
             "result_note": self.result_note,
+            "timeout": self.timeout,
+            "cancel_requested_at": self.cancel_requested_at,
+            "cancel_reason": self.cancel_reason,
+            "cancelled_by": self.cancelled_by,
             "schedule": self.schedule,
             "tick": self.tick,
         }
+
+
+class CancelEffect(StrEnum):
+    """What `cancel(id)` did."""
+
+    CANCELLED = "cancelled"  # it was waiting or delayed: cancelled now, never delivered
+    REQUESTED = "requested"  # it is leased: its daemon stops it (record cancelled once it has)
+    ALREADY_REQUESTED = "already_requested"  # a cancel was asked before: nothing more to do
+    ENDED = "ended"  # completed, dead or cancelled already: nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """The answer of `cancel(id)`: what it did, and the record right after."""
+
+    effect: CancelEffect
+    job: JobInfo
+
+
+MAX_TIMEOUT_SECONDS = 366 * 86_400.0  # a time limit above a year is a typo, not a limit
+
+
+def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
+    """A job's time limit: None, or seconds in (0, a year]; QueueError names `what` otherwise."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise QueueError(f"{what} must be a number of seconds, not {timeout!r}")
+    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT_SECONDS):
+        raise QueueError(
+            f"{what} must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g} s (a year),"
+            f" not {timeout!r}"
+        )
+    return float(timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,10 +411,12 @@ class Queue(Protocol):
         delay: float = 0.0,
         key: str | None = None,
         connection: Any = None,
+        timeout: float | None = None,
         meta: Mapping[str, str] | None = None,
     ) -> str:
         """Add a job; with a live idempotency `key`, return the existing job's id instead.
 
+        `timeout`: the job's own time limit in seconds (over its task's `timeout_seconds`).
         `meta` travels with the job (`Job.meta`): string keys and values only.
         `connection`: the application's own database connection, for a backend that can
         enqueue inside its transaction (PostgreSQL); the others raise QueueError for it.
@@ -420,6 +466,22 @@ class Queue(Protocol):
 
     def renew(self, jobs: Sequence[Job], lease_seconds: float) -> None:
         """Push the lease of jobs still running; stale tokens are ignored."""
+        ...
+
+    def cancel(self, job_id: str, *, reason: str = "", by: str = "") -> CancelResult:
+        """Stop one job for good (README, "Cancel").
+
+        Waiting or delayed: its record becomes cancelled now and it is never
+        delivered. Leased: it is flagged; the daemon that holds it learns it from
+        `cancel_requests` and stops it, and whatever settle follows (a release, a
+        failure) makes the record cancelled, while an ack that wins the race
+        completes it: exactly one of the two. Ended: nothing changes.
+        Raises JobNotFound for an unknown id.
+        """
+        ...
+
+    def cancel_requests(self, jobs: Sequence[Job]) -> set[str]:
+        """The ids among `jobs` (held by the caller) whose cancel was asked: one cheap read."""
         ...
 
     def settle(

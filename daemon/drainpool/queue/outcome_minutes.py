@@ -18,7 +18,7 @@ from typing import Any
 from drainpool.queue.base import QueueError
 
 # What the pool reports, then `dead`, which the queue adds for a failure that is final.
-REPORTED = ("completed", "failed", "interrupted", "cancelled", "abandoned")
+REPORTED = ("completed", "failed", "interrupted", "cancelled", "abandoned", "aborted", "timed_out")
 OUTCOMES = (*REPORTED, "dead")
 MINUTE = 60
 KEEP_SECONDS = 2 * 3600  # two hours of buckets: the chart shows one

@@ -113,6 +113,10 @@ def make_info(
     traceback: str | None,
     result_text: str | bytes | None,
     result_note: str | None,
+    timeout: float | None = None,
+    cancel_requested_at: float | None = None,
+    cancel_reason: str | None = None,
+    cancelled_by: str | None = None,
     schedule: str | None = None,
     tick: float | str | None = None,
 ) -> JobInfo:
@@ -144,6 +148,10 @@ def make_info(
         result_kept=kept,
         result_note=note,
         payload_error=payload_error,
+        timeout=timeout,
+        cancel_requested_at=cancel_requested_at,
+        cancel_reason=cancel_reason or "",
+        cancelled_by=cancelled_by or "",
         schedule=schedule or "",
         tick=None if tick is None or tick == "" else float(tick),
     )

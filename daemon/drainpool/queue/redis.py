@@ -40,7 +40,7 @@ Standalone Redis 7 only: the scripts build key names from the prefix.
 
 Longer than a module should be: each Lua script sits beside the method that
 calls it, since one cannot be read without the other. Reading records is in
-daemon/drainpool/queue/redis_records.py.
+daemon/drainpool/queue/redis_records.py, cancelling in redis_cancel.py.
 """
 
 from __future__ import annotations
@@ -60,17 +60,21 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from drainpool.queue.base import (
+    CancelEffect,
+    CancelResult,
     DeadJob,
     Done,
     Failure,
     Job,
     JobInfo,
+    JobNotFound,
     JobState,
     QueueError,
     QueueStats,
     QueueUnavailable,
     RetryPolicy,
     WorkerIdentity,
+    check_timeout,
     decode_meta,
     decode_payload,
     encode_meta,
@@ -96,6 +100,7 @@ from drainpool.queue.records import (
     parse_state,
     result_of,
 )
+from drainpool.queue.redis_cancel import CANCEL, cancel_requests
 from drainpool.queue.redis_records import NOTIFY_TTL_MS, list_jobs, read_job, wait_job
 from drainpool.queue.redis_wakeups import NEXT_DUE, PubSubWaiter
 
@@ -175,6 +180,26 @@ local function bury(id, task, entry, err, tb, now)
   redis.call('ZADD', P .. ':dead', now, id)
   notify(id)
 end
+-- A job whose cancel was asked ends here: a cancelled record, kept as long as completed ones.
+local function finish_cancelled(id, now)
+  local jk = job_key(id)
+  local f = redis.call('HMGET', jk, 'key', 'cancel_retention')
+  if f[1] and f[1] ~= '' and redis.call('HGET', P .. ':keys', f[1]) == id then
+    redis.call('HDEL', P .. ':keys', f[1])
+  end
+  redis.call('HSET', jk, 'state', 'cancelled', 'token', '', 'entry', '', 'finished_at', secs(now))
+  redis.call('SREM', P .. ':cancelling', id)
+  local retention = tonumber(f[2] or '0') or 0
+  if retention > 0 then
+    redis.call('PEXPIRE', jk, retention)
+    redis.call('ZADD', P .. ':expiry', now + retention, id)
+  else
+    -- Kept a minute even with retention 0, so the cancel command can say how it ended.
+    redis.call('PEXPIRE', jk, @NOTIFY_TTL_MS@)
+    redis.call('ZADD', P .. ':expiry', now + @NOTIFY_TTL_MS@, id)
+  end
+  notify(id)
+end
 local function forget_key(id, key)
   if key and key ~= '' and redis.call('HGET', P .. ':keys', key) == id then
     redis.call('HDEL', P .. ':keys', key)
@@ -195,20 +220,21 @@ end
 """
 
 _ENQUEUE = r"""
--- ARGV[3..]: delay_ms, key, meta, then (task, payload) pairs; one pair when a key, a delay
--- or meta (the job's metadata as JSON; '' for none) is given
-local delay, key, meta = tonumber(ARGV[3]), ARGV[4], ARGV[5]
+-- ARGV[3..]: delay_ms, key, timeout ('' = none), meta (the job's metadata as JSON; '' for
+-- none), then (task, payload) pairs; one pair when a key, a delay, a timeout or meta is given
+local delay, key, timeout, meta = tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 if key ~= '' then
   local old = redis.call('HGET', P .. ':keys', key)
   if old and redis.call('EXISTS', job_key(old)) == 1 then return old end
 end
 local now = now_ms()
 local id
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   local task = ARGV[i]
   id = tostring(redis.call('INCR', P .. ':seq'))
   redis.call('HSET', job_key(id), 'task', task, 'payload', ARGV[i + 1],
     'enqueued_at', secs(now), 'attempts', 0, 'key', key)
+  if timeout ~= '' then redis.call('HSET', job_key(id), 'timeout', timeout) end
   if meta ~= '' then redis.call('HSET', job_key(id), 'meta', meta) end
   redis.call('ZADD', P .. ':jobs', id, id)
   if delay > 0 then schedule(id, task, now + delay) else push_ready(id, task) end
@@ -331,6 +357,10 @@ for _, pick in ipairs(chosen) do
   local jk = job_key(c.id)
   if redis.call('EXISTS', jk) == 0 then
     drop_entry(task, c.entry)
+  elseif (redis.call('HGET', jk, 'cancel_at') or '') ~= '' then
+    -- Cancelled while leased, and its daemon died before it stopped the job.
+    drop_entry(task, c.entry)
+    finish_cancelled(c.id, now)
   else
     local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
     if attempts > max_attempts then
@@ -340,8 +370,8 @@ for _, pick in ipairs(chosen) do
       redis.call('HSET', jk, 'state', 'leased', 'token', token, 'entry', c.entry,
         'host', host, 'pid', pid, 'pool', pool)
       redis.call('HSETNX', jk, 'started_at', secs(now))
-      local f = redis.call('HMGET', jk, 'payload', 'enqueued_at', 'meta')
-      out[#out + 1] = {c.id, task, f[1], attempts, f[2], f[3] or ''}
+      local f = redis.call('HMGET', jk, 'payload', 'enqueued_at', 'timeout', 'meta')
+      out[#out + 1] = {c.id, task, f[1], attempts, f[2], f[3] or '', f[4] or ''}
     end
   end
 end
@@ -374,10 +404,14 @@ for i = 5, #ARGV, 6 do
   if ARGV[i] == 'D' then dead = dead + 1 end
   local op, id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'token', 'state', 'task', 'entry', 'key')
+  local f = redis.call('HMGET', jk, 'token', 'state', 'task', 'entry', 'key', 'cancel_at')
   if token ~= '' and f[1] == token and f[2] == 'leased' then
     local task, entry = f[3], f[4]
-    if op == 'A' then
+    if op ~= 'A' and f[6] and f[6] ~= '' then
+      -- Its cancel was asked: released or failed, it ends cancelled (an ack still wins).
+      drop_entry(task, entry)
+      finish_cancelled(id, now)
+    elseif op == 'A' then
       drop_entry(task, entry)
       forget_key(id, f[5])
       acked = acked + 1
@@ -390,6 +424,7 @@ for i = 5, #ARGV, 6 do
         redis.call('DEL', jk)
         redis.call('ZREM', P .. ':jobs', id)
       end
+      redis.call('SREM', P .. ':cancelling', id)
       notify(id)
     elseif op == 'R' then
       redis.call('HINCRBY', jk, 'attempts', -1)
@@ -425,7 +460,7 @@ if dead > 0 then counts = counts .. ' dead=' .. dead end
 if counts ~= '' then
   local minute = math.floor(now / 1000 / @MINUTE@) * @MINUTE@
   local key = P .. ':outcomes:' .. minute
-  for name, n in string.gmatch(counts, '(%a+)=(%d+)') do
+  for name, n in string.gmatch(counts, '([%a_]+)=(%d+)') do
     redis.call('HINCRBY', key, name, n)
   end
   redis.call('EXPIRE', key, @KEEP_SECONDS@)
@@ -635,6 +670,7 @@ class RedisQueue:
                 "forget": _FORGET_CONSUMER,
                 "prune": _PRUNE,
                 "upgrade": _UPGRADE,
+                "cancel": CANCEL,
                 "next_due": NEXT_DUE,
             }.items()
         }
@@ -764,6 +800,7 @@ class RedisQueue:
         delay: float = 0.0,
         key: str | None = None,
         connection: Any = None,
+        timeout: float | None = None,
         meta: Mapping[str, str] | None = None,
     ) -> str:
         refuse_connection(connection, "Redis")
@@ -771,9 +808,11 @@ class RedisQueue:
         meta_json = encode_meta(meta)
         if not math.isfinite(delay):  # NaN or infinity would never come due, or poison the set
             raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
+        limit = check_timeout(timeout)
         delay_ms = max(delay, 0.0) * 1000
+        shown = "" if limit is None else repr(limit)
         return str(
-            self._run("enqueue", "enqueue", repr(delay_ms), key or "", meta_json, task, body)
+            self._run("enqueue", "enqueue", repr(delay_ms), key or "", shown, meta_json, task, body)
         )
 
     def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
@@ -781,7 +820,7 @@ class RedisQueue:
         # One script per batch: each batch is atomic, and Redis is never blocked for long.
         for start in range(0, len(rows), BATCH):
             flat = [x for row in rows[start : start + BATCH] for x in row]
-            self._run("enqueue", "enqueue", "0", "", "", *flat)
+            self._run("enqueue", "enqueue", "0", "", "", "", *flat)
         return len(rows)
 
     def enqueue_tick(
@@ -836,23 +875,23 @@ class RedisQueue:
         )
         jobs: list[Job] = []
         bad: list[Failure] = []
-        for job_id, task, body, attempts, enqueued_at, meta in rows:
+        for job_id, task, body, attempts, enqueued_at, timeout, meta in rows:
             payload, error = decode_payload(body)
+            limit = float(timeout) if timeout else None
+            job = Job(
+                str(job_id),
+                task,
+                payload,
+                int(attempts),
+                token,
+                float(enqueued_at),
+                limit,
+                decode_meta(meta),
+            )
             if error:
-                job = Job(str(job_id), task, None, int(attempts), token, float(enqueued_at))
                 bad.append(Failure(job, error, retry=False))
                 continue
-            jobs.append(
-                Job(
-                    str(job_id),
-                    task,
-                    payload,
-                    int(attempts),
-                    token,
-                    float(enqueued_at),
-                    decode_meta(meta),
-                )
-            )
+            jobs.append(job)
         if bad:
             self.settle(failures=bad)
         return jobs
@@ -911,6 +950,21 @@ class RedisQueue:
             retention_ms = int(self.retention_seconds * 1000)
             self._run("settle", "settle jobs", retention_ms, counts, *ops)
             log_dead(failures, self.retry)
+
+    # -- stopping one job -------------------------------------------------
+
+    def cancel(self, job_id: str, *, reason: str = "", by: str = "") -> CancelResult:
+        numeric = _job_id(job_id)
+        retention_ms = int(self.retention_seconds * 1000)
+        effect, _ = self._run("cancel", "cancel a job", numeric, reason, by, retention_ms)
+        info = self.job(numeric)
+        if not effect or info is None:
+            raise JobNotFound(job_id)
+        return CancelResult(CancelEffect(effect), info)
+
+    def cancel_requests(self, jobs: Sequence[Job]) -> set[str]:
+        with self._guard("check for cancels"):
+            return cancel_requests(self._client, self.prefix, jobs)
 
     # -- inspection and dead letters --------------------------------------
 

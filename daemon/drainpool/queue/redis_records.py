@@ -39,6 +39,10 @@ RECORD_FIELDS = (
     "traceback",
     "result",
     "result_note",
+    "timeout",
+    "cancel_at",
+    "cancel_reason",
+    "cancel_by",
     "schedule",
     "tick",
 )
@@ -126,6 +130,10 @@ def _info(job_id: str, fields: list[str | None]) -> JobInfo | None:
         traceback=record["traceback"],
         result_text=record["result"],
         result_note=record["result_note"],
+        timeout=_seconds(record["timeout"]),
+        cancel_requested_at=_seconds(record["cancel_at"]),
+        cancel_reason=record["cancel_reason"],
+        cancelled_by=record["cancel_by"],
         schedule=record["schedule"],
         tick=record["tick"],
     )

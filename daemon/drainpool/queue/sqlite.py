@@ -40,17 +40,21 @@ from typing import Any, TypeVar
 
 from drainpool.queue import sqlite_schedules
 from drainpool.queue.base import (
+    CancelEffect,
+    CancelResult,
     DeadJob,
     Done,
     Failure,
     Job,
     JobInfo,
+    JobNotFound,
     JobState,
     QueueError,
     QueueStats,
     QueueUnavailable,
     RetryPolicy,
     WorkerIdentity,
+    check_timeout,
     decode_meta,
     decode_payload,
     encode_meta,
@@ -85,10 +89,14 @@ from drainpool.queue.records import (
 )
 from drainpool.queue.sqlite_db import Database
 from drainpool.queue.sqlite_records import (
+    CANCEL_COLUMNS,
+    CANCEL_SETTLED_SQL,
+    CANCELLED,
     COMPLETE_SQL,
     DEAD,
     EXPIRY_INDEX,
     LEASED,
+    LIVE_SQL,
     RECORD_COLUMNS,
     WAITING,
     list_jobs,
@@ -102,8 +110,8 @@ T = TypeVar("T")
 # 2: the meta table (file id) of drainpool.queue.sqlite_db; 4: the indexes below (3 was a
 # step); 5: the job records (RECORD_COLUMNS, jobs_expiry); 6: the outcome_minutes table;
 # 7: schedule ticks (sqlite_schedules); 8: jobs.meta, each job's metadata (the producer's
-# trace context), NULL for none.
-SCHEMA_VERSION = 8
+# trace context), NULL for none; 9: time limits and cancels (CANCEL_COLUMNS).
+SCHEMA_VERSION = 9
 META_COLUMN = "meta TEXT"
 BATCH_SIZE = 500  # parameters per IN (...) list, well under SQLite's limit
 
@@ -171,13 +179,14 @@ def _migrate(conn: sqlite3.Connection, found: int) -> None:
         for statement in _SCHEMA.split(";"):
             conn.execute(statement)
     have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-    for column in (*RECORD_COLUMNS, META_COLUMN):
+    # Every step is idempotent (a column is added only if missing), so a file that took
+    # the steps in another order (a branch's build) still ends with all of them.
+    for column in (*RECORD_COLUMNS, META_COLUMN, *CANCEL_COLUMNS):
         if column.split()[0] not in have:
             conn.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
     conn.execute(EXPIRY_INDEX)
     conn.execute(TABLE_SQL)
-    if found < 7:
-        sqlite_schedules.migrate(conn)
+    sqlite_schedules.migrate(conn)
 
 
 def path_from_url(url: str, base_dir: Path | None) -> Path:
@@ -280,11 +289,13 @@ class SqliteQueue:
         delay: float = 0.0,
         key: str | None = None,
         connection: Any = None,
+        timeout: float | None = None,
         meta: Mapping[str, str] | None = None,
     ) -> str:
         refuse_connection(connection, "SQLite")
         if not math.isfinite(delay):
             raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
+        limit = check_timeout(timeout)
         body = encode_payload(payload)
         meta_json = encode_meta(meta) or None
         now = self._clock()
@@ -296,9 +307,9 @@ class SqliteQueue:
                 if row:
                     return str(row[0])
             cur = conn.execute(
-                "INSERT INTO jobs (task, payload, due_at, idem_key, enqueued_at, meta)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (task, body, now + max(delay, 0.0), key, now, meta_json),
+                "INSERT INTO jobs (task, payload, due_at, idem_key, enqueued_at, timeout_seconds,"
+                " meta) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (task, body, now + max(delay, 0.0), key, now, limit, meta_json),
             )
             return str(cur.lastrowid)
 
@@ -449,7 +460,8 @@ class SqliteQueue:
                 f"UPDATE jobs SET state = {LEASED}, due_at = ?, token = ?, attempts = attempts + 1,"
                 " started_at = COALESCE(started_at, ?), worker_host = ?, worker_pid = ?,"
                 f" worker_pool = ? WHERE id IN ({marks})"
-                " RETURNING id, task, CAST(payload AS BLOB), attempts, enqueued_at, meta",
+                " RETURNING id, task, CAST(payload AS BLOB), attempts, enqueued_at,"
+                " timeout_seconds, cancel_requested_at, meta",
                 (now + lease_seconds, token, now, who.host, who.pid, who.pool, *ids),
             ).fetchall()
             order = {job_id: i for i, job_id in enumerate(ids)}
@@ -467,8 +479,12 @@ class SqliteQueue:
         self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]], token: str, now: float
     ) -> list[Job]:
         jobs: list[Job] = []
-        for job_id, task, body, attempts, enqueued_at, meta in rows:
+        for job_id, task, body, attempts, enqueued_at, timeout, cancel_at, meta in rows:
             error = ""
+            if cancel_at is not None:
+                # Cancelled while leased, and its daemon died before it stopped the job.
+                conn.execute(CANCEL_SETTLED_SQL, (now, now + self.retention_seconds, job_id, token))
+                continue
             if attempts > self.retry.max_attempts:
                 # The wording and the count are shared with the Redis backend (contract tests).
                 error = f"lease expired {attempts - 1} times: its worker died each time"
@@ -484,7 +500,16 @@ class SqliteQueue:
                 log_dead_job(job_id, task, attempts - 1 if expired else attempts, error)
                 continue
             jobs.append(
-                Job(str(job_id), task, payload, attempts, token, enqueued_at, decode_meta(meta))
+                Job(
+                    str(job_id),
+                    task,
+                    payload,
+                    attempts,
+                    token,
+                    enqueued_at,
+                    timeout,
+                    decode_meta(meta),
+                )
             )
         return jobs
 
@@ -555,6 +580,11 @@ class SqliteQueue:
                 (*c[1:], int(c[0].id), c[0].token) for c in changes if c[0].token.startswith(mine)
             ]
             if updates:
+                # A job whose cancel was asked ends cancelled; the UPDATE below then skips it.
+                conn.executemany(
+                    CANCEL_SETTLED_SQL,
+                    [(now, now + self.retention_seconds, u[-2], u[-1]) for u in updates],
+                )
                 conn.executemany(
                     "UPDATE jobs SET state = ?, due_at = ?, attempts = ?, token = NULL,"
                     " error = COALESCE(?, error), traceback = COALESCE(?, traceback),"
@@ -609,6 +639,66 @@ class SqliteQueue:
                 self.path,
                 cur.lastrowid,
             )
+
+    # -- stopping one job -------------------------------------------------
+
+    def cancel(self, job_id: str, *, reason: str = "", by: str = "") -> CancelResult:
+        numeric = _job_id(job_id)
+        now = self._clock()
+        expires = now + self.retention_seconds
+
+        def decide(conn: sqlite3.Connection) -> CancelEffect | None:
+            row = conn.execute(
+                f"SELECT state, cancel_requested_at FROM jobs WHERE id = :id AND {LIVE_SQL}",
+                {"id": numeric, "now": now},
+            ).fetchone()
+            if row is None:
+                return None
+            state, asked = row
+            if state == WAITING:
+                conn.execute(
+                    f"UPDATE jobs SET state = {CANCELLED}, idem_key = NULL,"
+                    " released_key = idem_key, finished_at = ?, expires_at = ?,"
+                    " cancel_requested_at = ?, cancel_reason = ?, cancel_by = ? WHERE id = ?",
+                    (now, expires, now, reason, by, numeric),
+                )
+                return CancelEffect.CANCELLED
+            if state != LEASED:
+                return CancelEffect.ENDED
+            if asked is not None:
+                return CancelEffect.ALREADY_REQUESTED
+            conn.execute(
+                "UPDATE jobs SET cancel_requested_at = ?, cancel_reason = ?, cancel_by = ?"
+                " WHERE id = ?",
+                (now, reason, by, numeric),
+            )
+            return CancelEffect.REQUESTED
+
+        def apply(conn: sqlite3.Connection) -> CancelResult | None:
+            effect = decide(conn)
+            # Read in the same transaction, a moment back: with retention 0 a record that
+            # ends now expires now, and the answer must still show it.
+            info = None if effect is None else read_job(conn, numeric, now - 1e-3)
+            return None if info is None or effect is None else CancelResult(effect, info)
+
+        result = self._run(apply, write=True)
+        if result is None:
+            raise JobNotFound(job_id)
+        return result
+
+    def cancel_requests(self, jobs: Sequence[Job]) -> set[str]:
+        """One read of the primary key for the held ids, on the side connection."""
+        if not jobs:
+            return set()
+        ids = json.dumps([int(j.id) for j in jobs])
+        rows = self._read_aside(
+            lambda c: c.execute(
+                "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
+                " AND cancel_requested_at IS NOT NULL",
+                (ids,),
+            ).fetchall()
+        )
+        return {str(row[0]) for row in rows}
 
     # -- inspection and dead letters --------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any
 from drainpool.queue.base import JobInfo, JobState
 from drainpool.queue.records import make_info
 
-# The values of jobs.state. CANCELLED is set by the cancel command (a later issue).
+# The values of jobs.state. CANCELLED: by cancel(), or a settle of a job whose cancel was asked.
 WAITING, LEASED, DEAD, COMPLETED, CANCELLED = 0, 1, 2, 3, 4
 
 # Version 5: a completed job's row stays, with its result, until expires_at (then prune()
@@ -31,6 +31,13 @@ RECORD_COLUMNS = (
     "result TEXT",
     "result_note TEXT",
     "released_key TEXT",  # the idempotency key a completed job held (free for a new job)
+)
+# Version 9 (issue 19): the job's own time limit, and a cancel asked while it was leased.
+CANCEL_COLUMNS = (
+    "timeout_seconds REAL",
+    "cancel_requested_at REAL",
+    "cancel_reason TEXT",
+    "cancel_by TEXT",
 )
 # Only rows that have ended carry expires_at: a claim or an ack never writes this index
 # with retention 0, and with retention once per job, at its ack.
@@ -51,8 +58,8 @@ COMPLETE_SQL = (
 RECORD_SQL = (
     "SELECT id, task, CAST(payload AS BLOB), COALESCE(idem_key, released_key), state, due_at,"
     " attempts, enqueued_at, started_at, COALESCE(finished_at, failed_at), worker_host,"
-    " worker_pid, worker_pool, error, traceback, CAST(result AS BLOB), result_note, schedule, tick"
-    " FROM jobs"
+    " worker_pid, worker_pool, error, traceback, CAST(result AS BLOB), result_note,"
+    " timeout_seconds, cancel_requested_at, cancel_reason, cancel_by, schedule, tick FROM jobs"
 )
 # Expired records are not shown, though prune() may not have deleted them yet.
 LIVE_SQL = f"NOT (state IN ({COMPLETED}, {CANCELLED}) AND expires_at <= :now)"
@@ -98,7 +105,8 @@ def prune_expired(conn: sqlite3.Connection, now: float, limit: int) -> int:
 
 def info_from_row(row: tuple[Any, ...], now: float) -> JobInfo:
     (job_id, task, payload, key, state, due_at, attempts, enqueued_at, started_at, finished_at,
-     host, pid, pool, error, traceback, result, note, schedule, tick) = row  # fmt: skip
+     host, pid, pool, error, traceback, result, note, timeout, cancel_at, cancel_reason,
+     cancel_by, schedule, tick) = row  # fmt: skip
     if state == WAITING:
         shown = JobState.WAITING if due_at <= now else JobState.DELAYED
     else:
@@ -120,6 +128,10 @@ def info_from_row(row: tuple[Any, ...], now: float) -> JobInfo:
         traceback=traceback,
         result_text=result,
         result_note=note,
+        timeout=timeout,
+        cancel_requested_at=cancel_at,
+        cancel_reason=cancel_reason,
+        cancelled_by=cancel_by,
         schedule=schedule,
         tick=tick,
     )
@@ -131,3 +143,12 @@ _STATES = {
     COMPLETED: JobState.COMPLETED,
     CANCELLED: JobState.CANCELLED,
 }
+
+
+# A release or failure of a job whose cancel was asked while it was leased ends it as
+# cancelled instead (?1: now, ?2: expires_at); the settle's own UPDATE skips such rows.
+CANCEL_SETTLED_SQL = (
+    f"UPDATE jobs SET state = {CANCELLED}, token = NULL, idem_key = NULL,"
+    " released_key = idem_key, finished_at = ?1, expires_at = ?2"
+    f" WHERE id = ?3 AND token = ?4 AND state = {LEASED} AND cancel_requested_at IS NOT NULL"
+)

@@ -7,6 +7,7 @@ generation keeps its own registry untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any, Literal
 
 from drainpool.payloads import UNTYPED, PayloadSpec, spec_of, typed_handler
 from drainpool.refs import import_ref
-from drainpool.settings import CommandTask, ConfigError, LoadedConfig
+from drainpool.settings import CommandTask, ConfigError, FunctionTask, LoadedConfig
 
 Handler = Callable[..., Any]
 TaskKind = Literal["function", "async", "command"]
@@ -29,6 +30,16 @@ class TaskSpec:
     kind: TaskKind
     handler: Handler
     payload: PayloadSpec = UNTYPED  # its annotations (drainpool.payloads)
+    # The pool's time limit for a Python task (`[tasks.x] timeout_seconds`); a command
+    # task enforces its own, so it has none here.
+    timeout_seconds: float | None = None
+
+    @property
+    def identity(self) -> str:
+        """What a reload compares: the source, and the time limit when there is one."""
+        if self.timeout_seconds is None:
+            return self.source
+        return f"{self.source} timeout={self.timeout_seconds:g}"
 
 
 def build_registry(loaded: LoadedConfig) -> dict[str, TaskSpec]:
@@ -45,7 +56,10 @@ def build_registry(loaded: LoadedConfig) -> dict[str, TaskSpec]:
     return registry
 
 
-def _resolve(name: str, ref: str | CommandTask) -> TaskSpec:
+def _resolve(name: str, ref: str | CommandTask | FunctionTask) -> TaskSpec:
+    if isinstance(ref, FunctionTask):
+        spec = _resolve(name, ref.function)
+        return dataclasses.replace(spec, timeout_seconds=ref.timeout_seconds)
     if isinstance(ref, CommandTask):
         from drainpool.tasks.command import command_handler, command_source
 

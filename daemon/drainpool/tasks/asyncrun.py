@@ -1,4 +1,4 @@
-"""Running `async def` tasks: one event loop per job, cancelled when the shutdown event is set.
+"""Running `async def` tasks: one event loop per job, cancelled when the job's stop is set.
 
 An async task waits on its own loop, not on the threading.Event, so the
 event reaches it through a listener: the moment the pool sets it, the job's
@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from drainpool.context import Interrupted, ShutdownEvent, TaskContext
+from drainpool.context import Interrupted, JobStop, ShutdownEvent, TaskContext
 
 AsyncHandler = Callable[..., Coroutine[Any, Any, Any]]
 
@@ -37,8 +37,8 @@ def run_async(function: AsyncHandler) -> Callable[[TaskContext, Any], Any]:
 
     @functools.wraps(function)
     def handler(ctx: TaskContext, payload: Any) -> Any:
-        if not isinstance(ctx.shutdown, ShutdownEvent):
-            raise TypeError("async tasks need the pool's ShutdownEvent to be cancellable")
+        if not isinstance(ctx.shutdown, ShutdownEvent | JobStop):
+            raise TypeError("async tasks need the pool's JobStop to be cancellable")
         actx = AsyncTaskContext(ctx.job_id, ctx.attempt, ctx.task, ctx.logger, ctx.shutdown)
         return asyncio.run(_supervised(function, actx, payload))
 
@@ -51,7 +51,7 @@ async def _supervised(function: AsyncHandler, ctx: AsyncTaskContext, payload: An
     task = asyncio.current_task()
     assert task is not None
     shutdown = ctx.shutdown
-    assert isinstance(shutdown, ShutdownEvent)
+    assert isinstance(shutdown, ShutdownEvent | JobStop)
 
     def cancel() -> None:
         # Runs on the supervisor's thread: hand the cancellation to the loop's own thread.

@@ -13,8 +13,10 @@ string or number) can never succeed, so its job goes straight to the dead
 letters.
 
 The command runs in its own session, so the whole process group can be
-signalled: at a stop it gets SIGTERM at once and SIGKILL when the pool
-abandons it at the grace deadline. Its stdout and stderr go to the log line by
+signalled: when its job is asked to stop (a drain, a cancel of the job, a
+time limit given at enqueue) it gets SIGTERM at once, and SIGKILL when the
+pool gives up on it a grace later. Its own timeout_seconds ends it the same
+way, with the outcome timed_out. Its stdout and stderr go to the log line by
 line; a non-zero exit fails the job with the tail of stderr. Waiting is on the
 pipes and a pidfd (Linux 5.3+) in one selector: nothing polls.
 """
@@ -41,8 +43,11 @@ from typing import Any
 from drainpool.context import (
     Interrupted,
     JobFailed,
+    JobStop,
     ShutdownEvent,
+    StopSignal,
     TaskContext,
+    TimedOut,
     child_environment,
     exit_description,
 )
@@ -154,8 +159,8 @@ def _check_program(ref: CommandTask) -> None:
 
 def _run(ctx: TaskContext, argv: list[str], ref: CommandTask) -> dict[str, Any]:
     shutdown = ctx.shutdown
-    if not isinstance(shutdown, ShutdownEvent):
-        raise TypeError("command tasks need the pool's ShutdownEvent to stop their program")
+    if not isinstance(shutdown, ShutdownEvent | JobStop):
+        raise TypeError("command tasks need the pool's JobStop to stop their program")
     ctx.check()
     started = time.monotonic()
     try:
@@ -184,7 +189,7 @@ def _run(ctx: TaskContext, argv: list[str], ref: CommandTask) -> dict[str, Any]:
     tail = child.tail("stderr", STDERR_TAIL * 2)
     if child.timed_out:
         message = f"{argv[0]} timed out after {ref.timeout_seconds:g}s{_stderr(tail)}"
-        raise JobFailed(message, traceback=tail)
+        raise TimedOut(message, traceback=tail)
     if proc.returncode != 0:
         how = exit_description(proc.returncode)
         raise JobFailed(f"{argv[0]} {how}{_stderr(tail)}", traceback=tail)
@@ -199,7 +204,7 @@ def _stderr(tail: str) -> str:
 class _Child:
     """One running command: its pipes, its pidfd, and the signals sent to its group."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], shutdown: ShutdownEvent, logger: Any) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], shutdown: StopSignal, logger: Any) -> None:
         self.proc = proc
         self.shutdown = shutdown
         self.logger = logger
@@ -240,7 +245,8 @@ class _Child:
         if self.signal_group(signum):
             # Stopped by us: whatever it exits with, its work may be unfinished (run again).
             self.stopped_for_shutdown = True
-            why = "the grace is over" if signum == signal.SIGKILL else "shutdown requested"
+            reason = getattr(self.shutdown, "reason", None) or "drain"
+            why = "the grace is over" if signum == signal.SIGKILL else f"stop asked ({reason})"
             log = self.logger.warning if signum == signal.SIGKILL else self.logger.info
             log("%s: %s to command pid %d and its group", why, signum.name, self.proc.pid)
         if signum == signal.SIGTERM:
