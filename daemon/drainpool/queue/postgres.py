@@ -35,18 +35,22 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from drainpool.queue import postgres_cancel
 from drainpool.queue import postgres_sql as sql
 from drainpool.queue.base import (
+    CancelResult,
     DeadJob,
     Done,
     Failure,
     Job,
     JobInfo,
+    JobNotFound,
     JobState,
     QueueError,
     QueueStats,
     RetryPolicy,
     WorkerIdentity,
+    check_timeout,
     decode_meta,
     decode_payload,
     encode_meta,
@@ -140,6 +144,7 @@ class PostgresQueue:
                 "enqueue_tick": sql.ENQUEUE_TICK,
                 "note_tick_job": sql.NOTE_TICK_JOB,
                 "next_due": sql.NEXT_DUE,
+                "cancel_settled": postgres_cancel.SETTLED,
             }.items()
         }
         self._closing = threading.Event()  # wakes wait() at close
@@ -189,12 +194,15 @@ class PostgresQueue:
         delay: float = 0.0,
         key: str | None = None,
         connection: Any = None,
+        timeout: float | None = None,
         meta: Mapping[str, str] | None = None,
     ) -> str:
         """Add a job; with `connection` (the application's psycopg one), in its transaction."""
         if not math.isfinite(delay):
             raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
-        params = (task, encode_payload(payload), max(delay, 0.0), key, encode_meta(meta) or None)
+        limit = check_timeout(timeout)
+        body, meta_json = encode_payload(payload), encode_meta(meta) or None
+        params = (task, body, max(delay, 0.0), key, limit, meta_json)
 
         def insert(conn: Any) -> str:
             row = conn.execute(self._sql["enqueue"], params).fetchone()
@@ -333,7 +341,12 @@ class PostgresQueue:
             rows = conn.execute(self._sql["claim"], params).fetchall()
             rows.sort(key=lambda row: (row[5], row[0]))  # RETURNING has no defined order
             jobs: list[Job] = []
-            for job_id, task, body, attempts, enqueued_at, _, meta in rows:
+            for job_id, task, body, attempts, enqueued_at, _, timeout, cancel_at, meta in rows:
+                if cancel_at is not None:
+                    # Cancelled while leased, and its daemon died before it stopped the job.
+                    settled = (float(self.retention_seconds), [job_id], [token])
+                    conn.execute(self._sql["cancel_settled"], settled)
+                    continue
                 error = ""
                 if attempts > self.retry.max_attempts:
                     # The wording and the count are shared with the other backends (contract).
@@ -346,7 +359,16 @@ class PostgresQueue:
                     log_dead_job(job_id, task, attempts - 1 if expired else attempts, error)
                     continue
                 jobs.append(
-                    Job(str(job_id), task, payload, attempts, token, enqueued_at, decode_meta(meta))
+                    Job(
+                        str(job_id),
+                        task,
+                        payload,
+                        attempts,
+                        token,
+                        enqueued_at,
+                        timeout,
+                        decode_meta(meta),
+                    )
                 )
             return jobs
 
@@ -425,6 +447,15 @@ class PostgresQueue:
                     ),
                 )
             if changes:
+                # A job whose cancel was asked ends cancelled; CHANGE then skips it.
+                conn.execute(
+                    self._sql["cancel_settled"],
+                    (
+                        float(self.retention_seconds),
+                        [c[0] for c in changes],
+                        [c[1] for c in changes],
+                    ),
+                )
                 conn.execute(
                     self._sql["change"], [list(column) for column in zip(*changes, strict=True)]
                 )
@@ -439,6 +470,28 @@ class PostgresQueue:
                 )
 
         return apply
+
+    # -- stopping one job -------------------------------------------------
+
+    def cancel(self, job_id: str, *, reason: str = "", by: str = "") -> CancelResult:
+        numeric = _job_id(job_id)
+        retention = float(self.retention_seconds)
+        result = self._db.run(
+            lambda c: postgres_cancel.cancel(c, self._db.s, numeric, reason, by, retention),
+            "cancel a job",
+        )
+        if result is None:
+            raise JobNotFound(job_id)
+        return result
+
+    def cancel_requests(self, jobs: Sequence[Job]) -> set[str]:
+        if not jobs:
+            return set()
+        return self._db.run(
+            lambda c: postgres_cancel.cancel_requests(c, self._db.s, jobs),
+            "read cancel requests",
+            idempotent=True,
+        )
 
     # -- inspection and dead letters --------------------------------------
 

@@ -20,7 +20,8 @@ NOW = "extract(epoch from statement_timestamp())::float8"
 RECORD_COLUMNS = (
     "id, task, payload, COALESCE(idem_key, released_key), state, due_at, attempts,"
     " enqueued_at, started_at, COALESCE(finished_at, failed_at), worker_host, worker_pid,"
-    " worker_pool, error, traceback, result, result_note, schedule, tick"
+    " worker_pool, error, traceback, result, result_note, timeout_seconds, cancel_requested_at,"
+    " cancel_reason, cancel_by, schedule, tick"
 )
 LIVE_SQL = f"NOT (state IN ({COMPLETED}, {CANCELLED}) AND expires_at <= %(now)s)"
 STATE_SQL = {
@@ -38,8 +39,9 @@ def db_now(conn: Any) -> float:
     return float(now)
 
 
-def read_job(conn: Any, schema: str, job_id: int) -> JobInfo | None:
-    now = db_now(conn)
+def read_job(conn: Any, schema: str, job_id: int, *, now: float | None = None) -> JobInfo | None:
+    """The live record as of `now` (default: the database's clock at this read)."""
+    now = db_now(conn) if now is None else now
     row = conn.execute(
         f"SELECT {RECORD_COLUMNS} FROM {schema}.jobs WHERE id = %(id)s AND {LIVE_SQL}",
         {"id": job_id, "now": now},

@@ -19,7 +19,7 @@ from typing import Any
 
 from drainpool.queue.base import QueueError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_SCHEMA = "drainpool"
 # A plain lower-case identifier: it is quoted into SQL text, never bound as a value.
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -77,9 +77,16 @@ _VERSION_2 = (
     "CREATE TABLE IF NOT EXISTS {s}.schedule_ticks (name text PRIMARY KEY,"
     " tick float8 NOT NULL, job_id bigint, updated_at float8 NOT NULL)",
 )
-# Version -> the statements that bring the version before it to this one. A later
-# version (a cancel request column) is one more entry.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _VERSION_1, 2: _VERSION_2}
+# Version 3 (issue 19): each job's own time limit, and a cancel asked while it was
+# leased (when, why, by whom), as the SQLite backend's CANCEL_COLUMNS.
+_VERSION_3 = (
+    "ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS timeout_seconds float8",
+    "ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS cancel_requested_at float8",
+    "ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS cancel_reason text",
+    "ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS cancel_by text",
+)
+# Version -> the statements that bring the version before it to this one.
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _VERSION_1, 2: _VERSION_2, 3: _VERSION_3}
 
 
 def check_schema_name(name: str) -> str:

@@ -23,8 +23,8 @@ def _announce(due: str, task: str) -> str:
 
 ANNOUNCE_DUE = "CASE WHEN {d} > {n} THEN {d} ELSE 0 END"
 ENQUEUE = (
-    "WITH ins AS (INSERT INTO {s}.jobs (task, payload, due_at, idem_key, enqueued_at, meta)"
-    f" VALUES (%s, %s, {NOW} + %s, %s, {NOW}, %s)"
+    "WITH ins AS (INSERT INTO {s}.jobs (task, payload, due_at, idem_key, enqueued_at,"
+    f" timeout_seconds, meta) VALUES (%s, %s, {NOW} + %s, %s, {NOW}, %s, %s)"
     " ON CONFLICT (idem_key) WHERE idem_key IS NOT NULL DO NOTHING"
     " RETURNING id, task, due_at, enqueued_at)"
     f" SELECT id, {_announce(ANNOUNCE_DUE.format(d='due_at', n='enqueued_at'), 'task')}"
@@ -73,7 +73,8 @@ CLAIM = (
     f" token = %(token)s, attempts = j.attempts + 1, started_at = COALESCE(j.started_at, {NOW}),"
     " worker_host = %(host)s, worker_pid = %(pid)s, worker_pool = %(pool)s"
     " FROM due WHERE j.id = due.id"
-    " RETURNING j.id, j.task, j.payload, j.attempts, j.enqueued_at, due.due_at, j.meta"
+    " RETURNING j.id, j.task, j.payload, j.attempts, j.enqueued_at, due.due_at,"
+    " j.timeout_seconds, j.cancel_requested_at, j.meta"
 )
 BURY_ONE = (
     f"UPDATE {{s}}.jobs SET state = {DEAD}, token = NULL, traceback = '', error = %s,"
