@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from drainpool.queue.base import Done, QueueError, QueueUnavailable
+from drainpool.queue.base import CancelEffect, Done, Failure, JobState, QueueError, QueueUnavailable
 from drainpool.queue.postgres import PostgresQueue
 from drainpool.queue.postgres_schema import MIGRATIONS, SCHEMA_VERSION
 from drainpool.queue.sqlite import SqliteQueue
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from tests.support.daemon import DaemonFactory
 from tests.support.postgres_server import PostgresServer, postgres_servers
+from tests.support.waiting import wait_until
 
 StartPostgres = Callable[..., PostgresServer]
 
@@ -186,6 +187,56 @@ def test_version_1_tables_are_upgraded_in_place_every_job_kept(
         }
     finally:
         queue.close()
+
+
+# -- cancel (issue 19) ---------------------------------------------------------
+
+
+def test_a_cancel_flags_a_leased_job_and_its_release_or_failure_ends_it_cancelled(
+    queue: PostgresQueue,
+) -> None:
+    waiting = queue.enqueue("t", 0, delay=60, timeout=2.5)
+    ran = [queue.enqueue("t", n) for n in (1, 2, 3)]
+    assert queue.cancel(waiting, reason="typo", by="test").effect is CancelEffect.CANCELLED
+    released, failed, acked = queue.fetch(3, ["t"], 60)
+    assert [j.id for j in (released, failed, acked)] == ran
+    for job in (released, failed, acked):
+        assert queue.cancel(job.id, by="test").effect is CancelEffect.REQUESTED
+    assert queue.cancel(acked.id).effect is CancelEffect.ALREADY_REQUESTED
+    assert queue.cancel_requests([released, failed, acked]) == set(ran)
+    queue.settle(acks=[acked], releases=[released], failures=[Failure(failed, "stopped")])
+    states = {job_id: queue.job(job_id) for job_id in (waiting, *ran)}
+    assert [info.state if info else None for info in states.values()] == [
+        JobState.CANCELLED,
+        JobState.CANCELLED,
+        JobState.CANCELLED,
+        JobState.COMPLETED,
+    ]
+    first = states[waiting]
+    assert first is not None
+    assert (first.timeout, first.cancel_reason, first.cancelled_by) == (2.5, "typo", "test")
+    assert queue.cancel(acked.id).effect is CancelEffect.ENDED
+    assert queue.stats().ready == queue.stats().delayed == 0
+
+
+def test_a_flagged_job_whose_lease_lapsed_is_ended_by_the_next_fetch_not_delivered(
+    queue: PostgresQueue,
+) -> None:
+    job_id = queue.enqueue("t", 1)
+    [job] = queue.fetch(1, ["t"], 0.2)
+    assert queue.cancel(job_id).effect is CancelEffect.REQUESTED
+    delivered: list[str] = []
+
+    def ended() -> bool:
+        delivered.extend(j.id for j in queue.fetch(1, ["t"], 60))
+        info = queue.job(job_id)
+        return info is not None and info.state is JobState.CANCELLED
+
+    wait_until(ended, what="the lapsed, flagged job ended cancelled")
+    assert delivered == []
+    queue.settle(releases=[job])  # the dead holder's stale token changes nothing
+    info = queue.job(job_id)
+    assert info is not None and info.state is JobState.CANCELLED
 
 
 def test_a_schema_newer_than_this_release_is_refused(
