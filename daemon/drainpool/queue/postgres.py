@@ -23,7 +23,8 @@ and an idle pool LISTENs on a connection of its own (postgres_wakeups).
 Longer than a module should be, as sqlite.py is: every method of the protocol
 is here; the statements are in postgres_sql.py, the connections and faults in
 postgres_db.py, the tables in postgres_schema.py, the records' reads in
-postgres_records.py, the wake-ups' waiter in postgres_wakeups.py.
+postgres_records.py, the wake-ups' waiter in postgres_wakeups.py, the cancel of
+one job in postgres_cancel.py.
 """
 
 from __future__ import annotations
