@@ -9,15 +9,15 @@
 
 # Build stage: only the wheel of this project; its dependencies are resolved
 # by pip in the runtime stage from their published wheels. The requirements
-# file names the wheel with the redis extra, so one image serves both queue
-# backends and pip still installs from a file, not an unpinned name.
+# file names the wheel with the redis and postgres extras, so one image serves
+# every queue backend and pip still installs from a file, not an unpinned name.
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY daemon ./daemon
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && for wheel in /wheels/drainpool-*.whl; do \
-        printf '%s[redis]\n' "${wheel}" > /wheels/requirements.txt; \
+        printf '%s[redis,postgres]\n' "${wheel}" > /wheels/requirements.txt; \
     done
 
 FROM python:3.11-slim-bookworm

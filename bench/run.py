@@ -27,6 +27,7 @@ from pathlib import Path
 
 import baselines
 import drainpool_scenarios as dps
+import postgres_rows
 import queue_rounds
 import record_scenarios as rec
 import wakeup_scenarios as wakeups
@@ -115,6 +116,13 @@ SCENARIOS = [
         "drainpool",
         dps.redis_rows,
         "no-op and 10 ms jobs/s with 1, 2, 4 daemons on one Redis queue, against SQLite",
+    ),
+    Scenario(
+        "drainpool-postgres",
+        "drainpool",
+        postgres_rows.postgres_rows,
+        "no-op and 10 ms jobs/s with 1, 2, 4 daemons on one PostgreSQL; idle pickup latency",
+        default=False,  # needs Debian's postgresql (scripts/setup-dev); --only drainpool-postgres
     ),
     Scenario(
         "records-retention",

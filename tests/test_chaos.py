@@ -1,4 +1,5 @@
-"""Proof that nothing is lost: thousands of jobs through reloads, stops and kill -9.
+"""Proof that nothing is lost: thousands of jobs through reloads, stops and kill -9,
+on SQLite, Redis and PostgreSQL.
 
 The run (tests/support/chaos.py) is bounded for CI; set DRAINPOOL_CHAOS_JOBS,
 DRAINPOOL_CHAOS_SECONDS and DRAINPOOL_CHAOS_SEED for a longer one or a replay
@@ -16,6 +17,7 @@ import pytest
 from tests.support.chaos import ChaosResult, run_chaos
 from tests.support.chaos_verify import verify
 from tests.support.daemon import DaemonFactory
+from tests.support.postgres_server import postgres_servers
 from tests.support.redis_server import redis_servers
 
 
@@ -85,4 +87,17 @@ def test_chaos_redis_nothing_lost(factory: DaemonFactory, tmp_path: Path) -> Non
     jobs, seconds, seed = chaos_parameters(jobs=1000, seconds=25)
     with redis_servers(tmp_path / "redis") as start_redis:
         url = start_redis().url
+        check(run_chaos(factory, tmp_path, jobs=jobs, seconds=seconds, seed=seed, queue_url=url))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_chaos_postgres_nothing_lost(factory: DaemonFactory, tmp_path: Path) -> None:
+    """The same run and the same checks with the queue in a real PostgreSQL cluster.
+
+    Sized as the Redis run; the same environment variables size it.
+    """
+    jobs, seconds, seed = chaos_parameters(jobs=1000, seconds=25)
+    with postgres_servers(tmp_path / "postgres") as start_postgres:
+        url = start_postgres().url()
         check(run_chaos(factory, tmp_path, jobs=jobs, seconds=seconds, seed=seed, queue_url=url))

@@ -17,6 +17,7 @@ import pytest
 from drainpool.queue import JobFailed, JobState, Queue, from_url
 
 from tests.support.daemon import DaemonFactory, base_config, render_config, write_atomic
+from tests.support.postgres_server import postgres_servers
 from tests.support.redis_server import redis_servers
 from tests.support.waiting import wait_until
 
@@ -35,10 +36,14 @@ POOLS = {
 }
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'queue.db'}"
+        return
+    if request.param == "postgres":
+        with postgres_servers(tmp_path / "postgres") as start_postgres:
+            yield start_postgres().url()
         return
     with redis_servers(tmp_path) as start:
         yield start().url

@@ -1,7 +1,9 @@
-"""One contract for every queue backend: the same tests run on SQLite and on a real Redis.
+"""One contract for every queue backend: the same tests run on SQLite, a real Redis
+and a real PostgreSQL.
 
 A `make_queue()` call opens one more handle on the same queue (the same file,
-or the same Redis keys): two handles are two consumers, as two daemons are.
+the same Redis keys, or the same PostgreSQL schema): two handles are two
+consumers, as two daemons are.
 Waits poll with a deadline; a lease of 0 seconds is expired the moment it is
 given, which tests expiry without waiting for a clock.
 
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 import pytest
 import redis
 from drainpool.queue.base import (
@@ -44,11 +47,13 @@ from drainpool.queue.base import (
     WorkerIdentity,
 )
 from drainpool.queue.outcome_minutes import KEEP_SECONDS, MINUTE, OUTCOMES
+from drainpool.queue.postgres import PostgresQueue
 from drainpool.queue.records import encode_result, result_of
 from drainpool.queue.redis import RedisQueue, redact_url
 from drainpool.queue.sqlite import SCHEMA_VERSION, SqliteQueue
 
 from tests.support.net import free_port
+from tests.support.postgres_server import PostgresServer, postgres_servers
 from tests.support.redis_server import RedisServer, redis_servers
 from tests.support.waiting import wait_until
 
@@ -68,7 +73,14 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield start()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(scope="module")
+def shared_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the contract tests; each test gets its own schema."""
+    with postgres_servers(tmp_path_factory.mktemp("postgres")) as start:
+        yield start()
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeQueue]:
     opened: list[Queue] = []
     if request.param == "sqlite":
@@ -76,6 +88,14 @@ def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeQ
 
         def open_queue(retry: RetryPolicy | None = None, **options: Any) -> Queue:
             return SqliteQueue(path, retry=retry or FAST_RETRY, **options)
+    elif request.param == "postgres":
+        pg: PostgresServer = request.getfixturevalue("shared_postgres")
+        schema = f"test_{uuid.uuid4().hex[:12]}"
+
+        def open_queue(retry: RetryPolicy | None = None, **options: Any) -> Queue:
+            return PostgresQueue.from_url(
+                pg.url(), retry=retry or FAST_RETRY, schema=schema, **options
+            )
     else:
         server: RedisServer = request.getfixturevalue("shared_redis")
         prefix = f"test-{uuid.uuid4().hex[:12]}"
@@ -105,6 +125,17 @@ def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeQ
 @pytest.fixture
 def queue(make_queue: MakeQueue) -> Queue:
     return make_queue()
+
+
+def pg_url(queue: PostgresQueue) -> str:
+    return queue._db.url  # the unredacted URL (`where` hides the user name too)
+
+
+def pg_rows(queue: PostgresQueue, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on the queue's own schema ({s}) behind its back."""
+    with psycopg.connect(pg_url(queue), autocommit=True) as conn:
+        cur = conn.execute(statement.replace("{s}", f'"{queue.schema}"'), params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
 
 
 def counts(queue: Queue) -> tuple[int, int, int, int]:
@@ -642,6 +673,11 @@ def test_redis_leaves_nothing_behind_finished_jobs(shared_redis: RedisServer) ->
         (f"redis://db:6379/0?password={SECRET}&db=3", "redis://db:6379/0?password=***&db=3"),
         ("redis://db:6379/0", "redis://db:6379/0"),
         (f"redis://:{SECRET}@[::1:6379/0", None),
+        (
+            f"postgresql://app:{SECRET}@db:5432/app?sslmode=require",
+            "postgresql://app:***@db:5432/app?sslmode=require",
+        ),
+        (f"postgres://db/app?password={SECRET}&sslmode=disable", None),
     ],
 )
 def test_redact_url_never_shows_the_password(url: str, shown: str | None) -> None:
@@ -839,6 +875,8 @@ def test_a_record_expires_after_its_retention(make_queue: MakeQueue) -> None:
     if isinstance(queue, SqliteQueue):
         with sqlite3.connect(queue.path) as conn:
             assert conn.execute("SELECT id FROM jobs").fetchall() == [(int(keep_id),)]
+    elif isinstance(queue, PostgresQueue):
+        assert pg_rows(queue, "SELECT id FROM {s}.jobs") == [(int(keep_id),)]
     else:
         assert isinstance(queue, RedisQueue)
         raw = redis.Redis.from_url(queue.where, decode_responses=True)
@@ -916,6 +954,8 @@ def test_undecodable_stored_json_is_shown_with_the_reason(make_queue: MakeQueue)
             conn.execute(
                 "UPDATE jobs SET payload = ?, result = '{bad' WHERE id = ?", (b"\xff", job_id)
             )
+    elif isinstance(queue, PostgresQueue):  # text columns hold only UTF-8: bad JSON instead
+        pg_rows(queue, "UPDATE {s}.jobs SET payload = '[', result = '{bad' WHERE id = %s", job_id)
     else:
         assert isinstance(queue, RedisQueue)
         with redis.Redis.from_url(queue.where) as raw:
@@ -977,10 +1017,16 @@ def test_wait_times_out_while_the_job_runs(make_queue: MakeQueue) -> None:
 
 WAITER = """
 import sys
+from drainpool.queue.postgres import PostgresQueue
 from drainpool.queue.redis import RedisQueue
 from drainpool.queue.sqlite import SqliteQueue
 kind, where, prefix, job_id, timeout = sys.argv[1:]
-queue = SqliteQueue(where) if kind == "sqlite" else RedisQueue.from_url(where, prefix=prefix)
+if kind == "sqlite":
+    queue = SqliteQueue(where)
+elif kind == "postgres":
+    queue = PostgresQueue.from_url(where, schema=prefix)
+else:
+    queue = RedisQueue.from_url(where, prefix=prefix)
 try:
     info = queue.wait(job_id, float(timeout))
     print("ended", info.state.value, info.result, flush=True)
@@ -994,6 +1040,8 @@ finally:
 def start_waiter(queue: Queue, job_id: str, timeout: float) -> subprocess.Popen[str]:
     if isinstance(queue, SqliteQueue):
         spec = ["sqlite", str(queue.path), ""]
+    elif isinstance(queue, PostgresQueue):
+        spec = ["postgres", pg_url(queue), queue.schema]  # the test cluster has no password
     else:
         assert isinstance(queue, RedisQueue)
         spec = ["redis", queue.where, queue.prefix]

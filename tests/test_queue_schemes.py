@@ -50,7 +50,7 @@ def test_the_protocol_module_imports_neither_its_package_nor_a_backend() -> None
     assert drainpool_modules <= {"drainpool.queue.schemes"}, drainpool_modules
 
 
-@pytest.mark.parametrize("url", ["ftp://host/q", "sqlite:q.db", "postgres://nope"])
+@pytest.mark.parametrize("url", ["ftp://host/q", "sqlite:q.db", "mysql://host/db"])
 def test_the_config_refuses_an_unknown_scheme_naming_every_known_prefix(url: str) -> None:
     with pytest.raises(ValidationError) as refused:
         QueueSettings(url=url)

@@ -431,7 +431,7 @@ def test_queue_from_url_is_the_producers_entry_point(tmp_path: Path, monkeypatch
     finally:
         queue.close()
     with pytest.raises(QueueError, match="unsupported queue URL"):
-        Queue.from_url("postgres://nope")
+        Queue.from_url("mysql://nope")
 
 
 # -- busy and faults -------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The queue's half of schedules (issue 20): one enqueue per tick, by compare-and-set.
 
-Runs on SQLite and a real Redis with the contract's fixtures: several handles on
-one queue are several daemons; threads race for the same ticks.
+Runs on SQLite, a real Redis and a real PostgreSQL with the contract's fixtures:
+several handles on one queue are several daemons; threads race for the same ticks.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import threading
 
 from drainpool.queue.base import JobState, Queue
 
-from tests.test_queue_contract import MakeQueue, make_queue, queue, shared_redis
+from tests.test_queue_contract import MakeQueue, make_queue, queue, shared_postgres, shared_redis
 
-__all__ = ["make_queue", "queue", "shared_redis"]  # fixtures used by name
+__all__ = ["make_queue", "queue", "shared_postgres", "shared_redis"]  # fixtures used by name
 
 
 def test_a_tick_is_enqueued_once_and_its_record_names_schedule_and_tick(queue: Queue) -> None:

@@ -16,13 +16,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis
+from drainpool.queue.postgres import PostgresQueue
 from drainpool.queue.redis import RedisQueue
 
 from tests.support.daemon import Daemon, DaemonFactory, enqueue
 from tests.support.joblog import count
 from tests.support.mountns import MountNamespace
+from tests.support.postgres_server import PostgresServer, postgres_servers
 from tests.support.redis_server import RedisServer, redis_servers
 from tests.support.waiting import wait_until
 
@@ -31,6 +34,7 @@ PROMPT = 10.0  # a generous deadline that is still far below the safety net
 IDLE_WINDOW = 8.0  # seconds of an idle daemon whose Redis commands are counted
 QUIET = 0.5  # seconds without a script: the daemons are idle again
 StartRedis = Callable[..., RedisServer]
+StartPostgres = Callable[..., PostgresServer]
 
 
 @pytest.fixture
@@ -269,6 +273,79 @@ def test_a_delayed_job_starts_at_its_due_time_not_at_the_safety_net(
     payload = {"log": str(log), "seconds": 0}
     job_id = enqueue(factory, config, "record", payload, "--delay", "2")
     done_promptly(log, job_id, "a delayed job at its due time")
+
+
+# -- PostgreSQL: LISTEN/NOTIFY ----------------------------------------------------
+
+
+@pytest.fixture
+def start_postgres(tmp_path: Path) -> Iterator[StartPostgres]:
+    with postgres_servers(tmp_path / "pg") as start:
+        yield start
+
+
+def test_postgres_job_into_an_idle_daemon_starts_on_its_notification(
+    factory: DaemonFactory, tmp_path: Path, start_postgres: StartPostgres
+) -> None:
+    server = start_postgres()
+    config = idle_config(factory, server.url())
+    daemon = factory.start(config)
+    assert waits(daemon) == ["blocking read"]
+    log = tmp_path / "jobs.log"
+    for _ in range(3):  # each one after the daemon went idle again
+        job_id = job(factory, config, log)
+        done_promptly(log, job_id, f"job {job_id} started by its notification")
+    assert set(count(log, "start").values()) == {1}
+
+
+def test_postgres_wake_up_connection_terminated_falls_back_logs_once_and_recovers(
+    factory: DaemonFactory, tmp_path: Path, start_postgres: StartPostgres
+) -> None:
+    server = start_postgres()
+    config = idle_config(factory, server.url())
+    daemon = factory.start(config)
+    log = tmp_path / "jobs.log"
+    first = job(factory, config, log)
+    done_promptly(log, first, "a job before the fault")
+    ended = server.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = 'drainpool-wakeups'"
+    )
+    assert ended and all(row[0] for row in ended)
+    daemon.wait_log(r"wake-up connection to .*; polling every", PROMPT)
+    daemon.wait_log(r"wake-up connection to .*: wake-ups are back", PROMPT)
+    assert len([line for line in daemon.log().splitlines() if "polling every" in line]) == 1
+    second = job(factory, config, log)
+    done_promptly(log, second, "a job after the wake-ups came back")
+    assert count(log, "start") == {first: 1, second: 1}
+
+
+def test_postgres_notifies_when_the_applications_transaction_commits_not_before(
+    start_postgres: StartPostgres,
+) -> None:
+    server = start_postgres()
+    queue = PostgresQueue.from_url(server.url())
+    waiter = queue.waiter(["record"])
+    try:
+        assert waiter.wait(PROMPT)  # armed: the first wait reports a wake-up
+        with psycopg.connect(server.url()) as app:
+            queue.enqueue("record", {"n": 1}, connection=app)
+            assert not waiter.wait(1.0)  # not committed yet: nobody is told
+            app.rollback()
+            assert not waiter.wait(1.0)  # rolled back: nobody ever is
+            queue.enqueue("other", {"n": 2}, connection=app)
+            app.commit()
+            assert not waiter.wait(1.0)  # committed, but not one of the waiter's tasks
+            queue.enqueue("record", {"n": 3}, delay=60, connection=app)
+            app.commit()
+        assert waiter.wait(PROMPT)
+        due = waiter.take_due()
+        (delayed,) = queue.jobs(task="record")
+        assert due is not None and 59 < due - delayed.enqueued_at <= 60
+        assert waiter.mode == "blocking read"
+    finally:
+        waiter.close()
+        queue.close()
 
 
 # -- idle is idle -----------------------------------------------------------------

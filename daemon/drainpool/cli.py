@@ -103,9 +103,12 @@ def _parser() -> argparse.ArgumentParser:
         "--skip-invalid", action="store_true", help="bulk: enqueue good lines, report bad"
     )
 
-    p = command("queue", _cmd_queue, "inspect the queue and its dead letters")
+    p = command("queue", _cmd_queue, "inspect the queue and its dead letters; migrate its tables")
     p.add_argument(
-        "action", nargs="?", choices=["stats", "dead"], help="stats, or dead list|retry|purge"
+        "action",
+        nargs="?",
+        choices=["stats", "dead", "migrate"],
+        help="stats, dead list|retry|purge, or migrate (create or upgrade PostgreSQL tables)",
     )
     p.add_argument("dead_action", nargs="?", choices=["list", "retry", "purge"])
     p.add_argument("ids", nargs="*", help="job ids for dead retry/purge (default: all)")
@@ -294,12 +297,16 @@ def _cmd_queue(args: argparse.Namespace) -> int:
     from drainpool.runtime import open_queue
 
     if args.action is None:
-        raise UsageError("queue needs an action: stats, or dead list|retry|purge [ID...]")
+        raise UsageError(
+            "queue needs an action: stats, or dead list|retry|purge [ID...], or migrate"
+        )
     loaded, _ = _load(args, tasks=False)
     queue = open_queue(loaded)
     try:
         if args.action == "stats":
             return _print_stats(queue, args.json)
+        if args.action == "migrate":
+            return _migrate(queue)
         if args.dead_action is None:
             raise UsageError("queue dead needs list, retry or purge")
         if args.dead_action == "list":
@@ -312,6 +319,20 @@ def _cmd_queue(args: argparse.Namespace) -> int:
         return ExitCode.OK
     finally:
         queue.close()
+
+
+def _migrate(queue: Any) -> int:
+    """Create or upgrade the queue's tables now (PostgreSQL: for a service without DDL rights)."""
+    migrate = getattr(queue, "migrate", None)
+    if migrate is None:  # SQLite and Redis upgrade themselves when opened
+        print(f"{type(queue).__name__}: nothing to migrate (upgraded when opened)")
+        return ExitCode.OK
+    found, now = migrate()
+    if found == now:
+        print(f"schema {queue.schema}: at version {now}, nothing to do")
+    else:
+        print(f"schema {queue.schema}: version {found} -> {now}")
+    return ExitCode.OK
 
 
 def _print_stats(queue: Any, as_json: bool) -> int:

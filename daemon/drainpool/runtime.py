@@ -81,6 +81,7 @@ def open_queue(loaded: LoadedConfig, *, durable_commits: bool = True) -> Queue:
         durable_commits=durable_commits,
         retention_seconds=q.retention_seconds,
         result_max_bytes=q.result_max_bytes,
+        schema=q.schema_name,
     )
 
 

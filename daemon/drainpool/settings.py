@@ -110,6 +110,7 @@ class ReloadSettings(_Section):
 
 
 class QueueSettings(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
     url: str = "sqlite:////var/lib/drainpool/queue.db"
     lease_seconds: float = Field(60.0, gt=0, le=86_400)
     max_attempts: int = Field(5, ge=1, le=1000)
@@ -119,6 +120,9 @@ class QueueSettings(_Section):
     poll_interval_seconds: float = Field(10.0, gt=0, le=60, description="safety-net fetch")
     retention_seconds: float = Field(86_400.0, ge=0, le=86_400 * 366)  # 0: removed at the ack
     result_max_bytes: int = Field(65_536, ge=0, le=64 * 1024 * 1024)
+    # The PostgreSQL schema that holds the queue's tables (other backends ignore it).
+    # Named schema_name in Python: `schema` would shadow a BaseModel method.
+    schema_name: str = Field("drainpool", alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
 
     @field_validator("url")
     @classmethod

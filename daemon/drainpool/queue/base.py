@@ -363,6 +363,15 @@ def redact_url(url: str) -> str:
     return scheme + "://" + _QUERY_SECRET.sub(r"\1***", rest)
 
 
+def refuse_connection(connection: Any, backend: str) -> None:
+    """For backends that cannot enqueue inside the application's transaction."""
+    if connection is not None:
+        raise QueueError(
+            f"enqueue(connection=...) needs the PostgreSQL queue; the {backend} queue"
+            " has no transactions to share"
+        )
+
+
 def loads_or_raw(body: str | bytes) -> Any:
     """A stored payload as JSON, or the raw text when it is not (shown in dead letters)."""
     payload, error = decode_payload(body)
@@ -381,7 +390,8 @@ class Queue(Protocol):
 
     @classmethod
     def from_url(cls, url: str, *, retry: RetryPolicy | None = None) -> Queue:
-        """Open the queue that `url` names: sqlite:///relative/to/cwd, sqlite:////abs, redis://.
+        """Open the queue that `url` names: sqlite:///relative/to/cwd, sqlite:////abs, redis://,
+        postgresql://.
 
         A protocol member with a body: on `Queue` itself it picks the backend by
         the URL's scheme (drainpool.queue.schemes, which also takes the options
@@ -400,6 +410,7 @@ class Queue(Protocol):
         *,
         delay: float = 0.0,
         key: str | None = None,
+        connection: Any = None,
         timeout: float | None = None,
         meta: Mapping[str, str] | None = None,
     ) -> str:
@@ -407,6 +418,8 @@ class Queue(Protocol):
 
         `timeout`: the job's own time limit in seconds (over its task's `timeout_seconds`).
         `meta` travels with the job (`Job.meta`): string keys and values only.
+        `connection`: the application's own database connection, for a backend that can
+        enqueue inside its transaction (PostgreSQL); the others raise QueueError for it.
         """
         ...
 

@@ -83,6 +83,7 @@ from drainpool.queue.base import (
     log_dead,
     log_dead_job,
     redact_url,
+    refuse_connection,
 )
 from drainpool.queue.outcome_minutes import (
     KEEP_SECONDS,
@@ -800,9 +801,11 @@ class RedisQueue:
         *,
         delay: float = 0.0,
         key: str | None = None,
+        connection: Any = None,
         timeout: float | None = None,
         meta: Mapping[str, str] | None = None,
     ) -> str:
+        refuse_connection(connection, "Redis")
         body = encode_payload(payload)
         meta_json = encode_meta(meta)
         if not math.isfinite(delay):  # NaN or infinity would never come due, or poison the set

@@ -33,6 +33,8 @@ class Backend:
     # client that connects lazily (its options are parsed without a round trip),
     # false for a file that opening would create (its path is checked at start).
     check_by_building: bool
+    # A database server: takes `schema` (queue.schema) and `durable_commits`.
+    database_server: bool = False
 
 
 BACKENDS: tuple[Backend, ...] = (
@@ -49,6 +51,14 @@ BACKENDS: tuple[Backend, ...] = (
         class_name="RedisQueue",
         local_file=False,
         check_by_building=True,
+    ),
+    Backend(
+        prefixes=("postgresql://", "postgres://"),
+        module="drainpool.queue.postgres",  # needs the optional postgres extra
+        class_name="PostgresQueue",
+        local_file=False,
+        check_by_building=True,
+        database_server=True,
     ),
 )
 
@@ -80,16 +90,19 @@ def from_url(
     base_dir: Path | None = None,
     retry: RetryPolicy | None = None,
     durable_commits: bool = True,
+    schema: str | None = None,
     retention_seconds: float = RETENTION_SECONDS,
     result_max_bytes: int = RESULT_MAX_BYTES,
 ) -> Queue:
-    """Open the queue at `url` (sqlite:///rel, sqlite:////abs, redis://, rediss://, unix://).
+    """Open the queue at `url` (sqlite:///rel, sqlite:////abs, redis://, rediss://, unix://,
+    postgresql://, postgres://).
 
     Exported as drainpool.queue.from_url; `Queue.from_url(url)` is the same for
     producers. `base_dir` anchors a relative SQLite path (the config file's
     directory). Producers keep the default `durable_commits`; the daemon turns
-    it off for its own connection (see drainpool.queue.sqlite).
-    `retention_seconds` and `result_max_bytes` are the config's `queue.*` keys.
+    it off for its own connection (see drainpool.queue.sqlite and .postgres).
+    `retention_seconds` and `result_max_bytes` are the config's `queue.*` keys; `schema`
+    names the PostgreSQL schema of the queue's tables (queue.schema), others ignore it.
     """
     backend = backend_for(url)
     queue_class = _backend_class(backend)
@@ -100,6 +113,10 @@ def from_url(
     }
     if backend.local_file:
         options.update(base_dir=base_dir, durable_commits=durable_commits)
+    if backend.database_server:
+        options["durable_commits"] = durable_commits
+        if schema is not None:
+            options["schema"] = schema
     return queue_class.from_url(url, **options)
 
 

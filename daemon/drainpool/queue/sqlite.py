@@ -62,6 +62,7 @@ from drainpool.queue.base import (
     loads_or_raw,
     log_dead,
     log_dead_job,
+    refuse_connection,
 )
 from drainpool.queue.doorbell import Doorbell, DoorbellWaiter
 from drainpool.queue.outcome_minutes import (
@@ -287,9 +288,11 @@ class SqliteQueue:
         *,
         delay: float = 0.0,
         key: str | None = None,
+        connection: Any = None,
         timeout: float | None = None,
         meta: Mapping[str, str] | None = None,
     ) -> str:
+        refuse_connection(connection, "SQLite")
         if not math.isfinite(delay):
             raise QueueError(f"delay must be a finite number of seconds, not {delay!r}")
         limit = check_timeout(timeout)

@@ -54,7 +54,7 @@ COMPLETE_SQL = (
     " json_extract(value, '$[2]') AS result, json_extract(value, '$[3]') AS note"
     " FROM json_each(?3)) AS done WHERE jobs.id = done.id AND jobs.token = done.token"
 )
-# A record as make_info takes it; the state is turned into a JobState by _info.
+# A record as make_info takes it; the state is turned into a JobState by info_from_row.
 RECORD_SQL = (
     "SELECT id, task, CAST(payload AS BLOB), COALESCE(idem_key, released_key), state, due_at,"
     " attempts, enqueued_at, started_at, COALESCE(finished_at, failed_at), worker_host,"
@@ -77,7 +77,7 @@ def read_job(conn: sqlite3.Connection, job_id: int, now: float) -> JobInfo | Non
     row = conn.execute(
         f"{RECORD_SQL} WHERE id = :id AND {LIVE_SQL}", {"id": job_id, "now": now}
     ).fetchone()
-    return None if row is None else _info(row, now)
+    return None if row is None else info_from_row(row, now)
 
 
 def list_jobs(
@@ -91,7 +91,7 @@ def list_jobs(
         where.append("task = :task")
     sql = f"{RECORD_SQL} WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT :limit"
     rows = conn.execute(sql, {"now": now, "task": task, "limit": limit}).fetchall()
-    return [_info(row, now) for row in rows]
+    return [info_from_row(row, now) for row in rows]
 
 
 def prune_expired(conn: sqlite3.Connection, now: float, limit: int) -> int:
@@ -103,7 +103,7 @@ def prune_expired(conn: sqlite3.Connection, now: float, limit: int) -> int:
     ).rowcount
 
 
-def _info(row: tuple[Any, ...], now: float) -> JobInfo:
+def info_from_row(row: tuple[Any, ...], now: float) -> JobInfo:
     (job_id, task, payload, key, state, due_at, attempts, enqueued_at, started_at, finished_at,
      host, pid, pool, error, traceback, result, note, timeout, cancel_at, cancel_reason,
      cancel_by, schedule, tick) = row  # fmt: skip

@@ -5,8 +5,8 @@ An idle pool does not poll (issue 21). Its listener thread blocks in
 of one of the pool's tasks may be ready; the dispatcher then fetches once.
 Each backend brings its own way to be told: a doorbell datagram beside the
 SQLite file (drainpool.queue.doorbell), a Redis pub/sub connection
-(drainpool.queue.redis_wakeups), and LISTEN/NOTIFY on PostgreSQL when that
-backend lands (`queue.waiter(tasks)` returning a Waiter is all it needs).
+(drainpool.queue.redis_wakeups), and a LISTEN connection on PostgreSQL
+(drainpool.queue.postgres_wakeups).
 
 A waiter whose channel breaks logs one line, reports the mode "poll" and
 keeps trying to re-arm; the pool's safety-net fetch (every
