@@ -1,5 +1,5 @@
 """Shared fixtures: a daemon factory per test, a guard against leaked threads, and the
-queue of a test on each backend it supports."""
+queue of a test on each backend it supports; the suite's order (tests/support/suite_speed.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ import pytest
 from tests.support.daemon import DaemonFactory, daemons
 from tests.support.postgres_server import PostgresServer, postgres_servers
 from tests.support.redis_server import redis_servers
+from tests.support.suite_speed import compile_bytecode, long_modules_first
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    compile_bytecode(config)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    long_modules_first(items)
 
 
 @pytest.fixture
