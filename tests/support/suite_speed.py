@@ -1,14 +1,15 @@
 """What keeps the whole suite inside its time budget (12 minutes on a 2-core machine).
 
-The suite is mostly waiting on real processes, but not only: every daemon and every
-`drainpool` command it starts is a new Python that imports the package, and the
-suite starts well over a thousand of them. Two things follow.
+The suite mostly waits on real processes, but not only: every daemon and every
+`drainpool` command it starts is a new Python that imports the package (about
+0.7 s of CPU each), and it starts hundreds of them (test_job_commands.py alone
+about a hundred). A worker keeps half a core to most of one busy. Two things follow.
 
 - Bytecode, compiled once. Where PYTHONDONTWRITEBYTECODE is set (as on the CI
   machine), no process ever writes the package's .pyc files, so each one compiles
-  the drainpool sources again: about 0.16 s of CPU a start. The run compiles them
-  once before the first test (py_compile writes whatever that variable says);
-  a source edited later is seen by its mtime and compiled in memory, as usual.
+  the drainpool sources again: a quarter of its start-up CPU. The run compiles
+  them once before the first test (py_compile writes whatever that variable
+  says); a source edited later is seen by its mtime and compiled in memory.
 - Long modules first. xdist hands out one test file at a time (`--dist loadfile`,
   so module fixtures stay in one worker) and by default the files with the most
   tests first; a long file with few tests (the chaos runs, a thousand reloads)
