@@ -1,5 +1,6 @@
 """Shared fixtures: a daemon factory per test, a guard against leaked threads, and the
-queue of a test on each backend it supports; the suite's order (tests/support/suite_speed.py)."""
+queue of a test on each backend it supports; the suite's order and bytecode
+(tests/support/suite_speed.py)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.server_process import ServerProcess
+from tests.support.server_process import ServerProcess, started_on_demand
 
 BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 SUPERUSER = "drainpool"  # the cluster's superuser (initdb -U), trust authentication
@@ -117,7 +117,7 @@ class PostgresServer(ServerProcess):
             cur = conn.execute(statement, params)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
 
-    def remove(self) -> None:
+    def discard(self) -> None:
         """Kill and delete the cluster's files (the mkdtemp directory under root)."""
         self.kill()
         if self.directory != self.link:
@@ -130,16 +130,5 @@ def postgres_servers(base_dir: Path) -> Iterator[Callable[..., PostgresServer]]:
     """Start clusters on demand (PostgresServer's options); all are killed and removed on exit."""
     if not (BIN_DIR / "postgres").exists():  # fail, not skip: a skipped backend passes silently
         pytest.fail(f"{BIN_DIR}/postgres is missing: apt-get install postgresql")
-    servers: list[PostgresServer] = []
-
-    def start(**options: Any) -> PostgresServer:
-        server = PostgresServer(base_dir / f"postgres-{len(servers)}", **options)
-        servers.append(server)
-        server.start()
-        return server
-
-    try:
+    with started_on_demand(PostgresServer, base_dir, "postgres") as start:
         yield start
-    finally:
-        for server in servers:
-            server.remove()

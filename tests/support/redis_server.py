@@ -13,11 +13,10 @@ import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.server_process import ServerProcess
+from tests.support.server_process import ServerProcess, started_on_demand
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
 START_DEADLINE = 20.0  # seconds: generous, the machine is shared and noisy
@@ -133,19 +132,8 @@ def redis_servers(base_dir: Path) -> Iterator[Callable[..., RedisServer]]:
     """Start redis-servers on demand (RedisServer's options); all are killed on exit."""
     if not REDIS_SERVER.exists():  # fail, not skip: a skipped backend would pass CI silently
         pytest.fail(f"{REDIS_SERVER} is missing: apt-get install redis-server")
-    servers: list[RedisServer] = []
-
-    def start(**options: Any) -> RedisServer:
-        server = RedisServer(base_dir / f"redis-{len(servers)}", **options)
-        servers.append(server)
-        server.start()
-        return server
-
-    try:
+    with started_on_demand(RedisServer, base_dir, "redis") as start:
         yield start
-    finally:
-        for server in servers:
-            server.kill()
 
 
 @pytest.fixture

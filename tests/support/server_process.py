@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from tests.support.net import free_port
 from tests.support.waiting import wait_until
@@ -126,6 +127,10 @@ class ServerProcess:
                 self.kill_pid(self.proc.pid)
         self.proc.wait()
 
+    def discard(self) -> None:
+        """The end of a test's server: killed (a subclass may also delete its files)."""
+        self.kill()
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -142,3 +147,29 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+Server = TypeVar("Server", bound=ServerProcess)
+
+
+@contextmanager
+def started_on_demand(
+    kind: Callable[..., Server], base_dir: Path, name: str
+) -> Iterator[Callable[..., Server]]:
+    """Yield start(**options): one more server of `kind`, started in base_dir/name-N.
+
+    Every server started is discarded on exit, a failed start included.
+    """
+    servers: list[Server] = []
+
+    def start(**options: Any) -> Server:
+        server = kind(base_dir / f"{name}-{len(servers)}", **options)
+        servers.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.discard()
