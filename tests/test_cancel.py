@@ -11,8 +11,6 @@ import contextlib
 import json
 import re
 import signal
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,6 @@ from drainpool.queue import JobState, Queue, from_url
 from tests.support.console import authorized, call, console_config
 from tests.support.console import open_queue as console_queue
 from tests.support.daemon import DaemonFactory, enqueue, wait_until
-from tests.support.postgres_server import PostgresServer, postgres_servers
-from tests.support.redis_server import redis_servers
 
 NOTHING = "nothing changed\n"
 TASKS: dict[str, Any] = {
@@ -35,26 +31,7 @@ TASKS: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def shared_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    """One PostgreSQL cluster for this module; each test gets a database of its own."""
-    with postgres_servers(tmp_path_factory.mktemp("postgres")) as start:
-        yield start()
-
-
-@pytest.fixture(params=["sqlite", "redis", "postgres"])
-def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield "sqlite:///queue.db"
-        return
-    if request.param == "postgres":
-        pg: PostgresServer = request.getfixturevalue("shared_postgres")
-        database = f"cancel_{uuid.uuid4().hex[:12]}"
-        pg.sql(f"CREATE DATABASE {database}")
-        yield pg.url(database=database)
-        return
-    with redis_servers(tmp_path) as start_redis:
-        yield start_redis().url
+pytestmark = pytest.mark.queue_backends("sqlite", "redis", "postgres")  # for queue_url
 
 
 @pytest.fixture

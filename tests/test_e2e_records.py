@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,6 @@ import pytest
 from drainpool.queue import JobFailed, JobState, Queue, from_url
 
 from tests.support.daemon import DaemonFactory, base_config, render_config, write_atomic
-from tests.support.postgres_server import postgres_servers
-from tests.support.redis_server import redis_servers
 from tests.support.waiting import wait_until
 
 TASKS: dict[str, Any] = {
@@ -30,23 +28,11 @@ TASKS: dict[str, Any] = {
     "pecho": "tests.support.tasks:echo",
     "words": {"command": [sys.executable, "-c", "print('one'); print('{word}')"]},
 }
+pytestmark = pytest.mark.queue_backends("sqlite", "redis", "postgres")  # for queue_url
 POOLS = {
     "threads": {"workers": 2, "tasks": ["echo", "aecho", "odd", "fail", "record", "words"]},
     "children": {"workers": 1, "kind": "process", "tasks": ["pecho"]},
 }
-
-
-@pytest.fixture(params=["sqlite", "redis", "postgres"])
-def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'queue.db'}"
-        return
-    if request.param == "postgres":
-        with postgres_servers(tmp_path / "postgres") as start_postgres:
-            yield start_postgres().url()
-        return
-    with redis_servers(tmp_path) as start:
-        yield start().url
 
 
 def write_config(path: Path, url: str, **queue: Any) -> Path:
@@ -59,15 +45,16 @@ def write_config(path: Path, url: str, **queue: Any) -> Path:
     return path
 
 
-def producer(url: str, **options: Any) -> Queue:
-    return from_url(url, **options)
+def producer(url: str, folder: Path) -> Queue:
+    """The test's own handle on the queue (a relative SQLite URL is the config's, in `folder`)."""
+    return from_url(url, base_dir=folder)
 
 
 def test_every_task_kind_keeps_its_result(
     factory: DaemonFactory, tmp_path: Path, queue_url: str
 ) -> None:
     config = write_config(tmp_path / "drainpool.toml", queue_url, result_max_bytes=1000)
-    queue = producer(queue_url)
+    queue = producer(queue_url, tmp_path)
     try:
         ids = {
             "thread": queue.enqueue("echo", {"value": {"n": [1, 2, 3]}}),
@@ -120,7 +107,7 @@ def test_records_survive_a_restart_and_a_kill_9(
 ) -> None:
     config = write_config(tmp_path / "drainpool.toml", queue_url, lease_seconds=2)
     log = tmp_path / "jobs.log"
-    queue = producer(queue_url)
+    queue = producer(queue_url, tmp_path)
     try:
         done = queue.enqueue("echo", {"value": "kept"})
         daemon = factory.start(config)
@@ -150,7 +137,7 @@ def test_retention_zero_keeps_no_record(
     factory: DaemonFactory, tmp_path: Path, queue_url: str
 ) -> None:
     config = write_config(tmp_path / "drainpool.toml", queue_url, retention_seconds=0)
-    queue = producer(queue_url)
+    queue = producer(queue_url, tmp_path)
     try:
         job = queue.enqueue("echo", {"value": 1})
         daemon = factory.start(config)

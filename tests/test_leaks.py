@@ -15,9 +15,12 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.support.daemon import Daemon, DaemonFactory, queue_stats
 from tests.support.waiting import wait_until
 
+pytestmark = pytest.mark.slow  # a minute and a half: started first (tests/support/suite_speed.py)
 RELOADS = int(os.environ.get("DRAINPOOL_LEAK_RELOADS", "1000"))  # even: 2 workers at the end
 WARMUP = 100  # caches, the allocator's arenas and the first imports settle by then
 THREAD_SLACK = 2  # an HTTP request thread of our own poll may still be winding down

@@ -27,25 +27,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import drainpool.queue as queue_api
 import psycopg
 import pytest
 import redis
-from drainpool.queue.base import (
-    Done,
-    Failure,
-    Job,
-    JobCancelled,
-    JobFailed,
-    JobInfo,
-    JobNotFound,
-    JobState,
-    Queue,
-    QueueError,
-    QueueStats,
-    QueueUnavailable,
-    RetryPolicy,
-    WorkerIdentity,
-)
 from drainpool.queue.outcome_minutes import KEEP_SECONDS, MINUTE, OUTCOMES
 from drainpool.queue.postgres import PostgresQueue
 from drainpool.queue.records import encode_result, result_of
@@ -53,15 +38,15 @@ from drainpool.queue.redis import RedisQueue, redact_url
 from drainpool.queue.sqlite import SCHEMA_VERSION, SqliteQueue
 
 from tests.support.net import free_port
-from tests.support.postgres_server import PostgresServer, postgres_servers
+from tests.support.postgres_server import PostgresServer
 from tests.support.redis_server import RedisServer, redis_servers
 from tests.support.waiting import wait_until
 
 T = TypeVar("T")
-MakeQueue = Callable[..., Queue]
+MakeQueue = Callable[..., queue_api.Queue]
 StartRedis = Callable[..., RedisServer]
 DEADLINE = 15.0  # seconds for any awaited condition; generous on a shared machine
-FAST_RETRY = RetryPolicy(
+FAST_RETRY = queue_api.RetryPolicy(
     max_attempts=3, backoff_seconds=0.01, backoff_max_seconds=0.01, rng=random.Random(7)
 )
 
@@ -73,26 +58,23 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield start()
 
 
-@pytest.fixture(scope="module")
-def shared_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    """One PostgreSQL cluster for the contract tests; each test gets its own schema."""
-    with postgres_servers(tmp_path_factory.mktemp("postgres")) as start:
-        yield start()
-
-
 @pytest.fixture(params=["sqlite", "redis", "postgres"])
 def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeQueue]:
-    opened: list[Queue] = []
+    opened: list[queue_api.Queue] = []
     if request.param == "sqlite":
         path = tmp_path / "queue.db"
 
-        def open_queue(retry: RetryPolicy | None = None, **options: Any) -> Queue:
+        def open_queue(
+            retry: queue_api.RetryPolicy | None = None, **options: Any
+        ) -> queue_api.Queue:
             return SqliteQueue(path, retry=retry or FAST_RETRY, **options)
     elif request.param == "postgres":
         pg: PostgresServer = request.getfixturevalue("shared_postgres")
         schema = f"test_{uuid.uuid4().hex[:12]}"
 
-        def open_queue(retry: RetryPolicy | None = None, **options: Any) -> Queue:
+        def open_queue(
+            retry: queue_api.RetryPolicy | None = None, **options: Any
+        ) -> queue_api.Queue:
             return PostgresQueue.from_url(
                 pg.url(), retry=retry or FAST_RETRY, schema=schema, **options
             )
@@ -100,7 +82,9 @@ def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeQ
         server: RedisServer = request.getfixturevalue("shared_redis")
         prefix = f"test-{uuid.uuid4().hex[:12]}"
 
-        def open_queue(retry: RetryPolicy | None = None, **options: Any) -> Queue:
+        def open_queue(
+            retry: queue_api.RetryPolicy | None = None, **options: Any
+        ) -> queue_api.Queue:
             return RedisQueue.from_url(
                 server.url,
                 retry=retry or FAST_RETRY,
@@ -109,7 +93,7 @@ def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeQ
                 **options,
             )
 
-    def make(retry: RetryPolicy | None = None, **options: Any) -> Queue:
+    def make(retry: queue_api.RetryPolicy | None = None, **options: Any) -> queue_api.Queue:
         """One more handle; `options`: retention_seconds, result_max_bytes."""
         queue = open_queue(retry, **options)
         opened.append(queue)
@@ -123,7 +107,7 @@ def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeQ
 
 
 @pytest.fixture
-def queue(make_queue: MakeQueue) -> Queue:
+def queue(make_queue: MakeQueue) -> queue_api.Queue:
     return make_queue()
 
 
@@ -138,19 +122,21 @@ def pg_rows(queue: PostgresQueue, statement: str, *params: Any) -> list[tuple[An
         return cur.fetchall() if cur.description else []
 
 
-def counts(queue: Queue) -> tuple[int, int, int, int]:
+def counts(queue: queue_api.Queue) -> tuple[int, int, int, int]:
     s = queue.stats()
     return (s.ready, s.delayed, s.leased, s.dead)
 
 
-def fail(queue: Queue, job: Job, error: str = "boom", *, retry: bool = True) -> None:
-    queue.settle(failures=[Failure(job, error, f"Traceback: {error}", retry=retry)])
+def fail(
+    queue: queue_api.Queue, job: queue_api.Job, error: str = "boom", *, retry: bool = True
+) -> None:
+    queue.settle(failures=[queue_api.Failure(job, error, f"Traceback: {error}", retry=retry)])
 
 
 # -- enqueue and fetch ---------------------------------------------------
 
 
-def test_fetch_returns_jobs_oldest_first_across_tasks(queue: Queue) -> None:
+def test_fetch_returns_jobs_oldest_first_across_tasks(queue: queue_api.Queue) -> None:
     before = time.time()
     sent = [("a", {"n": 0, "text": "héllo"}), ("b", [1, 2]), ("a", None), ("b", "x"), ("a", 3.5)]
     ids = [queue.enqueue(task, payload) for task, payload in sent]
@@ -165,7 +151,7 @@ def test_fetch_returns_jobs_oldest_first_across_tasks(queue: Queue) -> None:
     assert counts(queue) == (0, 0, 5, 0)
 
 
-def test_fetch_takes_at_most_n_and_only_the_given_tasks(queue: Queue) -> None:
+def test_fetch_takes_at_most_n_and_only_the_given_tasks(queue: queue_api.Queue) -> None:
     a = [queue.enqueue("a", i) for i in range(3)]
     b = [queue.enqueue("b", i) for i in range(3)]
     c = queue.enqueue("c", 0)
@@ -178,7 +164,7 @@ def test_fetch_takes_at_most_n_and_only_the_given_tasks(queue: Queue) -> None:
     assert queue.fetch(5, [], 60) == []
 
 
-def test_ack_removes_the_job(queue: Queue) -> None:
+def test_ack_removes_the_job(queue: queue_api.Queue) -> None:
     queue.enqueue("t", 1)
     [job] = queue.fetch(1, ["t"], 60)
     queue.settle(acks=[job])
@@ -187,7 +173,7 @@ def test_ack_removes_the_job(queue: Queue) -> None:
     assert queue.fetch(1, ["t"], 0) == []
 
 
-def test_enqueue_many_adds_all_in_order(queue: Queue) -> None:
+def test_enqueue_many_adds_all_in_order(queue: queue_api.Queue) -> None:
     assert queue.enqueue_many([]) == 0
     assert queue.enqueue_many(("t", i) for i in range(1200)) == 1200
     jobs = queue.fetch(2000, ["t"], 60)
@@ -195,10 +181,10 @@ def test_enqueue_many_adds_all_in_order(queue: Queue) -> None:
 
 
 @pytest.mark.parametrize("bad", [object(), float("nan"), {"k": {1, 2}}, b"bytes"])
-def test_payload_that_is_not_json_is_refused_at_enqueue(queue: Queue, bad: Any) -> None:
-    with pytest.raises(QueueError):
+def test_payload_that_is_not_json_is_refused_at_enqueue(queue: queue_api.Queue, bad: Any) -> None:
+    with pytest.raises(queue_api.QueueError):
         queue.enqueue("t", bad)
-    with pytest.raises(QueueError):
+    with pytest.raises(queue_api.QueueError):
         queue.enqueue_many([("t", 1), ("t", bad)])
     assert counts(queue) == (0, 0, 0, 0)  # nothing of the batch was added
 
@@ -206,7 +192,7 @@ def test_payload_that_is_not_json_is_refused_at_enqueue(queue: Queue, bad: Any) 
 # -- idempotency keys ----------------------------------------------------
 
 
-def test_idempotency_key_returns_the_live_job(queue: Queue) -> None:
+def test_idempotency_key_returns_the_live_job(queue: queue_api.Queue) -> None:
     first = queue.enqueue("t", "first", key="order-7")
     assert queue.enqueue("t", "second", key="order-7") == first
     assert counts(queue) == (1, 0, 0, 0)
@@ -221,7 +207,7 @@ def test_idempotency_key_returns_the_live_job(queue: Queue) -> None:
     assert [j.payload for j in queue.fetch(5, ["t"], 60)] == ["fourth"]
 
 
-def test_idempotency_key_is_held_by_a_dead_job_until_purged(queue: Queue) -> None:
+def test_idempotency_key_is_held_by_a_dead_job_until_purged(queue: queue_api.Queue) -> None:
     first = queue.enqueue("t", 1, key="k")
     [job] = queue.fetch(1, ["t"], 60)
     fail(queue, job, retry=False)
@@ -233,7 +219,7 @@ def test_idempotency_key_is_held_by_a_dead_job_until_purged(queue: Queue) -> Non
 # -- delays, leases and tokens -------------------------------------------
 
 
-def test_delayed_job_is_fetched_only_once_due(queue: Queue) -> None:
+def test_delayed_job_is_fetched_only_once_due(queue: queue_api.Queue) -> None:
     queue.enqueue("t", "later", delay=3600)
     assert queue.fetch(5, ["t"], 60) == []
     assert counts(queue) == (0, 1, 0, 0)
@@ -248,8 +234,8 @@ def test_delayed_job_is_fetched_only_once_due(queue: Queue) -> None:
 
 
 @pytest.mark.parametrize("delay", [float("nan"), float("inf")])
-def test_delay_must_be_a_finite_number(queue: Queue, delay: float) -> None:
-    with pytest.raises(QueueError):
+def test_delay_must_be_a_finite_number(queue: queue_api.Queue, delay: float) -> None:
+    with pytest.raises(queue_api.QueueError):
         queue.enqueue("t", 1, delay=delay)
     assert counts(queue) == (0, 0, 0, 0)
 
@@ -309,7 +295,7 @@ def test_stale_token_cannot_touch_the_job(make_queue: MakeQueue) -> None:
 
 
 def test_lease_that_keeps_expiring_goes_dead(make_queue: MakeQueue) -> None:
-    queue = make_queue(RetryPolicy(max_attempts=2, backoff_seconds=0.01))
+    queue = make_queue(queue_api.RetryPolicy(max_attempts=2, backoff_seconds=0.01))
     job_id = queue.enqueue("t", "crashy")
     assert [j.attempt for j in queue.fetch(1, ["t"], 0)] == [1]
     assert [j.attempt for j in queue.fetch(1, ["t"], 0)] == [2]
@@ -321,7 +307,7 @@ def test_lease_that_keeps_expiring_goes_dead(make_queue: MakeQueue) -> None:
     assert counts(queue) == (0, 0, 0, 1)
 
 
-def test_release_keeps_the_place_and_does_not_count_the_attempt(queue: Queue) -> None:
+def test_release_keeps_the_place_and_does_not_count_the_attempt(queue: queue_api.Queue) -> None:
     a = queue.enqueue("t", "a")
     b = queue.enqueue("t", "b")
     [job] = queue.fetch(1, ["t"], 60)
@@ -337,7 +323,7 @@ def test_release_keeps_the_place_and_does_not_count_the_attempt(queue: Queue) ->
 # -- failures and dead letters -------------------------------------------
 
 
-def test_failure_is_retried_with_backoff_then_dead(queue: Queue) -> None:
+def test_failure_is_retried_with_backoff_then_dead(queue: queue_api.Queue) -> None:
     job_id = queue.enqueue("t", {"file": "a.bin"})
     before = time.time()
     for attempt in (1, 2, 3):
@@ -355,7 +341,7 @@ def test_failure_is_retried_with_backoff_then_dead(queue: Queue) -> None:
 
 
 def test_failure_waits_for_its_backoff(make_queue: MakeQueue) -> None:
-    queue = make_queue(RetryPolicy(max_attempts=5, backoff_seconds=3600))
+    queue = make_queue(queue_api.RetryPolicy(max_attempts=5, backoff_seconds=3600))
     queue.enqueue("t", 1)
     [job] = queue.fetch(1, ["t"], 60)
     fail(queue, job)
@@ -363,7 +349,7 @@ def test_failure_waits_for_its_backoff(make_queue: MakeQueue) -> None:
     assert queue.fetch(1, ["t"], 60) == []
 
 
-def test_failure_without_retry_is_dead_at_once(queue: Queue) -> None:
+def test_failure_without_retry_is_dead_at_once(queue: queue_api.Queue) -> None:
     queue.enqueue("t", 1)
     [job] = queue.fetch(1, ["t"], 60)
     fail(queue, job, "bad input", retry=False)
@@ -372,7 +358,7 @@ def test_failure_without_retry_is_dead_at_once(queue: Queue) -> None:
     assert counts(queue) == (0, 0, 0, 1)
 
 
-def test_dead_letters_list_retry_and_purge(queue: Queue) -> None:
+def test_dead_letters_list_retry_and_purge(queue: queue_api.Queue) -> None:
     ids = [queue.enqueue("t", i) for i in range(4)]
     for job in queue.fetch(4, ["t"], 60):
         fail(queue, job, f"e{job.payload}", retry=False)
@@ -382,7 +368,7 @@ def test_dead_letters_list_retry_and_purge(queue: Queue) -> None:
 
     assert queue.dead_retry([ids[0]]) == 1
     assert queue.dead_retry([ids[0], "987654"]) == 0  # not dead (any more): ignored
-    with pytest.raises(QueueError):
+    with pytest.raises(queue_api.QueueError):
         queue.dead_retry(["not-an-id"])
     [job] = queue.fetch(5, ["t"], 60)
     assert (job.id, job.attempt) == (ids[0], 1)  # a fresh attempt count
@@ -423,8 +409,8 @@ def test_bury_unknown_dead_letters_waiting_jobs_of_unconfigured_tasks(
 # -- inspection ----------------------------------------------------------
 
 
-def test_stats_count_jobs_by_state(queue: Queue) -> None:
-    assert queue.stats() == QueueStats(0, 0, 0, 0, None)
+def test_stats_count_jobs_by_state(queue: queue_api.Queue) -> None:
+    assert queue.stats() == queue_api.QueueStats(0, 0, 0, 0, None)
     before = time.time()
     for i in range(3):
         queue.enqueue("t", i)
@@ -452,7 +438,7 @@ def test_two_consumers_never_hold_the_same_job(make_queue: MakeQueue) -> None:
     errors: list[BaseException] = []
     end = time.monotonic() + DEADLINE
 
-    def work(queue: Queue, seed: int) -> None:
+    def work(queue: queue_api.Queue, seed: int) -> None:
         rng = random.Random(seed)
         try:
             while time.monotonic() < end:
@@ -491,7 +477,7 @@ def start_redis(tmp_path: Path) -> Iterator[StartRedis]:
         yield start
 
 
-def assert_one_clean_line(exc: QueueError, *secrets: str) -> None:
+def assert_one_clean_line(exc: queue_api.QueueError, *secrets: str) -> None:
     message = str(exc)
     assert message and "\n" not in message
     assert "Traceback" not in message
@@ -517,7 +503,7 @@ def test_redis_queue_survives_a_restart_without_losing_jobs(
             queue.ping,
             lambda: queue.settle(acks=held),
         ):
-            with pytest.raises(QueueUnavailable) as info:
+            with pytest.raises(queue_api.QueueUnavailable) as info:
                 operation()
             assert_one_clean_line(info.value)
             assert f"127.0.0.1:{server.port}" in str(info.value)
@@ -555,7 +541,7 @@ def test_redis_queue_unreachable_is_unavailable_not_a_crash() -> None:
     url = f"redis://:{SECRET}@127.0.0.1:{free_port()}/0"
     queue = RedisQueue.from_url(url, connect_timeout=1.0)
     try:
-        with pytest.raises(QueueUnavailable) as info:
+        with pytest.raises(queue_api.QueueUnavailable) as info:
             queue.ping()
         assert_one_clean_line(info.value, SECRET)
         assert SECRET not in repr(queue)
@@ -582,7 +568,7 @@ def test_redis_password_from_url_or_environment(
 
     for url in (server.url, with_password.replace(SECRET, "wrong-guess")):
         queue = RedisQueue.from_url(url)
-        with pytest.raises(QueueUnavailable) as info:
+        with pytest.raises(queue_api.QueueUnavailable) as info:
             queue.ping()
         assert_one_clean_line(info.value, SECRET, "wrong-guess")
         queue.close()
@@ -616,7 +602,7 @@ def test_redis_over_tls(start_redis: StartRedis) -> None:
         queue.close()
     plain = RedisQueue.from_url(f"redis://127.0.0.1:{server.port}/0", password=SECRET)
     try:
-        with pytest.raises(QueueUnavailable):  # the server speaks only TLS
+        with pytest.raises(queue_api.QueueUnavailable):  # the server speaks only TLS
             plain.ping()
     finally:
         plain.close()
@@ -632,7 +618,7 @@ def test_redis_leaves_nothing_behind_finished_jobs(shared_redis: RedisServer) ->
         queue.enqueue("t", 2, key="b")
         queue.enqueue("u", 3, delay=0.01)
         acked, dead = queue.fetch(2, ["t"], 60)
-        queue.settle(acks=[acked], failures=[Failure(dead, "x", retry=False)])
+        queue.settle(acks=[acked], failures=[queue_api.Failure(dead, "x", retry=False)])
         queue.dead_purge()
         [late] = wait_until(
             lambda: queue.fetch(1, ["u"], 60), DEADLINE, "the delayed job is fetched"
@@ -690,13 +676,13 @@ def test_redact_url_never_shows_the_password(url: str, shown: str | None) -> Non
 # == job records ==================================================================
 
 
-SLOW_RETRY = RetryPolicy(
+SLOW_RETRY = queue_api.RetryPolicy(
     max_attempts=3, backoff_seconds=600, backoff_max_seconds=600, rng=random.Random(7)
 )
-WORKER = WorkerIdentity("box-1", 4242, "fast")
+WORKER = queue_api.WorkerIdentity("box-1", 4242, "fast")
 
 
-def state_of(queue: Queue, job_id: str) -> JobState | None:
+def state_of(queue: queue_api.Queue, job_id: str) -> queue_api.JobState | None:
     info = queue.job(job_id)
     return None if info is None else info.state
 
@@ -709,41 +695,41 @@ def test_every_state_is_reached_through_the_api(make_queue: MakeQueue) -> None:
     before = time.time()
     later = queue.enqueue("t", {"n": 0}, delay=600)
     now_id = queue.enqueue("t", {"n": 1}, key="k1")
-    assert state_of(queue, later) is JobState.DELAYED
+    assert state_of(queue, later) is queue_api.JobState.DELAYED
     waiting = queue.job(now_id)
-    assert waiting is not None and waiting.state is JobState.WAITING
+    assert waiting is not None and waiting.state is queue_api.JobState.WAITING
     assert (waiting.payload, waiting.key, waiting.attempts) == ({"n": 1}, "k1", 0)
     assert waiting.started_at is None and waiting.worker is None
     assert before <= waiting.enqueued_at <= time.time()
 
     [job] = queue.fetch(1, ["t"], 60, worker=WORKER)
     running = queue.job(job.id)
-    assert running is not None and running.state is JobState.RUNNING
+    assert running is not None and running.state is queue_api.JobState.RUNNING
     assert running.worker == WORKER and running.attempts == 1
     assert running.started_at is not None and running.started_at >= waiting.enqueued_at
 
-    queue.settle(failures=[Failure(job, "boom", "Traceback: boom")])
+    queue.settle(failures=[queue_api.Failure(job, "boom", "Traceback: boom")])
     backing_off = queue.job(job.id)
-    assert backing_off is not None and backing_off.state is JobState.DELAYED
+    assert backing_off is not None and backing_off.state is queue_api.JobState.DELAYED
     assert (backing_off.error, backing_off.traceback) == ("boom", "Traceback: boom")
 
     dead_id = queue.enqueue("d", 2)
     [doomed] = queue.fetch(1, ["d"], 60)
-    queue.settle(failures=[Failure(doomed, "fatal", "tb", retry=False)])
+    queue.settle(failures=[queue_api.Failure(doomed, "fatal", "tb", retry=False)])
     dead = queue.job(dead_id)
-    assert dead is not None and dead.state is JobState.DEAD
+    assert dead is not None and dead.state is queue_api.JobState.DEAD
     assert dead.error == "fatal" and dead.finished_at is not None
 
     done_id = queue.enqueue("c", 3)
     [first] = queue.fetch(1, ["c"], 60, worker=WORKER)
     queue.settle(releases=[first])
-    assert state_of(queue, done_id) is JobState.WAITING
-    [second] = queue.fetch(1, ["c"], 60, worker=WorkerIdentity("box-2", 7, "slow"))
-    queue.settle(acks=[Done(second, '{"ok":true}')])
+    assert state_of(queue, done_id) is queue_api.JobState.WAITING
+    [second] = queue.fetch(1, ["c"], 60, worker=queue_api.WorkerIdentity("box-2", 7, "slow"))
+    queue.settle(acks=[queue_api.Done(second, '{"ok":true}')])
     completed = queue.job(done_id)
-    assert completed is not None and completed.state is JobState.COMPLETED
+    assert completed is not None and completed.state is queue_api.JobState.COMPLETED
     assert completed.result == {"ok": True} and completed.result_kept
-    assert completed.worker == WorkerIdentity("box-2", 7, "slow")  # the last attempt's
+    assert completed.worker == queue_api.WorkerIdentity("box-2", 7, "slow")  # the last attempt's
     assert completed.finished_at is not None and completed.started_at is not None
     assert completed.started_at <= completed.finished_at
     assert json.loads(json.dumps(completed.as_dict()))["state"] == "completed"
@@ -763,9 +749,11 @@ def test_first_start_is_kept_across_a_release(make_queue: MakeQueue) -> None:
 
 
 def test_cancelled_is_a_state_with_its_own_exception() -> None:
-    info = JobInfo("9", "t", None, None, JobState.CANCELLED, 1, 0.0)
-    assert JobState.CANCELLED.terminal and "cancelled" in [s.value for s in JobState]
-    with pytest.raises(JobCancelled, match="job 9 was cancelled"):
+    info = queue_api.JobInfo("9", "t", None, None, queue_api.JobState.CANCELLED, 1, 0.0)
+    assert queue_api.JobState.CANCELLED.terminal and "cancelled" in [
+        s.value for s in queue_api.JobState
+    ]
+    with pytest.raises(queue_api.JobCancelled, match="job 9 was cancelled"):
         result_of(info)
 
 
@@ -790,11 +778,11 @@ def test_results_are_kept_under_the_cap_or_say_why_not(
     [job] = queue.fetch(1, ["t"], 60)
     result_json, why = encode_result(value, limit)
     assert why.startswith(note)
-    queue.settle(acks=[Done(job, result_json, why)])
+    queue.settle(acks=[queue_api.Done(job, result_json, why)])
 
     info = queue.job(job_id)
 
-    assert info is not None and info.state is JobState.COMPLETED
+    assert info is not None and info.state is queue_api.JobState.COMPLETED
     assert info.result_kept is kept and info.result_note.startswith(note)
     assert queue.result(job_id, timeout=0) == (value if kept else None)
 
@@ -817,7 +805,7 @@ def test_a_plain_job_ack_completes_without_a_result(make_queue: MakeQueue) -> No
     job_id = queue.enqueue("t", 1)
     queue.settle_and_fetch(queue.fetch(1, ["t"], 60), [], [], 1, ["t"], 60)
     info = queue.job(job_id)
-    assert info is not None and info.state is JobState.COMPLETED
+    assert info is not None and info.state is queue_api.JobState.COMPLETED
     assert (info.result, info.result_kept, info.result_note) == (None, False, "")
 
 
@@ -825,8 +813,8 @@ def test_result_of_a_dead_job_raises_with_its_error(make_queue: MakeQueue) -> No
     queue = make_queue()
     job_id = queue.enqueue("t", 1)
     [job] = queue.fetch(1, ["t"], 60)
-    queue.settle(failures=[Failure(job, "ValueError: bad", "Traceback ...", retry=False)])
-    with pytest.raises(JobFailed) as failed:
+    queue.settle(failures=[queue_api.Failure(job, "ValueError: bad", "Traceback ...", retry=False)])
+    with pytest.raises(queue_api.JobFailed) as failed:
         queue.result(job_id, timeout=1)
     assert failed.value.error == "ValueError: bad"
     assert failed.value.traceback == "Traceback ..."
@@ -839,10 +827,10 @@ def test_retention_zero_removes_the_record_at_the_ack(make_queue: MakeQueue) -> 
     queue = make_queue(retention_seconds=0)
     job_id = queue.enqueue("t", 1, key="once")
     [job] = queue.fetch(1, ["t"], 60)
-    assert state_of(queue, job_id) is JobState.RUNNING
-    queue.settle(acks=[Done(job, "1")])
+    assert state_of(queue, job_id) is queue_api.JobState.RUNNING
+    queue.settle(acks=[queue_api.Done(job, "1")])
     assert queue.job(job_id) is None
-    with pytest.raises(JobNotFound):
+    with pytest.raises(queue_api.JobNotFound):
         queue.wait(job_id, timeout=1)
     assert queue.enqueue("t", 2, key="once") != job_id
 
@@ -865,13 +853,13 @@ def test_a_record_expires_after_its_retention(make_queue: MakeQueue) -> None:
     keep_id = queue.enqueue("t", 2)
     [job] = queue.fetch(1, ["t"], 60)
     queue.settle(acks=[job])
-    assert state_of(queue, job_id) is JobState.COMPLETED
+    assert state_of(queue, job_id) is queue_api.JobState.COMPLETED
 
     wait_until(lambda: queue.job(job_id) is None, DEADLINE, "the record expires")
 
     assert [i.id for i in queue.jobs()] == [keep_id]
     assert queue.prune() == 1 and queue.prune() == 0
-    assert state_of(queue, keep_id) is JobState.WAITING
+    assert state_of(queue, keep_id) is queue_api.JobState.WAITING
     if isinstance(queue, SqliteQueue):
         with sqlite3.connect(queue.path) as conn:
             assert conn.execute("SELECT id FROM jobs").fetchall() == [(int(keep_id),)]
@@ -890,7 +878,7 @@ def test_records_survive_reopening_the_queue(make_queue: MakeQueue) -> None:
     queue = make_queue()
     job_id = queue.enqueue("t", {"a": 1})
     [job] = queue.fetch(1, ["t"], 60, worker=WORKER)
-    queue.settle(acks=[Done(job, "[1,2]")])
+    queue.settle(acks=[queue_api.Done(job, "[1,2]")])
     before = queue.job(job_id)
     queue.close()
 
@@ -911,7 +899,7 @@ def test_jobs_lists_newest_first_with_filters(make_queue: MakeQueue) -> None:
     assert [i.id for i in queue.jobs()] == ids[::-1]
     assert [i.id for i in queue.jobs(task="b")] == [ids[3], ids[1]]
     assert [i.id for i in queue.jobs(state="completed")] == [ids[0]]
-    assert [i.id for i in queue.jobs(state=JobState.WAITING, task="a")] == [ids[2]]
+    assert [i.id for i in queue.jobs(state=queue_api.JobState.WAITING, task="a")] == [ids[2]]
     assert [i.id for i in queue.jobs(limit=2)] == [ids[3], ids[2]]
     assert queue.jobs(state="dead") == []
 
@@ -927,7 +915,7 @@ def test_jobs_lists_newest_first_with_filters(make_queue: MakeQueue) -> None:
 def test_jobs_refuses_bad_filters(
     make_queue: MakeQueue, options: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(QueueError, match=message):
+    with pytest.raises(queue_api.QueueError, match=message):
         make_queue().jobs(**options)
 
 
@@ -935,12 +923,12 @@ def test_an_unknown_id_has_no_record(make_queue: MakeQueue) -> None:
     queue = make_queue()
     queue.enqueue("t", 1)
     assert queue.job("999999") is None and queue.job("not-an-id") is None
-    with pytest.raises(JobNotFound) as missing:
+    with pytest.raises(queue_api.JobNotFound) as missing:
         queue.result("999999")
     assert str(missing.value) == (
         "no job 999999 (never enqueued, or its record expired after retention_seconds)"
     )
-    with pytest.raises(QueueError, match="timeout must be"):
+    with pytest.raises(queue_api.QueueError, match="timeout must be"):
         queue.wait("1", timeout=-1)
 
 
@@ -948,7 +936,7 @@ def test_undecodable_stored_json_is_shown_with_the_reason(make_queue: MakeQueue)
     queue = make_queue()
     job_id = queue.enqueue("t", 1)
     [job] = queue.fetch(1, ["t"], 60)
-    queue.settle(acks=[Done(job, '{"ok":1}')])
+    queue.settle(acks=[queue_api.Done(job, '{"ok":1}')])
     if isinstance(queue, SqliteQueue):
         with sqlite3.connect(queue.path) as conn:
             conn.execute(
@@ -963,7 +951,7 @@ def test_undecodable_stored_json_is_shown_with_the_reason(make_queue: MakeQueue)
 
     info = queue.job(job_id)
 
-    assert info is not None and info.state is JobState.COMPLETED
+    assert info is not None and info.state is queue_api.JobState.COMPLETED
     assert info.payload_error.startswith("payload is not")
     assert info.result == "{bad" and not info.result_kept
     assert info.result_note.startswith("result not readable: is not valid JSON")
@@ -974,7 +962,9 @@ def test_undecodable_stored_json_is_shown_with_the_reason(make_queue: MakeQueue)
 # -- waiting ---------------------------------------------------------------------
 
 
-def waiter_thread(queue: Queue, job_id: str, timeout: float) -> tuple[threading.Thread, list[Any]]:
+def waiter_thread(
+    queue: queue_api.Queue, job_id: str, timeout: float
+) -> tuple[threading.Thread, list[Any]]:
     outcome: list[Any] = []
 
     def run() -> None:
@@ -997,12 +987,12 @@ def test_wait_in_another_thread_returns_when_the_job_ends(make_queue: MakeQueue,
     time.sleep(0.05)  # let the waiter block first (either order must work; not a check)
     assert outcome == []
     if end == "completed":
-        worker.settle(acks=[Done(job, '"r"')])
+        worker.settle(acks=[queue_api.Done(job, '"r"')])
     else:
-        worker.settle(failures=[Failure(job, "boom", retry=False)])
+        worker.settle(failures=[queue_api.Failure(job, "boom", retry=False)])
     thread.join(DEADLINE)
     [info] = outcome
-    assert isinstance(info, JobInfo) and info.state.value == end
+    assert isinstance(info, queue_api.JobInfo) and info.state.value == end
 
 
 def test_wait_times_out_while_the_job_runs(make_queue: MakeQueue) -> None:
@@ -1037,7 +1027,7 @@ finally:
 """
 
 
-def start_waiter(queue: Queue, job_id: str, timeout: float) -> subprocess.Popen[str]:
+def start_waiter(queue: queue_api.Queue, job_id: str, timeout: float) -> subprocess.Popen[str]:
     if isinstance(queue, SqliteQueue):
         spec = ["sqlite", str(queue.path), ""]
     elif isinstance(queue, PostgresQueue):
@@ -1060,9 +1050,9 @@ def test_wait_in_another_process(make_queue: MakeQueue, end: str) -> None:
     waiter = start_waiter(queue, job_id, 0.5 if end == "timeout" else DEADLINE)
     try:
         if end == "completed":
-            queue.settle(acks=[Done(job, "42")])
+            queue.settle(acks=[queue_api.Done(job, "42")])
         elif end == "dead":
-            queue.settle(failures=[Failure(job, "boom", retry=False)])
+            queue.settle(failures=[queue_api.Failure(job, "boom", retry=False)])
         out, _ = waiter.communicate(timeout=DEADLINE)
     finally:
         if waiter.poll() is None:
@@ -1094,7 +1084,7 @@ def test_redis_keys_of_the_previous_release_are_upgraded_in_place(
     running = old.enqueue("t", 3)
     dead = old.enqueue("d", 4)
     [doomed] = old.fetch(1, ["d"], 60)
-    old.settle(failures=[Failure(doomed, "old error", retry=False)])
+    old.settle(failures=[queue_api.Failure(doomed, "old error", retry=False)])
     leased = old.fetch(2, ["t"], 60)
     old.settle(releases=[j for j in leased if j.id == waiting])
     old.close()
@@ -1107,10 +1097,10 @@ def test_redis_keys_of_the_previous_release_are_upgraded_in_place(
     try:
         listed = {i.id: i.state for i in queue.jobs()}
         assert listed == {
-            waiting: JobState.WAITING,
-            later: JobState.DELAYED,
-            running: JobState.RUNNING,
-            dead: JobState.DEAD,
+            waiting: queue_api.JobState.WAITING,
+            later: queue_api.JobState.DELAYED,
+            running: queue_api.JobState.RUNNING,
+            dead: queue_api.JobState.DEAD,
         }
         stats = queue.stats()
         assert (stats.ready, stats.delayed, stats.leased, stats.dead) == (1, 1, 1, 1)
@@ -1132,7 +1122,7 @@ def totals(minutes: list[dict[str, Any]]) -> dict[str, int]:
     return {name: sum(m[name] for m in minutes) for name in OUTCOMES}
 
 
-def leased(queue: Queue, n: int) -> list[Job]:
+def leased(queue: queue_api.Queue, n: int) -> list[queue_api.Job]:
     for i in range(n):
         queue.enqueue("t", i)
     return wait_until(lambda: queue.fetch(n, ["t"], 60), what=f"{n} jobs leased")
@@ -1147,7 +1137,7 @@ def test_settle_counts_outcomes_per_minute_durably(make_queue: MakeQueue) -> Non
     more = second.settle_and_fetch(
         [],
         [],
-        [Failure(d, "boom", retry=False), Failure(e, "boom")],
+        [queue_api.Failure(d, "boom", retry=False), queue_api.Failure(e, "boom")],
         0,
         ["t"],
         60,
@@ -1165,7 +1155,7 @@ def test_settle_counts_outcomes_per_minute_durably(make_queue: MakeQueue) -> Non
     assert [m["minute"] for m in minutes] == sorted(m["minute"] for m in minutes)
 
 
-def test_outcome_minutes_gives_every_minute_zero_filled(queue: Queue) -> None:
+def test_outcome_minutes_gives_every_minute_zero_filled(queue: queue_api.Queue) -> None:
     minutes = queue.outcome_minutes(time.time() - 10 * MINUTE)
     assert len(minutes) in (10, 11, 12)  # from since's minute to now's, both included
     assert all(set(m) == {"minute", *OUTCOMES} for m in minutes)
@@ -1181,10 +1171,10 @@ def test_outcome_minutes_gives_every_minute_zero_filled(queue: Queue) -> None:
     [({"exploded": 1}, "exploded"), ({"completed": -1}, "completed"), ({"failed": 1.5}, "failed")],
 )
 def test_bad_outcome_counts_are_refused_and_nothing_is_settled(
-    queue: Queue, outcomes: dict[str, Any], named: str
+    queue: queue_api.Queue, outcomes: dict[str, Any], named: str
 ) -> None:
     [job] = leased(queue, 1)
-    with pytest.raises(QueueError, match=named):
+    with pytest.raises(queue_api.QueueError, match=named):
         queue.settle(acks=[job], outcomes=outcomes)
     assert counts(queue) == (0, 0, 1, 0)
     assert totals(queue.outcome_minutes(time.time() - MINUTE))["completed"] == 0
@@ -1273,7 +1263,7 @@ def test_sqlite_older_schemas_are_upgraded_keeping_jobs(
     queue = SqliteQueue(path)
     try:
         timed = queue.enqueue("t", {}, timeout=5.0, meta={"k": "v"})
-        assert queue.cancel(job_id).job.state == JobState.CANCELLED
+        assert queue.cancel(job_id).job.state == queue_api.JobState.CANCELLED
         [job] = queue.fetch(2, ["t"], 60)
         assert (job.id, job.timeout, job.meta) == (timed, 5.0, {"k": "v"})
         assert queue.schedule_ticks() == {}
@@ -1297,5 +1287,5 @@ def test_meta_travels_with_its_job_beside_the_payload(make_queue: MakeQueue) -> 
     assert jobs[traced].meta == {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}
     assert jobs[traced].payload == {"n": 1}
     assert jobs[plain].meta == {} and len(jobs) == 3
-    with pytest.raises(QueueError, match="string"):
+    with pytest.raises(queue_api.QueueError, match="string"):
         queue.enqueue("t", {}, meta={"n": 1})  # type: ignore[dict-item]

@@ -27,10 +27,10 @@ from tests.support.waiting import wait_until
 StartPostgres = Callable[..., PostgresServer]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    with postgres_servers(tmp_path_factory.mktemp("postgres")) as start:
-        yield start()
+@pytest.fixture
+def server(shared_postgres: PostgresServer) -> PostgresServer:
+    """The module's cluster (conftest's)."""
+    return shared_postgres
 
 
 @pytest.fixture

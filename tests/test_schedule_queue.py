@@ -10,9 +10,10 @@ import threading
 
 from drainpool.queue.base import JobState, Queue
 
-from tests.test_queue_contract import MakeQueue, make_queue, queue, shared_postgres, shared_redis
+# shared_postgres, which make_queue asks for, is conftest's.
+from tests.test_queue_contract import MakeQueue, make_queue, queue, shared_redis
 
-__all__ = ["make_queue", "queue", "shared_postgres", "shared_redis"]  # fixtures used by name
+__all__ = ["make_queue", "queue", "shared_redis"]  # fixtures used by name
 
 
 def test_a_tick_is_enqueued_once_and_its_record_names_schedule_and_tick(queue: Queue) -> None:

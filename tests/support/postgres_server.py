@@ -8,7 +8,8 @@ Debian package creates); its directory is then made with mkdtemp outside
 pytest's tmp_path, because pytest keeps its base temp directory 0700 for root
 and any concurrent pytest run would reset a wider mode (a link from tmp_path
 points at it). The postmaster is started directly (not through pg_ctl), so
-its pid is the Popen's and it is always stopped or killed by that pid.
+its pid is the Popen's and it is always stopped or killed by that pid
+(tests/support/server_process.py).
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.support.net import free_port
-from tests.support.waiting import wait_until
+from tests.support.server_process import ServerProcess, started_on_demand
 
 BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 SUPERUSER = "drainpool"  # the cluster's superuser (initdb -U), trust authentication
@@ -37,8 +37,13 @@ START_DEADLINE = 30.0  # seconds: generous, the machine is shared and noisy
 STOP_DEADLINE = 15.0
 
 
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """One postmaster on 127.0.0.1 and a Unix socket, restartable on the same port and data."""
+
+    name = "postgres"
+    stop_signal = signal.SIGINT  # fast shutdown: clients cut, data kept
+    start_deadline = START_DEADLINE
+    stop_deadline = STOP_DEADLINE
 
     def __init__(self, directory: Path, *, settings: dict[str, str] | None = None) -> None:
         self.link = Path(directory)
@@ -51,12 +56,10 @@ class PostgresServer:
             os.chown(self.directory, self.user.pw_uid, self.user.pw_gid)
             self.link.parent.mkdir(parents=True, exist_ok=True)
             self.link.symlink_to(self.directory)
+        super().__init__(self.directory / "postgres.log")
         self.data = self.directory / "data"
         self.socket_dir = self.directory
-        self.log_path = self.directory / "postgres.log"
-        self.port = free_port()
         self.settings = {"fsync": "off", "full_page_writes": "off", **(settings or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
         self._run_tool("initdb", "-D", str(self.data), "-U", SUPERUSER, "-A", "trust",
                        "-E", "UTF8", "--no-sync", "--no-instructions")  # fmt: skip
 
@@ -84,43 +87,21 @@ class PostgresServer:
     def socket_url(self) -> str:
         return f"postgresql://{SUPERUSER}@/postgres?host={self.socket_dir}&port={self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def start(self, deadline: float = START_DEADLINE) -> None:
-        """Start the postmaster and return once it answers; raise with its log if not."""
-        if self.proc is not None and self.proc.poll() is None:
-            raise RuntimeError(f"postgres already running (pid {self.proc.pid})")
+    def argv(self) -> list[str]:
         argv = [str(BIN_DIR / "postgres"), "-D", str(self.data), "-p", str(self.port),
                 "-k", str(self.socket_dir), "-c", "listen_addresses=127.0.0.1"]  # fmt: skip
         for name, value in self.settings.items():
             argv += ["-c", f"{name}={value}"]
-        with open(self.log_path, "ab") as log:
-            if self.user is not None:
-                os.chown(self.log_path, self.user.pw_uid, self.user.pw_gid)
-            self.proc = subprocess.Popen(
-                argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its backends share its group: killed together
-                **self._as_user(),
-            )
-        proc = self.proc
+        return argv
 
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"postgres exited at start:\n{self.log_tail()}")
-            return self.answers()
+    def popen_options(self) -> dict[str, Any]:
+        if self.user is not None:  # the postmaster (as RUN_AS) appends to the log too
+            os.chown(self.log_path, self.user.pw_uid, self.user.pw_gid)
+        # Its backends share its group: killed together.
+        return {"start_new_session": True, **self._as_user()}
 
-        try:
-            wait_until(up, deadline, "postgres to accept connections", every=0.05)
-        except AssertionError:
-            self.kill()
-            raise RuntimeError(
-                f"postgres did not start in {deadline} s:\n{self.log_tail()}"
-            ) from None
+    def kill_pid(self, pid: int) -> None:
+        os.killpg(pid, signal.SIGKILL)
 
     def answers(self) -> bool:
         try:
@@ -136,36 +117,7 @@ class PostgresServer:
             cur = conn.execute(statement, params)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
 
-    def stop(self, deadline: float = STOP_DEADLINE) -> None:
-        """Fast shutdown (SIGINT: clients cut, data kept), SIGKILL if it hangs."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=deadline)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def kill(self) -> None:
-        """SIGKILL the postmaster's process group by its pid, and reap it."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def remove(self) -> None:
+    def discard(self) -> None:
         """Kill and delete the cluster's files (the mkdtemp directory under root)."""
         self.kill()
         if self.directory != self.link:
@@ -178,16 +130,5 @@ def postgres_servers(base_dir: Path) -> Iterator[Callable[..., PostgresServer]]:
     """Start clusters on demand (PostgresServer's options); all are killed and removed on exit."""
     if not (BIN_DIR / "postgres").exists():  # fail, not skip: a skipped backend passes silently
         pytest.fail(f"{BIN_DIR}/postgres is missing: apt-get install postgresql")
-    servers: list[PostgresServer] = []
-
-    def start(**options: Any) -> PostgresServer:
-        server = PostgresServer(base_dir / f"postgres-{len(servers)}", **options)
-        servers.append(server)
-        server.start()
-        return server
-
-    try:
+    with started_on_demand(PostgresServer, base_dir, "postgres") as start:
         yield start
-    finally:
-        for server in servers:
-            server.remove()

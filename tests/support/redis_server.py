@@ -6,28 +6,31 @@ test that does that needs its own. Starting one costs a few tens of ms.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.net import free_port
-from tests.support.waiting import wait_until
+from tests.support.server_process import ServerProcess, started_on_demand
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
 START_DEADLINE = 20.0  # seconds: generous, the machine is shared and noisy
 STOP_DEADLINE = 10.0
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """One redis-server process on 127.0.0.1, restartable on the same port and directory."""
+
+    name = "redis-server"
+    stop_signal = signal.SIGTERM  # Redis flushes its append-only file, then exits
+    start_deadline = START_DEADLINE
+    stop_deadline = STOP_DEADLINE
+    answer_every = 0.02
 
     def __init__(
         self,
@@ -41,15 +44,13 @@ class RedisServer:
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        super().__init__(self.directory / "redis.log")
         self.appendonly = appendonly
         self.password = password
         self.socket_path = self.directory / "redis.sock" if unixsocket else None
         self.binary = binary
         # TLS only (no plain port): a self-signed certificate for 127.0.0.1 that is its own CA.
         self.certificate = _self_signed_certificate(self.directory) if tls else None
-        self.port = free_port()
-        self.log_path = self.directory / "redis.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -58,11 +59,7 @@ class RedisServer:
             return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.certificate[0]}"
         return f"redis://127.0.0.1:{self.port}/0"
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def _argv(self) -> list[str]:
+    def argv(self) -> list[str]:
         port = ["--port", str(self.port)]
         if self.certificate is not None:
             cert, key = self.certificate
@@ -87,52 +84,8 @@ class RedisServer:
             argv += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         return argv
 
-    def start(self, deadline: float = START_DEADLINE) -> None:
-        """Start the server and return once it answers PING; raise with its log if not.
-
-        The first start may lose the race for its port to another process (free_port
-        only asked the kernel): then it takes a new port. A restart keeps its port.
-        """
-        first = self.proc is None
-        for _ in range(3):
-            try:
-                return self._start_once(deadline)
-            except _PortTaken:
-                if not first:
-                    raise
-                self.port = free_port()
-        raise RuntimeError(f"redis-server found no free port:\n{self.log_tail()}")
-
-    def _start_once(self, deadline: float) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            raise RuntimeError(f"redis-server already running (pid {self.proc.pid})")
-        with open(self.log_path, "ab") as log:
-            offset = log.tell()  # what this start writes begins here
-            self.proc = subprocess.Popen(
-                self._argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        proc = self.proc
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                with open(self.log_path, "rb") as log:
-                    log.seek(offset)
-                    said = log.read().decode(errors="replace")
-                if "Address already in use" in said:
-                    raise _PortTaken(said)
-                raise RuntimeError(f"redis-server exited at start:\n{said[-2000:]}")
-            return self._answers_ping()
-
-        try:
-            wait_until(up, deadline, "redis-server to answer PING", every=0.02)
-        except AssertionError:
-            self.kill()
-            raise RuntimeError(
-                f"redis-server did not answer PING in {deadline} s:\n{self.log_tail()}"
-            ) from None
-
-    def _answers_ping(self) -> bool:
-        # Raw RESP keeps this helper independent of the client under test.
+    def answers(self) -> bool:
+        """PING (after AUTH) in raw RESP: this helper stays independent of the client under test."""
         try:
             with self._connect() as s:
                 if self.password is not None:
@@ -151,42 +104,6 @@ class RedisServer:
         context = ssl.create_default_context(cafile=str(self.certificate[0]))
         return context.wrap_socket(raw, server_hostname="127.0.0.1")
 
-    def stop(self, deadline: float = STOP_DEADLINE) -> None:
-        """Graceful stop (SIGTERM: Redis flushes its append-only file), SIGKILL if it hangs."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=deadline)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def kill(self) -> None:
-        """SIGKILL by pid and reap: a crash, or the last resort of a teardown."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
-
 
 def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "tls.crt", directory / "tls.key"
@@ -202,10 +119,6 @@ def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-class _PortTaken(RuntimeError):
-    """redis-server could not bind its port."""
-
-
 def _command(*words: str) -> bytes:
     out = [f"*{len(words)}\r\n".encode()]
     for w in words:
@@ -219,19 +132,8 @@ def redis_servers(base_dir: Path) -> Iterator[Callable[..., RedisServer]]:
     """Start redis-servers on demand (RedisServer's options); all are killed on exit."""
     if not REDIS_SERVER.exists():  # fail, not skip: a skipped backend would pass CI silently
         pytest.fail(f"{REDIS_SERVER} is missing: apt-get install redis-server")
-    servers: list[RedisServer] = []
-
-    def start(**options: Any) -> RedisServer:
-        server = RedisServer(base_dir / f"redis-{len(servers)}", **options)
-        servers.append(server)
-        server.start()
-        return server
-
-    try:
+    with started_on_demand(RedisServer, base_dir, "redis") as start:
         yield start
-    finally:
-        for server in servers:
-            server.kill()
 
 
 @pytest.fixture
