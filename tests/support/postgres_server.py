@@ -40,8 +40,17 @@ STOP_DEADLINE = 15.0
 class PostgresServer:
     """One postmaster on 127.0.0.1 and a Unix socket, restartable on the same port and data."""
 
-    def __init__(self, directory: Path, *, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        settings: dict[str, str] | None = None,
+        mount_namespace: int | None = None,
+    ) -> None:
+        """`mount_namespace`: the pid of a process (tests/support/mountns.py) whose mount
+        namespace the postmaster runs in, so it sees the test's small file systems."""
         self.link = Path(directory)
+        self.mount_namespace = mount_namespace
         self.user = pwd.getpwnam(RUN_AS) if os.geteuid() == 0 else None
         if self.user is None:
             self.directory = self.link
@@ -96,6 +105,15 @@ class PostgresServer:
                 "-k", str(self.socket_dir), "-c", "listen_addresses=127.0.0.1"]  # fmt: skip
         for name, value in self.settings.items():
             argv += ["-c", f"{name}={value}"]
+        as_user = self._as_user()
+        if self.mount_namespace is not None:  # nsenter execs postgres: the pid stays its
+            ids = (
+                []
+                if self.user is None
+                else ["-S", str(self.user.pw_uid), "-G", str(self.user.pw_gid)]
+            )
+            argv = ["nsenter", "-t", str(self.mount_namespace), "--mount", *ids, "--", *argv]
+            as_user = {}  # nsenter needs root to enter, and drops it itself
         with open(self.log_path, "ab") as log:
             if self.user is not None:
                 os.chown(self.log_path, self.user.pw_uid, self.user.pw_gid)
@@ -105,7 +123,7 @@ class PostgresServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its backends share its group: killed together
-                **self._as_user(),
+                **as_user,
             )
         proc = self.proc
 
