@@ -292,7 +292,7 @@ def sigterm(ctx: Context) -> None:
             child = dp.start(notify, events=events)
             try:
                 dp.wait_ready(child, notify, since=0)
-                _wait_started(events, child, HELD)
+                wait_started(events, child, HELD)
                 took = _sigterm(child, timeout=s.hold_seconds + 60)
             finally:
                 code = dp.stop(child)
@@ -311,7 +311,7 @@ def sigterm(ctx: Context) -> None:
         )
 
 
-def _wait_started(events: Inbox, child: Child, n: int, timeout: float = 60.0) -> None:
+def wait_started(events: Inbox, child: Child, n: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if sum(m.text.startswith("started ") for m in events.messages()) >= n:

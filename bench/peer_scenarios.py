@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from completion import DONE_KEY, STARTED_KEY, wait_finished
@@ -60,9 +61,12 @@ PEERS = {
 class PeerRunner:
     """Enqueue, start, count and stop one peer, all through its venv."""
 
-    def __init__(self, ctx: Context, peer: Peer) -> None:
+    def __init__(
+        self, ctx: Context, peer: Peer, extra_env: Mapping[str, str] | None = None
+    ) -> None:
         self.ctx = ctx
         self.peer = peer
+        self.extra_env = dict(extra_env or {})  # BENCH_PG_URL for the PostgreSQL peers
         self.python = str(ctx.peers_python())
         self.redis = ctx.redis()
         self.cwd = ctx.work / "peers" / peer.name
@@ -73,6 +77,7 @@ class PeerRunner:
         env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(BENCH / "peers")])
         env["BENCH_REDIS_URL"] = self.redis.url
         env["BENCH_EXPECT"] = str(expect)
+        env.update(self.extra_env)
         return env
 
     def ctl(self, *args: str) -> dict[str, float]:
@@ -110,8 +115,10 @@ class PeerRunner:
         self.ctx.children.kill(child)
 
 
-def _metric(peer: str, key: str, label: str, unit: str, digits: int = 0) -> Metric:
-    return Metric(f"{peer}.{key}", SECTION, f"{peer}: {label}", unit, digits)
+def _metric(
+    peer: str, key: str, label: str, unit: str, digits: int = 0, section: str = SECTION
+) -> Metric:
+    return Metric(f"{peer}.{key}", section, f"{peer}: {label}", unit, digits)
 
 
 def run_peer(ctx: Context, name: str) -> None:
@@ -137,11 +144,12 @@ def run_peer(ctx: Context, name: str) -> None:
                 _metric(name, key, f"{label}, worker start to last done ({n:,} jobs)", "jobs/s"),
                 n / (done - child.started_at),
             )
-        _sigterm(ctx, runner)
+        sigterm_fate(ctx, runner)
         _idle(ctx, runner)
 
 
-def _sigterm(ctx: Context, runner: PeerRunner) -> None:
+def sigterm_fate(ctx: Context, runner: PeerRunner, section: str = SECTION) -> None:
+    """SIGTERM with HELD jobs running: time to exit, and each job finished, back, or lost."""
     s = ctx.sizes
     name = runner.peer.name
     runner.enqueue("hold", HELD, s.hold_seconds)
@@ -161,16 +169,28 @@ def _sigterm(ctx: Context, runner: PeerRunner) -> None:
     completed = runner.count(DONE_KEY)
     back = runner.pending()
     ctx.results.add(
-        _metric(name, "sigterm.exit", f"SIGTERM to exit, {HELD} jobs running", "s", 3),
+        _metric(
+            name, "sigterm.exit", f"SIGTERM to exit, {HELD} jobs running", "s", 3, section=section
+        ),
         exited - sent,
     )
     ctx.results.add(
-        _metric(name, "sigterm.completed", f"of {HELD}, finished during the stop", "jobs"),
+        _metric(
+            name,
+            "sigterm.completed",
+            f"of {HELD}, finished during the stop",
+            "jobs",
+            section=section,
+        ),
         completed,
     )
-    ctx.results.add(_metric(name, "sigterm.back", f"of {HELD}, back in the queue", "jobs"), back)
     ctx.results.add(
-        _metric(name, "sigterm.lost", f"of {HELD}, lost", "jobs"), max(HELD - completed - back, 0)
+        _metric(name, "sigterm.back", f"of {HELD}, back in the queue", "jobs", section=section),
+        back,
+    )
+    ctx.results.add(
+        _metric(name, "sigterm.lost", f"of {HELD}, lost", "jobs", section=section),
+        max(HELD - completed - back, 0),
     )
     ctx.results.note(
         name,

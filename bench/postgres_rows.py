@@ -107,8 +107,8 @@ class BenchPostgres:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _config(ctx: Context, server: BenchPostgres, task: str, schema: str) -> str:
-    text = config_text({"job": task}, workers=WORKERS, url=server.url())
+def config(ctx: Context, server: BenchPostgres, task: str, schema: str, name: str = "job") -> str:
+    text = config_text({name: task}, workers=WORKERS, url=server.url())
     return text.replace("[queue]\n", f'[queue]\nschema = "{schema}"\n', 1)
 
 
@@ -116,37 +116,42 @@ def _all_alive(children: list[Child]) -> bool:
     return all(c.alive() for c in children)
 
 
+def run_daemons(
+    ctx: Context, server: BenchPostgres, task: str, n: int, count: int, schema: str
+) -> float:
+    """`count` daemons on `n` queued jobs of `task`, a fresh schema: jobs/s, start to last done."""
+    redis = ctx.redis()
+    redis.flush()
+    directory = ctx.work / "postgres-runs" / schema
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    dp = Drainpool(ctx, directory, config(ctx, server, task, schema))
+    dp.check()
+    dp.enqueue_file(jobs_file(ctx, "job", n))
+    boxes = [Inbox(f"pgnotify{i}") for i in range(count)]
+    children: list[Child] = []
+    try:
+        children.extend(dp.start(b, expect=n, redis_url=redis.url) for b in boxes)
+        finished = wait_finished(redis.client, partial(_all_alive, children), 60 + n / 50)
+        if finished is None:
+            raise BenchError(f"{count} daemons did not finish {n} jobs on PostgreSQL")
+    finally:
+        for child in children:
+            dp.stop(child)
+        for box in boxes:
+            box.close()
+    return n / (finished - children[0].started_at)
+
+
 def _rates(ctx: Context, server: BenchPostgres) -> None:
     s = ctx.sizes
-    redis = ctx.redis()
     for label, task, n in (
         ("no-op", "noop_incr", s.noop_jobs),
         ("10 ms", "sleep_10ms_incr", s.sleep_jobs),
     ):
         for count in (1, 2, 4):
             for rep in range(s.reps):
-                redis.flush()
-                schema = f"bench_{task}_{count}_{rep}"
-                directory = ctx.work / "postgres-runs" / schema
-                shutil.rmtree(directory, ignore_errors=True)
-                directory.mkdir(parents=True)
-                dp = Drainpool(ctx, directory, _config(ctx, server, task, schema))
-                dp.check()
-                dp.enqueue_file(jobs_file(ctx, "job", n))
-                boxes = [Inbox(f"pgnotify{i}") for i in range(count)]
-                children: list[Child] = []
-                try:
-                    children.extend(dp.start(b, expect=n, redis_url=redis.url) for b in boxes)
-                    finished = wait_finished(
-                        redis.client, partial(_all_alive, children), 60 + n / 50
-                    )
-                    if finished is None:
-                        raise BenchError(f"{count} daemons did not finish {n} jobs on PostgreSQL")
-                finally:
-                    for child in children:
-                        dp.stop(child)
-                    for box in boxes:
-                        box.close()
+                rate = run_daemons(ctx, server, task, n, count, f"bench_{task}_{count}_{rep}")
                 ctx.results.add(
                     Metric(
                         f"postgres.{'noop' if task == 'noop_incr' else 'sleep'}.{count}",
@@ -155,7 +160,7 @@ def _rates(ctx: Context, server: BenchPostgres) -> None:
                         " start to last done",
                         "jobs/s",
                     ),
-                    n / (finished - children[0].started_at),
+                    rate,
                 )
 
 
@@ -167,7 +172,7 @@ def _pickup(ctx: Context, server: BenchPostgres) -> None:
     directory = ctx.work / "postgres-runs" / schema
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    dp = Drainpool(ctx, directory, _config(ctx, server, "noop", schema))
+    dp = Drainpool(ctx, directory, config(ctx, server, "noop", schema))
     dp.check()
     queue = PostgresQueue.from_url(server.url(), schema=schema)
     notify, events = Inbox("pgpick-notify"), Inbox("pgpick-events")

@@ -97,6 +97,7 @@ def _peer_versions(ctx: Context) -> str:
         return ""
     done = subprocess.run(
         [str(python), str(BENCH / "peers" / "peerctl.py"), "versions"],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(BENCH / "peers")])},
         capture_output=True,
         text=True,
         check=False,

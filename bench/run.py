@@ -27,6 +27,7 @@ from pathlib import Path
 
 import baselines
 import drainpool_scenarios as dps
+import postgres_peers
 import postgres_rows
 import queue_rounds
 import record_scenarios as rec
@@ -37,13 +38,14 @@ from peer_scenarios import PEERS, run_peer
 from report import derived_rows, end_rows, method_lines, start_rows
 from results import Results, hand_written, render
 
-GROUPS = ("baselines", "drainpool", "records", "peers", "wakeups")
+GROUPS = ("baselines", "drainpool", "records", "peers", "wakeups", "postgres")
 SECTIONS = [
     ("baselines", "Raw limits (same run)"),
     ("drainpool", "drainpool"),
     ("records", "Job records (retention, wait, disk)"),
     ("peers", "Peers (same run, same bodies, Redis on loopback)"),
     ("wakeups", "Wake-ups: pickup latency, idle cost, burst (issue 21; drainpool and peers)"),
+    ("postgres", "PostgreSQL: drainpool, procrastinate, pgqueuer (one database, same bodies)"),
 ]
 
 
@@ -123,6 +125,13 @@ SCENARIOS = [
         postgres_rows.postgres_rows,
         "no-op and 10 ms jobs/s with 1, 2, 4 daemons on one PostgreSQL; idle pickup latency",
         default=False,  # needs Debian's postgresql (scripts/setup-dev); --only drainpool-postgres
+    ),
+    Scenario(
+        "postgres-peers",
+        "postgres",
+        postgres_peers.postgres_peers,
+        "drainpool, procrastinate, pgqueuer on one PostgreSQL: no-op, 10 ms, SIGTERM fate",
+        default=False,  # needs Debian's postgresql; --only postgres-peers
     ),
     Scenario(
         "records-retention",

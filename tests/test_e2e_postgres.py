@@ -1,5 +1,6 @@
 """Real daemons on a real PostgreSQL (issue 22): drain, two daemons through cut
-connections, an outage longer than a lease.
+connections, an outage longer than a lease, a database that turns read-only, a
+full disk.
 
 Each test starts its own cluster (tests/support/postgres_server.py) and its
 own daemons. The jobs are the `record` test task, which writes start/done/
@@ -15,10 +16,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from drainpool.queue.postgres_schema import COMPLETED
 
 from tests.support.daemon import Daemon, DaemonFactory, queue_stats
 from tests.support.joblog import count, events
+from tests.support.mountns import MountNamespace
 from tests.support.postgres_server import PostgresServer, postgres_servers
 from tests.support.waiting import wait_until
 from tests.test_e2e_redis import enqueue, generation_counts, running, short
@@ -147,3 +151,102 @@ def test_postgres_down_longer_than_a_lease_then_back(
     assert "Traceback" not in text
     assert daemon.metric("drainpool_pool_generation") == 1  # recovered without a restart
     daemon.terminate()
+
+
+def read_only(server: PostgresServer, on: bool) -> None:
+    """Every session's default, existing ones included (a reload), as an operator sets it.
+
+    The session that changes it turns it off for itself first: with it on, a
+    new session could change nothing.
+    """
+    with psycopg.connect(server.url(), autocommit=True) as conn:
+        conn.execute("SET default_transaction_read_only = off")
+        if on:
+            conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        else:
+            conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def completed_in_db(server: PostgresServer) -> int:
+    return server.sql(f"SELECT count(*) FROM drainpool.jobs WHERE state = {COMPLETED}")[0][0]
+
+
+def test_a_read_only_database_holds_finished_results_in_memory_until_writes_work_again(
+    factory: DaemonFactory, start_postgres: StartPostgres, tmp_path: Path
+) -> None:
+    server = start_postgres()
+    log = tmp_path / "jobs.log"
+    held = 8
+    config = pg_config(factory, server)
+    enqueue(factory, config, log, [1.0] * held + [short(i) for i in range(held, 200)])
+    daemon = factory.start(config)
+    long_ids = {str(i) for i in range(1, held + 1)}
+    wait_until(lambda: long_ids <= running(daemon).keys(), what="the long jobs running")
+
+    read_only(server, True)
+    wait_until(lambda: ready(daemon) == 503, what="/readyz 503 while the database is read-only")
+    wait_until(lambda: long_ids <= count(log, "done").keys(), what="the long jobs finished")
+    # Finished, and not written: their results wait in the daemon's memory.
+    assert completed_in_db(server) == 0
+    assert daemon.get("/healthz")[0] == 200
+
+    read_only(server, False)
+    wait_until(lambda: ready(daemon) == 200, what="/readyz 200 once writes work again")
+    wait_until(lambda: all_done(log, 200), timeout=120, what="every job done")
+    wait_until(lambda: completed_in_db(server) == 200, what="every result written")
+    assert max(count(log, "done").values()) == 1  # nothing ran twice
+    assert_queue_empty(factory, config)
+    text = daemon.log()
+    assert text.count("queue unavailable") == 1, text
+    assert "read-only transaction" in text
+    assert text.count("queue available again") == 1, text
+    assert "Traceback" not in text
+    daemon.terminate()
+
+
+def test_a_full_disk_holds_finished_results_in_memory_until_space_is_freed(
+    factory: DaemonFactory, start_postgres: StartPostgres, tmp_path: Path
+) -> None:
+    """The queue's tables live in a tablespace on an 8 MiB tmpfs that a filler file fills."""
+    jobs = 3000
+    with MountNamespace(tmp_path / "ns") as namespace:
+        server = start_postgres(mount_namespace=namespace.holder.pid)
+        disk = server.directory / "small"
+        disk.mkdir()
+        namespace.run("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk))
+        namespace.run("mkdir", str(disk / "tablespace"))
+        if server.user is not None:
+            owner = f"{server.user.pw_uid}:{server.user.pw_gid}"
+            namespace.run("chown", owner, str(disk / "tablespace"))
+        server.sql(f"CREATE TABLESPACE small LOCATION '{disk / 'tablespace'}'")
+        server.sql("ALTER DATABASE postgres SET default_tablespace = small")
+        log = tmp_path / "jobs.log"
+        config = pg_config(factory, server)
+        enqueue(factory, config, log, [short(i) for i in range(jobs)])
+        daemon = factory.start(config)
+        wait_until(lambda: len(count(log, "done")) >= 100, what="100 jobs done")
+
+        filler = disk / "filler"
+        full = namespace.run("dd", "if=/dev/zero", f"of={filler}", "bs=64k", check=False)
+        assert "No space left on device" in full.stderr
+        wait_until(lambda: ready(daemon) == 503, what="/readyz 503 while the disk is full")
+        # Jobs that finished after the disk filled: their results wait in memory.
+        wait_until(
+            lambda: len(count(log, "done")) > completed_in_db(server),
+            what="jobs done that the database has not recorded",
+        )
+        assert daemon.get("/healthz")[0] == 200
+
+        namespace.run("rm", str(filler))
+        wait_until(lambda: ready(daemon) == 200, what="/readyz 200 once there is space")
+        wait_until(lambda: all_done(log, jobs), timeout=120, what="every job done")
+        wait_until(lambda: completed_in_db(server) == jobs, what="every result written")
+        assert max(count(log, "done").values()) == 1  # nothing ran twice
+        assert_queue_empty(factory, config)
+        text = daemon.log()
+        assert "No space left on device" in text
+        assert text.count("queue unavailable") == text.count("queue available again") >= 1, text
+        assert "Traceback" not in text
+        daemon.terminate()
+        server.stop()  # the last process in the namespace: its tmpfs goes with it

@@ -6,9 +6,11 @@
     peerctl.py spaced PEER N                 N stamp jobs, 50-150 ms apart; prints JSON
                                              {"returned": {seq: monotonic time of the return}}
 
-PEER is dramatiq, huey or celery; its app module is `<PEER>_app`. The bench
-(system Python) runs this with bench/.venv-peers/bin/python and PYTHONPATH
-holding bench/ and bench/peers/, and BENCH_REDIS_URL set.
+PEER is dramatiq, huey, celery (on Redis), procrastinate or pgqueuer (on
+PostgreSQL); its app module is `<PEER>_app`. The bench (system Python) runs
+this with bench/.venv-peers/bin/python and PYTHONPATH holding bench/ and
+bench/peers/, and BENCH_REDIS_URL set (the completion count), and BENCH_PG_URL
+for the PostgreSQL peers.
 """
 
 from __future__ import annotations
@@ -21,8 +23,18 @@ from importlib.metadata import version
 
 from spaced import spaced_enqueue
 
-PEERS = ("dramatiq", "huey", "celery")
-PACKAGES = ("dramatiq", "huey", "celery", "kombu", "redis")
+PEERS = ("dramatiq", "huey", "celery", "procrastinate", "pgqueuer")
+PACKAGES = (
+    "dramatiq",
+    "huey",
+    "celery",
+    "kombu",
+    "redis",
+    "procrastinate",
+    "pgqueuer",
+    "psycopg",
+    "asyncpg",
+)
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create bench/.venv-peers with the pinned peers (dramatiq, huey, celery, redis-py).
+# Create bench/.venv-peers with the pinned peers (dramatiq, huey, celery, redis-py,
+# procrastinate, pgqueuer).
 #
 # The peers are never project dependencies: they live in their own virtual
 # environment so that installing them cannot change what drainpool runs with.
@@ -27,6 +28,6 @@ rm -rf "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
 # Import every peer once, so a broken install fails here and not in the middle of a run.
-"$venv/bin/python" -c "import celery, dramatiq, huey, redis"
+"$venv/bin/python" -c "import asyncpg, celery, dramatiq, huey, pgqueuer, procrastinate, psycopg, redis"
 echo "$want" >"$stamp"
 echo "peers venv ready: $venv"

@@ -45,8 +45,17 @@ class PostgresServer(ServerProcess):
     start_deadline = START_DEADLINE
     stop_deadline = STOP_DEADLINE
 
-    def __init__(self, directory: Path, *, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        settings: dict[str, str] | None = None,
+        mount_namespace: int | None = None,
+    ) -> None:
+        """`mount_namespace`: the pid of a process (tests/support/mountns.py) whose mount
+        namespace the postmaster runs in, so it sees the test's small file systems."""
         self.link = Path(directory)
+        self.mount_namespace = mount_namespace
         self.user = pwd.getpwnam(RUN_AS) if os.geteuid() == 0 else None
         if self.user is None:
             self.directory = self.link
@@ -92,12 +101,21 @@ class PostgresServer(ServerProcess):
                 "-k", str(self.socket_dir), "-c", "listen_addresses=127.0.0.1"]  # fmt: skip
         for name, value in self.settings.items():
             argv += ["-c", f"{name}={value}"]
+        if self.mount_namespace is not None:  # nsenter execs postgres: the pid stays its
+            ids = (
+                []
+                if self.user is None
+                else ["-S", str(self.user.pw_uid), "-G", str(self.user.pw_gid)]
+            )
+            argv = ["nsenter", "-t", str(self.mount_namespace), "--mount", *ids, "--", *argv]
         return argv
 
     def popen_options(self) -> dict[str, Any]:
         if self.user is not None:  # the postmaster (as RUN_AS) appends to the log too
             os.chown(self.log_path, self.user.pw_uid, self.user.pw_gid)
         # Its backends share its group: killed together.
+        if self.mount_namespace is not None:  # nsenter needs root to enter, and drops it itself
+            return {"start_new_session": True}
         return {"start_new_session": True, **self._as_user()}
 
     def kill_pid(self, pid: int) -> None:

@@ -17,14 +17,16 @@ numbers are those of the SQLite backend (postgres_schema).
 connection, inside its transaction: the job exists only if that commits.
 
 Wake-ups: every enqueue, release and retry notifies in its own transaction,
-and an idle pool LISTENs on a connection of its own (postgres_wakeups).
-`wait()` for a job's end still polls with a backoff.
+and an idle pool LISTENs on a connection of its own (postgres_wakeups); so
+does a cancel of a running job, which its daemon stops at once. A settle that
+ends jobs notifies their ids on a second channel, which `wait()` listens on
+(postgres_ended).
 
 Longer than a module should be, as sqlite.py is: every method of the protocol
 is here; the statements are in postgres_sql.py, the connections and faults in
 postgres_db.py, the tables in postgres_schema.py, the records' reads in
 postgres_records.py, the wake-ups' waiter in postgres_wakeups.py, the cancel of
-one job in postgres_cancel.py.
+one job in postgres_cancel.py, the wait for a job's end in postgres_ended.py.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from drainpool.queue.outcome_minutes import (
     first_minute,
 )
 from drainpool.queue.postgres_db import Database, check_url
+from drainpool.queue.postgres_ended import POLL_SECONDS, EndListeners, ended_channel, payloads
 from drainpool.queue.postgres_records import NOW, db_now, list_jobs, prune_expired, read_job
 from drainpool.queue.postgres_schema import DEAD, DEFAULT_SCHEMA, WAITING
 from drainpool.queue.postgres_wakeups import ListenWaiter, channel_literal
@@ -123,8 +126,10 @@ class PostgresQueue:
         self.schema = self._db.schema
         self._connect_timeout = connect_timeout
         channel = channel_literal(self.schema)
+        self._channels = (self.schema, ended_channel(self.schema))  # wake-ups, ends
+        ended = channel_literal(self._channels[1])
         self._sql = {
-            name: text.replace("{s}", self._db.s).replace("{c}", channel)
+            name: text.replace("{s}", self._db.s).replace("{c}", channel).replace("{e}", ended)
             for name, text in {
                 "enqueue": sql.ENQUEUE,
                 "enqueue_many": sql.ENQUEUE_MANY,
@@ -146,9 +151,11 @@ class PostgresQueue:
                 "note_tick_job": sql.NOTE_TICK_JOB,
                 "next_due": sql.NEXT_DUE,
                 "cancel_settled": postgres_cancel.SETTLED,
+                "announce_ended": sql.ANNOUNCE_ENDED,
             }.items()
         }
         self._closing = threading.Event()  # wakes wait() at close
+        self._ended = EndListeners(self._db.url, self._channels[1], connect_timeout)
         self._token_prefix = secrets.token_hex(6)
         self._shard = secrets.randbelow(SHARDS)  # this object's outcome_minutes rows
         self._token_counter = itertools.count()
@@ -429,6 +436,8 @@ class PostgresQueue:
             if c[2] == WAITING
         ]
         bumps = sorted((name, n) for name, n in {**counts, "dead": dead}.items() if n)
+        # Ended here (a cancel notifies from its own statement): named for wait() (postgres_ended).
+        ended = payloads([int(d.job.id) for d in dones] + [c[0] for c in changes if c[2] == DEAD])
 
         def apply(conn: Any) -> None:
             if dones and not self.retention_seconds:
@@ -464,6 +473,8 @@ class PostgresQueue:
                 conn.execute(
                     self._sql["announce_changes"], ([a[0] for a in again], [a[1] for a in again])
                 )
+            if ended:
+                conn.execute(self._sql["announce_ended"], (ended,))
             if bumps:
                 conn.execute(
                     self._sql["bump"],
@@ -478,7 +489,9 @@ class PostgresQueue:
         numeric = _job_id(job_id)
         retention = float(self.retention_seconds)
         result = self._db.run(
-            lambda c: postgres_cancel.cancel(c, self._db.s, numeric, reason, by, retention),
+            lambda c: postgres_cancel.cancel(
+                c, self._db.s, self._channels, numeric, reason, by, retention
+            ),
             "cancel a job",
         )
         if result is None:
@@ -582,8 +595,20 @@ class PostgresQueue:
         return self._db.run(lambda c: list_jobs(c, self._db.s, wanted, task, limit), "list jobs")
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:
-        """Polls the record with a backoff (2 ms doubling to 100 ms): an end notifies nobody."""
-        return wait_for(job_id, timeout, lambda: self.job(job_id), self._pause)
+        """Woken by the settle's notification (postgres_ended); reads again at least every
+        POLL_SECONDS, and polls with a backoff when it cannot listen."""
+        named = _spelled(job_id)  # as the notification's payload spells it
+        with self._ended.listening() as listening:
+
+            def block(left: float | None, rounds: int) -> None:
+                if listening is None or listening.broken:
+                    self._pause(left, rounds)
+                    return
+                listening.block(named, POLL_SECONDS if left is None else min(left, POLL_SECONDS))
+                if self._closing.is_set():
+                    raise QueueError(f"{self.where}: the queue was closed while waiting for a job")
+
+            return wait_for(job_id, timeout, lambda: self.job(job_id), block)
 
     def _pause(self, left: float | None, rounds: int) -> None:
         if self._closing.wait(backoff_pause(left, rounds)):
@@ -631,7 +656,16 @@ class PostgresQueue:
 
     def close(self) -> None:
         self._closing.set()
+        self._ended.close()
         self._db.close()
+
+
+def _spelled(raw: str) -> str:
+    """A job id as the settle's notification writes it; a non-number is left (no such job)."""
+    try:
+        return str(int(raw))
+    except ValueError:
+        return raw
 
 
 def _job_id(raw: str) -> int:

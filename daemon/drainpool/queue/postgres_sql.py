@@ -12,10 +12,11 @@ from drainpool.queue.postgres_records import NOW
 from drainpool.queue.postgres_schema import COMPLETED, DEAD, LEASED, WAITING
 
 
-# SQL text with {s} for the quoted schema name and {c} for the wake-up channel's name
-# as a literal (postgres_wakeups), both filled in once per queue. Every statement that
-# makes a job ready or delayed notifies in its own transaction: a rolled-back enqueue
-# wakes nobody. A notification's payload is "<due>\t<task>" (postgres_wakeups.announce).
+# SQL text with {s} for the quoted schema name, {c} for the wake-up channel's name
+# as a literal (postgres_wakeups) and {e} for the ended channel's (postgres_ended),
+# all filled in once per queue. Every statement that makes a job ready or delayed
+# notifies in its own transaction: a rolled-back enqueue wakes nobody. A notification's
+# payload is "<due>\t<task>" (postgres_wakeups.announce).
 def _announce(due: str, task: str) -> str:
     """The pg_notify call for one job: `due` is 0 for ready, else its epoch due time."""
     return f"pg_notify({{c}}, ({due})::text || chr(9) || {task})"
@@ -41,6 +42,8 @@ ANNOUNCE_CHANGES = (
     f"SELECT {_announce(f'CASE WHEN d.delay > 0 THEN {NOW} + d.delay ELSE 0 END', 'd.t')}"
     " FROM unnest(%s::text[], %s::float8[]) AS d(t, delay)"
 )
+# The ids of jobs a settle ended, one payload each of %s (postgres_ended), on channel {e}.
+ANNOUNCE_ENDED = "SELECT pg_notify({e}, p) FROM unnest(%s::text[]) AS d(p)"
 # Schedules: the tick's row moves from the expected tick (none: inserted) or not at all.
 TICK_FIRST = (
     f"INSERT INTO {{s}}.schedule_ticks (name, tick, updated_at) VALUES (%s, %s, {NOW})"

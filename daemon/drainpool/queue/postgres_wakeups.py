@@ -9,6 +9,10 @@ epoch seconds on the database's clock. A pool's waiter holds one autocommit
 connection that LISTENs on the channel and blocks on its socket; the
 dispatcher fetches once per burst of notifications of its tasks.
 
+A cancel of a running job is announced on the same channel with the payload
+"cancel\t<id>" (postgres_cancel): the waiter hands the id to the pool
+(wakeups.hear_cancels), which stops the job if it holds it.
+
 PostgreSQL drops notifications sent while a listener is not connected; the
 waiter makes up for them with one wake-up when it re-arms, and the pool's
 safety-net fetch covers the rest (drainpool.queue.wakeups). Idle, the waiter
@@ -24,6 +28,7 @@ from typing import Any
 
 import psycopg
 
+from drainpool.queue.postgres_cancel import CANCEL_KIND
 from drainpool.queue.wakeups import ChannelWaiter, WaitMode
 
 PING_SECONDS = 30.0  # a quiet connection is asked whether the server is still there
@@ -92,6 +97,10 @@ class ListenWaiter(ChannelWaiter):
         """Read every notification waiting: a burst of enqueues is one wake-up."""
         woken = False
         for notify in connection.notifies(timeout=0):
+            kind, _, job_id = notify.payload.partition("\t")
+            if kind == CANCEL_KIND:
+                self._cancel_heard(job_id)
+                continue
             task, due = parse(notify.payload)
             if task in self._tasks:
                 woken = True

@@ -8,6 +8,11 @@ SQLite file (drainpool.queue.doorbell), a Redis pub/sub connection
 (drainpool.queue.redis_wakeups), and a LISTEN connection on PostgreSQL
 (drainpool.queue.postgres_wakeups).
 
+A waiter may also hear that a running job was cancelled (PostgreSQL: a
+"cancel" notification on the same channel): it hands the id to the callback
+given by `hear_cancels`, and the pool stops the job at once; the pool's job
+watch (drainpool.jobwatch) still reads the cancels, as the safety net.
+
 A waiter whose channel breaks logs one line, reports the mode "poll" and
 keeps trying to re-arm; the pool's safety-net fetch (every
 `queue.poll_interval_seconds`) finds whatever a lost notification announced,
@@ -25,7 +30,7 @@ import os
 import select
 import socket
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Literal, Protocol, runtime_checkable
 
 log = logging.getLogger("drainpool.queue")
@@ -148,6 +153,7 @@ class ChannelWaiter(abc.ABC):
         self._released = False
         self._due: float | None = None  # the earliest announced due time not yet taken
         self._due_lock = threading.Lock()  # the listener notes, the dispatcher takes
+        self._on_cancel: Callable[[str], None] | None = None  # see hear_cancels
 
     @property
     def mode(self) -> WaitMode:
@@ -177,6 +183,11 @@ class ChannelWaiter(abc.ABC):
         """A delayed job of our tasks announced, due at `due` (epoch seconds)."""
         with self._due_lock:
             self._due = due if self._due is None else min(self._due, due)
+
+    def _cancel_heard(self, job_id: str) -> None:
+        """A running job was cancelled: called on the waiting thread, by `_listen`."""
+        if self._on_cancel is not None:
+            self._on_cancel(job_id)
 
     def _rearm(self, timeout: float) -> bool:
         try:
@@ -240,6 +251,16 @@ def waiter_for(queue: object, tasks: Collection[str]) -> Waiter:
     if isinstance(queue, WakingQueue):
         return queue.waiter(tasks)
     return PollWaiter()
+
+
+def hear_cancels(waiter: Waiter, stop: Callable[[str], None]) -> None:
+    """Have `waiter` call `stop(job_id)` when its backend announces a cancel of a running job.
+
+    Set before the first wait. A waiter whose backend does not announce cancels
+    ignores it (the job watch's read finds them).
+    """
+    if isinstance(waiter, ChannelWaiter):
+        waiter._on_cancel = stop
 
 
 def next_due(queue: object, tasks: Collection[str]) -> float | None:
