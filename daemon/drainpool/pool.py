@@ -603,7 +603,10 @@ class Pool:
     def _listen_loop(self) -> None:
         """Block on the queue's waiter; on an announcement, make the dispatcher fetch."""
         while not self._drained:
-            if self._waiter.wait(self.config.poll_interval_seconds):
+            woken = self._waiter.wait(self.config.poll_interval_seconds)
+            for job_id in self._waiter.take_cancels():  # issue 19: at once, not at the watch
+                self.stop_job(job_id, "cancel")
+            if woken:
                 with self._lock:
                     self._wake_pending = True
                     self._dispatch_wake.notify()

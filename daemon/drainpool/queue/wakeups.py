@@ -55,6 +55,14 @@ class Waiter(Protocol):
         """
         ...
 
+    def take_cancels(self) -> set[str]:
+        """Ids of held jobs whose cancel was announced since the last call (issue 19).
+
+        The pool sets those jobs' stop events at once; its 50 ms cancel check
+        (drainpool.jobwatch) stays the safety net for a lost announcement.
+        """
+        ...
+
     def close(self) -> None:
         """Ends a wait in progress on another thread; the waiter is not used again."""
         ...
@@ -124,6 +132,9 @@ class PollWaiter:
     def take_due(self) -> float | None:
         return None
 
+    def take_cancels(self) -> set[str]:
+        return set()
+
     def close(self) -> None:
         self._closed.set()
 
@@ -148,6 +159,7 @@ class ChannelWaiter(abc.ABC):
         self._released = False
         self._due: float | None = None  # the earliest announced due time not yet taken
         self._due_lock = threading.Lock()  # the listener notes, the dispatcher takes
+        self._cancels: set[str] = set()  # announced cancels not yet taken (under _due_lock)
 
     @property
     def mode(self) -> WaitMode:
@@ -172,6 +184,16 @@ class ChannelWaiter(abc.ABC):
         with self._due_lock:
             due, self._due = self._due, None
         return due
+
+    def take_cancels(self) -> set[str]:
+        with self._due_lock:
+            cancels, self._cancels = self._cancels, set()
+        return cancels
+
+    def _note_cancel(self, job_id: str) -> None:
+        """A cancel of job `job_id` announced (held here or by another daemon)."""
+        with self._due_lock:
+            self._cancels.add(job_id)
 
     def _note_due(self, due: float) -> None:
         """A delayed job of our tasks announced, due at `due` (epoch seconds)."""
