@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,27 +19,23 @@ from drainpool.queue.redis import RedisQueue
 from tests.support.daemon import DaemonFactory, base_config
 from tests.support.redis_server import RedisServer, redis_servers
 from tests.support.waiting import wait_until
+from tests.test_wakeups import commands
 
 PROMPT = 10.0  # a generous deadline for something announced at once
 SAFETY_NET = 1.0  # poll_interval_seconds of the idle daemon: many rounds in a short window
 IDLE_WINDOW = 5.0  # seconds of idling whose commands are counted
 EXTRA_TASKS = {"other": "tests.support.tasks:record"}  # a second stream for "record"
-StartRedis = Callable[..., RedisServer]
 
 
 @pytest.fixture
-def start_redis(tmp_path: Path) -> Iterator[StartRedis]:
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, started."""
     with redis_servers(tmp_path) as start:
-        yield start
-
-
-def commands(client: redis.Redis) -> dict[str, int]:
-    stats = client.info("commandstats")
-    return {name: int(value["calls"]) for name, value in stats.items()}
+        yield start()
 
 
 def test_an_idle_safety_net_round_is_one_script_and_reads_no_clock(
-    factory: DaemonFactory, tmp_path: Path, start_redis: StartRedis
+    factory: DaemonFactory, tmp_path: Path, server: RedisServer
 ) -> None:
     """One fetch per round (it brings the next due time along), nothing more.
 
@@ -48,7 +44,6 @@ def test_an_idle_safety_net_round_is_one_script_and_reads_no_clock(
     Before, a round was two scripts (fetch, then the due time) and read TIME. The
     daemon's pruner runs at start and then once a minute: at most one script more.
     """
-    server = start_redis()
     config = factory.config(
         queue={"url": server.url, "poll_interval_seconds": SAFETY_NET},
         pool={"workers": 2},
@@ -79,9 +74,8 @@ def test_an_idle_safety_net_round_is_one_script_and_reads_no_clock(
 
 
 def test_the_enqueue_makes_the_group_with_the_stream_and_never_again(
-    start_redis: StartRedis,
+    server: RedisServer,
 ) -> None:
-    server = start_redis()
     queue = RedisQueue.from_url(server.url, prefix="grp")
     raw = redis.Redis.from_url(server.url, decode_responses=True)
     try:
@@ -105,10 +99,9 @@ def test_the_enqueue_makes_the_group_with_the_stream_and_never_again(
 
 
 def test_a_cancel_of_a_leased_job_reaches_the_waiters_of_its_task_at_once(
-    start_redis: StartRedis,
+    server: RedisServer,
 ) -> None:
     """Issue 19 on the wake-up channel: a cancel message, which is not work to fetch."""
-    server = start_redis()
     queue = RedisQueue.from_url(server.url, prefix="cw")
     waiter = queue.waiter(["t"])
     other = queue.waiter(["u"])
