@@ -7,9 +7,10 @@ queue every CHECK_SECONDS which of them were cancelled, with one cheap read
 SMISMEMBER), and sweeps the pool's running jobs for time limits and for the
 grace after a stop. While the pool holds nothing it sleeps until the pool
 hands it work: an idle daemon asks nothing. The latency of a cancel is bounded
-by CHECK_SECONDS, never by the lease renewal. A cancel does not ring the
-wake-ups of issue 21 (SQLite doorbell, Redis pub/sub) yet: if it did, and the
-pool's listener woke this thread too, this interval would become the safety net.
+by CHECK_SECONDS, never by the lease renewal. On Redis and PostgreSQL a cancel
+also comes as a message on the wake-up channel of issue 21, which the pool's
+listener turns into a stop at once (wakeups.hear_cancels); there this interval
+is the safety net.
 
 A thread of its own rather than a step of the dispatcher's loop: the
 dispatcher blocks in the queue's fetch and settle, and a cancel must not wait

@@ -605,7 +605,8 @@ class Pool:
     def _listen_loop(self) -> None:
         """Block on the queue's waiter; on an announcement, make the dispatcher fetch."""
         while not self._drained:
-            if self._waiter.wait(self.config.poll_interval_seconds):
+            woken = self._waiter.wait(self.config.poll_interval_seconds)
+            if woken:
                 with self._lock:
                     self._wake_pending = True
                     self._dispatch_wake.notify()

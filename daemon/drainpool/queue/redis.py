@@ -50,6 +50,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -110,6 +111,7 @@ HORIZON_MS = 100_000_000_000  # ~3 years: longer than any lease, shorter than th
 RELEASED = "~released"  # pseudo-consumer holding released jobs (ready again)
 BATCH = 500  # jobs per script call where a call may touch many jobs
 KEYS_VERSION = "2"  # 2: the records index ({prefix}:jobs); today's keys otherwise
+DUE_SEEN_SECONDS = 0.5  # how long a fetch's due time stands in for the due-time script
 
 # Replies that mean "Redis cannot serve us right now", not "the request is wrong".
 # Every other failure that is not an error reply (connection, timeout, a server
@@ -127,9 +129,14 @@ _PRELUDE = r"""
 local P, G = ARGV[1], ARGV[2]
 local HORIZON = @HORIZON@
 local RELEASED = '@RELEASED@'
+local now_cached
+-- Redis's clock, read once per script and only when needed: an idle fetch reads none.
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  if not now_cached then
+    local t = redis.call('TIME')
+    now_cached = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  end
+  return now_cached
 end
 local function secs(ms) return string.format('%.6f', ms / 1000) end
 local function stream_key(task) return P .. ':stream:' .. task end
@@ -149,8 +156,11 @@ local function wake(task, due)
 end
 local function push_ready(id, task)
   local s = stream_key(task)
-  ensure_group(s)
+  -- The group is made with a new stream, not tried on every enqueue (issue 21); a group
+  -- that went missing later is made again by the fetch, when Redis says NOGROUP.
+  local new_stream = redis.call('EXISTS', s) == 0
   local entry = redis.call('XADD', s, '*', 'job', id)
+  if new_stream then ensure_group(s) end
   redis.call('HSET', job_key(id), 'state', 'ready', 'entry', entry, 'token', '')
   redis.call('SADD', P .. ':tasks', task)
   wake(task)
@@ -289,15 +299,24 @@ end
 local me, token, n = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local lease, max_attempts, batch = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local host, pid, pool = ARGV[9], ARGV[10], ARGV[11]
-local now = now_ms()
 local streams = {}
+local earliest  -- the earliest delayed job not yet due: returned, so no due-time script
+local function delayed_head(d)
+  local head = redis.call('ZRANGE', d, 0, 0, 'WITHSCORES')
+  if #head > 0 then return tonumber(head[2]) end
+end
 for i = 12, #ARGV do
   local task = ARGV[i]
   local d = delayed_key(task)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', d, '-inf', now, 'LIMIT', 0, batch)) do
-    redis.call('ZREM', d, id)
-    if redis.call('EXISTS', job_key(id)) == 1 then push_ready(id, task) end
+  local head = delayed_head(d)  -- one read while nothing is delayed: the idle case
+  if head and head <= now_ms() then
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', d, '-inf', now_ms(), 'LIMIT', 0, batch)) do
+      redis.call('ZREM', d, id)
+      if redis.call('EXISTS', job_key(id)) == 1 then push_ready(id, task) end
+    end
+    head = delayed_head(d)
   end
+  if head and (earliest == nil or head < earliest) then earliest = head end
   local s = stream_key(task)
   local pending = pending_past_horizon(s, task, n)
   if pending then
@@ -335,6 +354,7 @@ while #chosen < n do
   if bc.pel then best.pel[#best.pel + 1] = bc.entry else best.fresh = best.fresh + 1 end
   chosen[#chosen + 1] = {st = best, c = bc}
 end
+local now = #chosen > 0 and now_ms() or 0
 local deliver = math.floor(now + lease - HORIZON)
 for _, st in ipairs(streams) do
   local taken = st.pel
@@ -377,6 +397,8 @@ for _, pick in ipairs(chosen) do
     end
   end
 end
+-- Last row: ms until the earliest delayed job of these tasks ('' when none).
+out[#out + 1] = {earliest and tostring(math.max(earliest - now_ms(), 0)) or ''}
 return out
 """
 
@@ -658,6 +680,8 @@ class RedisQueue:
         self.where = where  # redacted URL: the only form that reaches messages and logs
         self._client = client
         self._closed = threading.Event()
+        # Per task set: (monotonic time of the last fetch, seconds to its earliest delayed job).
+        self._due_seen: dict[tuple[str, ...], tuple[float, float | None]] = {}
         self._scripts = {
             name: client.register_script(_lua(body))
             for name, body in {
@@ -875,6 +899,11 @@ class RedisQueue:
             who.pool,
             *dict.fromkeys(tasks),
         )
+        (due_ms,) = rows.pop()
+        self._due_seen[_tasks_key(tasks)] = (
+            time.monotonic(),
+            None if due_ms in ("", None) else float(due_ms) / 1000,
+        )
         jobs: list[Job] = []
         bad: list[Failure] = []
         for row in rows:
@@ -914,6 +943,15 @@ class RedisQueue:
         return PubSubWaiter(self._client, self.prefix, tasks, self.where)
 
     def next_due(self, tasks: Collection[str]) -> float | None:
+        """From the fetch just made for `tasks` (its last row), else one script.
+
+        The pool asks right after a fetch that found nothing: an idle safety-net
+        round is then one script, not two (issue 21, item 3).
+        """
+        seen = self._due_seen.get(_tasks_key(tasks))
+        if seen is not None and time.monotonic() - seen[0] < DUE_SEEN_SECONDS:
+            at, due_in = seen
+            return None if due_in is None else max(due_in - (time.monotonic() - at), 0.0)
         due_ms = self._run("next_due", "read due times", *dict.fromkeys(tasks))
         return None if due_ms in ("", None) else float(due_ms) / 1000
 
@@ -1122,6 +1160,10 @@ def _lua(body: str) -> str:
     for name, value in constants:
         text = text.replace(f"@{name}@", str(value))
     return text
+
+
+def _tasks_key(tasks: Collection[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(tasks)))
 
 
 def _lease_ms(lease_seconds: float) -> int:

@@ -5,8 +5,10 @@ The job hash records the cancel (`cancel_at`, `cancel_reason`, `cancel_by`);
 a ready or delayed job is cancelled at once (its stream entry or delayed
 member removed), a leased one is flagged and its id added to the set
 `{prefix}:cancelling`, which every daemon holding jobs reads with one
-SMISMEMBER. The settle that follows (a release or a failure) ends such a job
-cancelled (`finish_cancelled` in redis.py's prelude), and leaves the set.
+SMISMEMBER, and is told at once by a `cancel ID` message on the task's
+wake-up channel (drainpool.queue.redis_wakeups). The settle that follows
+(a release or a failure) ends such a job cancelled (`finish_cancelled` in
+redis.py's prelude), and leaves the set.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ if f[4] and f[4] ~= '' then return {'already_requested', state} end
 redis.call('HSET', jk, 'cancel_at', secs(now), 'cancel_reason', reason, 'cancel_by', by,
   'cancel_retention', retention)
 redis.call('SADD', P .. ':cancelling', id)
+-- The daemons serving the task hear it at once (drainpool.queue.redis_wakeups); the one
+-- holding the job sets its stop event. The SMISMEMBER check is the safety net.
+redis.call('PUBLISH', P .. ':wake:' .. task, 'cancel ' .. id)
 return {'requested', state}
 """
 

@@ -13,8 +13,13 @@ listens; and an idle subscribed connection costs Redis no command at all.
 What pub/sub loses (a message sent while the connection was down) the
 waiter makes up for with one wake-up when it is back, and the dispatcher's
 safety-net fetch covers the rest. Idle, a pool sends one PING on this
-connection every PING_SECONDS (to notice a dead server that closed
-nothing), besides the safety-net fetch itself.
+connection every PING_SECONDS (to notice a frozen server; a vanished peer is
+also noticed by TCP keepalive, which costs Redis no command), besides the
+safety-net fetch itself.
+
+Messages: '0' (ready jobs), a due time in epoch seconds (a delayed job), or
+`cancel ID` (issue 19: the cancel of a leased job, so the daemon holding it
+sets the job's stop event at once instead of at its next 50 ms cancel check).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import redis
 
 from drainpool.queue.wakeups import ChannelWaiter, WaitMode
 
-PING_SECONDS = 10.0  # a quiet connection is asked whether the server is still there
+PING_SECONDS = 60.0  # a quiet connection is asked whether the server is still there
+CANCEL_PREFIX = "cancel "  # a message naming a job whose cancel was asked
 
 # ARGV[3..]: tasks. The earliest delayed job's due time, in ms from now ('' when none).
 NEXT_DUE = r"""
@@ -97,9 +103,13 @@ class PubSubWaiter(ChannelWaiter):
             self._heard_at = time.monotonic()
             kind = reply[0] if isinstance(reply, list) and reply else None
             if kind == "message":
-                woken = True
-                if float(reply[2]) > 0:
-                    self._note_due(float(reply[2]))
+                data = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+                if data.startswith(CANCEL_PREFIX):  # not work: no fetch for it
+                    self._cancel_heard(data[len(CANCEL_PREFIX) :])
+                else:
+                    woken = True
+                    if float(data) > 0:
+                        self._note_due(float(data))
             if kind == "pong":
                 self._ping_unanswered = False
             if not connection.can_read(timeout=0):

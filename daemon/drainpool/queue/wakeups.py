@@ -8,8 +8,9 @@ SQLite file (drainpool.queue.doorbell), a Redis pub/sub connection
 (drainpool.queue.redis_wakeups), and a LISTEN connection on PostgreSQL
 (drainpool.queue.postgres_wakeups).
 
-A waiter may also hear that a running job was cancelled (PostgreSQL: a
-"cancel" notification on the same channel): it hands the id to the callback
+A waiter may also hear that a running job was cancelled (Redis: a
+"cancel ID" message on the wake-up channel; PostgreSQL: a "cancel" notification
+on the same channel): it hands the id to the callback
 given by `hear_cancels`, and the pool stops the job at once; the pool's job
 watch (drainpool.jobwatch) still reads the cancels, as the safety net.
 
