@@ -37,7 +37,7 @@ from drainpool.context import (
     TimedOut,
     failure_details,
 )
-from drainpool.jobwatch import JobWatch
+from drainpool.jobwatch import CHECK_SECONDS, JobWatch
 from drainpool.metrics import Metrics
 from drainpool.observe import Watched, job_watch
 from drainpool.outcomes import Outcome
@@ -213,6 +213,10 @@ class Pool:
         # work for its tasks (drainpool.queue.wakeups). Made at start, closed once drained.
         self._waiter: Waiter = PollWaiter()
         self._wake_pending = False  # the queue announced work since the last fetch began
+        # The listener waits here while a wake-up is pending: what the queue announces
+        # meanwhile stays in its channel and is read in one go once the fetch began (a
+        # burst of enqueues costs the daemon one wake-up per fetch, not one per job).
+        self._listen_ready = threading.Condition(self._lock)
         self._listener = threading.Thread(
             target=self._listen_loop, name=f"{config.name}-g{generation}-listen", daemon=True
         )
@@ -607,6 +611,11 @@ class Pool:
                 with self._lock:
                     self._wake_pending = True
                     self._dispatch_wake.notify()
+                    # At most a safety-net interval: a channel unread for long may overflow
+                    # (Redis drops a subscriber whose backlog grows past its buffer limit).
+                    while self._wake_pending and not self._drained:
+                        if not self._listen_ready.wait(self.config.poll_interval_seconds):
+                            break
 
     def _dispatch_loop(self) -> None:
         """Settle finished jobs, renew leases, fetch for free slots; repeat.
@@ -618,7 +627,9 @@ class Pool:
         try:
             self._dispatch_rounds()
         finally:
-            self._drained = True
+            with self._lock:
+                self._drained = True
+                self._listen_ready.notify()
             self._waiter.close()
             self._jobwatch.wake()  # it sees the pool drained, and ends
         self._on_drained(self)
@@ -632,6 +643,8 @@ class Pool:
         backoff = 0.0
         while True:
             with self._lock:
+                if not self._wake_pending:
+                    self._listen_ready.notify()  # the last wake-up's fetch is done: listen again
                 while True:
                     now = clock()
                     free = self._free_slots()
@@ -772,7 +785,6 @@ class Pool:
     def _hand_over(self, jobs: list[Job]) -> None:
         if not jobs:
             return
-        self._jobwatch.wake()
         with self._lock:
             jobs = self._adopt_our_own(jobs)
             stopping = self._stopping
@@ -790,6 +802,13 @@ class Pool:
                 self._work_ready.notify(len(jobs))
         if stopping:
             self._record_cancelled(jobs)
+        elif not self._jobwatch.watching:
+            self._jobwatch.wake(self._first_look(jobs))
+
+    def _first_look(self, jobs: list[Job]) -> float:
+        """When an idle job watch need first look at `jobs`: CHECK_SECONDS, or a time limit."""
+        limits = (job.timeout or self._limits.get(job.task) for job in jobs)
+        return min((limit for limit in limits if limit), default=CHECK_SECONDS)
 
     def _adopt_our_own(self, jobs: list[Job]) -> list[Job]:
         """Drop from `jobs` those this pool still holds, taking their new leases (lock held).
