@@ -202,6 +202,8 @@ class Pool:
         self._stops_lock = threading.Lock()  # shared by the jobs' JobStops: cheap to make
         # Time limits of the tasks that have one (a job's own `timeout` wins).
         self._limits = {n: s.timeout_seconds for n, s in self.tasks.items() if s.timeout_seconds}
+        # Looked up once: getLogger takes logging's module lock, at every job's start otherwise.
+        self._loggers = {name: logging.getLogger(f"drainpool.task.{name}") for name in self.tasks}
         self._left_behind = 0  # abandoned runs whose worker was replaced while the pool runs
         self._jobwatch = JobWatch(self, queue, f"{config.name}-g{generation}", clock=clock)
         self._drained = False
@@ -520,9 +522,8 @@ class Pool:
         spec = self.tasks[job.task]
         metrics = self._task_metrics
         metrics.started(job.task)
-        logger = logging.LoggerAdapter(
-            logging.getLogger(f"drainpool.task.{job.task}"), {"job_id": job.id, "task": job.task}
-        )
+        extra = {"job_id": job.id, "task": job.task}
+        logger = logging.LoggerAdapter(self._loggers[job.task], extra)
         ctx = TaskContext(job.id, job.attempt, job.task, logger, entry.stop)
         failure: Failure | None = None
         done: Job | Done = job
@@ -643,8 +644,6 @@ class Pool:
         backoff = 0.0
         while True:
             with self._lock:
-                if not self._wake_pending:
-                    self._listen_ready.notify()  # the last wake-up's fetch is done: listen again
                 while True:
                     now = clock()
                     free = self._free_slots()
@@ -669,16 +668,14 @@ class Pool:
                 due = free and not stopping and (woken or timer)
                 if due:
                     self._wake_pending = False  # cleared before the fetch: a later ring counts
+                    self._listen_ready.notify()  # so the listener listens again
             try:
                 want = free if due else 0
                 used_queue = bool(batch or want)
-                fetched = self._exchange(batch, want)
+                jobs = self._exchange(batch, want)
+                fetched = len(jobs)
                 if finished:
                     return
-                if clock() >= next_renew:
-                    used_queue = True
-                    self._renew()
-                    next_renew = clock() + renew_every
                 if want:
                     # A full batch: more is likely waiting. Some: jobs are streaming in (a
                     # burst of enqueues), so fetch again after a gap that doubles up to
@@ -698,6 +695,13 @@ class Pool:
                     if hinted is not None and not fetched:
                         wait = min(wait, max(hinted - time.time(), 0.0))
                     next_fetch = clock() + wait
+                # Handed over once this round's bookkeeping is done: the workers then find
+                # this thread about to sleep, not holding the GIL (issue 21: pickup latency).
+                self._hand_over(jobs)
+                if clock() >= next_renew:
+                    used_queue = True
+                    self._renew()
+                    next_renew = clock() + renew_every
                 if used_queue:
                     # Every success is reported, not only the first after a failure: the
                     # supervisor also hears of failures from elsewhere (stats at a scrape).
@@ -761,7 +765,7 @@ class Pool:
             return auto_reserve(self.config.workers, self._mean_run_seconds)
         return self.config.prefetch
 
-    def _exchange(self, batch: _Settlement, want: int) -> int:
+    def _exchange(self, batch: _Settlement, want: int) -> list[Job]:
         """Settle what finished and fetch for free slots in one queue round trip."""
         lease = self.config.lease_seconds
         if batch:
@@ -778,9 +782,8 @@ class Pool:
         elif want:
             jobs = self._queue.fetch(want, self.tasks.keys(), lease, worker=self._identity)
         else:
-            return 0
-        self._hand_over(jobs)
-        return len(jobs)
+            return []
+        return jobs
 
     def _hand_over(self, jobs: list[Job]) -> None:
         if not jobs:
