@@ -215,10 +215,12 @@ class Pool:
         # work for its tasks (drainpool.queue.wakeups). Made at start, closed once drained.
         self._waiter: Waiter = PollWaiter()
         self._wake_pending = False  # the queue announced work since the last fetch began
-        # The listener waits here while a wake-up is pending: what the queue announces
-        # meanwhile stays in its channel and is read in one go once the fetch began (a
-        # burst of enqueues costs the daemon one wake-up per fetch, not one per job).
+        # While jobs stream in (the dispatcher fetches in gaps, not on wake-ups) the listener
+        # waits here once it has announced work: what the queue announces meanwhile stays in
+        # its channel and is read in one go once the next fetch began (a burst of enqueues
+        # costs the daemon one wake-up per fetch, not one per job). Idle, it listens at once.
         self._listen_ready = threading.Condition(self._lock)
+        self._streaming = False
         self._listener = threading.Thread(
             target=self._listen_loop, name=f"{config.name}-g{generation}-listen", daemon=True
         )
@@ -614,7 +616,7 @@ class Pool:
                     self._dispatch_wake.notify()
                     # At most a safety-net interval: a channel unread for long may overflow
                     # (Redis drops a subscriber whose backlog grows past its buffer limit).
-                    while self._wake_pending and not self._drained:
+                    while self._streaming and self._wake_pending and not self._drained:
                         if not self._listen_ready.wait(self.config.poll_interval_seconds):
                             break
 
@@ -695,6 +697,7 @@ class Pool:
                     if hinted is not None and not fetched:
                         wait = min(wait, max(hinted - time.time(), 0.0))
                     next_fetch = clock() + wait
+                    self._streaming = gap > 0
                 # Handed over once this round's bookkeeping is done: the workers then find
                 # this thread about to sleep, not holding the GIL (issue 21: pickup latency).
                 self._hand_over(jobs)
