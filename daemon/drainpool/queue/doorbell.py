@@ -63,7 +63,7 @@ class Doorbell:
         suffix = "" if due is None else f"\t{due!r}"
         try:
             with _reach(self.directory) as address:
-                names = [name for name in os.listdir(self.directory) if name.endswith(SUFFIX)]
+                names = [name for name in os.listdir(address("")) if name.endswith(SUFFIX)]
                 lines = (task + suffix for task in dict.fromkeys(tasks))
                 message = "\n".join(lines).encode()[:MAX_DATAGRAM]
                 return sum(self._send(message, address(name), name) for name in names)
@@ -181,7 +181,8 @@ def _reach(directory: Path) -> Iterator[Callable[[str], str]]:
     sun_path holds 108 bytes; /proc/self/fd/N/name reaches the same file in a few.
     """
     if len(os.fsencode(directory)) < 80:
-        yield lambda name: str(directory / name)
+        prefix = f"{directory}/"  # strings, not Paths: a producer rings after every enqueue
+        yield lambda name: prefix + name
         return
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
