@@ -23,11 +23,12 @@ from drainpool.queue import sqlite_db as sqlite_db_mod
 from drainpool.queue.base import Failure, QueueError, QueueUnavailable, RetryPolicy
 from drainpool.queue.sqlite import (
     ACK_SQL,
-    DUE_SQL,
+    DUE_TASKS_MAX,
     SCHEMA_VERSION,
     SqliteQueue,
     _due_ids,
     _live_tasks,
+    due_sql,
 )
 from drainpool.queue.sqlite_db import Database
 from drainpool.queue_monitor import QueueMonitor
@@ -92,12 +93,14 @@ def test_fetch_reads_one_range_of_the_partial_index_and_claims_by_primary_key(
     assert len(_due_ids(conn, 8, ["a", "b"], 4e9)) == 8
     conn.set_trace_callback(None)
     selects = [sql for sql in traced if sql.lstrip().upper().startswith("SELECT")]
-    assert len(selects) == 2  # one per task
-    searches = [step for step in plan(conn, DUE_SQL, "a", 4e9, 8).split(" | ") if "jobs" in step]
-    assert searches == [
+    assert len(selects) == 1  # one for all the tasks
+    due = plan(conn, due_sql(2), 4e9, 8, "a", "b").split(" | ")
+    searches = [step for step in due if "jobs" in step]
+    each_task = [
         "SEARCH jobs USING INDEX jobs_ready (task=? AND due_at<?)",  # waiting
         "SEARCH jobs USING INDEX jobs_leased (task=? AND due_at<?)",  # lapsed leases
     ]
+    assert searches == each_task * 2  # a, then b
     # Claims, renewals, acks and failures all reach their rows by the primary key.
     for sql in (
         "UPDATE jobs SET state = 1, due_at = 1, token = 't' WHERE id IN (1, 2, 3)",
@@ -108,6 +111,19 @@ def test_fetch_reads_one_range_of_the_partial_index_and_claims_by_primary_key(
     assert ack_plan.startswith("SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"), ack_plan
     assert "SCAN jobs" not in ack_plan
     conn.close()
+
+
+def test_a_fetch_for_more_tasks_than_one_statement_holds_takes_the_oldest_of_all(
+    tmp_path: Path,
+) -> None:
+    queue = SqliteQueue(tmp_path / "queue.db", clock=lambda: 1000.0)
+    tasks = [f"t{i}" for i in range(DUE_TASKS_MAX + 50)]  # two statements
+    queue.enqueue(tasks[-1], "late", delay=5)
+    queue.enqueue(tasks[-1], "first")
+    queue.enqueue(tasks[0], "second")
+    queue.enqueue(tasks[DUE_TASKS_MAX], "third")
+    assert [job.payload for job in queue.fetch(3, tasks, 60)] == ["first", "second", "third"]
+    queue.close()
 
 
 def test_unknown_tasks_are_found_by_index_seeks_without_the_write_lock(tmp_path: Path) -> None:

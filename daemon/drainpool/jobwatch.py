@@ -65,22 +65,30 @@ class JobWatch:
         self._clock = clock
         self._wake = threading.Condition(threading.Lock())
         self._busy = False  # the pool may hold jobs: set by wake(), cleared when it holds none
+        self._first_look = 0.0  # seconds from a wake-up to the first sweep
         self._failing = False  # one log line per streak of failed checks
         self._thread = threading.Thread(target=self._loop, name=f"{name}-jobwatch", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def wake(self) -> None:
-        """The pool was handed jobs (or began to drain): watch them.
+    @property
+    def watching(self) -> bool:
+        return self._busy
+
+    def wake(self, first_look: float = 0.0) -> None:
+        """The pool was handed jobs (or began to drain): watch them, from `first_look` on.
 
         Called for every batch the dispatcher hands over, so the common case
-        (already watching) is one attribute read.
+        (already watching) is one attribute read. A pool that was idle passes
+        CHECK_SECONDS, or its jobs' shortest time limit: a sweep and a read of
+        the queue at once would compete with the start of those jobs (issue 21).
         """
         if self._busy:
             return
         with self._wake:
             self._busy = True
+            self._first_look = first_look
             self._wake.notify()
 
     def join(self, timeout: float) -> None:
@@ -92,6 +100,9 @@ class JobWatch:
             with self._wake:
                 while not self._busy:
                     self._wake.wait()
+                first_look, self._first_look = self._first_look, 0.0
+                if first_look > 0:
+                    self._wake.wait(first_look)  # wake() notifies no more while busy
             held, next_deadline, done = self._pool.sweep()
             if done:
                 return

@@ -38,7 +38,7 @@ from drainpool.context import (
     TimedOut,
     failure_details,
 )
-from drainpool.jobwatch import JobWatch
+from drainpool.jobwatch import CHECK_SECONDS, JobWatch
 from drainpool.metrics import Metrics
 from drainpool.observe import Watched, job_watch
 from drainpool.outcomes import Outcome
@@ -203,6 +203,8 @@ class Pool:
         self._stops_lock = threading.Lock()  # shared by the jobs' JobStops: cheap to make
         # Time limits of the tasks that have one (a job's own `timeout` wins).
         self._limits = {n: s.timeout_seconds for n, s in self.tasks.items() if s.timeout_seconds}
+        # Looked up once: getLogger takes logging's module lock, at every job's start otherwise.
+        self._loggers = {name: logging.getLogger(f"drainpool.task.{name}") for name in self.tasks}
         self._left_behind = 0  # abandoned runs whose worker was replaced while the pool runs
         self._jobwatch = JobWatch(self, queue, f"{config.name}-g{generation}", clock=clock)
         self._drained = False
@@ -214,6 +216,12 @@ class Pool:
         # work for its tasks (drainpool.queue.wakeups). Made at start, closed once drained.
         self._waiter: Waiter = PollWaiter()
         self._wake_pending = False  # the queue announced work since the last fetch began
+        # While jobs stream in (the dispatcher fetches in gaps, not on wake-ups) the listener
+        # waits here once it has announced work: what the queue announces meanwhile stays in
+        # its channel and is read in one go once the next fetch began (a burst of enqueues
+        # costs the daemon one wake-up per fetch, not one per job). Idle, it listens at once.
+        self._listen_ready = threading.Condition(self._lock)
+        self._streaming = False
         self._listener = threading.Thread(
             target=self._listen_loop, name=f"{config.name}-g{generation}-listen", daemon=True
         )
@@ -518,9 +526,8 @@ class Pool:
         spec = self.tasks[job.task]
         metrics = self._task_metrics
         metrics.started(job.task)
-        logger = logging.LoggerAdapter(
-            logging.getLogger(f"drainpool.task.{job.task}"), {"job_id": job.id, "task": job.task}
-        )
+        extra = {"job_id": job.id, "task": job.task}
+        logger = logging.LoggerAdapter(self._loggers[job.task], extra)
         ctx = TaskContext(job.id, job.attempt, job.task, logger, entry.stop)
         failure: Failure | None = None
         done: Job | Done = job
@@ -610,6 +617,11 @@ class Pool:
                 with self._lock:
                     self._wake_pending = True
                     self._dispatch_wake.notify()
+                    # At most a safety-net interval: a channel unread for long may overflow
+                    # (Redis drops a subscriber whose backlog grows past its buffer limit).
+                    while self._streaming and self._wake_pending and not self._drained:
+                        if not self._listen_ready.wait(self.config.poll_interval_seconds):
+                            break
 
     def _dispatch_loop(self) -> None:
         """Settle finished jobs, renew leases, fetch for free slots; repeat.
@@ -621,7 +633,9 @@ class Pool:
         try:
             self._dispatch_rounds()
         finally:
-            self._drained = True
+            with self._lock:
+                self._drained = True
+                self._listen_ready.notify()
             self._waiter.close()
             self._jobwatch.wake()  # it sees the pool drained, and ends
         self._on_drained(self)
@@ -638,7 +652,13 @@ class Pool:
                 while True:
                     now = clock()
                     free = self._free_slots()
-                    if self._settle or (self._stopping and not self._has_active()):
+                    # While jobs stream in, what finished is settled with the next fetch, in
+                    # its transaction: a settle of its own per job held the SQLite write lock
+                    # twice as often, and the producers of the burst waited for it.
+                    batching = gap and free and not self._stopping
+                    if (self._settle and not batching) or (
+                        self._stopping and not self._has_active()
+                    ):
                         break
                     wake_at = next_renew
                     if free and not self._stopping:
@@ -659,16 +679,14 @@ class Pool:
                 due = free and not stopping and (woken or timer)
                 if due:
                     self._wake_pending = False  # cleared before the fetch: a later ring counts
+                    self._listen_ready.notify()  # so the listener listens again
             try:
                 want = free if due else 0
                 used_queue = bool(batch or want)
-                fetched = self._exchange(batch, want)
+                jobs = self._exchange(batch, want)
+                fetched = len(jobs)
                 if finished:
                     return
-                if clock() >= next_renew:
-                    used_queue = True
-                    self._renew()
-                    next_renew = clock() + renew_every
                 if want:
                     # A full batch: more is likely waiting. Some: jobs are streaming in (a
                     # burst of enqueues), so fetch again after a gap that doubles up to
@@ -688,6 +706,14 @@ class Pool:
                     if hinted is not None and not fetched:
                         wait = min(wait, max(hinted - time.time(), 0.0))
                     next_fetch = clock() + wait
+                    self._streaming = gap > 0
+                # Handed over once this round's bookkeeping is done: the workers then find
+                # this thread about to sleep, not holding the GIL (issue 21: pickup latency).
+                self._hand_over(jobs)
+                if clock() >= next_renew:
+                    used_queue = True
+                    self._renew()
+                    next_renew = clock() + renew_every
                 if used_queue:
                     # Every success is reported, not only the first after a failure: the
                     # supervisor also hears of failures from elsewhere (stats at a scrape).
@@ -751,7 +777,7 @@ class Pool:
             return auto_reserve(self.config.workers, self._mean_run_seconds)
         return self.config.prefetch
 
-    def _exchange(self, batch: _Settlement, want: int) -> int:
+    def _exchange(self, batch: _Settlement, want: int) -> list[Job]:
         """Settle what finished and fetch for free slots in one queue round trip."""
         lease = self.config.lease_seconds
         if batch:
@@ -768,14 +794,12 @@ class Pool:
         elif want:
             jobs = self._queue.fetch(want, self.tasks.keys(), lease, worker=self._identity)
         else:
-            return 0
-        self._hand_over(jobs)
-        return len(jobs)
+            return []
+        return jobs
 
     def _hand_over(self, jobs: list[Job]) -> None:
         if not jobs:
             return
-        self._jobwatch.wake()
         with self._lock:
             jobs = self._adopt_our_own(jobs)
             stopping = self._stopping
@@ -793,6 +817,13 @@ class Pool:
                 self._work_ready.notify(len(jobs))
         if stopping:
             self._record_cancelled(jobs)
+        elif not self._jobwatch.watching:
+            self._jobwatch.wake(self._first_look(jobs))
+
+    def _first_look(self, jobs: list[Job]) -> float:
+        """When an idle job watch need first look at `jobs`: CHECK_SECONDS, or a time limit."""
+        limits = (job.timeout or self._limits.get(job.task) for job in jobs)
+        return min((limit for limit in limits if limit), default=CHECK_SECONDS)
 
     def _adopt_our_own(self, jobs: list[Job]) -> list[Job]:
         """Drop from `jobs` those this pool still holds, taking their new leases (lock held).

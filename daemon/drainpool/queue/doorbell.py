@@ -63,7 +63,7 @@ class Doorbell:
         suffix = "" if due is None else f"\t{due!r}"
         try:
             with _reach(self.directory) as address:
-                names = [name for name in os.listdir(self.directory) if name.endswith(SUFFIX)]
+                names = [name for name in os.listdir(address("")) if name.endswith(SUFFIX)]
                 lines = (task + suffix for task in dict.fromkeys(tasks))
                 message = "\n".join(lines).encode()[:MAX_DATAGRAM]
                 return sum(self._send(message, address(name), name) for name in names)
@@ -98,10 +98,16 @@ class DoorbellWaiter(ChannelWaiter):
 
     armed_mode: WaitMode = "doorbell"
 
-    def __init__(self, queue_path: Path, tasks: Collection[str]) -> None:
+    def __init__(
+        self,
+        queue_path: Path,
+        tasks: Collection[str],
+        on_ring: Callable[[set[str]], None] = lambda tasks: None,
+    ) -> None:
         self.directory = doorbell_dir(queue_path)
         super().__init__(f"doorbell in {self.directory}")
         self._tasks = set(tasks)
+        self._on_ring = on_ring  # told which of our tasks rang, before wait() returns
         self._socket: socket.socket | None = None
         self._path: Path | None = None
         self._inode: int | None = None
@@ -133,17 +139,23 @@ class DoorbellWaiter(ChannelWaiter):
         """Read every datagram waiting (a burst of enqueues is one wake-up)."""
         assert self._socket is not None
         wanted = False
+        ready: set[str] = set()  # our tasks rung for a job due now
         while True:
             try:
                 message = self._socket.recv(MAX_DATAGRAM)
             except BlockingIOError:
-                return wanted
+                break
             for line in message.decode(errors="replace").splitlines():
                 task, _, due = line.partition("\t")
                 if task in self._tasks:
                     wanted = True
                     if due:
                         self._note_due(float(due))
+                    else:
+                        ready.add(task)
+        if ready:
+            self._on_ring(ready)
+        return wanted
 
     def _moved(self, path: Path) -> bool:
         """Whether our socket file is no longer at `path` (deleted, or replaced)."""
@@ -169,7 +181,8 @@ def _reach(directory: Path) -> Iterator[Callable[[str], str]]:
     sun_path holds 108 bytes; /proc/self/fd/N/name reaches the same file in a few.
     """
     if len(os.fsencode(directory)) < 80:
-        yield lambda name: str(directory / name)
+        prefix = f"{directory}/"  # strings, not Paths: a producer rings after every enqueue
+        yield lambda name: prefix + name
         return
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -26,6 +26,7 @@ sqlite_db.py, and reading job records in sqlite_records.py.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -162,13 +163,28 @@ ACK_SQL = (
     "DELETE FROM jobs WHERE (id, token) IN"
     " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
 )
-# The due jobs of one task (?1) at ?2, at most ?3 of each kind: waiting, and lapsed leases.
-DUE_SQL = (
+# The due jobs of one task (?T) at ?1, at most ?2 of each kind: waiting, and lapsed leases.
+_DUE_TERMS = (
     "SELECT * FROM (SELECT due_at, id FROM jobs"
-    f" WHERE state = {WAITING} AND task = ?1 AND due_at <= ?2 ORDER BY due_at LIMIT ?3)"
+    f" WHERE state = {WAITING} AND task = ?T AND due_at <= ?1 ORDER BY due_at LIMIT ?2)"
     " UNION ALL SELECT * FROM (SELECT due_at, id FROM jobs"
-    f" WHERE state = {LEASED} AND task = ?1 AND due_at <= ?2 ORDER BY due_at LIMIT ?3)"
+    f" WHERE state = {LEASED} AND task = ?T AND due_at <= ?1 ORDER BY due_at LIMIT ?2)"
 )
+DUE_TASKS_MAX = 200  # tasks per statement: two compound terms each, under SQLite's 500
+
+
+@functools.lru_cache(maxsize=64)
+def due_sql(count: int) -> str:
+    """The due jobs of `count` tasks (?3, ?4, ...) at ?1, the first ?2 of all, in one statement.
+
+    One statement, not one per task: each costs a round through the sqlite3
+    module (and a GIL hand-off), and a pool serving twenty tasks made forty
+    per fetch, the look and the claim's (issue 21).
+    """
+    terms = " UNION ALL ".join(_DUE_TERMS.replace("?T", f"?{i + 3}") for i in range(count))
+    return f"SELECT due_at, id FROM ({terms}) ORDER BY due_at, id LIMIT ?2"
+
+
 # AUTOINCREMENT: ids are never reused, so a log line or a stale token can never
 # point at a different job after the first one was acked.
 
@@ -245,6 +261,9 @@ class SqliteQueue:
         self._token_prefix = secrets.token_hex(4)
         self._token_counter = itertools.count()
         self._doorbell = Doorbell(self.path)  # wakes idle daemons after a commit (issue 21)
+        # Tasks our pools' doorbells rang for since their last fetch: that fetch skips the
+        # lock-free look (the ring says a job is there), one transaction less per pickup.
+        self._rung: set[str] = set()
 
     def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         """A transaction on the main connection; a fault lets go of the side one too.
@@ -377,13 +396,16 @@ class SqliteQueue:
     ) -> list[Job]:
         if n <= 0 or not tasks:
             return []
-        if not self._run(lambda c: _due_ids(c, 1, tasks, self._clock()), write=False):
+        rung = self._rung.intersection(tasks)
+        if rung:
+            self._rung.difference_update(rung)
+        elif not self._run(lambda c: _due_ids(c, 1, tasks, self._clock()), write=False):
             return []  # nothing due: no write lock taken
         return self._run(self._claimer(n, tasks, lease_seconds, worker), write=True)
 
     def waiter(self, tasks: Collection[str]) -> DoorbellWaiter:
         """A pool's doorbell (drainpool.queue.doorbell): producers ring it after a commit."""
-        return DoorbellWaiter(self.path, tasks)
+        return DoorbellWaiter(self.path, tasks, self._rung.update)
 
     def next_due(self, tasks: Collection[str]) -> float | None:
         """Seconds until the earliest waiting job of `tasks` is due, one index seek per task."""
@@ -428,6 +450,7 @@ class SqliteQueue:
             self._ring_released(releases)
             return []
         claim = self._claimer(n, tasks, lease_seconds, worker)
+        self._rung.difference_update(tasks)  # this claim answers the rings heard so far
 
         def both(conn: sqlite3.Connection) -> list[Job]:
             settle(conn)
@@ -889,8 +912,11 @@ def _due_ids(conn: sqlite3.Connection, n: int, tasks: Collection[str], now: floa
     """Ids of up to `n` due jobs of `tasks`, oldest due first (waiting or lease expired)."""
     # One range of jobs_ready and one of jobs_leased per task, in one statement: the cost
     # does not grow with the queue (tests/test_queue_sqlite_durability.py asserts the plan).
+    names = list(tasks)
     found: list[tuple[float, int]] = []
-    for task in tasks:
-        found += conn.execute(DUE_SQL, (task, now, n)).fetchall()
-    found.sort()
+    for start in range(0, len(names), DUE_TASKS_MAX):
+        chunk = names[start : start + DUE_TASKS_MAX]
+        found += conn.execute(due_sql(len(chunk)), (now, n, *chunk)).fetchall()
+    if len(names) > DUE_TASKS_MAX:
+        found.sort()
     return [job_id for _, job_id in found[:n]]

@@ -81,7 +81,7 @@ _HINTS = {
 }
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def _identity(path: Path | str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -145,6 +145,8 @@ class Database:
         self._conn: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None  # of the file last opened
         self._journal: tuple[tuple[int, int] | None, ...] = ()  # its -wal and -shm, then
+        # Their paths, made once: each transaction checks them (a Path per check cost more).
+        self._journal_paths = tuple(f"{path}{suffix}" for suffix in JOURNAL_SUFFIXES)
 
     def run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         """Run `fn` in one transaction; retry while busy; raise QueueUnavailable on faults."""
@@ -270,7 +272,7 @@ class Database:
         return conn
 
     def _journal_identity(self) -> tuple[tuple[int, int] | None, ...]:
-        return tuple(_identity(Path(f"{self.path}{suffix}")) for suffix in JOURNAL_SUFFIXES)
+        return tuple(_identity(journal) for journal in self._journal_paths)
 
     def _check_journal(self) -> None:
         """Whether the -wal and -shm this connection uses are still the files at their paths.
