@@ -290,6 +290,25 @@ def log_dead_job(job_id: object, task: str, attempts: int, error: str) -> None:
     )
 
 
+def fetched_payload(
+    job_id: object, task: str, body: str | bytes | None, attempts: int, max_attempts: int
+) -> tuple[Any, str]:
+    """A fetched job's payload and "", or None and why it goes to the dead letters at once.
+
+    Its lease ran out `max_attempts` times (its worker died each time), or its
+    body is not a JSON payload. The wording and the count are the same on every
+    backend (contract tests); the line is logged here, the backend buries the job.
+    """
+    if attempts > max_attempts:
+        error = f"lease expired {attempts - 1} times: its worker died each time"
+        log_dead_job(job_id, task, attempts - 1, error)
+        return None, error
+    payload, error = decode_payload(body)
+    if error:
+        log_dead_job(job_id, task, attempts, error)
+    return payload, error
+
+
 def encode_payload(payload: Any) -> str:
     """Serialise a payload as compact JSON (never pickle); refuses what JSON cannot hold."""
     try:

@@ -55,12 +55,11 @@ from drainpool.queue.base import (
     WorkerIdentity,
     check_timeout,
     decode_meta,
-    decode_payload,
     encode_meta,
     encode_payload,
+    fetched_payload,
     loads_or_raw,
     log_dead,
-    log_dead_job,
     redact_url,
 )
 from drainpool.queue.outcome_minutes import (
@@ -355,16 +354,10 @@ class PostgresQueue:
                     settled = (float(self.retention_seconds), [job_id], [token])
                     conn.execute(self._sql["cancel_settled"], settled)
                     continue
-                error = ""
-                if attempts > self.retry.max_attempts:
-                    # The wording and the count are shared with the other backends (contract).
-                    error = f"lease expired {attempts - 1} times: its worker died each time"
-                else:
-                    payload, error = decode_payload(body)
+                max_attempts = self.retry.max_attempts
+                payload, error = fetched_payload(job_id, task, body, attempts, max_attempts)
                 if error:
                     conn.execute(self._sql["bury_one"], (error, job_id))
-                    expired = attempts > self.retry.max_attempts
-                    log_dead_job(job_id, task, attempts - 1 if expired else attempts, error)
                     continue
                 jobs.append(
                     Job(

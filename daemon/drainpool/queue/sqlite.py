@@ -57,12 +57,11 @@ from drainpool.queue.base import (
     WorkerIdentity,
     check_timeout,
     decode_meta,
-    decode_payload,
     encode_meta,
     encode_payload,
+    fetched_payload,
     loads_or_raw,
     log_dead,
-    log_dead_job,
     refuse_connection,
 )
 from drainpool.queue.doorbell import Doorbell, DoorbellWaiter
@@ -503,24 +502,17 @@ class SqliteQueue:
     ) -> list[Job]:
         jobs: list[Job] = []
         for job_id, task, body, attempts, enqueued_at, timeout, cancel_at, meta in rows:
-            error = ""
             if cancel_at is not None:
                 # Cancelled while leased, and its daemon died before it stopped the job.
                 conn.execute(CANCEL_SETTLED_SQL, (now, now + self.retention_seconds, job_id, token))
                 continue
-            if attempts > self.retry.max_attempts:
-                # The wording and the count are shared with the Redis backend (contract tests).
-                error = f"lease expired {attempts - 1} times: its worker died each time"
-            else:
-                payload, error = decode_payload(body)
+            payload, error = fetched_payload(job_id, task, body, attempts, self.retry.max_attempts)
             if error:
                 conn.execute(
                     f"UPDATE jobs SET state = {DEAD}, token = NULL, error = ?, traceback = '',"
                     " failed_at = ? WHERE id = ?",
                     (error, now, job_id),
                 )
-                expired = attempts > self.retry.max_attempts
-                log_dead_job(job_id, task, attempts - 1 if expired else attempts, error)
                 continue
             jobs.append(
                 Job(
