@@ -803,11 +803,12 @@ class Pool:
         or the reserve entry, takes the new lease and settles with it.
         """
         fresh = []
+        reserved = {held.id for held in self._handed}  # one look-up per job, not a scan
         for job in jobs:
             entry = self._running.get(job.id)
             if entry is not None and not entry.abandoned:
                 entry.job = job
-            elif any(held.id == job.id for held in self._handed):
+            elif job.id in reserved:
                 self._handed = collections.deque(
                     job if held.id == job.id else held for held in self._handed
                 )
