@@ -1,6 +1,7 @@
 """The application's side, measured (issue 24): no-op throughput typed and traced vs plain.
 
-One run, one process, the variants interleaved round by round so that the
+One run, one process, the variants interleaved round by round, each round in
+a rotated order (plain-typed-traced, typed-traced-plain, ...), so that the
 machine's drift hits them alike: a real Pool (dispatcher, 8 workers) on a real
 SQLite file, N no-op jobs queued, timed from the pool's start to the last
 completion. Variants:
@@ -13,7 +14,9 @@ completion. Variants:
     PYTHONPATH=daemon:bench python bench/appside.py [--jobs N] [--reps R]
 
 Prints the medians and the ratios to plain (targets: typed >= 0.9x, traced >= 0.8x),
-and what a typed payload and a span add per job, timed alone on one thread.
+the process's CPU time per job (all its threads: less moved by other processes
+than the wall clock), and what a typed payload and a span add per job, timed
+alone on one thread.
 """
 
 from __future__ import annotations
@@ -71,8 +74,8 @@ def drop_exporter() -> DropExporter:
     return DropExporter()
 
 
-def one_run(variant: str, jobs: int, work: Path) -> float:
-    """Jobs per second for one variant over `jobs` no-ops on a fresh queue file."""
+def one_run(variant: str, jobs: int, work: Path) -> tuple[float, float]:
+    """(jobs per second, CPU µs per job) for one variant over `jobs` no-ops on a fresh file."""
     path = work / f"{variant}-{time.monotonic_ns()}.db"
     queue = SqliteQueue(path, durable_commits=False)
     task = "typed" if variant == "typed" else "plain"
@@ -87,15 +90,17 @@ def one_run(variant: str, jobs: int, work: Path) -> float:
     finished = threading.Event()
     pool = Pool(config, 1, tasks, queue, Metrics(), on_drained=lambda p: finished.set())
     started = time.perf_counter()
+    cpu = time.process_time()
     pool.start()
     while pool.counts[Outcome.COMPLETED] < jobs:
         finished.wait(0.002)
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     pool.begin_drain()
     finished.wait(30)
     pool.join()
     queue.close()
-    return jobs / elapsed
+    return jobs / elapsed, cpu / jobs * 1e6
 
 
 def per_call_micros(variant: str, calls: int = 20_000) -> float:
@@ -122,17 +127,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     variants = ("plain", "typed", "traced")
     rates: dict[str, list[float]] = {v: [] for v in variants}
+    cpus: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="drainpool-appside-") as tmp:
-        one_run("plain", 1000, Path(tmp))  # warm-up: imports, the first file
-        for _ in range(args.reps):
-            for variant in variants:
-                rates[variant].append(one_run(variant, args.jobs, Path(tmp)))
+        for variant in variants:
+            one_run(variant, 1000, Path(tmp))  # warm-up: imports, the SDK, the first file
+        for rep in range(args.reps):
+            shift = rep % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
+                rate, cpu = one_run(variant, args.jobs, Path(tmp))
+                rates[variant].append(rate)
+                cpus[variant].append(cpu)
     base = statistics.median(rates["plain"])
+    base_cpu = statistics.median(cpus["plain"])
     print(f"no-op jobs/s, {args.jobs} jobs x {args.reps} reps, {WORKERS} workers, SQLite")
     for variant in variants:
         median = statistics.median(rates[variant])
         spread = f"{min(rates[variant]):,.0f}-{max(rates[variant]):,.0f}"
         print(f"{variant:7} {median:10,.0f}/s  ({spread})  {median / base:.2f}x plain")
+    for variant in variants:
+        cpu = statistics.median(cpus[variant])
+        print(f"{variant:7} {cpu:6.1f} us CPU per job  (plain's / this: {base_cpu / cpu:.2f})")
     print(f"plain: {1e6 / base:.1f} us of the pool's time per job")
     for variant in ("typed", "traced"):
         print(f"{variant}: +{per_call_micros(variant):.1f} us per job (one thread, alone)")

@@ -66,14 +66,16 @@ spec = TaskSpec("noop", "bench:noop", "function", lambda ctx, payload: None)
 config = PoolConfig("default", 8, 5.0, 60.0, 0.05)
 pool = Pool(config, 1, {"noop": spec}, queue, Metrics())
 started = time.perf_counter()
+cpu = time.process_time()
 pool.start()
 while pool.counts[Outcome.COMPLETED] < n:
     time.sleep(0.005)
 seconds = time.perf_counter() - started
+cpu = time.process_time() - cpu
 pool.begin_drain()
 pool.join()
 queue.close()
-print(json.dumps({"jobs_per_second": n / seconds}))
+print(json.dumps({"jobs_per_second": n / seconds, "cpu_us_per_job": cpu / n * 1e6}))
 """
 
 
@@ -192,7 +194,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def noop_rate(tree: Path, jobs: int) -> float:
+def noop_rate(tree: Path, jobs: int) -> tuple[float, float]:
+    """(jobs/s, the child's CPU µs per job: all its threads, less moved by other load)."""
     with tempfile.TemporaryDirectory() as tmp:
         done = subprocess.run(
             [sys.executable, "-c", NOOP_POOL, str(Path(tmp) / "q.db"), str(jobs)],
@@ -202,7 +205,8 @@ def noop_rate(tree: Path, jobs: int) -> float:
             timeout=600,
             check=True,
         )
-    return float(json.loads(done.stdout.splitlines()[-1])["jobs_per_second"])
+    found = json.loads(done.stdout.splitlines()[-1])
+    return float(found["jobs_per_second"]), float(found["cpu_us_per_job"])
 
 
 def main() -> None:
@@ -232,15 +236,22 @@ def main() -> None:
                     f" max {max(ms):.1f} ms"
                 )
     rates: dict[str, list[float]] = {"per-job signal": [], "baseline": []}
+    cpus: dict[str, list[float]] = {"per-job signal": [], "baseline": []}
     trees = {"per-job signal": REPO, "baseline": args.baseline}
     for rep in range(args.reps):
         # ABBA: whichever runs first in a pair alternates, so a drift in load favours neither.
         for name in sorted(trees, reverse=rep % 2 == 1):
-            rates[name].append(noop_rate(trees[name], args.noop_jobs))
+            rate, cpu = noop_rate(trees[name], args.noop_jobs)
+            rates[name].append(rate)
+            cpus[name].append(cpu)
     for name, values in rates.items():
         print(f"no-op jobs/s, {name}: " + ", ".join(f"{v:,.0f}" for v in values))
     ratio = statistics.median(rates["per-job signal"]) / statistics.median(rates["baseline"])
     print(f"no-op ratio (median per-job signal / median baseline): {ratio:.3f}")
+    for name, values in cpus.items():
+        print(f"CPU us per job, {name}: " + ", ".join(f"{v:.1f}" for v in values))
+    cpu_ratio = statistics.median(cpus["baseline"]) / statistics.median(cpus["per-job signal"])
+    print(f"CPU ratio (median baseline / median per-job signal, per job): {cpu_ratio:.3f}")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 

@@ -31,6 +31,7 @@ TASKS = {
     "export": "tests.support.appside_tasks:export",
     "export_async": "tests.support.appside_tasks:export_async",
     "greet": "tests.support.appside_tasks:greet",
+    "inner_span": "tests.support.appside_tasks:inner_span",
 }
 
 
@@ -182,6 +183,45 @@ def test_hooks_run_around_each_job_never_fail_it_and_reload(
         } in lines(hook_log)
 
 
+def test_on_outcome_hears_of_jobs_that_never_started(
+    factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """A reserved job dropped by a cancel (aborted) or by the drain (cancelled) is reported."""
+    hook_log = tmp_path / "hooks.log"
+    run_log = tmp_path / "runs.log"
+    path = factory.config(
+        tasks={"record": "tests.support.tasks:record"},
+        pool={"workers": 1, "prefetch": 2},
+        hooks={"on_outcome": "tests.support.appside_tasks:outcome"},
+    )
+    daemon = factory.start(path, env={"APPSIDE_HOOK_LOG": str(hook_log)})
+    with Client.from_config(path) as client:
+        running, dropped, drained = (
+            client.enqueue("record", {"log": str(run_log), "seconds": 60}) for _ in range(3)
+        )
+        wait_until(
+            lambda: run_log.exists() and f"start {running.id} 1" in run_log.read_text(),
+            what="job 1 runs",
+        )
+        # Leased into the pool's reserve: the record says running, though it has not started.
+        wait_until(
+            lambda: all(h.status() is JobState.RUNNING for h in (dropped, drained)),
+            what="two jobs in the reserve",
+        )
+        dropped.cancel()
+        wait_until(lambda: dropped.status() is JobState.CANCELLED, what="the cancel landed")
+        wait_until(lambda: len(lines(hook_log)) == 1, what="on_outcome of the dropped job")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    reported = {(e["job"], e["outcome"]) for e in lines(hook_log)}
+    assert reported == {
+        (dropped.id, "aborted"),
+        (drained.id, "cancelled"),
+        (running.id, "interrupted"),
+    }
+    assert f"start {dropped.id}" not in run_log.read_text()
+
+
 def test_hook_that_does_not_import_is_a_config_error(factory: DaemonFactory) -> None:
     path = config(factory, hooks={"after_job": "tests.support.no_such_module:hook"})
     checked = factory.cli("check-config", config=path)
@@ -220,6 +260,9 @@ def test_trace_runs_from_the_enqueuing_span_to_each_attempt_across_processes(
         # A traceparent that is not one: ignored, the attempt starts a trace of its own.
         bad = client.queue.enqueue("greet", {"name": "x"}, meta={"traceparent": "00-zz-yy-01"})
         client.enqueue(greet, {"name": "y"}).result(timeout=60)
+        inner = client.enqueue("inner_span", {})
+        inner.result(timeout=60)
+        failing = client.enqueue("inner_span", {"fail": True})
     (producer,) = memory.get_finished_spans()
     assert producer.name == "POST /exports"
     wanted = f"{request.get_span_context().trace_id:032x}"
@@ -231,7 +274,7 @@ def test_trace_runs_from_the_enqueuing_span_to_each_attempt_across_processes(
             if s["name"].startswith("drainpool.job")
         }
 
-    wait_until(lambda: len(job_spans()) == 3, what="three attempt spans exported")
+    wait_until(lambda: len(job_spans()) == 5, what="five attempt spans exported")
     span = job_spans()[handle.id]
     assert span["trace_id"] == wanted
     assert span["parent_id"] == f"{request.get_span_context().span_id:016x}"
@@ -247,6 +290,14 @@ def test_trace_runs_from_the_enqueuing_span_to_each_attempt_across_processes(
     orphan = job_spans()[bad]
     assert orphan["parent_id"] is None and orphan["trace_id"] != wanted
     assert daemon.log().count("malformed traceparent") == 1
+    # The task's own span is a child of its attempt's; a failed attempt says so.
+    works = {s["parent_id"]: s for s in lines(spans_file) if s["name"] == "task work"}
+    attempt = job_spans()[inner.id]
+    assert works[attempt["span_id"]]["trace_id"] == attempt["trace_id"]
+    assert (attempt["status"], attempt["events"]) == ("UNSET", [])
+    failed = job_spans()[failing.id]
+    assert failed["attributes"]["drainpool.outcome"] == "failed"
+    assert (failed["status"], failed["events"]) == ("ERROR", ["failed"])
     # Drains and reloads are spans of their own.
     daemon.signal(signal.SIGHUP)
     daemon.wait_log("reload")

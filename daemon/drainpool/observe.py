@@ -6,11 +6,15 @@ it is one `is None` test per job; everything here runs only when configured.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections.abc import Iterable
 from typing import Any
 
-from drainpool.context import TaskContext
+from drainpool.context import JobStop, StopReason, TaskContext
 from drainpool.hooks import Hooks, JobEvent
+from drainpool.outcomes import Outcome
 from drainpool.queue.base import Job
 
 
@@ -27,6 +31,12 @@ def job_watch(config: Any, generation: int) -> JobWatch | None:
     return JobWatch(config.name, generation, hooks, tracer)
 
 
+def _attempt_class() -> Any:
+    from drainpool.tracing import Attempt  # only once tracing is on
+
+    return Attempt
+
+
 class JobWatch:
     """One pool generation's hooks and tracer."""
 
@@ -35,29 +45,70 @@ class JobWatch:
         self.generation = generation
         self.hooks = hooks
         self.tracer = tracer
+        self._attempt = None if tracer is None else _attempt_class()
+        self.report_lock = threading.Lock()  # shared by its attempts' once-only reports
+        self._reporting: list[threading.Thread] = []  # on_outcome of jobs that never started
 
     def begin(self, job: Job, ctx: TaskContext) -> Watched:
         """Called by the worker before the task: the span starts, then before_job runs."""
         attempt = None
-        if self.tracer is not None:
-            from drainpool.tracing import Attempt
-
-            attempt = Attempt(self.tracer, job, self.pool, self.generation)
+        if self._attempt is not None:
+            attempt = self._attempt(self.tracer, job, self.pool, self.generation)
         watched = Watched(self, job, ctx, attempt)
         if self.hooks is not None:
             self.hooks.call("before_job", self.hooks.before_job, watched.event())
         return watched
 
+    def never_started(self, jobs: Iterable[Job], outcome: str) -> None:
+        """Jobs handed to the pool and dropped before they started: on_outcome, once each.
+
+        A drain cancels the reserve (outcome cancelled), a cancel by id drops a
+        reserved job (aborted). No span: no attempt ran. The hook's `ctx` is
+        already stopped, its `stop_reason` saying why; it is not waited for.
+        """
+        hooks = self.hooks
+        if hooks is None or hooks.on_outcome is None:
+            return
+        reason: StopReason = "drain" if outcome == Outcome.CANCELLED else "cancel"
+        events = []
+        for job in jobs:
+            stop = JobStop()
+            stop.set(reason)
+            logger = logging.LoggerAdapter(
+                logging.getLogger(f"drainpool.task.{job.task}"),
+                {"job_id": job.id, "task": job.task},
+            )
+            ctx = TaskContext(job.id, job.attempt, job.task, logger, stop)
+            events.append(JobEvent(job, ctx, self.pool, self.generation, outcome, None, ""))
+        if not events:
+            return
+
+        def report() -> None:
+            for event in events:
+                hooks.call("on_outcome", hooks.on_outcome, event)  # each within the grace
+
+        # Off the caller (the supervisor's drain, the job watch), and joined by the pool's
+        # join: a stop that exits right after the drain still reports them.
+        thread = threading.Thread(target=report, name=f"{self.pool}-unstarted-hooks", daemon=True)
+        thread.start()
+        self._reporting.append(thread)
+
+    def join(self, deadline: float) -> None:
+        """Wait, until `deadline` (monotonic), for the hooks of jobs that never started."""
+        for thread in self._reporting:
+            thread.join(max(deadline - time.monotonic(), 0))
+
 
 class Watched:
     """One attempt under watch; its outcome is reported once (by the worker or the abandon)."""
+
+    __slots__ = ("_attempt", "_ctx", "_job", "_reported", "_watch")
 
     def __init__(self, watch: JobWatch, job: Job, ctx: TaskContext, attempt: Any) -> None:
         self._watch = watch
         self._job = job
         self._ctx = ctx
         self._attempt = attempt
-        self._lock = threading.Lock()
         self._reported = False
 
     def event(
@@ -67,20 +118,21 @@ class Watched:
         return JobEvent(self._job, self._ctx, watch.pool, watch.generation, outcome, seconds, error)
 
     def _first_report(self) -> bool:
-        with self._lock:
+        with self._watch.report_lock:
             first, self._reported = not self._reported, True
         return first
 
     def end(self, outcome: str, seconds: float, error: str) -> None:
         """The worker's end of the run: after_job always, then the outcome unless abandoned."""
         hooks = self._watch.hooks
-        event = self.event(outcome, seconds, error)
+        event = None
         if hooks is not None:
+            event = self.event(outcome, seconds, error)
             hooks.call("after_job", hooks.after_job, event)
         first = self._first_report()
         if self._attempt is not None:
-            self._attempt.end(outcome, error)  # detaches its context either way
-        if first and hooks is not None:
+            self._attempt.end(outcome, error, close=first)  # detaches its context either way
+        if first and hooks is not None and event is not None:
             hooks.call("on_outcome", hooks.on_outcome, event)
 
     def abandoned(self, seconds: float) -> None:

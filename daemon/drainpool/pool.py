@@ -450,6 +450,8 @@ class Pool:
         deadline = time.monotonic() + max(timeout, self._runner.join_seconds)
         self._dispatcher.join(max(deadline - time.monotonic(), 0))
         self._jobwatch.join(max(deadline - time.monotonic(), 0))
+        if self._watch is not None:
+            self._watch.join(deadline)  # on_outcome hooks of jobs that never started
         if self._listener.ident is not None:
             self._listener.join(max(deadline - time.monotonic(), 0))
         with self._lock:
@@ -835,11 +837,12 @@ class Pool:
         or the reserve entry, takes the new lease and settles with it.
         """
         fresh = []
+        reserved = {held.id for held in self._handed}  # one look-up per job, not a scan
         for job in jobs:
             entry = self._running.get(job.id)
             if entry is not None and not entry.abandoned:
                 entry.job = job
-            elif any(held.id == job.id for held in self._handed):
+            elif job.id in reserved:
                 self._handed = collections.deque(
                     job if held.id == job.id else held for held in self._handed
                 )
@@ -859,6 +862,8 @@ class Pool:
         for job in jobs:
             self._task_metrics.cancelled(job.task, outcome)
             self._recent.add(self, job, outcome, None)
+        if self._watch is not None:
+            self._watch.never_started(jobs, outcome)  # their on_outcome hooks
 
     def _fetch(self, free: int) -> int:
         """Fetch and hand over up to `free` jobs (tests drive this directly)."""

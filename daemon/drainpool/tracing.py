@@ -113,70 +113,178 @@ def inject(meta: MutableMapping[str, str]) -> None:
 class Attempt:
     """One attempt's span, started by the worker; ended once, by the worker or the abandon.
 
-    The per-job path of a traced pool: opentelemetry's names are looked up once
-    per process (`_api`), and a completed attempt sets one attribute and ends.
+    The per-job path of a traced pool (issue 24 asks it to cost little). With the
+    default sampler (parent-based, always on) the span is not the SDK's `Span`,
+    whose start alone (sampler call, attribute cleaning, locks, links) cost more
+    than the whole pool does for a no-op job: the worker makes the span's ids
+    and puts a non-recording span carrying them in the context (so the task's
+    own spans are its children), and the end hands one finished `ReadableSpan`
+    to the provider's span processors (the BatchSpanProcessor of OTEL_BSP_*),
+    as the SDK's own end does. Processors' `on_start` is not called for it.
+    Any other sampler (OTEL_TRACES_SAMPLER) takes the SDK's own span.
     """
 
-    __slots__ = ("_ended", "_lock", "_token", "span")
+    __slots__ = ("_attributes", "_context", "_made", "_parent", "_start", "_token", "span")
 
     def __init__(self, tracer: Any, job: Any, pool: str, generation: int) -> None:
         api = _api()
         parent = None
         if "traceparent" in job.meta:
-            parent = api.propagator.extract(job.meta)
-            if not api.trace.get_current_span(parent).get_span_context().is_valid:
+            parent = api.trace.get_current_span(api.propagator.extract(job.meta))
+            parent = parent.get_span_context()
+            if not parent.is_valid:
                 log.debug(
                     "job %s: malformed traceparent %r ignored; its attempt starts a new trace",
                     job.id,
                     job.meta["traceparent"],
                 )
                 parent = None
-        self._lock = threading.Lock()
-        self._ended = False
-        self.span = tracer.start_span(
-            f"drainpool.job {job.task}",
-            context=parent,
-            kind=api.consumer,
-            attributes={
-                "drainpool.task": job.task,
-                "drainpool.job.id": job.id,
-                "drainpool.job.attempt": job.attempt,
-                "drainpool.pool": pool,
-                "drainpool.generation": generation,
-            },
-        )
+        self._parent = parent
+        self._attributes: dict[str, Any] | None = {
+            "drainpool.task": job.task,
+            "drainpool.job.id": job.id,
+            "drainpool.job.attempt": job.attempt,
+            "drainpool.pool": pool,
+            "drainpool.generation": generation,
+        }
+        made = self._made = _made(tracer)
+        self._start = api.time_ns()
+        if made.fast:
+            self._context = made.context_of(parent)
+            self.span = api.trace.NonRecordingSpan(self._context)
+            if parent is not None and not parent.trace_flags.sampled:
+                self._attributes = None  # the parent's trace is not sampled: nothing recorded
+        else:
+            self._context = None
+            self.span = tracer.start_span(
+                f"drainpool.job {job.task}",
+                context=None
+                if parent is None
+                else api.trace.set_span_in_context(api.trace.NonRecordingSpan(parent)),
+                kind=api.consumer,
+                attributes=self._attributes,
+                start_time=self._start,
+            )
         # The task's own spans are children of this one.
         self._token = api.context.attach(api.trace.set_span_in_context(self.span))
 
-    def end(self, outcome: str, error: str = "") -> None:
-        """The worker's end of the run: detach (on its own thread) and close the span."""
+    def end(self, outcome: str, error: str = "", *, close: bool = True) -> None:
+        """The worker's end of the run: detach (on its own thread), then close unless reported."""
         _api().context.detach(self._token)
-        self._close(outcome, error)
+        if close:
+            self._close(outcome, error)
 
     def abandoned(self) -> None:
         """The grace ran out with the task still running: the span ends now, as abandoned."""
         self._close("abandoned", "still running when the grace ran out")
 
     def _close(self, outcome: str, error: str) -> None:
-        with self._lock:
-            if self._ended:
-                return
-            self._ended = True
-        span = self.span
-        span.set_attribute("drainpool.outcome", outcome)
+        """Called once (drainpool.observe.Watched reports each attempt once)."""
+        api = _api()
+        failed = outcome in ("failed", "timed_out", "abandoned")
+        if self._context is None:  # the SDK's own span
+            span = self.span
+            span.set_attribute("drainpool.outcome", outcome)
+            if outcome != "completed":
+                if failed:
+                    span.set_status(api.status(api.error, error[:200]))
+                span.add_event(outcome, {"drainpool.error": error[:200]} if error else {})
+            span.end()
+            return
+        attributes = self._attributes
+        if attributes is None:
+            return  # not sampled
+        attributes["drainpool.outcome"] = outcome
+        ended = api.time_ns()
+        events: tuple[Any, ...] = ()
+        status = api.unset
         if outcome != "completed":
-            api = _api()
-            if outcome in ("failed", "timed_out", "abandoned"):
-                span.set_status(api.status(api.error, error[:200]))
-            span.add_event(outcome, {"drainpool.error": error[:200]} if error else {})
-        span.end()
+            if failed:
+                status = api.status(api.error, error[:200])
+            detail = {"drainpool.error": error[:200]} if error else {}
+            events = (api.event(outcome, detail, ended),)
+        made = self._made
+        # ReadableSpan's parameters in order (name, context, parent, resource, attributes,
+        # events, links, kind, instrumentation_info, status, start, end, scope): positional
+        # is the cheaper call, once per job.
+        made.processor.on_end(
+            api.readable(
+                f"drainpool.job {attributes['drainpool.task']}",
+                self._context,
+                self._parent,
+                made.resource,
+                attributes,
+                events,
+                (),
+                api.consumer,
+                None,
+                status,
+                self._start,
+                ended,
+                made.scope,
+            )
+        )
+
+
+class _Made:
+    """What the fast path takes from the process's SDK tracer, looked up once."""
+
+    def __init__(self, tracer: Any) -> None:
+        from opentelemetry.sdk.trace.sampling import DEFAULT_ON
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+        from opentelemetry.trace import SpanContext, TraceFlags
+
+        self.tracer = tracer
+        # Only the default sampler's decision is made here (the parent's, else sampled);
+        # getattr: a tracer that is not the SDK's (a test's) takes the SDK path.
+        self.fast = getattr(tracer, "sampler", None) is DEFAULT_ON
+        if not self.fast:
+            return
+        self.processor = tracer.span_processor
+        self.resource = tracer.resource
+        self.scope = InstrumentationScope(TRACER_NAME)
+        self._ids = tracer.id_generator
+        random_flag = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
+        random_ids = getattr(self._ids, "is_trace_id_random", lambda: False)()
+        self._root_flags = TraceFlags(TraceFlags.SAMPLED | (random_flag if random_ids else 0))
+        self._span_context = SpanContext
+        self._flags = TraceFlags
+
+    def context_of(self, parent: Any) -> Any:
+        """The attempt's span context: in the parent's trace (and its sampling), else a new one."""
+        ids = self._ids
+        if parent is None:
+            return self._span_context(
+                ids.generate_trace_id(), ids.generate_span_id(), False, self._root_flags
+            )
+        return self._span_context(
+            parent.trace_id,
+            ids.generate_span_id(),
+            False,
+            self._flags(parent.trace_flags),
+            parent.trace_state,
+        )
+
+
+_made_for: _Made | None = None
+
+
+def _made(tracer: Any) -> _Made:
+    global _made_for
+    made = _made_for
+    if made is None or made.tracer is not tracer:
+        made = _made_for = _Made(tracer)
+    return made
 
 
 class _Api:
     """opentelemetry's names the per-job path uses, imported once."""
 
     def __init__(self) -> None:
+        from time import time_ns
+
         from opentelemetry import context, trace
+        from opentelemetry.sdk.trace import Event, ReadableSpan
         from opentelemetry.trace import Status, StatusCode
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -185,6 +293,10 @@ class _Api:
         self.consumer = trace.SpanKind.CONSUMER
         self.status = Status
         self.error = StatusCode.ERROR
+        self.unset = Status(StatusCode.UNSET)
+        self.event = Event
+        self.readable = ReadableSpan
+        self.time_ns = time_ns
         self.propagator = TraceContextTextMapPropagator()
 
 

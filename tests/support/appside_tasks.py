@@ -52,6 +52,15 @@ def unresolved(ctx: TaskContext, payload: NoSuchModel) -> None:  # noqa: F821 - 
     """Its payload type names a model nobody defined: a config error at the daemon."""
 
 
+def inner_span(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    """Opens a span of its own (a child of the attempt's), then fails if asked to."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("the-task").start_as_current_span("task work"):
+        if payload.get("fail"):
+            raise RuntimeError("failing on purpose")
+
+
 def _hook_log(event: JobEvent, name: str, **extra: Any) -> None:
     line = {"hook": name, "job": event.job.id, "task": event.job.task, "outcome": event.outcome}
     append(os.environ["APPSIDE_HOOK_LOG"], json.dumps({**line, **extra}))

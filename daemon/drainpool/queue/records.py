@@ -33,6 +33,10 @@ WAIT_FIRST_PAUSE = 0.002  # a polling backend's first pause; doubled up to WAIT_
 WAIT_MAX_PAUSE = 0.1
 
 
+# One encoder for every result: json.dumps with arguments builds a new one per call.
+_RESULT_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 class NotJson:
     """A result that JSON could not hold where it was made (a process worker's child)."""
 
@@ -45,15 +49,17 @@ def encode_result(value: Any, max_bytes: int = RESULT_MAX_BYTES) -> tuple[str | 
 
     A result that cannot be stored must never fail the job that returned it.
     """
+    if value is None:
+        return "null", ""  # the result of most tasks: no encoder call per job
     if isinstance(value, NotJson):
         return None, f"result not kept: not JSON: {value.reason}"
     try:
-        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+        text = _RESULT_ENCODER.encode(value)
     except RecursionError:
         return None, "result not kept: not JSON: nested too deeply"
     except Exception as exc:  # anything a user object's hooks may raise
         return None, f"result not kept: not JSON: {' '.join(str(exc).split())}"
-    size = len(text.encode())
+    size = len(text)  # ensure_ascii: one byte per character
     if size > max_bytes:
         return None, f"result not kept: {format_size(size)} > {format_size(max_bytes)}"
     return text, ""

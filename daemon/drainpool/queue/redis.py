@@ -422,8 +422,11 @@ _SETTLE = r"""
 -- An ack's error and traceback slots carry its result JSON ('' = none) and note.
 local retention = tonumber(ARGV[3])
 local now = now_ms()
+local finished = secs(now)
 local acked = 0
 local dead = 0
+-- (expiry, id) of each record kept: one ZADD for the batch, not one per job.
+local expiring = {}
 for i = 5, #ARGV, 6 do
   if ARGV[i] == 'D' then dead = dead + 1 end
   local op, id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -441,9 +444,10 @@ for i = 5, #ARGV, 6 do
       acked = acked + 1
       if retention > 0 then
         redis.call('HSET', jk, 'state', 'completed', 'token', '', 'entry', '',
-          'finished_at', secs(now), 'result', ARGV[i + 4], 'result_note', ARGV[i + 5])
+          'finished_at', finished, 'result', ARGV[i + 4], 'result_note', ARGV[i + 5])
         redis.call('PEXPIRE', jk, retention)
-        redis.call('ZADD', P .. ':expiry', now + retention, id)
+        expiring[#expiring + 1] = now + retention
+        expiring[#expiring + 1] = id
       else
         redis.call('DEL', jk)
         redis.call('ZREM', P .. ':jobs', id)
@@ -469,6 +473,9 @@ for i = 5, #ARGV, 6 do
       bury(id, task, entry, ARGV[i + 4], ARGV[i + 5], now)
     end
   end
+end
+for first = 1, #expiring, 1000 do
+  redis.call('ZADD', P .. ':expiry', unpack(expiring, first, math.min(first + 999, #expiring)))
 end
 -- A few expired ids out of the records index per ack: it never outgrows the records.
 if acked > 0 then
