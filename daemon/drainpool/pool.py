@@ -770,8 +770,14 @@ class Pool:
         return any(not r.abandoned or r.awaited for r in self._running.values())
 
     def _free_slots(self) -> int:
+        """Jobs to fetch now: never below 0, though the held may exceed the wanted.
+
+        The automatic reserve shrinks as the mean run time grows, so a pool can
+        hold more than workers + reserve; a negative count read as "free" once
+        made the dispatcher fetch -25 jobs, find none, and sleep the safety net.
+        """
         held = len(self._running) - self._left_behind + len(self._handed)
-        return self.config.workers + self.reserve() - held
+        return max(self.config.workers + self.reserve() - held, 0)
 
     def reserve(self) -> int:
         """How many jobs to lease beyond the free workers now (caller holds the lock)."""
