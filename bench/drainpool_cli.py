@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from completion import wait_finished
 from context import BENCH, REPO, Context, Unavailable
 from harness import BenchError, Child, Inbox, notify_is, run_checked
 
@@ -231,3 +232,25 @@ def steady_rate(events: Inbox, upto: int) -> float | None:
         return None
     (n0, t0), (n1, t1) = min(points), max(points)
     return (n1 - n0) / (t1 - t0) if t1 > t0 else None
+
+
+def shared_queue_rate(ctx: Context, dp: Drainpool, n: int, count: int, timeout: float) -> float:
+    """`count` daemons of `dp` on its `n` queued jobs: jobs/s, first start to last done.
+
+    Each done is counted by a Redis INCR, the one counter daemons sharing a
+    queue share (the tasks are the `_incr` adapters).
+    """
+    redis = ctx.redis()
+    boxes = [Inbox(f"notify{i}") for i in range(count)]
+    children: list[Child] = []
+    try:
+        children.extend(dp.start(box, expect=n, redis_url=redis.url) for box in boxes)
+        finished = wait_finished(redis.client, lambda: all(c.alive() for c in children), timeout)
+        if finished is None:
+            raise BenchError(f"{count} daemons did not finish {n} jobs ({dp.dir.name})")
+    finally:
+        for child in children:
+            dp.stop(child)
+        for box in boxes:
+            box.close()
+    return n / (finished - children[0].started_at)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import signal
 import time
-from functools import partial
 from pathlib import Path
 
 from completion import wait_finished
@@ -19,6 +18,7 @@ from drainpool_cli import (
     Drainpool,
     config_text,
     jobs_file,
+    shared_queue_rate,
     steady_rate,
     wait_done,
     write_config,
@@ -374,10 +374,6 @@ def reload(ctx: Context) -> None:
             dp.stop(child)
 
 
-def _all_alive(children: list[Child]) -> bool:
-    return all(c.alive() for c in children)
-
-
 def redis_rows(ctx: Context) -> None:
     """The later Redis rows: 1, 2, 4 daemons sharing one Redis queue (a hook, opt-in).
 
@@ -393,19 +389,7 @@ def redis_rows(ctx: Context) -> None:
             dp = Drainpool(ctx, directory, config_text({"job": "noop_incr"}, url=redis.url))
             dp.check()
             dp.enqueue_file(jobs_file(ctx, "job", n))
-            boxes = [Inbox(f"notify{i}") for i in range(count)]
-            children: list[Child] = []
-            try:
-                children.extend(dp.start(box, expect=n, redis_url=redis.url) for box in boxes)
-                alive = partial(_all_alive, children)
-                finished = wait_finished(redis.client, alive, jobs_timeout(n))
-                if finished is None:
-                    raise BenchError(f"{count} daemons did not finish {n} jobs on Redis")
-            finally:
-                for child in children:
-                    dp.stop(child)
-                for box in boxes:
-                    box.close()
+            rate = shared_queue_rate(ctx, dp, n, count, jobs_timeout(n))
             ctx.results.add(
                 _metric(
                     f"redis.{count}",
@@ -413,5 +397,5 @@ def redis_rows(ctx: Context) -> None:
                     f"{WORKERS} workers, start to last done",
                     "jobs/s",
                 ),
-                n / (finished - children[0].started_at),
+                rate,
             )

@@ -18,13 +18,11 @@ import signal
 import subprocess
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
-from completion import wait_finished
 from context import Context
-from drainpool_cli import Drainpool, config_text, jobs_file, wait_done
-from harness import BenchError, Child, Inbox, free_port
+from drainpool_cli import Drainpool, config_text, jobs_file, shared_queue_rate, wait_done
+from harness import BenchError, Inbox, free_port
 from results import Metric
 
 SECTION = "drainpool"
@@ -112,10 +110,6 @@ def config(ctx: Context, server: BenchPostgres, task: str, schema: str, name: st
     return text.replace("[queue]\n", f'[queue]\nschema = "{schema}"\n', 1)
 
 
-def _all_alive(children: list[Child]) -> bool:
-    return all(c.alive() for c in children)
-
-
 def run_daemons(
     ctx: Context, server: BenchPostgres, task: str, n: int, count: int, schema: str
 ) -> float:
@@ -128,19 +122,7 @@ def run_daemons(
     dp = Drainpool(ctx, directory, config(ctx, server, task, schema))
     dp.check()
     dp.enqueue_file(jobs_file(ctx, "job", n))
-    boxes = [Inbox(f"pgnotify{i}") for i in range(count)]
-    children: list[Child] = []
-    try:
-        children.extend(dp.start(b, expect=n, redis_url=redis.url) for b in boxes)
-        finished = wait_finished(redis.client, partial(_all_alive, children), 60 + n / 50)
-        if finished is None:
-            raise BenchError(f"{count} daemons did not finish {n} jobs on PostgreSQL")
-    finally:
-        for child in children:
-            dp.stop(child)
-        for box in boxes:
-            box.close()
-    return n / (finished - children[0].started_at)
+    return shared_queue_rate(ctx, dp, n, count, 60 + n / 50)
 
 
 def _rates(ctx: Context, server: BenchPostgres) -> None:
