@@ -19,6 +19,11 @@ from drainpool.tasks.examples import noop, sleep
 
 from tests.support.waiting import wait_until
 
+TASKS = {
+    "sleep": TaskSpec("sleep", "drainpool.tasks.examples:sleep", "function", sleep),
+    "noop": TaskSpec("noop", "drainpool.tasks.examples:noop", "function", noop),
+}
+
 
 def make_pool(
     tmp_path: Path,
@@ -28,12 +33,8 @@ def make_pool(
 ) -> tuple[Pool, SqliteQueue, Metrics]:
     queue = SqliteQueue(tmp_path / "q.db")
     metrics = Metrics()
-    tasks = {
-        "sleep": TaskSpec("sleep", "drainpool.tasks.examples:sleep", "function", sleep),
-        "noop": TaskSpec("noop", "drainpool.tasks.examples:noop", "function", noop),
-    }
     config = PoolConfig("default", workers, 5.0, 30.0, 0.05, prefetch=prefetch)
-    return Pool(config, 1, tasks, queue, metrics, clock=clock), queue, metrics
+    return Pool(config, 1, TASKS, queue, metrics, clock=clock), queue, metrics
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -190,12 +191,8 @@ def test_a_reserve_that_shrinks_below_what_the_pool_holds_does_not_stall_the_dis
     an hour, so a stall cannot hide behind it.
     """
     queue = from_url(queue_url, base_dir=tmp_path)
-    tasks = {
-        "sleep": TaskSpec("sleep", "drainpool.tasks.examples:sleep", "function", sleep),
-        "noop": TaskSpec("noop", "drainpool.tasks.examples:noop", "function", noop),
-    }
     config = PoolConfig("default", 2, 5.0, 30.0, 3600.0, prefetch="auto")
-    pool = Pool(config, 1, tasks, queue, Metrics())
+    pool = Pool(config, 1, TASKS, queue, Metrics())
     for _ in range(200):
         queue.enqueue("noop", {})
     for _ in range(200):
