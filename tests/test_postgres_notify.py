@@ -16,7 +16,6 @@ import drainpool.queue.postgres as postgres_module
 import pytest
 from drainpool.queue.base import CancelEffect, Failure, JobInfo, JobState, QueueError
 from drainpool.queue.postgres import PostgresQueue
-from drainpool.queue.wakeups import hear_cancels
 
 from tests.support.postgres_server import PostgresServer
 from tests.support.waiting import wait_until
@@ -131,7 +130,7 @@ def test_a_cancel_of_a_running_job_calls_the_pools_waiter_back_at_once(
     daemon, producer = queues
     heard: list[str] = []
     waiter = daemon.waiter(["t"])
-    hear_cancels(waiter, heard.append)
+    waiter.hear_cancels(heard.append)
     stop = threading.Event()
 
     def listen() -> None:

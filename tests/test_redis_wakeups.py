@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import redis
 from drainpool.queue.redis import RedisQueue
-from drainpool.queue.wakeups import hear_cancels
 
 from tests.support.daemon import DaemonFactory, base_config
 from tests.support.redis_server import RedisServer, redis_servers
@@ -108,8 +107,8 @@ def test_a_cancel_of_a_leased_job_reaches_the_waiters_of_its_task_at_once(
     other = queue.waiter(["u"])
     heard_here: list[str] = []
     heard_there: list[str] = []
-    hear_cancels(waiter, heard_here.append)
-    hear_cancels(other, heard_there.append)
+    waiter.hear_cancels(heard_here.append)
+    other.hear_cancels(heard_there.append)
     try:
         assert waiter.wait(PROMPT) and other.wait(PROMPT)  # armed
         job_id = queue.enqueue("t", 1)

@@ -9,7 +9,7 @@ grace after a stop. While the pool holds nothing it sleeps until the pool
 hands it work: an idle daemon asks nothing. The latency of a cancel is bounded
 by CHECK_SECONDS, never by the lease renewal. On Redis and PostgreSQL a cancel
 also comes as a message on the wake-up channel of issue 21, which the pool's
-listener turns into a stop at once (wakeups.hear_cancels); there this interval
+listener turns into a stop at once (Waiter.hear_cancels); there this interval
 is the safety net.
 
 A thread of its own rather than a step of the dispatcher's loop: the

@@ -44,7 +44,7 @@ from drainpool.observe import Watched, job_watch
 from drainpool.outcomes import Outcome
 from drainpool.queue.base import Done, Failure, Job, Queue, QueueUnavailable, WorkerIdentity
 from drainpool.queue.records import encode_result
-from drainpool.queue.wakeups import PollWaiter, Waiter, hear_cancels, next_due, waiter_for
+from drainpool.queue.wakeups import PollWaiter, Waiter, next_due, waiter_for
 from drainpool.runner import Runner, runner_for
 from drainpool.tasks import TaskSpec
 
@@ -244,7 +244,7 @@ class Pool:
         # would hold up the start), which then wakes the dispatcher once: no announcement
         # made between the first fetch and the arming is missed.
         self._waiter = waiter_for(self._queue, self.tasks.keys())
-        hear_cancels(self._waiter, functools.partial(self.stop_job, reason="cancel"))
+        self._waiter.hear_cancels(functools.partial(self.stop_job, reason="cancel"))
         self._listener.start()
         self._dispatcher.start()
         self._jobwatch.start()

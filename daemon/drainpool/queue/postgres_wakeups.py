@@ -11,7 +11,7 @@ dispatcher fetches once per burst of notifications of its tasks.
 
 A cancel of a running job is announced on the same channel with the payload
 "cancel\t<id>" (postgres_cancel): the waiter hands the id to the pool
-(wakeups.hear_cancels), which stops the job if it holds it.
+(Waiter.hear_cancels), which stops the job if it holds it.
 
 PostgreSQL drops notifications sent while a listener is not connected; the
 waiter makes up for them with one wake-up when it re-arms, and the pool's

@@ -11,7 +11,7 @@ SQLite file (drainpool.queue.doorbell), a Redis pub/sub connection
 A waiter may also hear that a running job was cancelled (Redis: a
 "cancel ID" message on the wake-up channel; PostgreSQL: a "cancel" notification
 on the same channel): it hands the id to the callback
-given by `hear_cancels`, and the pool stops the job at once; the pool's job
+given to `Waiter.hear_cancels`, and the pool stops the job at once; the pool's job
 watch (drainpool.jobwatch) still reads the cancels, as the safety net.
 
 A waiter whose channel breaks logs one line, reports the mode "poll" and
@@ -59,6 +59,12 @@ class Waiter(Protocol):
         So a pool woken for a delayed job learns when it is due without asking the
         queue: a herd of woken daemons costs one fetch each (issue 21, item 4).
         """
+        ...
+
+    def hear_cancels(self, stop: Callable[[str], None]) -> None:
+        """Call `stop(job_id)` on the waiting thread when the backend announces a cancel of
+        a running job (issue 19); set before the first wait. A waiter whose backend
+        announces none ignores it: the pool's job watch reads the cancels anyway."""
         ...
 
     def close(self) -> None:
@@ -130,6 +136,9 @@ class PollWaiter:
     def take_due(self) -> float | None:
         return None
 
+    def hear_cancels(self, stop: Callable[[str], None]) -> None:
+        pass  # nothing announced: the job watch finds the cancels
+
     def close(self) -> None:
         self._closed.set()
 
@@ -154,7 +163,7 @@ class ChannelWaiter(abc.ABC):
         self._released = False
         self._due: float | None = None  # the earliest announced due time not yet taken
         self._due_lock = threading.Lock()  # the listener notes, the dispatcher takes
-        self._on_cancel: Callable[[str], None] | None = None  # see hear_cancels
+        self._on_cancel: Callable[[str], None] | None = None  # see Waiter.hear_cancels
 
     @property
     def mode(self) -> WaitMode:
@@ -184,6 +193,9 @@ class ChannelWaiter(abc.ABC):
         """A delayed job of our tasks announced, due at `due` (epoch seconds)."""
         with self._due_lock:
             self._due = due if self._due is None else min(self._due, due)
+
+    def hear_cancels(self, stop: Callable[[str], None]) -> None:
+        self._on_cancel = stop
 
     def _cancel_heard(self, job_id: str) -> None:
         """A running job was cancelled: called on the waiting thread, by `_listen`."""
@@ -252,16 +264,6 @@ def waiter_for(queue: object, tasks: Collection[str]) -> Waiter:
     if isinstance(queue, WakingQueue):
         return queue.waiter(tasks)
     return PollWaiter()
-
-
-def hear_cancels(waiter: Waiter, stop: Callable[[str], None]) -> None:
-    """Have `waiter` call `stop(job_id)` when its backend announces a cancel of a running job.
-
-    Set before the first wait. A waiter whose backend does not announce cancels
-    ignores it (the job watch's read finds them).
-    """
-    if isinstance(waiter, ChannelWaiter):
-        waiter._on_cancel = stop
 
 
 def next_due(queue: object, tasks: Collection[str]) -> float | None:
