@@ -204,24 +204,21 @@ class Attempt:
             detail = {"drainpool.error": error[:200]} if error else {}
             events = (api.event(outcome, detail, ended),)
         made = self._made
-        # ReadableSpan's parameters in order (name, context, parent, resource, attributes,
-        # events, links, kind, instrumentation_info, status, start, end, scope): positional
-        # is the cheaper call, once per job.
+        # By keyword: the opentelemetry-sdk range we accept (>= 1.20) is not pinned, and a
+        # reordered parameter would otherwise garble every span without an error.
         made.processor.on_end(
             api.readable(
-                f"drainpool.job {attributes['drainpool.task']}",
-                self._context,
-                self._parent,
-                made.resource,
-                attributes,
-                events,
-                (),
-                api.consumer,
-                None,
-                status,
-                self._start,
-                ended,
-                made.scope,
+                name=f"drainpool.job {attributes['drainpool.task']}",
+                context=self._context,
+                parent=self._parent,
+                resource=made.resource,
+                attributes=attributes,
+                events=events,
+                kind=api.consumer,
+                status=status,
+                start_time=self._start,
+                end_time=ended,
+                instrumentation_scope=made.scope,
             )
         )
 
