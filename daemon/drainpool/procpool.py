@@ -19,6 +19,9 @@ waits on a child. The pool counts as drained only once those children are
 reaped, so no child outlives the drain. A child that dies on its own
 (segfault, os._exit, the OOM killer) fails its job with that reason and is
 replaced at once while the pool runs.
+
+Just over 400 lines: the child's life (start, job, stop, kill, reap) is one
+state machine, kept in one file so its lock rules can be read in one place.
 """
 
 from __future__ import annotations
