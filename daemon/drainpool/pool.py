@@ -842,6 +842,10 @@ class Pool:
         a new token (issue 23). It is not run a second time: the run in progress,
         or the reserve entry, takes the new lease and settles with it.
         """
+        if all(job.attempt == 1 for job in jobs):
+            # Every delivery counts an attempt, so one that we hold comes back with 2 or
+            # more: a first delivery is fresh, and the common batch skips the look-ups.
+            return jobs
         fresh = []
         reserved = {held.id for held in self._handed}  # one look-up per job, not a scan
         for job in jobs:
