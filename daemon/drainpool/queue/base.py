@@ -20,7 +20,7 @@ import os
 import random
 import re
 import socket
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -309,10 +309,15 @@ def fetched_payload(
     return payload, error
 
 
+# One encoder for every payload: json.dumps with arguments builds a new one per call, which
+# cost more than the encoding of a small payload (issue 17: bulk enqueue encodes each twice).
+_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode_payload(payload: Any) -> str:
     """Serialise a payload as compact JSON (never pickle); refuses what JSON cannot hold."""
     try:
-        return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        return _PAYLOAD_ENCODER.encode(payload)
     except (TypeError, ValueError) as exc:
         raise QueueError(f"payload is not JSON-serialisable: {exc}") from exc
     except RecursionError:
@@ -321,9 +326,24 @@ def encode_payload(payload: Any) -> str:
 
 # The C scanner that json.loads ends in, called directly: json.loads first and last runs a
 # whitespace regex, and with its calls that was most of a fetched job's decoding (issue 17).
-# A payload that encode_payload stored is compact JSON, which the scanner takes whole;
-# anything else (spaces around it, bad JSON) goes on to json.loads, for the same answer.
-_SCAN = json.JSONDecoder().scan_once
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_JSON_SPACE = " \t\n\r"
+
+
+def loads(text: str | bytes) -> Any:
+    """json.loads, quicker for compact JSON text (what encode_payload stores; a JSON line).
+
+    What the scanner does not take whole (bytes, spaces before it, bad JSON) goes
+    on to json.loads, for the same value or the same exception.
+    """
+    if isinstance(text, str):
+        try:
+            value, end = _SCAN(text, 0)
+            if end == len(text) or not text[end:].strip(_JSON_SPACE):
+                return value
+        except (StopIteration, ValueError, RecursionError):
+            pass  # json.loads below raises what it raises
+    return json.loads(text)
 
 
 def decode_payload(body: str | bytes | None) -> tuple[Any, str]:
@@ -336,15 +356,11 @@ def decode_payload(body: str | bytes | None) -> tuple[Any, str]:
         text = body.decode() if isinstance(body, bytes) else body
     except UnicodeDecodeError as exc:
         return None, f"payload is not UTF-8 text: {exc}"
+    if text is None:
+        return None, "payload is not valid JSON: there is no payload"
     try:
-        value, end = _SCAN(text, 0)
-        if end == len(text):
-            return value, ""
-    except (StopIteration, TypeError, ValueError, RecursionError):
-        pass  # json.loads below gives the answer and the reason
-    try:
-        return json.loads(text), ""
-    except (TypeError, ValueError) as exc:  # TypeError: no payload at all
+        return loads(text), ""
+    except ValueError as exc:
         return None, f"payload is not valid JSON: {exc}"
     except RecursionError:
         return None, "payload is nested too deeply to decode"
