@@ -59,6 +59,7 @@ from drainpool.queue.base import (
     decode_meta,
     encode_meta,
     encode_payload,
+    fetched_job,
     fetched_payload,
     loads_or_raw,
     log_dead,
@@ -517,7 +518,7 @@ class SqliteQueue:
                 )
                 continue
             jobs.append(
-                Job(
+                fetched_job(
                     str(job_id),
                     task,
                     payload,
