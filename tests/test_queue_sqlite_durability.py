@@ -31,6 +31,7 @@ from drainpool.queue.sqlite import (
     due_sql,
 )
 from drainpool.queue.sqlite_db import Database
+from drainpool.queue.sqlite_records import CANCEL_SETTLED_SQL, COMPLETE_IDS_SQL
 from drainpool.queue_monitor import QueueMonitor
 from drainpool.tasks import TaskSpec
 from drainpool.tasks.examples import noop
@@ -107,9 +108,14 @@ def test_fetch_reads_one_range_of_the_partial_index_and_claims_by_primary_key(
         "UPDATE jobs SET due_at = 1 WHERE id = 1 AND token = 't' AND state = 1",
     ):
         assert plan(conn, sql) == "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)", sql
-    ack_plan = plan(conn, ACK_SQL, '[[1, "t"], [2, "t"]]')
-    assert ack_plan.startswith("SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"), ack_plan
-    assert "SCAN jobs" not in ack_plan
+    for sql, args in (
+        (ACK_SQL, ("t", "[1, 2]")),
+        (COMPLETE_IDS_SQL, (1, 2, None, "", "t", "[1, 2]")),
+        (CANCEL_SETTLED_SQL, (1, 2, "t", "[1, 2]")),
+    ):
+        ack_plan = plan(conn, sql, *args)
+        assert ack_plan.startswith("SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"), ack_plan
+        assert "SCAN jobs" not in ack_plan
     conn.close()
 
 

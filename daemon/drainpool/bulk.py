@@ -10,7 +10,6 @@ one by one, so a line that is not UTF-8 is a bad line like any other.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from drainpool.exitcodes import ExitCode
-from drainpool.queue.base import Queue, QueueError, QueueUnavailable, encode_payload
+from drainpool.queue.base import Queue, QueueError, QueueUnavailable, encode_payload, loads
 
 if TYPE_CHECKING:
     from drainpool.payloads import PayloadSpec
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
 Known = list[str] | Mapping[str, "PayloadSpec | None"]  # configured task names (see parse_line)
 BATCH = 1000
 MAX_REPORTED = 20  # bad lines printed one by one before a count takes over
+_LINE_KEYS = frozenset(("task", "payload"))
 
 
 def seconds_until(when: str) -> float:
@@ -53,7 +53,7 @@ def parse_json(text: str) -> Any:
         except UnicodeEncodeError:
             raise ValueError("not UTF-8 text") from None
     try:
-        return json.loads(text)
+        return loads(text)
     except ValueError as exc:
         raise ValueError(f"not valid JSON: {exc}") from None
     except RecursionError:  # json.loads does not turn this one into a ValueError
@@ -73,9 +73,9 @@ def parse_line(raw: bytes | str, known: Known) -> tuple[str, Any]:
     entry = parse_json(line)
     if not isinstance(entry, dict):
         raise ValueError("not a JSON object")
-    extra = set(entry) - {"task", "payload"}
-    if extra:
-        raise ValueError(f"unknown keys {sorted(extra)}: a line holds only task and payload")
+    if not entry.keys() <= _LINE_KEYS:
+        extra = sorted(set(entry) - _LINE_KEYS)
+        raise ValueError(f"unknown keys {extra}: a line holds only task and payload")
     task = entry.get("task")
     if not isinstance(task, str):
         raise ValueError('missing "task"')

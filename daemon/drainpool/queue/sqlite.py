@@ -59,6 +59,7 @@ from drainpool.queue.base import (
     decode_meta,
     encode_meta,
     encode_payload,
+    fetched_job,
     fetched_payload,
     loads_or_raw,
     log_dead,
@@ -79,7 +80,6 @@ from drainpool.queue.outcome_minutes import (
 from drainpool.queue.records import (
     RESULT_MAX_BYTES,
     RETENTION_SECONDS,
-    as_done,
     backoff_pause,
     check_limit,
     check_retention,
@@ -92,6 +92,7 @@ from drainpool.queue.sqlite_records import (
     CANCEL_COLUMNS,
     CANCEL_SETTLED_SQL,
     CANCELLED,
+    COMPLETE_IDS_SQL,
     COMPLETE_SQL,
     DEAD,
     EXPIRY_INDEX,
@@ -99,6 +100,8 @@ from drainpool.queue.sqlite_records import (
     LIVE_SQL,
     RECORD_COLUMNS,
     WAITING,
+    group_acks,
+    ids_by_token,
     list_jobs,
     prune_expired,
     read_job,
@@ -155,13 +158,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idem_key) WHERE idem_key IS N
 # bench's drainpool-queue scenario measures it on reused files (bench/RESULTS.md). The schema
 # runs when a file's user_version is older: a new file, or an upgrade, which builds the
 # indexes once.
-# Acks of a whole batch in one statement, not one step per job: each step lets go of the
-# GIL, and under load every step then waits its turn to take it back. The parameter is
-# a JSON list of [id, token] pairs; both reach the row by the primary key.
-ACK_SQL = (
-    "DELETE FROM jobs WHERE (id, token) IN"
-    " (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
-)
+# The acks of one lease token in one statement, not one step per job: each step lets go of
+# the GIL, and under load every step then waits its turn to take it back. ?1 is the token,
+# ?2 a JSON list of the ids leased with it, each reached by the primary key.
+ACK_SQL = "DELETE FROM jobs WHERE token = ?1 AND id IN (SELECT value FROM json_each(?2))"
 # The due jobs of one task (?T) at ?1, at most ?2 of each kind: waiting, and lapsed leases.
 _DUE_TERMS = (
     "SELECT * FROM (SELECT due_at, id FROM jobs"
@@ -504,7 +504,10 @@ class SqliteQueue:
         for job_id, task, body, attempts, enqueued_at, timeout, cancel_at, meta in rows:
             if cancel_at is not None:
                 # Cancelled while leased, and its daemon died before it stopped the job.
-                conn.execute(CANCEL_SETTLED_SQL, (now, now + self.retention_seconds, job_id, token))
+                conn.execute(
+                    CANCEL_SETTLED_SQL,
+                    (now, now + self.retention_seconds, token, f"[{job_id}]"),
+                )
                 continue
             payload, error = fetched_payload(job_id, task, body, attempts, self.retry.max_attempts)
             if error:
@@ -515,7 +518,7 @@ class SqliteQueue:
                 )
                 continue
             jobs.append(
-                Job(
+                fetched_job(
                     str(job_id),
                     task,
                     payload,
@@ -564,7 +567,14 @@ class SqliteQueue:
     ) -> Callable[[sqlite3.Connection], None]:
         """The statements of one settle, every one guarded by id and lease token."""
         now = self._clock()
-        dones = [as_done(a) for a in acks]
+        expires = now + self.retention_seconds
+        # The acks of one claim share its token: grouped by it (and by the result they
+        # record), each group is one statement over a JSON list of ids (issue 17).
+        groups, singles = group_acks(acks, keep_results=bool(self.retention_seconds))
+        acked = [
+            (token, result, json.dumps([int(j.id) for j in jobs]), jobs)
+            for (token, result), jobs in groups.items()
+        ]
         # What becomes of each job: (job, state, due_at, attempts, error, traceback, failed_at);
         # decided once, so a busy retry of the transaction keeps the same jittered delays.
         changes: list[_Change] = []
@@ -577,6 +587,9 @@ class SqliteQueue:
                 changes.append((j, WAITING, due, j.attempt, f.error, f.traceback, None))
             else:
                 changes.append((j, DEAD, now, j.attempt, f.error, f.traceback, now))
+        changed = [
+            (token, json.dumps(ids)) for token, ids in ids_by_token(c[0] for c in changes).items()
+        ]
         dead = sum(1 for c in changes if c[1] == DEAD)
         minute = minute_of(now)
         # One upsert per outcome kind of the batch, never one per job.
@@ -584,34 +597,41 @@ class SqliteQueue:
 
         def apply(conn: sqlite3.Connection) -> None:
             mine = f"{self._db.epoch}-"
-            done = [d for d in dones if d.job.token.startswith(mine)]
-            if done and not self.retention_seconds:
-                # One statement for the whole batch (json_each), not one step per job.
-                conn.execute(ACK_SQL, (json.dumps([(int(d.job.id), d.job.token) for d in done]),))
-            elif done:
-                kept = [(int(d.job.id), d.job.token, d.result_json, d.note) for d in done]
-                conn.execute(COMPLETE_SQL, (now, now + self.retention_seconds, json.dumps(kept)))
+            orphans: list[_Change] = []
+            for token, result, ids, jobs in acked:
+                if not token.startswith(mine):
+                    orphans += [(j, None, 0.0, 0, None, None, None) for j in jobs]
+                elif self.retention_seconds:
+                    conn.execute(COMPLETE_IDS_SQL, (now, expires, result, "", token, ids))
+                else:
+                    conn.execute(ACK_SQL, (token, ids))
+            kept = [
+                (int(d.job.id), d.job.token, d.result_json, d.note)
+                for d in singles
+                if d.job.token.startswith(mine)
+            ]
+            if kept:
+                conn.execute(COMPLETE_SQL, (now, expires, json.dumps(kept)))
+            orphans += [
+                (d.job, None, 0.0, 0, None, None, None)
+                for d in singles
+                if not d.job.token.startswith(mine)
+            ]
+            for token, ids in changed:
+                if token.startswith(mine):
+                    # A job whose cancel was asked ends cancelled; the UPDATE below skips it.
+                    conn.execute(CANCEL_SETTLED_SQL, (now, expires, token, ids))
             updates = [
                 (*c[1:], int(c[0].id), c[0].token) for c in changes if c[0].token.startswith(mine)
             ]
             if updates:
-                # A job whose cancel was asked ends cancelled; the UPDATE below then skips it.
-                conn.executemany(
-                    CANCEL_SETTLED_SQL,
-                    [(now, now + self.retention_seconds, u[-2], u[-1]) for u in updates],
-                )
                 conn.executemany(
                     "UPDATE jobs SET state = ?, due_at = ?, attempts = ?, token = NULL,"
                     " error = COALESCE(?, error), traceback = COALESCE(?, traceback),"
                     f" failed_at = ? WHERE id = ? AND token = ? AND state = {LEASED}",
                     updates,
                 )
-            orphans = [c for c in changes if not c[0].token.startswith(mine)]
-            orphans += [
-                (d.job, None, 0.0, 0, None, None, None)
-                for d in dones
-                if not d.job.token.startswith(mine)
-            ]
+            orphans += [c for c in changes if not c[0].token.startswith(mine)]
             if orphans:
                 self._adopt(conn, orphans)
             if bumps:

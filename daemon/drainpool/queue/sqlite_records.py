@@ -11,9 +11,10 @@ until it is retried or purged.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from drainpool.queue.base import JobInfo, JobState
+from drainpool.queue.base import Done, Job, JobInfo, JobState
 from drainpool.queue.records import make_info
 
 # The values of jobs.state. CANCELLED: by cancel(), or a settle of a job whose cancel was asked.
@@ -45,11 +46,21 @@ EXPIRY_INDEX = (
     "CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs(expires_at) WHERE expires_at IS NOT NULL"
 )
 # An ack with retention: instead of the delete (ACK_SQL, sqlite.py) the row stays as the
-# job's record. ?3 is a JSON list of [id, token, result JSON text or null, note].
-COMPLETE_SQL = (
+# job's record. The acks of one lease token that share a result (most tasks return None:
+# "null") are one statement over their ids (?6, a JSON list), reached by the primary key:
+# a json_extract per field of each job cost more than the row's own update (issue 17).
+# ?1 now, ?2 expires_at, ?3 the result JSON text or NULL, ?4 its note, ?5 the token.
+_COMPLETE_SET = (
     f"UPDATE jobs SET state = {COMPLETED}, token = NULL, idem_key = NULL,"
-    " released_key = idem_key, finished_at = ?1,"
-    " expires_at = ?2, result = done.result, result_note = done.note"
+    " released_key = idem_key, finished_at = ?1, expires_at = ?2"
+)
+COMPLETE_IDS_SQL = (
+    f"{_COMPLETE_SET}, result = ?3, result_note = ?4"
+    " WHERE token = ?5 AND id IN (SELECT value FROM json_each(?6))"
+)
+# Acks whose results differ: ?3 is a JSON list of [id, token, result JSON text or null, note].
+COMPLETE_SQL = (
+    f"{_COMPLETE_SET}, result = done.result, result_note = done.note"
     " FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS token,"
     " json_extract(value, '$[2]') AS result, json_extract(value, '$[3]') AS note"
     " FROM json_each(?3)) AS done WHERE jobs.id = done.id AND jobs.token = done.token"
@@ -146,9 +157,51 @@ _STATES = {
 
 
 # A release or failure of a job whose cancel was asked while it was leased ends it as
-# cancelled instead (?1: now, ?2: expires_at); the settle's own UPDATE skips such rows.
+# cancelled instead (?1: now, ?2: expires_at, ?3: the lease token, ?4: a JSON list of the
+# ids leased with it); the settle's own UPDATE then skips such rows. One statement per
+# token, not one per job: most settles have no cancel to find.
 CANCEL_SETTLED_SQL = (
     f"UPDATE jobs SET state = {CANCELLED}, token = NULL, idem_key = NULL,"
     " released_key = idem_key, finished_at = ?1, expires_at = ?2"
-    f" WHERE id = ?3 AND token = ?4 AND state = {LEASED} AND cancel_requested_at IS NOT NULL"
+    " WHERE token = ?3 AND id IN (SELECT value FROM json_each(?4))"
+    f" AND state = {LEASED} AND cancel_requested_at IS NOT NULL"
 )
+
+
+def ids_by_token(jobs: Iterable[Job]) -> dict[str, list[int]]:
+    """The ids of `jobs` under each lease token (the jobs of one claim share one)."""
+    found: dict[str, list[int]] = {}
+    for job in jobs:
+        ids = found.get(job.token)
+        if ids is None:
+            found[job.token] = [int(job.id)]
+        else:
+            ids.append(int(job.id))
+    return found
+
+
+# Acks by (lease token, result JSON text): the result a whole group records.
+AckGroups = dict[tuple[str, str | None], list[Job]]
+
+
+def group_acks(acks: Sequence[Job | Done], keep_results: bool) -> tuple[AckGroups, list[Done]]:
+    """The acks that record the same result (none, or "null": most tasks) by token; the rest.
+
+    Without retention nothing is recorded, so every ack is in a group.
+    """
+    groups: AckGroups = {}
+    singles: list[Done] = []
+    for ack in acks:
+        if not isinstance(ack, Done):
+            job, result = ack, None
+        elif not keep_results or (ack.result_json in (None, "null") and not ack.note):
+            job, result = ack.job, ack.result_json if keep_results else None
+        else:
+            singles.append(ack)
+            continue
+        jobs = groups.get((job.token, result))
+        if jobs is None:
+            groups[job.token, result] = [job]
+        else:
+            jobs.append(job)
+    return groups, singles
