@@ -246,8 +246,7 @@ class Pool:
         self._waiter = waiter_for(self._queue, self.tasks.keys())
         self._waiter.hear_cancels(functools.partial(self.stop_job, reason="cancel"))
         self._listener.start()
-        self._dispatcher.start()
-        self._jobwatch.start()
+        self._dispatcher.start()  # the job watch starts with the first job handed over
 
     def begin_drain(self) -> int:
         """Drain steps 1-2: stop fetching, set the event, cancel what never started."""
