@@ -89,12 +89,19 @@ _VERSION_3 = (
 MIGRATIONS: dict[int, tuple[str, ...]] = {1: _VERSION_1, 2: _VERSION_2, 3: _VERSION_3}
 
 
+def schema_name_problem(name: str) -> str | None:
+    """Why `name` cannot be queue.schema, or None (also settings.py's check)."""
+    if SCHEMA_NAME.fullmatch(name):
+        return None
+    return (
+        f"{name!r} is not a plain lower-case identifier"
+        " (letters, digits, _; at most 63; not starting with a digit)"
+    )
+
+
 def check_schema_name(name: str) -> str:
-    if not SCHEMA_NAME.fullmatch(name):
-        raise QueueError(
-            f"queue.schema {name!r} is not a plain lower-case identifier"
-            " (letters, digits, _; at most 63; not starting with a digit)"
-        )
+    if (problem := schema_name_problem(name)) is not None:
+        raise QueueError(f"queue.schema {problem}")
     return name
 
 
