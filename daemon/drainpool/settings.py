@@ -44,8 +44,7 @@ from pydantic_settings import (
 
 from drainpool.configchecks import UnreadableConfig, metrics_problems, read_config_text
 from drainpool.queue.base import QueueError
-from drainpool.queue.postgres_schema import schema_name_problem
-from drainpool.queue.schemes import check_url
+from drainpool.queue.schemes import check_url, schema_name_problem
 from drainpool.schedule_settings import ScheduleSettings, check_schedules
 
 DEFAULT_CONFIG_PATH = Path("/etc/drainpool/drainpool.toml")
