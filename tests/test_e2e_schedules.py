@@ -132,6 +132,31 @@ def test_a_reload_changes_a_schedule_under_load_and_restarts_no_pool(tmp_path: P
             queue.close()
 
 
+def test_no_scheduler_thread_until_a_reload_adds_the_first_schedule(tmp_path: Path) -> None:
+    """Issue 17: a daemon without schedules runs no scheduler thread (nor a job watch
+    before its first job); the reload that adds a schedule starts one, ticking from then."""
+    with daemons(tmp_path) as factory:
+        config = write_config(factory, {})
+        daemon = factory.start(config)
+        queue = SqliteQueue(tmp_path / "queue.db")
+        try:
+            daemon.signal(signal.SIGUSR1)
+            daemon.wait_log(r"state dump:")
+            write_config(factory, {"tick": TICK})
+            daemon.wait_log(r"reload applied: .*schedules changed: tick")
+            log = daemon.log()
+            dump = log[log.index("state dump:") : log.index("reload applied")]
+            threads = re.findall(r"^  thread (\S+):$", dump, re.MULTILINE)
+            assert "MainThread" in threads, dump
+            assert "drainpool-scheduler" not in threads, threads
+            assert not [name for name in threads if name.endswith("-jobwatch")], threads
+            more_ticks(queue, 2)
+            assert daemon.metric("drainpool_schedule_enqueued_total", schedule="tick") >= 2
+            daemon.terminate()
+        finally:
+            queue.close()
+
+
 def test_schedule_list_and_run_from_the_command_line(tmp_path: Path) -> None:
     with daemons(tmp_path) as factory:
         nightly = {"cron": "30 2 * * *", "task": "noop", "timezone": "Europe/Berlin"}

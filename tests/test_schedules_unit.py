@@ -251,6 +251,33 @@ def test_a_daemon_started_after_downtime_catches_up_once(queue: SqliteQueue) -> 
     assert scheduled_ticks(queue)[-2:] == [9660.0, 10260.0]  # 9720 ... 10200 skipped
 
 
+def test_a_scheduler_made_at_a_reload_takes_its_schedules_up_from_then(
+    queue: SqliteQueue,
+) -> None:
+    """A daemon started without schedules makes its scheduler at the reload that adds one
+    (issue 17); that schedule counts from the reload, as one added to a running scheduler
+    does, and catches up no tick stored before it."""
+    clocks = Clocks(6000.5)
+    last = {"m": ScheduleSettings(every="1m", task="noop", catch_up="last")}
+    s = scheduler(queue, clocks, last)
+    clocks.advance(60)
+    s.run_once()  # 6060
+    clocks.advance(3600 + 30)  # 9690.5: ticks 6120 ... 9660 went by with no daemon
+    late = Scheduler(
+        lambda: queue,
+        Metrics(),
+        wall=lambda: clocks.now,
+        monotonic=lambda: clocks.mono,
+        taken_up=True,
+    )
+    assert late.update(last) == ["m"]
+    late.run_once()
+    assert scheduled_ticks(queue) == [6060.0]  # none of the missed ones, not even the last
+    clocks.advance(60)
+    late.run_once()
+    assert scheduled_ticks(queue) == [6060.0, 9720.0]
+
+
 def test_view_names_last_and_next_ticks(queue: SqliteQueue) -> None:
     clocks = Clocks(datetime(2026, 1, 1, tzinfo=UTC).timestamp() + 0.5)
     s = scheduler(

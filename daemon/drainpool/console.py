@@ -112,14 +112,12 @@ class Console:
 
     def __init__(self, source: ConsoleSource) -> None:
         self.source = source
-        # Read once: the files ship with the package and never change under a running daemon.
-        self._static = {
-            path: ((STATIC_DIR / name).read_bytes(), kind)
-            for path, (name, kind) in STATIC_FILES.items()
-        }
+        # Each read once, at its first request (an idle daemon holds none, issue 17): the
+        # files ship with the package and never change under a running daemon.
+        self._static: dict[str, tuple[bytes, str]] = {}
 
     def get_routes(self) -> dict[str, Route]:
-        routes: dict[str, Route] = {path: self._serve_static for path in self._static}
+        routes: dict[str, Route] = {path: self._serve_static for path in STATIC_FILES}
         # The read guard is the router's (httpserver.PUBLIC_API, Endpoints.read_guard), so a
         # route added anywhere cannot forget it; /api/console is public there.
         routes["/api/console"] = self._guarded(self._console_info)
@@ -145,7 +143,11 @@ class Console:
     # -- responses ------------------------------------------------------------
 
     def _serve_static(self, handler: Handler) -> None:
-        body, kind = self._static[handler.path.split("?", 1)[0]]
+        path = handler.path.split("?", 1)[0]
+        if path not in self._static:  # two first requests at once both read it: harmless
+            name, kind = STATIC_FILES[path]
+            self._static[path] = ((STATIC_DIR / name).read_bytes(), kind)
+        body, kind = self._static[path]
         handler.reply(200, body, kind, SECURITY_HEADERS)
 
     def _json(

@@ -10,7 +10,6 @@ be used, and the watcher falls back to watchfiles where it cannot.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 from collections.abc import Iterable
@@ -38,10 +37,9 @@ _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 
 
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    libc = ctypes.CDLL(name, use_errno=True)
+    # The symbols already loaded in this process, libc's among them: ctypes.util.find_library
+    # would run `ldconfig -p` in a subprocess at every start (issue 17).
+    libc = ctypes.CDLL(None, use_errno=True)
     return libc if hasattr(libc, "inotify_init1") else None
 
 

@@ -11,7 +11,6 @@ cannot be decoded is printed raw with the reason (the record says it).
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import math
 import os
@@ -211,6 +210,8 @@ def cancel_job(queue: Queue, job_id: str, reason: str, wait: bool, timeout: floa
 
 def asker() -> str:
     """Who asked, for the record: the user and host the command runs as."""
+    import getpass  # here: only a cancel names its user, and every command imports this module
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a container)

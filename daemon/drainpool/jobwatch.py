@@ -6,7 +6,8 @@ queue every CHECK_SECONDS which of them were cancelled, with one cheap read
 (SQLite: one primary-key query on the side connection; Redis: one
 SMISMEMBER), and sweeps the pool's running jobs for time limits and for the
 grace after a stop. While the pool holds nothing it sleeps until the pool
-hands it work: an idle daemon asks nothing. The latency of a cancel is bounded
+hands it work: an idle daemon asks nothing (and the thread itself starts with
+the first job handed over: a pool never given one has no watch). The latency of a cancel is bounded
 by CHECK_SECONDS, never by the lease renewal. On Redis and PostgreSQL a cancel
 also comes as a message on the wake-up channel of issue 21, which the pool's
 listener turns into a stop at once (Waiter.hear_cancels); there this interval
@@ -67,10 +68,8 @@ class JobWatch:
         self._busy = False  # the pool may hold jobs: set by wake(), cleared when it holds none
         self._first_look = 0.0  # seconds from a wake-up to the first sweep
         self._failing = False  # one log line per streak of failed checks
+        # Started by the first wake() (issue 17): a pool that was never handed a job has none.
         self._thread = threading.Thread(target=self._loop, name=f"{name}-jobwatch", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     @property
     def watching(self) -> bool:
@@ -87,6 +86,8 @@ class JobWatch:
         if self._busy:
             return
         with self._wake:
+            if self._thread.ident is None:
+                self._thread.start()
             self._busy = True
             self._first_look = first_look
             self._wake.notify()

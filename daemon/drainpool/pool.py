@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from drainpool.context import (
     Interrupted,
@@ -40,13 +40,15 @@ from drainpool.context import (
 )
 from drainpool.jobwatch import CHECK_SECONDS, JobWatch
 from drainpool.metrics import Metrics
-from drainpool.observe import Watched, job_watch
 from drainpool.outcomes import Outcome
 from drainpool.queue.base import Done, Failure, Job, Queue, QueueUnavailable, WorkerIdentity
 from drainpool.queue.records import encode_result
 from drainpool.queue.wakeups import PollWaiter, Waiter, next_due, waiter_for
 from drainpool.runner import Runner, runner_for
 from drainpool.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from drainpool import observe
 
 log = logging.getLogger("drainpool.pool")
 
@@ -135,7 +137,7 @@ class _Running:
     stop_at: float | None = None  # pool clock: when a cancel or time limit stopped it
     cancel_asked: bool = False  # a cancel came, maybe after a drain had stopped it already
     abandoned: bool = False
-    watched: Watched | None = None  # hooks and span of this attempt (drainpool.observe)
+    watched: observe.Watched | None = None  # hooks and span of this attempt (drainpool.observe)
     awaited: bool = False  # abandoned, and the runner is ending it: the drain waits for that
     replaced: bool = False  # abandoned alone while the pool runs: a new worker took its place
 
@@ -187,7 +189,11 @@ class Pool:
         self._queue = queue
         self._metrics = metrics
         self._task_metrics = metrics.for_pool(config.name, self.tasks)  # series at 0 from now
-        self._watch = job_watch(config, generation)  # None: no hooks, no tracing
+        self._watch: observe.JobWatch | None = None  # None: no hooks, no tracing
+        if config.hooks or config.tracing is not None:
+            from drainpool.observe import job_watch  # loaded only for hooks or tracing
+
+            self._watch = job_watch(config, generation)
         self._on_drained = on_drained
         self._on_queue_health = on_queue_health
         self._recent = recent or RecentOutcomes(1)
@@ -246,8 +252,7 @@ class Pool:
         self._waiter = waiter_for(self._queue, self.tasks.keys())
         self._waiter.hear_cancels(functools.partial(self.stop_job, reason="cancel"))
         self._listener.start()
-        self._dispatcher.start()
-        self._jobwatch.start()
+        self._dispatcher.start()  # the job watch starts with the first job handed over
 
     def begin_drain(self) -> int:
         """Drain steps 1-2: stop fetching, set the event, cancel what never started."""

@@ -13,7 +13,6 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
-from drainpool.procpool import ProcessRunner
 from drainpool.tasks import TaskSpec
 
 
@@ -98,5 +97,7 @@ class ThreadRunner:
 def runner_for(kind: str) -> Runner:
     """The runner of a `pool.kind`: "thread" or "process"."""
     if kind == "process":
+        from drainpool.procpool import ProcessRunner  # children, pipes: process pools only
+
         return ProcessRunner()
     return ThreadRunner()

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from drainpool import hooks
 from drainpool import settings as settings_mod
 from drainpool.exitcodes import ExitCode
-from drainpool.plan import plan_pools, plan_to_json
 from drainpool.queue import Queue, RetryPolicy, from_url, redact_url
 from drainpool.settings import LoadedConfig, Settings
-from drainpool.tasks import TaskSpec, build_registry
+
+if TYPE_CHECKING:
+    from drainpool.tasks import TaskSpec
 
 SECRET_MASK = "***"
 # Parts of env names that mark a secret value (AWS_SECRET_ACCESS_KEY, PGPASSWORD, API_TOKEN,
@@ -48,6 +48,10 @@ def load(path: Path, *, tasks: bool = True) -> tuple[LoadedConfig, dict[str, Tas
     loaded = settings_mod.load(path)
     if not tasks:
         return loaded, {}
+    # Imported here: producers (`enqueue`, `queue`) read the config without its tasks.
+    from drainpool import hooks
+    from drainpool.tasks import build_registry
+
     registry = build_registry(loaded)
     hooks.check(loaded)  # a hook that does not import rejects the config, as a task does
     return loaded, registry
@@ -119,6 +123,8 @@ def looks_secret(name: str) -> bool:
 
 def config_view(loaded: LoadedConfig, registry: dict[str, TaskSpec]) -> dict[str, Any]:
     """The running config and pool plans, served at /api/config for `reload --dry-run`."""
+    from drainpool.plan import plan_pools, plan_to_json  # the daemon's endpoint only
+
     plans = plan_pools(loaded.settings, registry)
     return {
         "config": str(loaded.path),

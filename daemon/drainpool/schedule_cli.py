@@ -12,9 +12,7 @@ import json
 import time
 from typing import Any
 
-from drainpool import runtime
 from drainpool.exitcodes import ExitCode
-from drainpool.schedules import describe
 
 
 def add_parser(command: Any) -> None:
@@ -26,7 +24,10 @@ def add_parser(command: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    # Here, not at the top: cli.py builds every parser, and `enqueue` needs no timetable.
+    from drainpool import runtime
     from drainpool.cli import UsageError
+    from drainpool.schedules import describe
 
     loaded, _ = runtime.load_or_exit(args.config, tasks=False)
     schedules = loaded.settings.schedules

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
@@ -74,6 +73,8 @@ class ScheduleSettings(BaseModel):
                 f"{expression!r}: a cron expression has five fields (minute hour day month"
                 " weekday) or is one of " + ", ".join(CRON_ALIASES)
             )
+        from cronsim import CronSim, CronSimError  # a config without cron never loads it
+
         try:
             next(CronSim(fields, datetime(2000, 1, 1, tzinfo=UTC)))
         except (CronSimError, StopIteration) as exc:

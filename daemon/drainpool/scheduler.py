@@ -59,6 +59,7 @@ class Scheduler:
         *,
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        taken_up: bool = False,
     ) -> None:
         self._queue = queue
         self._metrics = metrics
@@ -66,7 +67,8 @@ class Scheduler:
         self._monotonic = monotonic
         self._lock = threading.Lock()  # entries: replaced by update() on the loop's thread
         self._entries: dict[str, _Entry] = {}
-        self._taken_up = False  # the first update is the daemon's start
+        # The first update is the daemon's start, unless made later (a reload's first schedule).
+        self._taken_up = taken_up
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None

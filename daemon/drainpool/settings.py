@@ -44,7 +44,7 @@ from pydantic_settings import (
 
 from drainpool.configchecks import UnreadableConfig, metrics_problems, read_config_text
 from drainpool.queue.base import QueueError
-from drainpool.queue.schemes import check_url
+from drainpool.queue.schemes import check_url, schema_name_problem
 from drainpool.schedule_settings import ScheduleSettings, check_schedules
 
 DEFAULT_CONFIG_PATH = Path("/etc/drainpool/drainpool.toml")
@@ -122,7 +122,7 @@ class QueueSettings(_Section):
     result_max_bytes: int = Field(65_536, ge=0, le=64 * 1024 * 1024)
     # The PostgreSQL schema that holds the queue's tables (other backends ignore it).
     # Named schema_name in Python: `schema` would shadow a BaseModel method.
-    schema_name: str = Field("drainpool", alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    schema_name: str = Field("drainpool", alias="schema")
 
     @field_validator("url")
     @classmethod
@@ -132,6 +132,15 @@ class QueueSettings(_Section):
         except QueueError as exc:
             raise ValueError(str(exc)) from None
         return url
+
+    @field_validator("schema_name")
+    @classmethod
+    def _plain_schema(cls, name: str) -> str:
+        # Checked with Python's re, not a Field pattern: pydantic-core compiles a pattern
+        # into each validator that holds it, some 140 KiB apiece here (issue 17).
+        if (problem := schema_name_problem(name)) is not None:
+            raise ValueError(problem)
+        return name
 
 
 class MetricsSettings(_Section):

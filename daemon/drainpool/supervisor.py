@@ -361,7 +361,7 @@ class Supervisor:
 
     def schedules(self) -> list[dict[str, Any]]:
         """The /api/schedules document: each schedule, its last and next tick."""
-        return self.background.scheduler.view()
+        return self.background.schedules_view()
 
     def status(self) -> dict[str, Any]:
         """The /api/status document; runs on the HTTP thread, never on the loop."""

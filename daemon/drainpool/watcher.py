@@ -14,10 +14,12 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-
-import watchfiles
+from typing import TYPE_CHECKING
 
 from drainpool.inotify import DirectoryWatch
+
+if TYPE_CHECKING:
+    import watchfiles
 
 log = logging.getLogger("drainpool.watcher")
 
@@ -83,6 +85,8 @@ class ConfigWatcher:
             watch.release()
 
     def _run_watchfiles(self) -> None:
+        import watchfiles  # the fallback only: its anyio and multiprocessing cost memory
+
         for _changes in watchfiles.watch(
             *sorted(self._dirs),
             watch_filter=self._relevant,

@@ -14,15 +14,13 @@ both run it, and a failed upgrade leaves the old tables untouched.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from drainpool.queue.base import QueueError
+from drainpool.queue.schemes import schema_name_problem
 
 SCHEMA_VERSION = 3
 DEFAULT_SCHEMA = "drainpool"
-# A plain lower-case identifier: it is quoted into SQL text, never bound as a value.
-SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 # The values of jobs.state, the same numbers as the SQLite backend's (sqlite_records).
 WAITING, LEASED, DEAD, COMPLETED, CANCELLED = 0, 1, 2, 3, 4
@@ -90,11 +88,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {1: _VERSION_1, 2: _VERSION_2, 3: _VERS
 
 
 def check_schema_name(name: str) -> str:
-    if not SCHEMA_NAME.fullmatch(name):
-        raise QueueError(
-            f"queue.schema {name!r} is not a plain lower-case identifier"
-            " (letters, digits, _; at most 63; not starting with a digit)"
-        )
+    if (problem := schema_name_problem(name)) is not None:
+        raise QueueError(f"queue.schema {problem}")
     return name
 
 

@@ -10,6 +10,7 @@ is one more `Backend` entry here.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,19 @@ from drainpool.queue.records import RESULT_MAX_BYTES, RETENTION_SECONDS
 
 if TYPE_CHECKING:
     from drainpool.queue.base import Queue
+
+# queue.schema (PostgreSQL): a plain lower-case identifier, quoted into SQL text, never bound.
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def schema_name_problem(name: str) -> str | None:
+    """Why `name` cannot be queue.schema, or None: the config's check and the backend's."""
+    if SCHEMA_NAME.fullmatch(name):
+        return None
+    return (
+        f"{name!r} is not a plain lower-case identifier"
+        " (letters, digits, _; at most 63; not starting with a digit)"
+    )
 
 
 @dataclass(frozen=True)
