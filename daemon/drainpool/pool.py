@@ -579,8 +579,7 @@ class Pool:
                 self._settle.failures.append(failure)
             else:
                 self._settle.releases.append(job)
-            if outcome is not Outcome.COMPLETED or not self._stocked():
-                self._dispatch_wake.notify()
+            self._dispatch_wake.notify()
         metrics.finished(job.task, outcome, seconds)
         self._recent.add(self, job, outcome, seconds)
         return False
@@ -650,7 +649,6 @@ class Pool:
         next_fetch = 0.0
         gap = 0.0  # > 0: jobs are streaming in; fetch at next_fetch, wake-ups wait for it
         backoff = 0.0
-        settle_by = 0.0  # > 0: completions wait for the next round until then (a stocked reserve)
         while True:
             with self._lock:
                 while True:
@@ -659,23 +657,13 @@ class Pool:
                     # While jobs stream in, what finished is settled with the next fetch, in
                     # its transaction: a settle of its own per job held the SQLite write lock
                     # twice as often, and the producers of the burst waited for it.
-                    # A reserve still half full: completions wait for the next round (within
-                    # BURST_GAP_MAX_SECONDS), as while streaming. Else the dispatcher ran a round
-                    # per few jobs whenever the workers' jobs got longer (issue 24's traced and
-                    # typed no-ops), each round a transaction and GIL hand-offs.
-                    stocked = not self._stopping and self._stocked()
-                    if stocked and self._settle:
-                        settle_by = settle_by or now + BURST_GAP_MAX_SECONDS
-                    batching = (gap or (stocked and now < settle_by)) and free
-                    if (self._settle and not (batching and not self._stopping)) or (
+                    batching = gap and free and not self._stopping
+                    if (self._settle and not batching) or (
                         self._stopping and not self._has_active()
                     ):
                         break
                     wake_at = next_renew
-                    if stocked:
-                        if self._settle:
-                            wake_at = min(wake_at, settle_by)
-                    elif free and not self._stopping:
+                    if free and not self._stopping:
                         if now >= next_fetch or (self._wake_pending and not gap):
                             break
                         wake_at = min(wake_at, next_fetch)
@@ -683,7 +671,6 @@ class Pool:
                         break
                     self._dispatch_wake.wait(wake_at - now)
                 batch, self._settle = self._settle, _Settlement()
-                settle_by = 0.0
                 stopping = self._stopping
                 finished = stopping and not self._has_active() and not batch
                 free = self._free_slots()
@@ -781,10 +768,6 @@ class Pool:
         An abandoned thread may linger for ever; a killed child ends in moments.
         """
         return any(not r.abandoned or r.awaited for r in self._running.values())
-
-    def _stocked(self) -> bool:
-        """The reserve still holds half of itself: no hurry to settle or fetch (lock held)."""
-        return len(self._handed) >= max(self.config.workers, self.reserve() // 2)
 
     def _free_slots(self) -> int:
         """Jobs to fetch now: never below 0, though the held may exceed the wanted.
