@@ -46,7 +46,6 @@ class JobWatch:
         self.hooks = hooks
         self.tracer = tracer
         self._attempt = None if tracer is None else _attempt_class()
-        self.report_lock = threading.Lock()  # shared by its attempts' once-only reports
         self._reporting: list[threading.Thread] = []  # on_outcome of jobs that never started
 
     def begin(self, job: Job, ctx: TaskContext) -> Watched:
@@ -102,14 +101,16 @@ class JobWatch:
 class Watched:
     """One attempt under watch; its outcome is reported once (by the worker or the abandon)."""
 
-    __slots__ = ("_attempt", "_ctx", "_job", "_reported", "_watch")
+    __slots__ = ("_attempt", "_ctx", "_job", "_unreported", "_watch")
 
     def __init__(self, watch: JobWatch, job: Job, ctx: TaskContext, attempt: Any) -> None:
         self._watch = watch
         self._job = job
         self._ctx = ctx
         self._attempt = attempt
-        self._reported = False
+        # Taken once by list.pop, atomic without a lock: a lock shared by the pool's workers,
+        # taken once per job, was one more place for them to queue up behind each other.
+        self._unreported = [True]
 
     def event(
         self, outcome: str | None = None, seconds: float | None = None, error: str = ""
@@ -118,9 +119,10 @@ class Watched:
         return JobEvent(self._job, self._ctx, watch.pool, watch.generation, outcome, seconds, error)
 
     def _first_report(self) -> bool:
-        with self._watch.report_lock:
-            first, self._reported = not self._reported, True
-        return first
+        try:
+            return self._unreported.pop()
+        except IndexError:
+            return False
 
     def end(self, outcome: str, seconds: float, error: str) -> None:
         """The worker's end of the run: after_job always, then the outcome unless abandoned."""

@@ -208,7 +208,7 @@ class Attempt:
         # reordered parameter would otherwise garble every span without an error.
         made.processor.on_end(
             api.readable(
-                name=f"drainpool.job {attributes['drainpool.task']}",
+                name=made.span_name(attributes["drainpool.task"]),
                 context=self._context,
                 parent=self._parent,
                 resource=made.resource,
@@ -240,12 +240,21 @@ class _Made:
         self.processor = tracer.span_processor
         self.resource = tracer.resource
         self.scope = InstrumentationScope(TRACER_NAME)
+        self._names: dict[
+            str, str
+        ] = {}  # task -> its spans' name: one string per task, not per job
         self._ids = tracer.id_generator
         random_flag = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
         random_ids = getattr(self._ids, "is_trace_id_random", lambda: False)()
         self._root_flags = TraceFlags(TraceFlags.SAMPLED | (random_flag if random_ids else 0))
         self._span_context = SpanContext
         self._flags = TraceFlags
+
+    def span_name(self, task: str) -> str:
+        name = self._names.get(task)
+        if name is None:
+            name = self._names[task] = f"drainpool.job {task}"
+        return name
 
     def context_of(self, parent: Any) -> Any:
         """The attempt's span context: in the parent's trace (and its sampling), else a new one."""
