@@ -68,6 +68,7 @@ class JobWatch:
         self._busy = False  # the pool may hold jobs: set by wake(), cleared when it holds none
         self._first_look = 0.0  # seconds from a wake-up to the first sweep
         self._failing = False  # one log line per streak of failed checks
+        self._ended = False  # the pool drained: no more pauses (set by end())
         # Started by the first wake() (issue 17): a pool that was never handed a job has none.
         self._thread = threading.Thread(target=self._loop, name=f"{name}-jobwatch", daemon=True)
 
@@ -92,6 +93,20 @@ class JobWatch:
             self._first_look = first_look
             self._wake.notify()
 
+    def end(self) -> None:
+        """The pool has drained: a watch pausing between checks looks now, and ends.
+
+        Not wake(): that returns at once while watching, and the pause (up to
+        CHECK_SECONDS) would then delay the pool's join and the daemon's exit.
+        """
+        with self._wake:
+            if self._thread.ident is None:
+                return  # never started: nothing to end
+            self._ended = True
+            self._busy = True
+            self._first_look = 0.0
+            self._wake.notify()
+
     def join(self, timeout: float) -> None:
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -102,7 +117,7 @@ class JobWatch:
                 while not self._busy:
                     self._wake.wait()
                 first_look, self._first_look = self._first_look, 0.0
-                if first_look > 0:
+                if first_look > 0 and not self._ended:
                     self._wake.wait(first_look)  # wake() notifies no more while busy
             held, next_deadline, done = self._pool.sweep()
             if done:
@@ -123,7 +138,8 @@ class JobWatch:
             if next_deadline is not None:
                 pause = min(pause, max(next_deadline, 0.0))
             with self._wake:
-                self._wake.wait(pause)
+                if not self._ended:  # an end() during the sweep is not missed
+                    self._wake.wait(pause)
 
     def _cancelled(self, held: Sequence[Job]) -> set[str]:
         try:

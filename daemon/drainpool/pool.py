@@ -644,7 +644,7 @@ class Pool:
                 self._drained = True
                 self._listen_ready.notify()
             self._waiter.close()
-            self._jobwatch.wake()  # it sees the pool drained, and ends
+            self._jobwatch.end()  # it sees the pool drained, and ends
         self._on_drained(self)
 
     def _dispatch_rounds(self) -> None:
