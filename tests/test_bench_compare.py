@@ -63,3 +63,31 @@ def test_the_command_prints_only_figures_outside_unless_asked(tmp_path: Path, ca
     )
     assert "start to READY=1" not in out
     assert "5 figures in both: 1 within, 1 better, 2 worse, 1 moved" in out
+
+
+def load_ab() -> ModuleType:
+    """bench/ab.py, which imports its neighbour `compare` as the bench does (bench/ on the path)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_ab", ROOT / "bench" / "ab.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_ab_combines_single_runs_into_one_range_per_figure() -> None:
+    ab = load_ab()
+    runs = [
+        "| start to READY=1 | 0.44 | 0.44 - 0.44 | 1 | s |\n| only once | 3 | 3 - 3 | 1 | jobs |",
+        "| start to READY=1 | 0.40 | 0.40 - 0.40 | 1 | s |",
+        "| start to READY=1 | 0.47 | 0.47 - 0.47 | 1 | s |",
+    ]
+    figures = ab.compare.figures(ab.combined(runs))
+    ready = figures["start to READY=1"]
+    assert (ready.median, ready.low, ready.high, ready.unit) == (0.44, 0.40, 0.47, "s")
+    once = figures["only once"]
+    assert (once.median, once.low, once.high) == (3, 3, 3)
