@@ -340,3 +340,22 @@ def test_the_console_cancels_under_its_action_rules(factory: DaemonFactory, tmp_
         missing = call(daemon, "POST", "/api/jobs/424242/cancel", body={}, headers=authorized())
         assert missing.code == 404
     assert "console cancel by 127.0.0.1" in daemon.log()
+
+
+def test_a_job_with_a_long_time_limit_is_cancelled_at_once(
+    factory: DaemonFactory, sqlite_url: str, tmp_path: Path
+) -> None:
+    """On SQLite only the job watch reads cancels: its first look must not wait for the limit."""
+    cfg = config(factory, sqlite_url)
+    factory.start(cfg)
+    log = tmp_path / "jobs.log"
+    job_id = enqueue(
+        factory, cfg, "wait_stop", {"log": str(log), "seconds": 3600}, "--timeout", "3600"
+    )
+    with opened(factory, sqlite_url) as queue:
+        wait_line(log, f"start {job_id} 1")
+        done = cancel(factory, cfg, job_id, "--wait", "--timeout", "60")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"job {job_id} cancelled; it was stopped while running\n"
+        info = queue.job(job_id)
+        assert info is not None and info.state is JobState.CANCELLED

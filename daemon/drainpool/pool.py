@@ -834,9 +834,14 @@ class Pool:
             self._jobwatch.wake(self._first_look(jobs))
 
     def _first_look(self, jobs: list[Job]) -> float:
-        """When an idle job watch need first look at `jobs`: CHECK_SECONDS, or a time limit."""
+        """When an idle job watch need first look at `jobs`: CHECK_SECONDS, or a shorter limit.
+
+        Never later than CHECK_SECONDS: a job with an hour's time limit once made the
+        watch's first look an hour away, and on SQLite, where only the watch reads the
+        cancels, a cancel of that job waited for it.
+        """
         limits = (job.timeout or self._limits.get(job.task) for job in jobs)
-        return min((limit for limit in limits if limit), default=CHECK_SECONDS)
+        return min([CHECK_SECONDS, *(limit for limit in limits if limit)])
 
     def _adopt_our_own(self, jobs: list[Job]) -> list[Job]:
         """Drop from `jobs` those this pool still holds, taking their new leases (lock held).
