@@ -72,6 +72,18 @@ def jobs_logging(log: Path, kind: str) -> list[str]:
     return [parts[1] for parts in map(str.split, log.read_text().splitlines()) if parts[0] == kind]
 
 
+def cancel_running(
+    factory: DaemonFactory, cfg: Path, queue: Queue, job_id: str, *options: str
+) -> Any:
+    """`job cancel --wait` of a running job: it says so, and the record ends cancelled."""
+    done = cancel(factory, cfg, job_id, "--wait", *options)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"job {job_id} cancelled; it was stopped while running\n"
+    info = queue.job(job_id)
+    assert info is not None and info.state is JobState.CANCELLED
+    return info
+
+
 def wait_line(log: Path, line: str) -> None:
     wait_until(lambda: log.exists() and line in log.read_text(), what=line)
 
@@ -129,11 +141,7 @@ def test_a_running_job_is_stopped_and_ends_cancelled(
         wait_state(queue, job_id, JobState.RUNNING)
         if task != "pause":
             wait_line(log, f"start {job_id} 1")
-        done = cancel(factory, cfg, job_id, "--wait", "--reason", "runaway")
-        assert done.returncode == 0, done.stderr
-        assert done.stdout == f"job {job_id} cancelled; it was stopped while running\n"
-        info = queue.job(job_id)
-        assert info is not None and info.state is JobState.CANCELLED
+        info = cancel_running(factory, cfg, queue, job_id, "--reason", "runaway")
         assert info.cancel_reason == "runaway" and info.attempts == 1
     if task == "pause":
         assert "stop asked (cancel): SIGTERM to command pid" in daemon.log()
@@ -354,8 +362,4 @@ def test_a_job_with_a_long_time_limit_is_cancelled_at_once(
     )
     with opened(factory, sqlite_url) as queue:
         wait_line(log, f"start {job_id} 1")
-        done = cancel(factory, cfg, job_id, "--wait", "--timeout", "60")
-        assert done.returncode == 0, done.stderr
-        assert done.stdout == f"job {job_id} cancelled; it was stopped while running\n"
-        info = queue.job(job_id)
-        assert info is not None and info.state is JobState.CANCELLED
+        cancel_running(factory, cfg, queue, job_id, "--timeout", "60")
