@@ -887,9 +887,7 @@ class Pool:
 
     def _fetch(self, free: int) -> int:
         """Fetch and hand over up to `free` jobs (tests drive this directly)."""
-        jobs = self._queue.fetch(
-            free, self.tasks.keys(), self.config.lease_seconds, worker=self._identity
-        )
+        jobs = self._exchange(_Settlement(), free)
         self._hand_over(jobs)
         return len(jobs)
 
