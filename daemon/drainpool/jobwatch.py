@@ -81,7 +81,7 @@ class JobWatch:
 
         Called for every batch the dispatcher hands over, so the common case
         (already watching) is one attribute read. A pool that was idle passes
-        CHECK_SECONDS, or its jobs' shortest time limit: a sweep and a read of
+        CHECK_SECONDS, or a shorter time limit of its jobs: a sweep and a read of
         the queue at once would compete with the start of those jobs (issue 21).
         """
         if self._busy:

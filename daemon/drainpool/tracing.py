@@ -240,9 +240,8 @@ class _Made:
         self.processor = tracer.span_processor
         self.resource = tracer.resource
         self.scope = InstrumentationScope(TRACER_NAME)
-        self._names: dict[
-            str, str
-        ] = {}  # task -> its spans' name: one string per task, not per job
+        # task -> its spans' name: one string per task, not one per job
+        self._names: dict[str, str] = {}
         self._ids = tracer.id_generator
         random_flag = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
         random_ids = getattr(self._ids, "is_trace_id_random", lambda: False)()
