@@ -224,6 +224,11 @@ def path_from_url(url: str, base_dir: Path | None) -> Path:
 _Change = tuple[Job, int | None, float, int, str | None, str | None, float | None]
 
 
+def _acked(job: Job) -> _Change:
+    """An ack as a change for _adopt: state None, done, nothing to keep."""
+    return (job, None, 0.0, 0, None, None, None)
+
+
 class SqliteQueue:
     """The `Queue` protocol on one SQLite file (see module docstring)."""
 
@@ -600,7 +605,7 @@ class SqliteQueue:
             orphans: list[_Change] = []
             for token, result, ids, jobs in acked:
                 if not token.startswith(mine):
-                    orphans += [(j, None, 0.0, 0, None, None, None) for j in jobs]
+                    orphans += [_acked(j) for j in jobs]
                 elif self.retention_seconds:
                     conn.execute(COMPLETE_IDS_SQL, (now, expires, result, "", token, ids))
                 else:
@@ -612,11 +617,7 @@ class SqliteQueue:
             ]
             if kept:
                 conn.execute(COMPLETE_SQL, (now, expires, json.dumps(kept)))
-            orphans += [
-                (d.job, None, 0.0, 0, None, None, None)
-                for d in singles
-                if not d.job.token.startswith(mine)
-            ]
+            orphans += [_acked(d.job) for d in singles if not d.job.token.startswith(mine)]
             for token, ids in changed:
                 if token.startswith(mine):
                     # A job whose cancel was asked ends cancelled; the UPDATE below skips it.
