@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from drainpool.bell import Bell
 from drainpool.context import (
     Interrupted,
     JobStop,
@@ -140,6 +141,13 @@ class _Running:
     watched: observe.Watched | None = None  # hooks and span of this attempt (drainpool.observe)
     awaited: bool = False  # abandoned, and the runner is ending it: the drain waits for that
     replaced: bool = False  # abandoned alone while the pool runs: a new worker took its place
+    finished: bool = False  # its worker is done with it: the dispatcher settles it next round
+
+
+# A run as its worker left it, for the dispatcher to settle (Pool._take_finished): its
+# entry, the job as the run began (entry.job may hold a newer lease by now), the outcome,
+# the ack, the failure, the run time. A tuple: made once per job, cheaper than a class.
+_Finished = tuple[_Running, Job, Outcome, "Job | Done", "Failure | None", float]
 
 
 @dataclass(slots=True)
@@ -199,7 +207,10 @@ class Pool:
         self._recent = recent or RecentOutcomes(1)
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)  # workers wait here
-        self._dispatch_wake = threading.Condition(self._lock)  # the dispatcher waits here
+        self._bell = Bell()  # the dispatcher sleeps on it; workers ring it without a lock
+        # Runs that workers finished, appended without the lock (see _finish); the dispatcher
+        # moves them to _settle, counts and means under the lock (_take_finished).
+        self._finished: collections.deque[_Finished] = collections.deque()
         self._handed: collections.deque[Job] = collections.deque()
         self._running: dict[str, _Running] = {}
         self._settle = _Settlement()
@@ -267,7 +278,7 @@ class Pool:
             self._settle.releases.extend(cancelled)
             self._settle.outcomes[Outcome.CANCELLED] += len(cancelled)
             self._work_ready.notify_all()
-            self._dispatch_wake.notify()
+            self._bell.ring()
             self.counts[Outcome.CANCELLED] += len(cancelled)
             stops = [r.stop for r in self._running.values()]
         for stop in stops:
@@ -285,15 +296,17 @@ class Pool:
         """
         with self._lock:
             self._abandon_requested = True
-            abandoned = [r for r in self._running.values() if not r.abandoned]
+            with self._stops_lock:  # a run its worker finished meanwhile is settled as such
+                abandoned = [r for r in self._running.values() if not (r.abandoned or r.finished)]
+                for entry in abandoned:
+                    entry.abandoned = True
             now = self._clock()
             for entry in abandoned:
-                entry.abandoned = True
                 entry.awaited = self._runner.ends(entry.job.task)
                 self._settle.releases.append(entry.job)
             self._settle.outcomes[Outcome.ABANDONED] += len(abandoned)
             self.counts[Outcome.ABANDONED] += len(abandoned)  # under the lock, as workers count
-            self._dispatch_wake.notify()
+            self._bell.ring()
         # Marked abandoned first, so a result that a forced stop provokes is ignored; then
         # listeners (command tasks) kill what they started.
         self.shutdown.expire()
@@ -321,7 +334,7 @@ class Pool:
             for entry in self._running.values():
                 if entry.job.id in job_ids:
                     entry.awaited = False
-            self._dispatch_wake.notify()
+            self._bell.ring()
 
     # -- stopping one job (drainpool.jobwatch calls these) -------------------
 
@@ -342,7 +355,7 @@ class Pool:
             held = [r.job for r in self._running.values() if not r.abandoned]
             held.extend(self._handed)
             for entry in self._running.values():
-                if entry.abandoned:
+                if entry.abandoned or entry.finished:
                     continue
                 if entry.stop_at is not None:
                     at = entry.stop_at + grace
@@ -376,8 +389,8 @@ class Pool:
                 self._settle.releases.append(dropped)  # the queue ends it cancelled
                 self._settle.outcomes[Outcome.ABORTED] += 1
                 self.counts[Outcome.ABORTED] += 1
-                self._dispatch_wake.notify()
-            elif entry.abandoned:
+                self._bell.ring()
+            elif entry.abandoned or entry.finished:
                 return
             elif reason == "cancel":
                 entry.cancel_asked = True
@@ -407,9 +420,9 @@ class Pool:
         cancel = entry.cancel_asked or entry.stop.reason == "cancel"
         outcome = Outcome.ABORTED if cancel else Outcome.TIMED_OUT
         now = self._clock()
-        with self._lock:
-            if entry.abandoned or self._running.get(job.id) is not entry:
-                return
+        with self._lock, self._stops_lock:
+            if entry.abandoned or entry.finished or self._running.get(job.id) is not entry:
+                return  # ended meanwhile: its worker's outcome stands
             entry.abandoned = True
             entry.awaited = self._runner.ends(job.task)
             kind = self.tasks[job.task].kind
@@ -421,7 +434,7 @@ class Pool:
                 self._settle.failures.append(self._timed_out(entry))
             self._settle.outcomes[outcome] += 1
             self.counts[outcome] += 1
-            self._dispatch_wake.notify()
+            self._bell.ring()
         entry.stop.expire()  # listeners: SIGKILL to a command's group
         self._task_metrics.finished(job.task, outcome, now - entry.started)
         self._recent.add(self, job, outcome, now - entry.started)
@@ -460,7 +473,7 @@ class Pool:
         if self._listener.ident is not None:
             self._listener.join(max(deadline - time.monotonic(), 0))
         with self._lock:
-            stuck = {r.thread for r in self._running.values()}
+            stuck = {r.thread for r in self._running.values() if not r.finished}
         for thread in self._threads:
             if thread.name not in stuck:
                 thread.join(max(deadline - time.monotonic(), 0))
@@ -561,21 +574,36 @@ class Pool:
         seconds = self._clock() - entry.started
         if entry.watched is not None:
             entry.watched.end(outcome, seconds, "" if failure is None else failure.error)
-        with self._lock:
+        # Handed to the dispatcher without the pool's lock (see drainpool.bell: a lock taken
+        # by every worker per job made them convoy). The flag, under the stops' lock with no
+        # call inside, decides a race with an abandon: whichever comes first wins the job.
+        with self._stops_lock:
+            entry.finished = True
+            replaced = entry.replaced
+        self._finished.append((entry, job, outcome, done, failure, seconds))
+        self._bell.ring()
+        if not entry.abandoned:
+            metrics.finished(job.task, outcome, seconds)
+            self._recent.add(self, job, outcome, seconds)
+        return replaced
+
+    def _take_finished(self) -> None:
+        """Settle what the workers finished: counts, moving mean, the next batch (lock held)."""
+        finished = self._finished
+        while finished:
+            entry, job, outcome, done, failure, seconds = finished.popleft()
             mean = self._mean_run_seconds
             self._mean_run_seconds = (
                 seconds if mean is None else mean + RUN_TIME_WEIGHT * (seconds - mean)
             )
             if self._running.get(job.id) is entry:  # an abandoned run's id may run anew
                 del self._running[job.id]
-            if entry.job is not job:  # its lease lapsed and was taken again: settle with that
-                job, done, failure = _with_lease(entry.job, done, failure)
-            if entry.abandoned:
+            if entry.abandoned:  # settled when abandoned; it may already run elsewhere
                 if entry.replaced:
                     self._left_behind -= 1
-                if entry.awaited:
-                    self._dispatch_wake.notify()  # the drain may have waited for this end
-                return entry.replaced  # settled when abandoned; it may already run elsewhere
+                continue
+            if entry.job is not job:  # its lease lapsed and was taken again: settle with that
+                job, done, failure = _with_lease(entry.job, done, failure)
             self.counts[outcome] += 1
             self._settle.outcomes[outcome] += 1
             if outcome is Outcome.COMPLETED:
@@ -584,10 +612,6 @@ class Pool:
                 self._settle.failures.append(failure)
             else:
                 self._settle.releases.append(job)
-            self._dispatch_wake.notify()
-        metrics.finished(job.task, outcome, seconds)
-        self._recent.add(self, job, outcome, seconds)
-        return False
 
     def _interrupted(self, entry: _Running) -> tuple[Outcome, Failure | None]:
         """The outcome of a task that raised Interrupted: why was it asked to stop?"""
@@ -623,7 +647,7 @@ class Pool:
             if woken:
                 with self._lock:
                     self._wake_pending = True
-                    self._dispatch_wake.notify()
+                    self._bell.ring()
                     # At most a safety-net interval: a channel unread for long may overflow
                     # (Redis drops a subscriber whose backlog grows past its buffer limit).
                     while self._streaming and self._wake_pending and not self._drained:
@@ -657,6 +681,8 @@ class Pool:
         while True:
             with self._lock:
                 while True:
+                    self._bell.arm()  # before the last look: what changes after it rings
+                    self._take_finished()
                     now = clock()
                     free = self._free_slots()
                     # While jobs stream in, what finished is settled with the next fetch, in
@@ -674,7 +700,7 @@ class Pool:
                         wake_at = min(wake_at, next_fetch)
                     if now >= next_renew:
                         break
-                    self._dispatch_wake.wait(wake_at - now)
+                    self._sleep(wake_at - now)
                 batch, self._settle = self._settle, _Settlement()
                 stopping = self._stopping
                 finished = stopping and not self._has_active() and not batch
@@ -737,7 +763,15 @@ class Pool:
                     return
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 with self._lock:
-                    self._dispatch_wake.wait(backoff * (0.5 + random.random() / 2))
+                    self._sleep(backoff * (0.5 + random.random() / 2))
+
+    def _sleep(self, seconds: float) -> None:
+        """Release the lock and sleep until the bell rings or `seconds` pass (armed first)."""
+        self._lock.release()
+        try:
+            self._bell.wait(seconds)
+        finally:
+            self._lock.acquire()
 
     def _idle_wait(self) -> float:
         """Seconds an idle dispatcher may sleep: to the next delayed job, or the safety net."""
@@ -755,6 +789,7 @@ class Pool:
         with self._lock:
             if not self._abandon_requested:
                 return False
+            self._take_finished()
             batch, self._settle = self._settle, _Settlement()
         self.unsettled = len(batch.acks) + len(batch.releases) + len(batch.failures)
         if self.unsettled:
@@ -824,7 +859,7 @@ class Pool:
                 self._settle.releases.extend(jobs)
                 self._settle.outcomes[Outcome.CANCELLED] += len(jobs)
                 self.counts[Outcome.CANCELLED] += len(jobs)
-                self._dispatch_wake.notify()
+                self._bell.ring()
             else:
                 self._handed.extend(jobs)
                 self._work_ready.notify(len(jobs))
