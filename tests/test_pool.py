@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -215,3 +216,27 @@ def test_a_reserve_that_shrinks_below_what_the_pool_holds_does_not_stall_the_dis
     # Never more than the workers and the deepest reserve (2 + 2 x 32), though the
     # reserve shrank to a few jobs while dozens were held.
     assert 0 < held_most <= 2 + 64
+
+
+def test_a_run_its_worker_finished_before_the_abandon_is_settled_as_completed(
+    tmp_path: Path,
+) -> None:
+    """Workers hand finished runs over without the pool's lock; an abandon must not win them."""
+    pool, queue, metrics = make_pool(tmp_path, workers=1, prefetch=0)
+    queue.enqueue("noop", {})
+    assert pool._fetch(1) == 1
+    # One worker, no dispatcher yet: the run ends and waits in the hand-over to the dispatcher.
+    worker = threading.Thread(target=pool._worker_loop, daemon=True)
+    worker.start()
+    wait_until(lambda: pool._finished, what="the run handed to the dispatcher")
+    pool.begin_drain()
+    assert pool.abandon() == []  # finished already: nothing left to abandon
+    pool.start()
+    wait_until(lambda: pool.drained, what="pool drained")
+    pool.join()
+    worker.join(5)
+    assert +pool.counts == {"completed": 1}
+    assert sample(metrics, "drainpool_tasks_completed_total", task="noop") == 1
+    stats = queue.stats()
+    assert (stats.ready, stats.leased, stats.dead) == (0, 0, 0)  # acked, not released
+    queue.close()

@@ -101,12 +101,13 @@ class PoolConfig:
 class RecentOutcomes:
     """The last `size` outcomes of every generation, newest last, for the console.
 
-    Bounded (a deque with maxlen) and cheap: one short lock per finished job.
-    The lock lets the HTTP thread copy it while workers append.
+    Bounded (a deque with maxlen) and cheap: workers append without a lock (a
+    deque's append is atomic), since a lock that every worker took per job made
+    them convoy (drainpool.bell says how); the HTTP thread's copy is retried if
+    an append lands in the middle of it.
     """
 
     def __init__(self, size: int = 200) -> None:
-        self._lock = threading.Lock()
         self._items: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
 
     def add(self, pool: Pool, job: Job, outcome: Outcome, seconds: float | None) -> None:
@@ -120,12 +121,14 @@ class RecentOutcomes:
             "pool": pool.config.name,
             "generation": pool.generation,
         }
-        with self._lock:
-            self._items.append(item)
+        self._items.append(item)
 
     def snapshot(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._items)
+        while True:
+            try:
+                return list(self._items)
+            except RuntimeError:  # "deque mutated during iteration": copy again
+                continue
 
 
 @dataclass(slots=True)
