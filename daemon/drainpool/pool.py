@@ -7,10 +7,12 @@ runs (on the worker thread, or in a child process) is its runner's part
 (drainpool.runner); everything else here is the same for every kind.
 
 Every job the pool holds is in exactly one place: `_handed` (leased, not yet
-started), `_running`, or `_settle` (finished, waiting to be acked, failed or
-released by the dispatcher in one batch). A worker moves a job from handed to
-running under the lock, so the drain's cancel and a worker's start can never
-both win (CPython futures' set_running_or_notify_cancel, the same gate).
+started), `_running` (a run its worker finished stays there, flagged, until the
+dispatcher takes it from `_finished`), or `_settle` (finished, waiting to be
+acked, failed or released by the dispatcher in one batch). A worker moves a job
+from handed to running under the lock, so the drain's cancel and a worker's
+start can never both win (CPython futures' set_running_or_notify_cancel, the
+same gate); it hands the finished run over without the lock (drainpool.bell).
 
 Over 400 lines on purpose: the workers, the dispatcher and the drain all keep
 the invariant above under one lock, and it reads best where all three are.
@@ -211,7 +213,7 @@ class Pool:
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)  # workers wait here
         self._bell = Bell()  # the dispatcher sleeps on it; workers ring it without a lock
-        # Runs that workers finished, appended without the lock (see _finish); the dispatcher
+        # Runs that workers finished, appended without the lock (end of _run); the dispatcher
         # moves them to _settle, counts and means under the lock (_take_finished).
         self._finished: collections.deque[_Finished] = collections.deque()
         self._handed: collections.deque[Job] = collections.deque()
