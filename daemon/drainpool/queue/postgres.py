@@ -57,6 +57,7 @@ from drainpool.queue.base import (
     decode_meta,
     encode_meta,
     encode_payload,
+    fetched_job,
     fetched_payload,
     loads_or_raw,
     log_dead,
@@ -360,7 +361,7 @@ class PostgresQueue:
                     conn.execute(self._sql["bury_one"], (error, job_id))
                     continue
                 jobs.append(
-                    Job(
+                    fetched_job(
                         str(job_id),
                         task,
                         payload,

@@ -80,6 +80,7 @@ from drainpool.queue.base import (
     decode_payload,
     encode_meta,
     encode_payload,
+    fetched_job,
     loads_or_raw,
     log_dead,
     log_dead_job,
@@ -921,7 +922,7 @@ class RedisQueue:
             job_id, task, body, attempts, enqueued_at, timeout, meta = row
             payload, error = decode_payload(body)
             limit = float(timeout) if timeout else None
-            job = Job(
+            job = fetched_job(
                 str(job_id),
                 task,
                 payload,
