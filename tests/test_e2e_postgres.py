@@ -11,6 +11,7 @@ right now" something a test waits for instead of guessing.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -250,3 +251,29 @@ def test_a_full_disk_holds_finished_results_in_memory_until_space_is_freed(
         assert "Traceback" not in text
         daemon.terminate()
         server.stop()  # the last process in the namespace: its tmpfs goes with it
+
+
+def test_a_row_lock_that_holds_the_release_does_not_hold_the_stop(
+    factory: DaemonFactory, start_postgres: StartPostgres, tmp_path: Path
+) -> None:
+    """Another session keeps the running job's row locked: the daemon still exits on its own.
+
+    The drain's release of the interrupted job waits for that lock for ever. Without
+    the drain's settle deadline the daemon never exits, and systemd kills it at
+    TimeoutStopSec; with it, the pool is given up SETTLE_SECONDS after its grace, the
+    daemon exits 1 with a line that says why, and the job keeps its lease.
+    """
+    server = start_postgres()
+    log = tmp_path / "jobs.log"
+    config = pg_config(factory, server, shutdown={"grace_seconds": 1.0})
+    enqueue(factory, config, log, [LONG])
+    daemon = factory.start(config)
+    wait_until(lambda: "1" in running(daemon), what="job 1 running")
+    with psycopg.connect(server.url()) as locker:  # one transaction, open until the end
+        locker.execute("SELECT id FROM drainpool.jobs WHERE id = 1 FOR UPDATE")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit(timeout=60) == 1, daemon.log()
+        locker.rollback()
+    assert "interrupted 1 1" in log.read_text()
+    assert "its queue did not settle within 3s after the grace" in daemon.log()
+    assert queue_stats(factory, config)["leased"] == 1  # left to its lease, not lost

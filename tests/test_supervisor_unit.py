@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from drainpool import runtime
-from drainpool.drain import Drain
+from drainpool.drain import SETTLE_SECONDS, Drain
 from drainpool.exitcodes import ExitCode
 from drainpool.inbox import ConfigChanged
 from drainpool.metrics import Metrics
@@ -241,18 +241,19 @@ class _Config:
 class StubbornPool:
     """A pool generation whose one job never finishes by itself."""
 
-    def __init__(self, grace: float) -> None:
+    def __init__(self, grace: float, settles: bool = True) -> None:
         self.config = _Config(grace)
         self.generation = 1
         self.drained = False
         self.running = ["job"]
+        self.settles = settles  # False: its queue never answers the release (a hung call)
 
     def begin_drain(self) -> int:
         return 0
 
     def abandon(self) -> list[str]:
         abandoned, self.running = self.running, []
-        self.drained = True  # as a real pool does once it released the job
+        self.drained = self.settles  # as a real pool does once it released the job
         return abandoned
 
     def snapshot(self) -> dict[str, Any]:
@@ -272,3 +273,20 @@ def test_each_pool_of_a_drain_has_its_own_deadline() -> None:
     assert drain.force() == 1
     assert drain.finished and drain.next_deadline() is None
     assert drain.elapsed() == 1.0
+
+
+def test_a_pool_whose_queue_never_settles_is_given_up_after_the_grace() -> None:
+    clock = Clock()
+    hung, fine = StubbornPool(1.0, settles=False), StubbornPool(1.0)
+    drain: Drain[StubbornPool] = Drain("shutdown", clock)
+    drain.add({"hung": hung, "fine": fine})
+    clock.now += 1.0
+    assert drain.expire() == 2
+    assert not drain.finished  # the hung pool still holds its release
+    assert drain.next_deadline() == 1001.0 + SETTLE_SECONDS  # the loop wakes for it
+    clock.now += SETTLE_SECONDS - 0.5
+    assert not drain.give_up()
+    clock.now += 0.5
+    assert drain.give_up()
+    assert drain.finished and drain.next_deadline() is None
+    assert not drain.give_up()  # once

@@ -18,6 +18,14 @@ from drainpool.outcomes import Outcome
 
 log = logging.getLogger("drainpool.supervisor")  # the lines the supervisor always logged
 
+# Once a pool's grace is over, its dispatcher releases what was abandoned and reports the
+# pool drained, within milliseconds as a rule, or gives the queue up if it keeps failing. A
+# queue call that never returns (a row that another PostgreSQL session keeps locked, a hung
+# file system) would hold the stop for ever, past systemd's TimeoutStopSec; so the drain
+# waits this long after the grace, then gives the pool up. It stays below the 5 s that the
+# supervisor adds to the grace when it extends systemd's stop timeout.
+SETTLE_SECONDS = 3.0
+
 
 class _PoolConfig(Protocol):
     @property
@@ -62,6 +70,8 @@ class Drain(Generic[P]):
         self.pools: dict[str, P] = {}
         self._deadlines: dict[str, float] = {}
         self._forced: set[str] = set()  # pools whose grace is over
+        self._settle_by: dict[str, float] = {}  # grace over: drained by then, or given up
+        self._given_up: set[str] = set()
 
     def add(self, pools: Mapping[str, P]) -> None:
         """Begin draining each pool not yet draining; its grace starts now."""
@@ -96,13 +106,41 @@ class Drain(Generic[P]):
     def _abandon(self, names: list[str]) -> int:
         abandoned = 0
         for name in names:
+            if name in self._forced:
+                continue
             self._forced.add(name)
+            self._settle_by[name] = self._clock() + SETTLE_SECONDS
             abandoned += len(self.pools[name].abandon())
         return abandoned
 
+    def give_up(self) -> bool:
+        """Give up the pools still not drained SETTLE_SECONDS after their grace; True if any."""
+        now = self._clock()
+        late = [
+            name
+            for name, at in self._settle_by.items()
+            if now >= at and name not in self._given_up and not self.pools[name].drained
+        ]
+        for name in late:
+            self._given_up.add(name)
+            log.error(
+                "pool %s generation %d: its queue did not settle within %.0fs after the grace"
+                " (a queue call that does not return); given up: what it still holds comes"
+                " back when its leases expire",
+                name,
+                self.pools[name].generation,
+                SETTLE_SECONDS,
+            )
+        return bool(late)
+
     def next_deadline(self) -> float | None:
-        """The earliest grace still running, for the loop's wake-up."""
+        """The earliest grace still running, or settle deadline, for the loop's wake-up."""
         pending = [d for n, d in self._deadlines.items() if n not in self._forced]
+        pending.extend(
+            at
+            for n, at in self._settle_by.items()
+            if n not in self._given_up and not self.pools[n].drained
+        )
         return min(pending, default=None)
 
     def holds(self, name: str, pool: P) -> bool:
@@ -110,8 +148,8 @@ class Drain(Generic[P]):
 
     @property
     def finished(self) -> bool:
-        """Every pool of the drain has settled its jobs (true at once for no pools)."""
-        return all(p.drained for p in self.pools.values())
+        """Every pool of the drain has settled its jobs or was given up (true for no pools)."""
+        return all(p.drained or n in self._given_up for n, p in self.pools.items())
 
     def elapsed(self) -> float:
         return self._clock() - self.started

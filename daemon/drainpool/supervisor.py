@@ -200,11 +200,20 @@ class Supervisor:
         self._last_turn = now
         if self.notifier.watchdog_due(now):
             self.notifier.watchdog_ping(now)
-        if self._drain is not None and self._drain.expire() and self._stop_requested:
-            self.exit_code = ExitCode.ABANDONED
+        if self._drain is not None:
+            self._drain_clock(self._drain)
         if self.phase is Phase.RUNNING and (source := self._reloads.take()) is not None:
             self._reload(source)
         self._generations.count_strays()
+
+    def _drain_clock(self, drain: Drain[Pool]) -> None:
+        """The clock's part of a drain: graces that ran out, pools whose queue never settled."""
+        abandoned = drain.expire()
+        gave_up = drain.give_up()
+        if (abandoned or gave_up) and self._stop_requested:
+            self.exit_code = ExitCode.ABANDONED
+        if gave_up and drain.finished:
+            self._finish_drain()
 
     def _queue_health_changed(self, change: str | None) -> None:
         if change == "down":
