@@ -22,8 +22,10 @@ from tests.support.daemon import REPO, base_config, render_config
 # PEP 639 notices. Not distutils' "warning: byte-compiling is disabled", which
 # only says that PYTHONDONTWRITEBYTECODE is set.
 BUILD_WARNING = re.compile(r"[A-Z_]\w*Warning\b|_BetaConfiguration|License classifiers|[Dd]eprecat")
+# What .gitignore keeps out, so a working tree copies as a clean checkout would: the bench's
+# scratch folder may hold a running daemon's doorbell socket, which copytree cannot copy.
 NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"
+    ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".work"
 )
 
 
