@@ -223,6 +223,14 @@ class JobStop:
 StopSignal = ShutdownEvent | JobStop
 
 
+def task_logger(
+    task: str, job_id: str, base: logging.Logger | None = None
+) -> logging.LoggerAdapter[logging.Logger]:
+    """A job's logger: `drainpool.task.<task>` (or `base`), its records tagged with job and task."""
+    logger = base or logging.getLogger(f"drainpool.task.{task}")
+    return logging.LoggerAdapter(logger, {"job_id": job_id, "task": task})
+
+
 @dataclass(frozen=True, slots=True)
 class TaskContext:
     """Handed to every task as its first argument.

@@ -6,13 +6,12 @@ it is one `is None` test per job; everything here runs only when configured.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from drainpool.context import JobStop, StopReason, TaskContext
+from drainpool.context import JobStop, StopReason, TaskContext, task_logger
 from drainpool.hooks import Hooks, JobEvent
 from drainpool.outcomes import Outcome
 from drainpool.queue.base import Job
@@ -73,11 +72,7 @@ class JobWatch:
         for job in jobs:
             stop = JobStop()
             stop.set(reason)
-            logger = logging.LoggerAdapter(
-                logging.getLogger(f"drainpool.task.{job.task}"),
-                {"job_id": job.id, "task": job.task},
-            )
-            ctx = TaskContext(job.id, job.attempt, job.task, logger, stop)
+            ctx = TaskContext(job.id, job.attempt, job.task, task_logger(job.task, job.id), stop)
             events.append(JobEvent(job, ctx, self.pool, self.generation, outcome, None, ""))
         if not events:
             return

@@ -40,6 +40,7 @@ from drainpool.context import (
     TaskContext,
     TimedOut,
     failure_details,
+    task_logger,
 )
 from drainpool.jobwatch import CHECK_SECONDS, JobWatch
 from drainpool.metrics import Metrics
@@ -551,8 +552,7 @@ class Pool:
         spec = self.tasks[job.task]
         metrics = self._task_metrics
         metrics.started(job.task)
-        extra = {"job_id": job.id, "task": job.task}
-        logger = logging.LoggerAdapter(self._loggers[job.task], extra)
+        logger = task_logger(job.task, job.id, self._loggers[job.task])
         ctx = TaskContext(job.id, job.attempt, job.task, logger, entry.stop)
         failure: Failure | None = None
         done: Job | Done = job

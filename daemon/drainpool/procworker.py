@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import queue
 import socket
@@ -25,7 +24,14 @@ import sys
 import threading
 from typing import Any
 
-from drainpool.context import Interrupted, JobStop, StopReason, TaskContext, failure_details
+from drainpool.context import (
+    Interrupted,
+    JobStop,
+    StopReason,
+    TaskContext,
+    failure_details,
+    task_logger,
+)
 from drainpool.outcomes import Outcome
 
 # Run with `python -c BOOTSTRAP drainpool-worker FD SYS_PATH_JSON CONFIG_JSON`: the parent's
@@ -171,10 +177,9 @@ def _run(
 ) -> dict[str, Any]:
     """Run one job; its outcome as the parent's Pool._run would classify it."""
     name = message["task"]
-    logger = logging.LoggerAdapter(
-        logging.getLogger(f"drainpool.task.{name}"), {"job_id": message["id"], "task": name}
+    ctx = TaskContext(
+        message["id"], message["attempt"], name, task_logger(name, message["id"]), shutdown
     )
-    ctx = TaskContext(message["id"], message["attempt"], name, logger, shutdown)
     try:
         handler = handlers.get(name)
         if handler is None:
