@@ -86,7 +86,7 @@ MAX_REASON = 500  # characters of a cancel's reason
 CHART_SECONDS = 3600  # the outcomes chart's span: the last hour, minute by minute
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # never compared: no generated __eq__/__hash__
 class ConsoleSource:
     """What the console reads and asks for; the supervisor provides each callable."""
 

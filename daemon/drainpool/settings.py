@@ -332,7 +332,7 @@ class Settings(BaseSettings):
         return self.model_dump(mode="json")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # never compared (reloads compare settings)
 class LoadedConfig:
     """Settings together with where they came from, to point errors at lines."""
 
