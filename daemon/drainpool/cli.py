@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from queue import SimpleQueue
 from typing import Any
 
-from drainpool import __version__, jobs_cli
+from drainpool import __version__
 from drainpool.exitcodes import ExitCode
 from drainpool.queue.base import QueueError, QueueUnavailable, check_timeout
 
@@ -157,6 +157,8 @@ def _parser(named: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print the raw status JSON")
 
     if wanted("job"):
+        from drainpool import jobs_cli  # like schedule_cli: loaded for its own command
+
         jobs_cli.register(sub, _add_config)
 
     return parser
