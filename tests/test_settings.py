@@ -127,3 +127,25 @@ def test_effective_config_with_odd_keys_is_valid_toml(tmp_path: Path) -> None:
     loaded = load(write(tmp_path, text))
     rendered = settings.to_toml(loaded.settings.effective())
     assert tomllib.loads(rendered)["tasks"]["t"]["env"] == {'A"B': "1", "C D": "2"}
+
+
+def test_default_sections_are_the_validated_defaults(tmp_path: Path) -> None:
+    """Sections left out of the file are made without validation (issue 17): they must be
+    what validating the same empty table gives, and a section alone still validates."""
+    loaded = load(write(tmp_path, "[pool]\nworkers = 2\n"))
+    for name in ("shutdown", "reload", "queue", "metrics", "log", "console", "hooks", "tracing"):
+        section = getattr(loaded.settings, name)
+        assert section == type(section).model_validate({}), name
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        settings.PoolSettings.model_validate({"workers": 0})
+    assert settings.MetricsSettings.model_validate({}).model_dump()["port"] == 9468
+
+
+def test_table_defaults_are_not_shared_between_configs(tmp_path: Path) -> None:
+    """`env = {}` and `payload = {}` defaults (no default_factory, issue 17) are per instance."""
+    path = write(tmp_path, '[tasks.a]\ncommand = ["true"]\n[tasks.b]\ncommand = ["true"]\n')
+    tasks = load(path).settings.tasks
+    first, second = tasks["a"], tasks["b"]
+    assert isinstance(first, settings.CommandTask) and isinstance(second, settings.CommandTask)
+    assert first.env == {} and first.env is not second.env
+    assert load(path).settings.pools is not load(path).settings.pools

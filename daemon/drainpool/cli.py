@@ -2,19 +2,23 @@
 
 Exit codes follow drainpool.exitcodes: 0 ok, 1 failure, 2 usage or bad input,
 3, 4, 5 how a waited-for job ended (drainpool.jobs_cli), 78 invalid config (EX_CONFIG).
+
+A little over 400 lines: each command's options and its handler are read together,
+and a parser module apart would put them a file away from each other.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 from collections.abc import Sequence
 from queue import SimpleQueue
 from typing import Any
 
-from drainpool import __version__, jobs_cli
+from drainpool import __version__
 from drainpool.exitcodes import ExitCode
 from drainpool.queue.base import QueueError, QueueUnavailable, check_timeout
 
@@ -24,8 +28,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def dispatch(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(words[0] if words else None)
+    args = parser.parse_args(words)
     if not getattr(args, "handler", None):
         parser.print_usage(sys.stderr)
         return ExitCode.USAGE
@@ -48,7 +53,20 @@ class UsageError(Exception):
     """Bad arguments or bad input: one line to stderr, exit 2."""
 
 
-def _parser() -> argparse.ArgumentParser:
+COMMANDS = ("run", "check-config", "reload", "enqueue", "queue", "schedule", "status", "job")
+
+
+def _parser(named: str | None = None) -> argparse.ArgumentParser:
+    """The command line. When `named` is a command, only its own parser is built.
+
+    Each subparser costs start-up time (argparse's and gettext's work: some 6 ms for
+    the dozen, issue 17); the others only show in the top-level help or in the
+    error about an unknown command, and for those every one is built.
+    """
+
+    def wanted(name: str) -> bool:
+        return named not in COMMANDS or name == named
+
     parser = argparse.ArgumentParser(prog="drainpool", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"drainpool {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
@@ -59,72 +77,90 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    command("run", _cmd_run, "run the daemon in the foreground")
-    p = command("check-config", _cmd_check_config, "validate the config; print the effective one")
-    p.add_argument(
-        "--diff",
-        action="store_true",
-        help="print what a reload of the running daemon would do, pool by pool, instead",
-    )
-    p.add_argument("--pid", type=int, help="with --diff: the daemon's pid")
+    if wanted("run"):
+        command("run", _cmd_run, "run the daemon in the foreground")
 
-    p = command("reload", _cmd_reload, "reload a running daemon's config and wait for the result")
-    p.add_argument("--pid", type=int, help="the daemon's pid (default: ask its endpoint)")
-    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait (default 90)")
-    p.add_argument(
-        "--dry-run", action="store_true", help="print what would restart; change nothing"
-    )
+    if wanted("check-config"):
+        p = command(
+            "check-config", _cmd_check_config, "validate the config; print the effective one"
+        )
+        p.add_argument(
+            "--diff",
+            action="store_true",
+            help="print what a reload of the running daemon would do, pool by pool, instead",
+        )
+        p.add_argument("--pid", type=int, help="with --diff: the daemon's pid")
 
-    p = command("enqueue", _cmd_enqueue, "add jobs to the queue")
-    p.epilog = (
-        "A payload is checked against its task's payload type (a pydantic model or TypedDict)"
-        " when this machine can import the task's module: one line per error, exit 2, nothing"
-        " queued. When it cannot, the job is queued unchecked and the daemon checks it."
-    )
-    p.add_argument("task", nargs="?", help="a configured task name")
-    p.add_argument(
-        "payload", nargs="?", help="the job's payload as JSON (default {}), checked if typed"
-    )
-    p.add_argument("--delay", type=float, default=0.0, metavar="S", help="run after S seconds")
-    p.add_argument("--at", metavar="TIME", help="run at TIME (ISO 8601, or Unix seconds)")
-    p.add_argument(
-        "--key", metavar="K", help="idempotency key: a live job with K is not added twice"
-    )
-    p.add_argument(
-        "--timeout",
-        type=_time_limit,
-        metavar="S",
-        help="the job's time limit in seconds (over its task's timeout_seconds)",
-    )
-    p.add_argument(
-        "--file", metavar="JOBS.jsonl", help="bulk: one {task, payload} per line; - for stdin"
-    )
-    p.add_argument(
-        "--skip-invalid", action="store_true", help="bulk: enqueue good lines, report bad"
-    )
+    if wanted("reload"):
+        p = command(
+            "reload", _cmd_reload, "reload a running daemon's config and wait for the result"
+        )
+        p.add_argument("--pid", type=int, help="the daemon's pid (default: ask its endpoint)")
+        p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait (default 90)")
+        p.add_argument(
+            "--dry-run", action="store_true", help="print what would restart; change nothing"
+        )
 
-    p = command("queue", _cmd_queue, "inspect the queue and its dead letters; migrate its tables")
-    p.add_argument(
-        "action",
-        nargs="?",
-        choices=["stats", "dead", "migrate"],
-        help="stats, dead list|retry|purge, or migrate (create or upgrade PostgreSQL tables)",
-    )
-    p.add_argument("dead_action", nargs="?", choices=["list", "retry", "purge"])
-    p.add_argument("ids", nargs="*", help="job ids for dead retry/purge (default: all)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--limit", type=int, default=100, help="dead list: at most this many")
+    if wanted("enqueue"):
+        p = command("enqueue", _cmd_enqueue, "add jobs to the queue")
+        p.epilog = (
+            "A payload is checked against its task's payload type (a pydantic model or TypedDict)"
+            " when this machine can import the task's module: one line per error, exit 2, nothing"
+            " queued. When it cannot, the job is queued unchecked and the daemon checks it."
+        )
+        p.add_argument("task", nargs="?", help="a configured task name")
+        p.add_argument(
+            "payload", nargs="?", help="the job's payload as JSON (default {}), checked if typed"
+        )
+        p.add_argument("--delay", type=float, default=0.0, metavar="S", help="run after S seconds")
+        p.add_argument("--at", metavar="TIME", help="run at TIME (ISO 8601, or Unix seconds)")
+        p.add_argument(
+            "--key", metavar="K", help="idempotency key: a live job with K is not added twice"
+        )
+        p.add_argument(
+            "--timeout",
+            type=_time_limit,
+            metavar="S",
+            help="the job's time limit in seconds (over its task's timeout_seconds)",
+        )
+        p.add_argument(
+            "--file", metavar="JOBS.jsonl", help="bulk: one {task, payload} per line; - for stdin"
+        )
+        p.add_argument(
+            "--skip-invalid", action="store_true", help="bulk: enqueue good lines, report bad"
+        )
 
-    from drainpool.schedule_cli import add_parser as add_schedule_parser
+    if wanted("queue"):
+        p = command(
+            "queue", _cmd_queue, "inspect the queue and its dead letters; migrate its tables"
+        )
+        p.add_argument(
+            "action",
+            nargs="?",
+            choices=["stats", "dead", "migrate"],
+            help="stats, dead list|retry|purge, or migrate (create or upgrade PostgreSQL tables)",
+        )
+        p.add_argument("dead_action", nargs="?", choices=["list", "retry", "purge"])
+        p.add_argument("ids", nargs="*", help="job ids for dead retry/purge (default: all)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--limit", type=int, default=100, help="dead list: at most this many")
 
-    add_schedule_parser(command)
+    if wanted("schedule"):
+        from drainpool.schedule_cli import add_parser as add_schedule_parser
 
-    p = command("status", _cmd_status, "show a running daemon's state")
-    p.add_argument("--pid", type=int, help="the daemon's pid (default: ask its endpoint)")
-    p.add_argument("--watch", action="store_true", help="refresh in place every second")
-    p.add_argument("--json", action="store_true", help="print the raw status JSON")
+        add_schedule_parser(command)
 
-    jobs_cli.register(sub, _add_config)
+    if wanted("status"):
+        p = command("status", _cmd_status, "show a running daemon's state")
+        p.add_argument("--pid", type=int, help="the daemon's pid (default: ask its endpoint)")
+        p.add_argument("--watch", action="store_true", help="refresh in place every second")
+        p.add_argument("--json", action="store_true", help="print the raw status JSON")
+
+    if wanted("job"):
+        from drainpool import jobs_cli  # like schedule_cli: loaded for its own command
+
+        jobs_cli.register(sub, _add_config)
+
     return parser
 
 
@@ -156,6 +192,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         configure_logging(loaded.settings.log)
         from drainpool.endpoint import EndpointError
 
+        # What start-up built so far (modules, classes, the first config and task
+        # registry) lives about as long as the process. Frozen, the cycle collector no
+        # longer walks it in each full collection nor in those at exit, which were most
+        # of the CPU from an idle daemon's SIGTERM to its exit (issue 17). Reference
+        # counting still frees a frozen object (a config a reload replaced); the
+        # supervisor, its pools and the queue are built below, collected as before.
+        gc.freeze()
         try:
             code = Supervisor(loaded, registry, inbox=inbox).run()
         except (OSError, EndpointError) as exc:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from drainpool import __version__, deadletters
+from drainpool import __version__
 from drainpool.httpserver import BodyTooLarge, Handler, Route
 from drainpool.queue.base import (
     CancelEffect,
@@ -86,7 +86,7 @@ MAX_REASON = 500  # characters of a cancel's reason
 CHART_SECONDS = 3600  # the outcomes chart's span: the last hour, minute by minute
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # never compared: no generated __eq__/__hash__
 class ConsoleSource:
     """What the console reads and asks for; the supervisor provides each callable."""
 
@@ -343,6 +343,8 @@ class Console:
         return self._on_dead(body, "purge")
 
     def _on_dead(self, body: dict[str, Any], action: str) -> dict[str, Any]:
+        from drainpool import deadletters  # an action's module, not start-up's
+
         ids = _selected_ids(body)
         done = self._read(lambda queue: deadletters.apply(queue, action, ids))
         # The ids that were not dead jobs are named only when there are some: the answer
@@ -448,6 +450,8 @@ def _selected_ids(body: dict[str, Any]) -> list[str] | None:
         raise Refused(400, 'send {"ids": ["..."]} (a non-empty list) or {"all": true}')
     if len(ids) > MAX_IDS:
         raise Refused(400, f"at most {MAX_IDS} ids at once")
+    from drainpool import deadletters  # an action's module, not start-up's
+
     try:
         return deadletters.job_ids(ids)
     except QueueError as exc:

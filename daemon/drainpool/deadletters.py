@@ -17,7 +17,7 @@ MAX_JOB_ID = 2**63 - 1  # SQLite's INTEGER PRIMARY KEY; Redis ids here are the s
 ACTIONS = {"retry": "retried", "purge": "purged"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # never compared: no generated __eq__/__hash__
 class DeadAction:
     """What one retry or purge did: how many moved, and which given ids were not dead."""
 

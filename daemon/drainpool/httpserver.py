@@ -39,7 +39,7 @@ PUBLIC_API = frozenset({"/api/status", "/api/console"})
 Route = Callable[["Handler"], None]
 
 
-@dataclass
+@dataclass(eq=False)  # never compared: no generated __eq__
 class Endpoints:
     """What the server answers with; each callable is cheap and thread-safe."""
 

@@ -18,7 +18,7 @@ from drainpool.tasks import TaskSpec
 MAX_DEBOUNCE_SECONDS = 2.0  # a stream of edits still reloads at least this often
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # never compared: no generated __eq__/__hash__
 class ReloadRecord:
     """The last reload attempt, for `drainpool reload` and the status API."""
 

@@ -51,12 +51,13 @@ def cron_fields(expression: str) -> str:
 class ScheduleSettings(BaseModel):
     """One `[schedules.NAME]` table: when (cron or every), what (task, payload), how."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Validated within Settings only: its own validator is built if ever used alone.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     cron: str | None = None
     every: str | None = None
     task: str
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: dict[str, Any] = {}  # copied per instance; no default_factory (settings.py)
     timezone: str = "UTC"
     catch_up: Literal["none", "last"] = "none"
     jitter_seconds: float = Field(0.0, ge=0, le=86_400)

@@ -69,7 +69,10 @@ def _printable(text: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: Settings' validator holds every section's schema, so a section's own
+    # validator is built only if a section is ever validated alone. Building one for
+    # each section at import was start-up time and memory spent for nothing (issue 17).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class PoolSettings(_Section):
@@ -110,7 +113,9 @@ class ReloadSettings(_Section):
 
 
 class QueueSettings(_Section):
-    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, serialize_by_alias=True, defer_build=True
+    )
     url: str = "sqlite:////var/lib/drainpool/queue.db"
     lease_seconds: float = Field(60.0, gt=0, le=86_400)
     max_attempts: int = Field(5, ge=1, le=1000)
@@ -197,10 +202,13 @@ class CommandTask(_Section):
     command: list[str] = Field(min_length=1)
     timeout_seconds: TimeLimit = None
     cwd: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    # Plain {} and [] defaults (pydantic copies them per instance), not default_factory:
+    # pydantic inspects a factory's signature, and inspect.signature(dict) compiles
+    # tokenize's regular expressions, some 5 ms of every start (issue 17).
+    env: dict[str, str] = {}
     # Names in env whose values are shown as *** wherever the config is shown, beside
     # those whose names look secret (drainpool.runtime.SECRET_WORDS).
-    secret_env: list[str] = Field(default_factory=list)
+    secret_env: list[str] = []
 
     @field_validator("secret_env")
     @classmethod
@@ -288,18 +296,20 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    pool: PoolSettings = PoolSettings()
-    pools: dict[str, NamedPoolSettings] = Field(default_factory=dict)
-    shutdown: ShutdownSettings = ShutdownSettings()
-    reload: ReloadSettings = ReloadSettings()
-    queue: QueueSettings = QueueSettings()
-    metrics: MetricsSettings = MetricsSettings()
-    log: LogSettings = LogSettings()
-    console: ConsoleSettings = ConsoleSettings()
-    hooks: HooksSettings = HooksSettings()
-    tracing: TracingSettings = TracingSettings()
-    tasks: dict[TaskName, TaskEntry] = Field(default_factory=dict)
-    schedules: dict[str, ScheduleSettings] = Field(default_factory=dict)
+    # A default section is made by model_construct: its defaults, unvalidated (as
+    # PoolSettings() leaves them too), without building the section's own validator.
+    pool: PoolSettings = PoolSettings.model_construct()
+    pools: dict[str, NamedPoolSettings] = {}
+    shutdown: ShutdownSettings = ShutdownSettings.model_construct()
+    reload: ReloadSettings = ReloadSettings.model_construct()
+    queue: QueueSettings = QueueSettings.model_construct()
+    metrics: MetricsSettings = MetricsSettings.model_construct()
+    log: LogSettings = LogSettings.model_construct()
+    console: ConsoleSettings = ConsoleSettings.model_construct()
+    hooks: HooksSettings = HooksSettings.model_construct()
+    tracing: TracingSettings = TracingSettings.model_construct()
+    tasks: dict[TaskName, TaskEntry] = {}
+    schedules: dict[str, ScheduleSettings] = {}
 
     @classmethod
     def settings_customise_sources(
@@ -322,7 +332,7 @@ class Settings(BaseSettings):
         return self.model_dump(mode="json")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # never compared (reloads compare settings)
 class LoadedConfig:
     """Settings together with where they came from, to point errors at lines."""
 

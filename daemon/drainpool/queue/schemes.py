@@ -35,7 +35,7 @@ def schema_name_problem(name: str) -> str | None:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one instance per backend: identity is equality
 class Backend:
     """How the URLs that start with one of `prefixes` are opened."""
 

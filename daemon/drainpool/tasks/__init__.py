@@ -21,7 +21,7 @@ Handler = Callable[..., Any]
 TaskKind = Literal["function", "async", "command"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # never compared: no generated __eq__/__hash__
 class TaskSpec:
     """A configured task: its name, where it came from, and how to call it."""
 
