@@ -219,6 +219,9 @@ def test_heard_rings_merge_and_a_ring_without_ids_means_look() -> None:
     heard.note({"c": [4]})
     heard.forget(["c"])
     assert heard.take(["c"]) == (False, [])
+    for job_id in range(MAX_IDS + 1):  # a full pool fetches nothing: no list grows for it
+        heard.note({"d": [job_id]})
+    assert heard.take(["d"]) == (True, [])
 
 
 def test_the_claim_by_id_reaches_its_rows_by_the_primary_key(tmp_path: Path) -> None:

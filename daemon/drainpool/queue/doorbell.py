@@ -206,7 +206,9 @@ class Heard:
     """The rings for our tasks since the dispatcher last took them: by task, the ids named.
 
     None for a task means that a ring named no ids (an older producer, a batch of
-    enqueues, more than MAX_IDS): its jobs must be looked for. The listener
+    enqueues), or that more than MAX_IDS were named since the last fetch (a busy
+    pool, which does not fetch while its workers are full, keeps no growing
+    list): its jobs must be looked for. The listener
     notes, the dispatcher takes; the ids are only a hint (another daemon may
     have claimed them, and a lost datagram names nothing), so the claim checks
     each row, and a look for due jobs stays the way to find everything else.
@@ -219,15 +221,12 @@ class Heard:
     def note(self, rung: Mapping[str, Collection[int] | None]) -> None:
         with self._lock:
             for task, ids in rung.items():
-                if task not in self._tasks:
-                    self._tasks[task] = None if ids is None else set(ids)
+                held = self._tasks.get(task, set())
+                if held is None or ids is None:
+                    self._tasks[task] = None
                 else:
-                    held = self._tasks[task]
-                    if held is not None:
-                        if ids is None:
-                            self._tasks[task] = None
-                        else:
-                            held.update(ids)
+                    held.update(ids)
+                    self._tasks[task] = held if len(held) <= MAX_IDS else None
 
     def take(self, tasks: Collection[str]) -> tuple[bool, list[int]]:
         """Whether any of `tasks` rang, and the ids named (empty: look for them), forgotten here."""
