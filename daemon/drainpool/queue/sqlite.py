@@ -7,6 +7,8 @@ job. Fetching first looks for due jobs without the write lock (an idle daemon
 never blocks producers), then selects and claims them in one write transaction,
 so two daemons never race for the same rows. Each task's due jobs are one
 range of a partial index, so a fetch costs the same at ten jobs or ten million.
+A fetch after a doorbell ring (drainpool.queue.doorbell) skips the look, and
+claims the jobs the ring named by primary key, checking each row (issue 21).
 
 Durability: the daemon's connection uses synchronous=NORMAL, which in WAL mode
 survives a killed process but may lose the last commits on power loss. What
