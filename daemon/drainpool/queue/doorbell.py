@@ -9,7 +9,7 @@ A datagram's lines: `task` (a job of it may be ready), `task<TAB>due` (a
 delayed job, due at that epoch time), and `#task<TAB>id,id,...` (the ids of
 the ready jobs that the `task` line announced; at most MAX_IDS). With the
 ids, an idle daemon claims those rows by primary key instead of looking for
-due jobs first, a third less work per pickup (issue 21); the ids are a hint,
+due jobs first, a fifth less work per fetch (issue 21); the ids are a hint,
 never the only way to a job (see Heard). Task names never start with "#", so
 a daemon that predates the ids ignores those lines, and a producer that
 predates them sends none: the daemon then looks for due jobs as before.
@@ -88,7 +88,7 @@ class Doorbell:
                         lines.append(f"{IDS_MARK}{task}\t{','.join(job_ids)}")
                 message = "\n".join(lines).encode()
                 if len(message) > MAX_DATAGRAM:  # cut at a line: never half an id
-                    message = message[: message.rfind(b"\n", 0, MAX_DATAGRAM + 1)]
+                    message = message[: max(message.rfind(b"\n", 0, MAX_DATAGRAM + 1), 0)]
                 return sum(self._send(message, address(name), name) for name in names)
         except OSError:
             return 0  # no directory: nobody listens (or it cannot be read: the safety net)
@@ -208,10 +208,10 @@ class Heard:
     None for a task means that a ring named no ids (an older producer, a batch of
     enqueues), or that more than MAX_IDS were named since the last fetch (a busy
     pool, which does not fetch while its workers are full, keeps no growing
-    list): its jobs must be looked for. The listener
-    notes, the dispatcher takes; the ids are only a hint (another daemon may
-    have claimed them, and a lost datagram names nothing), so the claim checks
-    each row, and a look for due jobs stays the way to find everything else.
+    list): its jobs must be looked for. The listener notes, the dispatcher
+    takes; the ids are only a hint (another daemon may have claimed them, and
+    a lost datagram names nothing), so the claim checks each row, and a look
+    for due jobs stays the way to find everything else.
     """
 
     def __init__(self) -> None:
