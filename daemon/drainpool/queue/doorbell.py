@@ -5,6 +5,15 @@ holds one Unix datagram socket per listening pool. After its commit, a
 producer sends one datagram (the task names, one per line) to every socket in
 it; a pool serving one of those tasks wakes and fetches once.
 
+A datagram's lines: `task` (a job of it may be ready), `task<TAB>due` (a
+delayed job, due at that epoch time), and `#task<TAB>id,id,...` (the ids of
+the ready jobs that the `task` line announced; at most MAX_IDS). With the
+ids, an idle daemon claims those rows by primary key instead of looking for
+due jobs first, a fifth less work per fetch (issue 21); the ids are a hint,
+never the only way to a job (see Heard). Task names never start with "#", so
+a daemon that predates the ids ignores those lines, and a producer that
+predates them sends none: the daemon then looks for due jobs as before.
+
 Why this shape rather than the alternatives:
 - SQLite has no notification, and inotify on the WAL fires on every write of
   every connection (the daemons' own leases and acks too), so a daemon would
@@ -31,7 +40,8 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Callable, Collection, Iterable, Iterator
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from drainpool.queue.wakeups import ChannelWaiter, WaitMode, process_tag
@@ -40,6 +50,8 @@ log = logging.getLogger("drainpool.queue")
 
 SUFFIX = ".sock"
 MAX_DATAGRAM = 65_536
+MAX_IDS = 64  # ids per task in one ring; beyond, none are sent (the daemon looks instead)
+IDS_MARK = "#"  # starts a line of ids; never the first character of a task name
 CHECK_SECONDS = 2.0  # a listener checks this often that its socket file is still there
 _GONE = (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)  # nobody listens there any more
 
@@ -55,17 +67,28 @@ class Doorbell:
         self.directory = doorbell_dir(queue_path)
         self._sender: socket.socket | None = None
 
-    def ring(self, tasks: Iterable[str], due: float | None = None) -> int:
+    def ring(
+        self,
+        tasks: Iterable[str],
+        due: float | None = None,
+        ids: Mapping[str, Sequence[str]] | None = None,
+    ) -> int:
         """Send the task names (and a delayed job's due time) to every listening pool.
 
-        Returns how many were rung. One line per task: `task` or `task<TAB>due`.
+        `ids`: the ready jobs' ids by task, sent on lines of their own (module
+        docstring). Returns how many were rung.
         """
         suffix = "" if due is None else f"\t{due!r}"
         try:
             with _reach(self.directory) as address:
                 names = [name for name in os.listdir(address("")) if name.endswith(SUFFIX)]
-                lines = (task + suffix for task in dict.fromkeys(tasks))
-                message = "\n".join(lines).encode()[:MAX_DATAGRAM]
+                lines = [task + suffix for task in dict.fromkeys(tasks)]
+                for task, job_ids in (ids or {}).items():
+                    if 0 < len(job_ids) <= MAX_IDS:
+                        lines.append(f"{IDS_MARK}{task}\t{','.join(job_ids)}")
+                message = "\n".join(lines).encode()
+                if len(message) > MAX_DATAGRAM:  # cut at a line: never half an id
+                    message = message[: max(message.rfind(b"\n", 0, MAX_DATAGRAM + 1), 0)]
                 return sum(self._send(message, address(name), name) for name in names)
         except OSError:
             return 0  # no directory: nobody listens (or it cannot be read: the safety net)
@@ -102,12 +125,13 @@ class DoorbellWaiter(ChannelWaiter):
         self,
         queue_path: Path,
         tasks: Collection[str],
-        on_ring: Callable[[set[str]], None] = lambda tasks: None,
+        heard: Heard | None = None,
     ) -> None:
         self.directory = doorbell_dir(queue_path)
         super().__init__(f"doorbell in {self.directory}")
         self._tasks = set(tasks)
-        self._on_ring = on_ring  # told which of our tasks rang, before wait() returns
+        # What the rings said, noted before wait() returns; the queue's fetch takes it.
+        self.heard = heard or Heard()
         self._socket: socket.socket | None = None
         self._path: Path | None = None
         self._inode: int | None = None
@@ -139,22 +163,26 @@ class DoorbellWaiter(ChannelWaiter):
         """Read every datagram waiting (a burst of enqueues is one wake-up)."""
         assert self._socket is not None
         wanted = False
-        ready: set[str] = set()  # our tasks rung for a job due now
         while True:
             try:
                 message = self._socket.recv(MAX_DATAGRAM)
             except BlockingIOError:
                 break
+            ready: dict[str, list[int] | None] = {}  # task: the ids its ring named, if any
+            named: dict[str, list[int]] = {}
             for line in message.decode(errors="replace").splitlines():
-                task, _, due = line.partition("\t")
-                if task in self._tasks:
+                task, _, rest = line.partition("\t")
+                if task.startswith(IDS_MARK):
+                    if task[1:] in self._tasks:
+                        named[task[1:]] = _ids(rest)
+                elif task in self._tasks:
                     wanted = True
-                    if due:
-                        self._note_due(float(due))
+                    if rest:
+                        self._note_due(float(rest))
                     else:
-                        ready.add(task)
-        if ready:
-            self._on_ring(ready)
+                        ready[task] = None
+            if ready:  # our tasks rung for a job due now
+                self.heard.note({task: named.get(task) or None for task in ready})
         return wanted
 
     def _moved(self, path: Path) -> bool:
@@ -172,6 +200,62 @@ class DoorbellWaiter(ChannelWaiter):
         if path is not None and not self._moved(path):
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+class Heard:
+    """The rings for our tasks since the dispatcher last took them: by task, the ids named.
+
+    None for a task means that a ring named no ids (an older producer, a batch of
+    enqueues), or that more than MAX_IDS were named since the last fetch (a busy
+    pool, which does not fetch while its workers are full, keeps no growing
+    list): its jobs must be looked for. The listener notes, the dispatcher
+    takes; the ids are only a hint (another daemon may have claimed them, and
+    a lost datagram names nothing), so the claim checks each row, and a look
+    for due jobs stays the way to find everything else.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: dict[str, set[int] | None] = {}
+
+    def note(self, rung: Mapping[str, Collection[int] | None]) -> None:
+        with self._lock:
+            for task, ids in rung.items():
+                held = self._tasks.get(task, set())
+                if held is None or ids is None:
+                    self._tasks[task] = None
+                else:
+                    held.update(ids)
+                    self._tasks[task] = held if len(held) <= MAX_IDS else None
+
+    def take(self, tasks: Collection[str]) -> tuple[bool, list[int]]:
+        """Whether any of `tasks` rang, and the ids named (empty: look for them), forgotten here."""
+        rung = look = False
+        ids: set[int] = set()
+        with self._lock:
+            for task in tasks:
+                if task in self._tasks:
+                    named = self._tasks.pop(task)
+                    rung = True
+                    if named is None:
+                        look = True
+                    else:
+                        ids.update(named)
+        return rung, [] if look else sorted(ids)
+
+    def forget(self, tasks: Collection[str]) -> None:
+        """A look for due jobs of `tasks` answers every ring heard for them so far."""
+        with self._lock:
+            for task in tasks:
+                self._tasks.pop(task, None)
+
+
+def _ids(text: str) -> list[int]:
+    """The ids of an ids line; none if it is malformed (the ring then only wakes)."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        return []
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ job. Fetching first looks for due jobs without the write lock (an idle daemon
 never blocks producers), then selects and claims them in one write transaction,
 so two daemons never race for the same rows. Each task's due jobs are one
 range of a partial index, so a fetch costs the same at ten jobs or ten million.
+A fetch after a doorbell ring (drainpool.queue.doorbell) skips the look, and
+claims the jobs the ring named by primary key, checking each row (issue 21).
 
 Durability: the daemon's connection uses synchronous=NORMAL, which in WAL mode
 survives a killed process but may lose the last commits on power loss. What
@@ -65,7 +67,7 @@ from drainpool.queue.base import (
     log_dead,
     refuse_connection,
 )
-from drainpool.queue.doorbell import Doorbell, DoorbellWaiter
+from drainpool.queue.doorbell import Doorbell, DoorbellWaiter, Heard
 from drainpool.queue.outcome_minutes import (
     KEEP_SECONDS,
     PRUNE_SQL,
@@ -169,6 +171,26 @@ _DUE_TERMS = (
     " UNION ALL SELECT * FROM (SELECT due_at, id FROM jobs"
     f" WHERE state = {LEASED} AND task = ?T AND due_at <= ?1 ORDER BY due_at LIMIT ?2)"
 )
+
+
+@functools.lru_cache(maxsize=128)
+def claim_sql(ids: int, checked_tasks: int = 0) -> str:
+    """The claim of `ids` rows by id; with `checked_tasks`, only if waiting, due and of those tasks.
+
+    The parameters: the six of the lease, the ids, then (checked) the time and the tasks.
+    """
+    check = ""
+    if checked_tasks:
+        check = f" AND state = {WAITING} AND due_at <= ? AND task IN ({_marks(checked_tasks)})"
+    return (
+        f"UPDATE jobs SET state = {LEASED}, due_at = ?, token = ?, attempts = attempts + 1,"
+        " started_at = COALESCE(started_at, ?), worker_host = ?, worker_pid = ?,"
+        f" worker_pool = ? WHERE id IN ({_marks(ids)}){check}"
+        " RETURNING id, task, CAST(payload AS BLOB), attempts, enqueued_at,"
+        " timeout_seconds, cancel_requested_at, meta"
+    )
+
+
 DUE_TASKS_MAX = 200  # tasks per statement: two compound terms each, under SQLite's 500
 
 
@@ -265,9 +287,10 @@ class SqliteQueue:
         self._token_prefix = secrets.token_hex(4)
         self._token_counter = itertools.count()
         self._doorbell = Doorbell(self.path)  # wakes idle daemons after a commit (issue 21)
-        # Tasks our pools' doorbells rang for since their last fetch: that fetch skips the
-        # lock-free look (the ring says a job is there), one transaction less per pickup.
-        self._rung: set[str] = set()
+        # What our pools' doorbells rang for since their last fetch: that fetch skips the
+        # lock-free look (the ring says a job is there), one transaction less per pickup,
+        # and claims the jobs the rings named by id, without looking for them either.
+        self._heard = Heard()
 
     def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         """A transaction on the main connection; a fault lets go of the side one too.
@@ -337,7 +360,10 @@ class SqliteQueue:
             return str(cur.lastrowid)
 
         job_id = self._run(insert, write=True)
-        self._doorbell.ring((task,), now + delay if delay > 0 else None)
+        if delay > 0:
+            self._doorbell.ring((task,), now + delay)
+        else:
+            self._doorbell.ring((task,), ids={task: (job_id,)})
         return job_id
 
     def enqueue_tick(
@@ -400,16 +426,14 @@ class SqliteQueue:
     ) -> list[Job]:
         if n <= 0 or not tasks:
             return []
-        rung = self._rung.intersection(tasks)
-        if rung:
-            self._rung.difference_update(rung)
-        elif not self._run(lambda c: _due_ids(c, 1, tasks, self._clock()), write=False):
+        rung, named = self._heard.take(tasks)
+        if not rung and not self._run(lambda c: _due_ids(c, 1, tasks, self._clock()), write=False):
             return []  # nothing due: no write lock taken
-        return self._run(self._claimer(n, tasks, lease_seconds, worker), write=True)
+        return self._run(self._claimer(n, tasks, lease_seconds, worker, named), write=True)
 
     def waiter(self, tasks: Collection[str]) -> DoorbellWaiter:
         """A pool's doorbell (drainpool.queue.doorbell): producers ring it after a commit."""
-        return DoorbellWaiter(self.path, tasks, self._rung.update)
+        return DoorbellWaiter(self.path, tasks, self._heard)
 
     def next_due(self, tasks: Collection[str]) -> float | None:
         """Seconds until the earliest waiting job of `tasks` is due, one index seek per task."""
@@ -454,7 +478,7 @@ class SqliteQueue:
             self._ring_released(releases)
             return []
         claim = self._claimer(n, tasks, lease_seconds, worker)
-        self._rung.difference_update(tasks)  # this claim answers the rings heard so far
+        self._heard.forget(tasks)  # this claim answers the rings heard so far
 
         def both(conn: sqlite3.Connection) -> list[Job]:
             settle(conn)
@@ -468,29 +492,46 @@ class SqliteQueue:
     def _ring_released(self, releases: Sequence[Job]) -> None:
         """Released jobs are ready again: other daemons (a drain's, say) may take them now."""
         if releases:
-            self._doorbell.ring(job.task for job in releases)
+            ids: dict[str, list[str]] = {}
+            for job in releases:
+                ids.setdefault(job.task, []).append(job.id)
+            self._doorbell.ring(ids.keys(), ids=ids)
 
     def _claimer(
-        self, n: int, tasks: Collection[str], lease_seconds: float, worker: WorkerIdentity | None
+        self,
+        n: int,
+        tasks: Collection[str],
+        lease_seconds: float,
+        worker: WorkerIdentity | None,
+        named: Sequence[int] = (),
     ) -> Callable[[sqlite3.Connection], list[Job]]:
+        """The claim of up to `n` due jobs of `tasks`; first those `named` by a ring, if any.
+
+        The named rows are claimed by primary key when they are still waiting,
+        due, and of our tasks; if none is (another daemon took them, or a ring
+        named a job not yet due, or each ended at once: dead, cancelled), the claim
+        looks for due jobs as without names, in the same transaction: a daemon
+        that lost the race still costs one.
+        """
         who = worker or self.worker
 
         def claim(conn: sqlite3.Connection) -> list[Job]:
             # Under the write lock the due set cannot change: select and claim at once.
             now = self._clock()
+            token = self._new_token()
+            lease = (now + lease_seconds, token, now, who.host, who.pid, who.pool)
+            if named:
+                ids = named[:n]
+                sql = claim_sql(len(ids), len(tasks))
+                rows = conn.execute(sql, (*lease, *ids, now, *tasks)).fetchall()
+                rows.sort()  # by id, the order of enqueue; RETURNING has no defined order
+                jobs = self._to_jobs(conn, rows, token, now)
+                if jobs:
+                    return jobs
             ids = _due_ids(conn, n, tasks, now)
             if not ids:
                 return []  # another daemon took them between the look and the lock
-            token = self._new_token()
-            marks = ",".join("?" * len(ids))
-            rows = conn.execute(
-                f"UPDATE jobs SET state = {LEASED}, due_at = ?, token = ?, attempts = attempts + 1,"
-                " started_at = COALESCE(started_at, ?), worker_host = ?, worker_pid = ?,"
-                f" worker_pool = ? WHERE id IN ({marks})"
-                " RETURNING id, task, CAST(payload AS BLOB), attempts, enqueued_at,"
-                " timeout_seconds, cancel_requested_at, meta",
-                (now + lease_seconds, token, now, who.host, who.pid, who.pool, *ids),
-            ).fetchall()
+            rows = conn.execute(claim_sql(len(ids)), (*lease, *ids)).fetchall()
             order = {job_id: i for i, job_id in enumerate(ids)}
             rows.sort(key=lambda row: order[row[0]])  # RETURNING has no defined order
             return self._to_jobs(conn, rows, token, now)
@@ -893,6 +934,10 @@ class SqliteQueue:
         self._doorbell.close()
         self._db.close()
         self._aside.close()
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
 
 
 def _job_id(raw: str) -> int:
