@@ -276,8 +276,7 @@ def test_reading_off_loopback_needs_the_token(factory: DaemonFactory, tmp_path: 
 
     # Without a token configured, nobody can read the console off loopback.
     console_config(factory, actions=False, host="0.0.0.0", token=None)
-    daemon.signal(signal.SIGHUP)
-    wait_until(lambda: daemon.status()["reload"]["result"] == "applied")
+    daemon.reload_edited_config()
     refused = call(daemon, "GET", "/api/dead", headers={"Authorization": f"Bearer {TOKEN}"})
     assert refused.code == 403 and "console.token" in refused.body["error"]
 

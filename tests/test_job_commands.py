@@ -220,8 +220,7 @@ def test_the_queue_keys_on_records_reach_the_daemons_queue(
 
     # retention_seconds = 0: a completed job's record goes at its ack (a reload reopens the queue).
     factory.config(queue={**queue, "retention_seconds": 0})
-    daemon.signal(signal.SIGHUP)
-    wait_until(lambda: daemon.status()["reload"]["result"] == "applied", what="reload")
+    daemon.reload_edited_config()
     gone = enqueue(factory, config, "record", {"log": str(log)})
     wait_until(lambda: ("done", gone, "1") in events(log), what="the job ran")
     wait_until(

@@ -6,12 +6,10 @@ the bearer token off loopback, refused off loopback with no token configured.
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 from tests.support.console import TOKEN, api, call, console_config, open_queue, wait_dead
 from tests.support.daemon import DaemonFactory
-from tests.support.waiting import wait_until
 
 OTHER_TOKEN = "a-completely-different-token-42"
 
@@ -92,8 +90,7 @@ def test_reading_jobs_off_loopback_needs_the_token(factory: DaemonFactory, tmp_p
 
     # Without a token configured, nobody can read the records off loopback.
     console_config(factory, actions=False, host="0.0.0.0", token=None)
-    daemon.signal(signal.SIGHUP)
-    wait_until(lambda: daemon.status()["reload"]["result"] == "applied")
+    daemon.reload_edited_config()
     for path in ("/api/jobs", f"/api/jobs/{job_id}"):
         refused = call(daemon, "GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
         assert refused.code == 403 and "console.token" in refused.body["error"]

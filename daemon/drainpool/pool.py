@@ -768,6 +768,7 @@ class Pool:
                     return
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 with self._lock:
+                    self._bell.arm()  # a drain or a finished job cuts the backoff short
                     self._sleep(backoff * (0.5 + random.random() / 2))
 
     def _sleep(self, seconds: float) -> None:

@@ -178,6 +178,23 @@ class Daemon:
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
 
+    def reload_edited_config(self) -> None:
+        """SIGHUP after an edit of the config file, and wait until the edit is in effect.
+
+        With `reload.watch` on, the watcher reloads the edit too: of the two attempts
+        one is "applied" and the other, later one "unchanged". Waiting for "applied"
+        alone missed it when the second came before the test looked (seen in CI).
+        """
+        before = self.status()["reload"]["seq"]
+        self.signal(signal.SIGHUP)
+
+        def in_effect() -> bool:
+            record = self.status()["reload"]
+            assert record["result"] != "rejected", record
+            return record["seq"] > before and record["result"] in ("applied", "unchanged")
+
+        wait_until(in_effect, what="the edited config in effect")
+
     def wait_exit(self, timeout: float = DEFAULT_TIMEOUT) -> int:
         try:
             return self.proc.wait(timeout)
