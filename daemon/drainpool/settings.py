@@ -113,9 +113,7 @@ class ReloadSettings(_Section):
 
 
 class QueueSettings(_Section):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, serialize_by_alias=True, defer_build=True
-    )
+    model_config = ConfigDict(serialize_by_alias=True)  # merged with _Section's
     url: str = "sqlite:////var/lib/drainpool/queue.db"
     lease_seconds: float = Field(60.0, gt=0, le=86_400)
     max_attempts: int = Field(5, ge=1, le=1000)
