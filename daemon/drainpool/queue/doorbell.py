@@ -168,8 +168,8 @@ class DoorbellWaiter(ChannelWaiter):
                 message = self._socket.recv(MAX_DATAGRAM)
             except BlockingIOError:
                 break
-            ready: dict[str, list[int] | None] = {}  # task: the ids its ring named, if any
-            named: dict[str, list[int]] = {}
+            ready: set[str] = set()  # our tasks rung for a job due now
+            named: dict[str, list[int]] = {}  # task: the ids its ring named
             for line in message.decode(errors="replace").splitlines():
                 task, _, rest = line.partition("\t")
                 if task.startswith(IDS_MARK):
@@ -180,8 +180,8 @@ class DoorbellWaiter(ChannelWaiter):
                     if rest:
                         self._note_due(float(rest))
                     else:
-                        ready[task] = None
-            if ready:  # our tasks rung for a job due now
+                        ready.add(task)
+            if ready:
                 self.heard.note({task: named.get(task) or None for task in ready})
         return wanted
 
