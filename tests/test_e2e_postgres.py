@@ -277,3 +277,45 @@ def test_a_row_lock_that_holds_the_release_does_not_hold_the_stop(
     assert "interrupted 1 1" in log.read_text()
     assert "its queue did not settle within 3s after the grace" in daemon.log()
     assert queue_stats(factory, config)["leased"] == 1  # left to its lease, not lost
+
+
+def lease_end(server: PostgresServer, job_id: int) -> float:
+    return float(server.sql(f"SELECT due_at FROM drainpool.jobs WHERE id = {job_id}")[0][0])
+
+
+def test_a_row_lock_on_a_job_being_acked_fails_the_ack_visibly_and_the_other_leases_stay(
+    factory: DaemonFactory, start_postgres: StartPostgres, tmp_path: Path
+) -> None:
+    """Another session locks a running job's row: its ack cannot be written when it ends.
+
+    PostgreSQL waits for a row lock for ever by default, which held the pool's
+    dispatcher (no lease renewed, nothing logged). With the daemon's lock_timeout
+    the ack fails as the queue being unavailable (one line that says why), it is
+    tried again, and the other running job's lease is still renewed meanwhile;
+    once the lock goes, the ack lands and the queue is available again.
+    """
+    server = start_postgres()
+    log = tmp_path / "jobs.log"
+    config = pg_config(factory, server, lease=6.0)
+    enqueue(factory, config, log, [LONG, 3.0])  # 2 ends after 3 s, its row locked by then
+    daemon = factory.start(config)
+    wait_until(lambda: {"1", "2"} <= running(daemon).keys(), what="both jobs running")
+    with psycopg.connect(server.url()) as locker:  # one transaction, open until rollback
+        locker.execute("SELECT id FROM drainpool.jobs WHERE id = 2 FOR UPDATE")
+        wait_until(lambda: "2" in count(log, "done"), what="job 2 done")
+        wait_until(lambda: "lock timeout" in daemon.log(), what="the ack failing on the lock")
+        assert "queue unavailable" in daemon.log()
+        held_until = lease_end(server, 1)
+        wait_until(
+            lambda: lease_end(server, 1) > held_until,
+            timeout=30,
+            what="job 1's lease renewed while job 2's ack keeps failing",
+        )
+        assert completed_in_db(server) == 0  # the ack still waits for the lock
+        assert ready(daemon) == 503
+        locker.rollback()
+    wait_until(lambda: completed_in_db(server) == 1, what="job 2's ack written after the lock")
+    wait_until(lambda: "queue available again" in daemon.log(), what="the recovery logged")
+    assert ready(daemon) == 200
+    assert count(log, "start") == {"1": 1, "2": 1}  # nothing ran twice
+    daemon.terminate()

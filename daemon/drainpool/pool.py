@@ -766,6 +766,8 @@ class Pool:
                     log.exception("pool %s: dispatcher error; retrying", self.config.name)
                 if self._give_up_settling():
                     return
+                if clock() >= next_renew and self._renew_alone():
+                    next_renew = clock() + renew_every
                 backoff = min(max(backoff * 2, 0.1), 5.0)
                 with self._lock:
                     self._bell.arm()  # a drain or a finished job cuts the backoff short
@@ -937,6 +939,19 @@ class Pool:
             jobs = [r.job for r in self._running.values() if not r.abandoned]
             jobs.extend(self._handed)
         self._queue.renew(jobs, self.config.lease_seconds)
+
+    def _renew_alone(self) -> bool:
+        """Renew the leases after a failed round; True when the queue took it.
+
+        A settle can fail while the queue still answers (on PostgreSQL, a row lock
+        of another session on the one job it acks). The other jobs' leases must not
+        lapse meanwhile, or another daemon would run them a second time.
+        """
+        try:
+            self._renew()
+        except Exception:  # the queue is down too: the round's failure was reported
+            return False
+        return True
 
     def _requeue_settlement(self, batch: _Settlement) -> None:
         """Keep a batch the queue refused, to settle it once the queue is back."""

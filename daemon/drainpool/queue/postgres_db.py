@@ -16,6 +16,8 @@ and the queue's semantics (daemon/drainpool/queue/postgres.py) are another:
   transaction failed *before* its commit was sent is tried again on another
   connection (the server rolled it back): after a restart the pool's idle
   connections are all dead, and each would otherwise cost the caller a round.
+  A lock or statement timeout is not tried again: the connection is sound and
+  another try would only wait as long again.
   A failure during the commit is not retried: it may have committed, and every
   settle is keyed on lease tokens, so the caller's retry is a no-op if so.
 - Commits: producers' commits wait for the WAL flush (PostgreSQL's default).
@@ -24,6 +26,14 @@ and the queue's semantics (daemon/drainpool/queue/postgres.py) are another:
   NORMAL: a crash of the server may lose its last few hundred milliseconds of
   acks and leases, which only makes jobs run again, never corrupts or loses
   one; an enqueue made through it still waits for the flush.
+- Locks: a statement waits at most LOCK_TIMEOUT for a row lock that another
+  session holds (an operator's `SELECT ... FOR UPDATE`, a long migration),
+  unless the URL's options, the role or the database set a `lock_timeout` of
+  their own. PostgreSQL's default is to wait for ever: a settle stuck behind
+  such a lock held the pool's dispatcher (no fetch, no lease renewal) with
+  nothing in health or the log. Now the statement fails as QueueUnavailable,
+  health says so, and the settle is tried again until the lock goes. Fetches
+  skip locked rows and never wait.
 - Schema: created or upgraded at the first call (postgres_schema), unless the
   operator ran `drainpool queue migrate` and the version is already current,
   in which case no DDL is issued and no CREATE privilege is needed.
@@ -57,6 +67,7 @@ from drainpool.queue.postgres_schema import (
 )
 
 T = TypeVar("T")
+LOCK_TIMEOUT = "5s"  # see Locks in the module docstring
 PREFIXES = ("postgresql://", "postgres://")
 # Errors of the server or the link, not of a request: the caller waits and tries again.
 _TRANSIENT = (
@@ -64,6 +75,9 @@ _TRANSIENT = (
     psycopg.InternalError,  # a read-only transaction (default_transaction_read_only)
     psycopg.InterfaceError,  # a connection already closed
 )
+
+# Statements the server cancelled after their time: the link is fine, the data was busy.
+_TIMEOUTS = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)
 
 
 def check_url(url: str, where: str) -> None:
@@ -134,6 +148,12 @@ class Database:
                 )
                 if not self.durable_commits:
                     conn.execute("SET synchronous_commit = off")
+                # Only where no one chose one (0, PostgreSQL's default, waits for ever).
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, false)"
+                    " WHERE current_setting('lock_timeout') = '0'",
+                    (LOCK_TIMEOUT,),
+                )
             try:
                 yield conn, reused
             finally:
@@ -183,7 +203,10 @@ class Database:
                 if attempt == self._pool_size:
                     raise
             except _TRANSIENT as exc:
+                # A timeout (lock_timeout, statement_timeout) leaves the connection sound:
+                # another try would wait as long again.
                 broken = isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+                broken = broken and not isinstance(exc, _TIMEOUTS)
                 # Only a kept connection that went stale is worth another try: a new one
                 # that fails means the server is away.
                 if not (reused and broken) or sent_commit or attempt == self._pool_size:
