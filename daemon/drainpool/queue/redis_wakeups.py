@@ -184,16 +184,30 @@ class PubSubWaiter(ChannelWaiter):
         self._owner.settle(releases=jobs)
 
     def _closing(self) -> None:
-        """No more pushes once the registration is gone; those on the wire go back."""
+        """No more pushes once the registration is gone; those on the wire go back.
+
+        A PING after the removal: its answer comes after every push published before
+        the removal, on this connection, so reading up to it finds them all.
+        """
         connection = self._connection
         if not self._refusing:
             self._refusing = True
             self._owner.forget_idle(self._push[0], self._tasks)
-        if connection is not None:
-            _, pushed = self._read_waiting(connection)
-            jobs, bad = _decode_pushed(pushed)
-            if jobs or bad:
-                self._owner.settle(releases=jobs, failures=bad)
+        if connection is None:
+            return
+        connection.send_command("PING")
+        pongs = 2 if self._ping_unanswered else 1  # ours, and a safety PING's on the way
+        pushed: list[str] = []
+        while pongs:
+            reply = connection.read_response()
+            kind = reply[0] if isinstance(reply, list) and reply else None
+            if kind == "pong":
+                pongs -= 1
+            if kind == "message" and _text(reply[1]) == self._push_channel:
+                pushed.append(_text(reply[2]))
+        jobs, bad = _decode_pushed(pushed)
+        if jobs or bad:
+            self._owner.settle(releases=jobs, failures=bad)
 
     def _ping(self, connection: redis.connection.AbstractConnection) -> None:
         """Quiet for PING_SECONDS: ask, unless the last question went unanswered (dead peer)."""
