@@ -9,9 +9,11 @@ hands it to the workers without a fetch.
 
 - The registration, written by the fetch script (no round trip of its own):
   a hash `{prefix}:idle:{push id}` with what a lease needs (the consumer,
-  a fresh token, lease ms, max attempts, host, pid, pool) and `free`, the
-  slots the fetch left empty; its key expires after twice the safety-net
-  interval (refreshed by every idle fetch), so a stale pool gets no pushes.
+  the token of the fetch that made it, lease ms, max attempts, host, pid,
+  pool) and `free`, the slots the fetch left empty; its key expires after
+  twice the safety-net interval (renewed by every fetch that leaves a slot
+  empty), so a stale pool gets no pushes. An idle round costs Redis two
+  commands more (HMGET, PEXPIRE).
   A set `{prefix}:idlers:{task}` per task names the registered push ids. A
   key expiry rather than a score of Redis time: an idle fetch reads no clock.
 - The push id is new at each subscription of the waiter: a push channel has
@@ -92,24 +94,24 @@ local function push_to_idle(task)
   return true
 end
 -- The fetch's part: `free` slots it left empty; `heard`: the pushes its waiter has read.
+-- An idle round that changes nothing costs two commands (HMGET, PEXPIRE); a registration
+-- keeps the token it was made with (its pushes' lease token) until it expires.
 local function register_idle(push_id, ttl, heard, free, L, tasks)
   if push_id == '' then return end
   local h = idle_key(push_id)
-  local sent = redis.call('HGET', h, 'sent')
-  local known = sent ~= false
-  sent = math.max(tonumber(sent or '0') or 0, heard)
-  free = free - (sent - heard)  -- pushes on the wire are taken already
-  if free > 0 then
+  local f = redis.call('HMGET', h, 'sent', 'free')
+  local sent = math.max(tonumber(f[1] or '0') or 0, heard)
+  free = math.max(free - (sent - heard), 0)  -- pushes on the wire are taken already
+  if not f[1] then
+    if free == 0 then return end
     redis.call('HSET', h, 'free', free, 'sent', sent, 'me', L.me, 'token', L.token,
       'lease', L.lease, 'max_attempts', L.max_attempts, 'host', L.host, 'pid', L.pid,
       'pool', L.pool)
-    redis.call('PEXPIRE', h, ttl)
-    if not known then
-      for _, task in ipairs(tasks) do redis.call('SADD', idlers_key(task), push_id) end
-    end
-  elseif known then
-    redis.call('HSET', h, 'free', 0)
+    for _, task in ipairs(tasks) do redis.call('SADD', idlers_key(task), push_id) end
+  elseif tonumber(f[2]) ~= free or tonumber(f[1]) ~= sent then
+    redis.call('HSET', h, 'free', free, 'sent', sent)
   end
+  if free > 0 then redis.call('PEXPIRE', h, ttl) end  -- full: left to expire
 end
 """
 
