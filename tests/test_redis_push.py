@@ -315,7 +315,7 @@ def test_client_kill_of_the_push_connection_loses_nothing_and_the_pushes_come_ba
         daemon.wait_log(r"wake-up connection to .*: wake-ups are back", PROMPT)
 
         def listened_again() -> bool:
-            push_ids = [key.rsplit(":", 1)[1] for key in raw.keys("drainpool:idle:*")]
+            push_ids = [str(key).rsplit(":", 1)[1] for key in raw.keys("drainpool:idle:*")]
             channels = [f"drainpool:push:{push_id}" for push_id in push_ids]
             return any(n for _, n in raw.pubsub_numsub(*channels)) if channels else False
 

@@ -35,12 +35,18 @@ Why this shape (the issue's design, and where it was bent, with reasons):
   ids from it, so the index stays as long as the records without a sweeper.
   A waiter marks `{prefix}:waiter:{id}`; the settle that ends a marked job
   pushes to `{prefix}:done:{id}`, which the waiter reads with BLPOP.
+- New work (issue 21): an enqueue leases a ready job to an idle pool at once
+  and publishes it on the pool's push channel (drainpool.queue.redis_push;
+  the fetch registers the pool, `lease_row` and `claim` in the prelude are
+  the one leasing both use); when no pool can take it, it publishes a
+  wake-up, and woken pools fetch (drainpool.queue.redis_wakeups).
 
 Standalone Redis 7 only: the scripts build key names from the prefix.
 
 Longer than a module should be: each Lua script sits beside the method that
 calls it, since one cannot be read without the other. Reading records is in
-daemon/drainpool/queue/redis_records.py, cancelling in redis_cancel.py.
+daemon/drainpool/queue/redis_records.py, cancelling in redis_cancel.py, the
+push's Lua and registration in redis_push.py.
 """
 
 from __future__ import annotations
@@ -415,7 +421,9 @@ for _, pick in ipairs(chosen) do
     if #row == 7 then found = found + 1 end
   end
 end
-register_idle(push_id, ttl, heard, n - found, L, {unpack(ARGV, FIRST_TASK)})
+-- Only a fetch that found nothing registers: one that found some is streaming (a burst),
+-- where fetches in gaps take many jobs per script, and a push per job would cost more.
+register_idle(push_id, ttl, heard, found == 0 and n or 0, L, {unpack(ARGV, FIRST_TASK)})
 -- Last row: ms until the earliest delayed job of these tasks ('' when none).
 out[#out + 1] = {earliest and tostring(math.max(earliest - now_ms(), 0)) or ''}
 return out

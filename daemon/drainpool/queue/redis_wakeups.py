@@ -20,6 +20,10 @@ safety-net fetch itself.
 Messages: '0' (ready jobs), a due time in epoch seconds (a delayed job), or
 `cancel ID` (issue 19: the cancel of a leased job, so the daemon holding it
 sets the job's stop event at once instead of at its next 50 ms cancel check).
+
+The same connection listens on the pool's push channel (drainpool.queue.redis_push):
+a job leased to the pool by its enqueue, handed over through `Waiter.hear_pushes`
+on the waiting thread, with no fetch and no wake-up.
 """
 
 from __future__ import annotations
