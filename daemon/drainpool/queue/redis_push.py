@@ -29,9 +29,11 @@ then streams as before; one that found some sets `free` to 0.
   none. The enqueue pushes only where `PUBSUB NUMSUB` finds the listener, to
   the registered pool with the most free slots, and lowers its `free`.
 - Over-delivery is bounded by the registered free count, and in fact exact:
-  the registration counts the pushes it sent, the waiter those it heard, and
-  a fetch registers `n - found - (sent - heard)` free slots, the pushes still
-  on the wire being taken already. Every push lowers `free`.
+  every push lowers `free`; the registration counts the pushes it sent, the
+  waiter those it handed over, and a fetch of n that found nothing registers
+  `n - (sent - heard)` free slots, the pushes still on the wire being taken
+  already (heard counts a push once the pool holds it, so a fetch that
+  races a hand-over registers a slot fewer, never one more).
 - A pushed job is an ordinary leased job: if its pool no longer listens (the
   connection died after the push), it comes back when its lease runs out.
   A pool that drains refuses pushes: its waiter releases them and removes the
@@ -101,7 +103,7 @@ local function push_to_idle(task)
   redis.call('PUBLISH', P .. ':push:' .. best.id, cjson.encode(row))
   return true
 end
--- The fetch's part: `free` slots it left empty; `heard`: the pushes its waiter has read.
+-- The fetch's part: `free` slots it registers (0: none); `heard`: pushes its pool holds.
 -- An idle round that changes nothing costs two commands (HMGET, PEXPIRE); a registration
 -- keeps the token it was made with (its pushes' lease token) until it expires.
 local function register_idle(push_id, ttl, heard, free, L, tasks)
