@@ -268,6 +268,9 @@ class Pool:
         # made between the first fetch and the arming is missed.
         self._waiter = waiter_for(self._queue, self.tasks.keys())
         self._waiter.hear_cancels(functools.partial(self.stop_job, reason="cancel"))
+        # Jobs an enqueue leased to this idle pool (Redis): handed over on the listener's
+        # thread, one thread hop and the fetch's round trip sooner than a wake-up's fetch.
+        self._waiter.hear_pushes(functools.partial(self._hand_over, pushed=True))
         self._listener.start()
         self._dispatcher.start()  # the job watch starts with the first job handed over
 
@@ -853,14 +856,18 @@ class Pool:
             return []
         return jobs
 
-    def _hand_over(self, jobs: list[Job]) -> None:
+    def _hand_over(self, jobs: list[Job], *, pushed: bool = False) -> bool:
+        """To the workers; False for `pushed` jobs (Waiter.hear_pushes) once a drain began:
+        the dispatcher may have settled for the last time, so their waiter releases them."""
         if not jobs:
-            return
+            return True
         with self._lock:
+            if pushed and self._stopping:
+                return False
             jobs = self._adopt_our_own(jobs)
             stopping = self._stopping
             if not jobs:
-                return
+                return True
             if stopping:
                 # A drain began while we fetched: leased for this generation and never
                 # started, so cancelled like the handed ones (every job gets one outcome).
@@ -875,6 +882,7 @@ class Pool:
             self._record_cancelled(jobs)
         elif not self._jobwatch.watching:
             self._jobwatch.wake(self._first_look(jobs))
+        return True
 
     def _first_look(self, jobs: list[Job]) -> float:
         """When an idle job watch need first look at `jobs`: CHECK_SECONDS, or a shorter limit.

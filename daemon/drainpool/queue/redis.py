@@ -35,12 +35,18 @@ Why this shape (the issue's design, and where it was bent, with reasons):
   ids from it, so the index stays as long as the records without a sweeper.
   A waiter marks `{prefix}:waiter:{id}`; the settle that ends a marked job
   pushes to `{prefix}:done:{id}`, which the waiter reads with BLPOP.
+- New work (issue 21): an enqueue leases a ready job to an idle pool at once
+  and publishes it on the pool's push channel (drainpool.queue.redis_push;
+  the fetch registers the pool, `lease_row` and `claim` in the prelude are
+  the one leasing both use); when no pool can take it, it publishes a
+  wake-up, and woken pools fetch (drainpool.queue.redis_wakeups).
 
 Standalone Redis 7 only: the scripts build key names from the prefix.
 
 Longer than a module should be: each Lua script sits beside the method that
 calls it, since one cannot be read without the other. Reading records is in
-daemon/drainpool/queue/redis_records.py, cancelling in redis_cancel.py.
+daemon/drainpool/queue/redis_records.py, cancelling in redis_cancel.py, the
+push's Lua and registration in redis_push.py.
 """
 
 from __future__ import annotations
@@ -76,11 +82,8 @@ from drainpool.queue.base import (
     RetryPolicy,
     WorkerIdentity,
     check_timeout,
-    decode_meta,
-    decode_payload,
     encode_meta,
     encode_payload,
-    fetched_job,
     loads_or_raw,
     log_dead,
     log_dead_job,
@@ -104,6 +107,7 @@ from drainpool.queue.records import (
     result_of,
 )
 from drainpool.queue.redis_cancel import CANCEL, cancel_requests
+from drainpool.queue.redis_push import FORGET_IDLE, PUSH_LUA, job_from_row
 from drainpool.queue.redis_records import NOTIFY_TTL_MS, list_jobs, read_job, wait_job
 from drainpool.queue.redis_wakeups import NEXT_DUE, PubSubWaiter
 
@@ -154,23 +158,6 @@ local function wake(task, due)
     woken[task] = true
     redis.call('PUBLISH', P .. ':wake:' .. task, '0')
   end
-end
-local function push_ready(id, task)
-  local s = stream_key(task)
-  -- The group is made with a new stream, not tried on every enqueue (issue 21); a group
-  -- that went missing later is made again by the fetch, when Redis says NOGROUP.
-  local new_stream = redis.call('EXISTS', s) == 0
-  local entry = redis.call('XADD', s, '*', 'job', id)
-  if new_stream then ensure_group(s) end
-  redis.call('HSET', job_key(id), 'state', 'ready', 'entry', entry, 'token', '')
-  redis.call('SADD', P .. ':tasks', task)
-  wake(task)
-end
-local function schedule(id, task, due)
-  redis.call('ZADD', delayed_key(task), due, id)
-  redis.call('HSET', job_key(id), 'state', 'delayed', 'entry', '', 'token', '')
-  redis.call('SADD', P .. ':tasks', task)
-  wake(task, due)
 end
 local function drop_entry(task, entry)
   if entry and entry ~= '' then
@@ -229,6 +216,63 @@ local function last_delivered(s)
   end
   return '0-0'
 end
+local function delivered_key(task) return P .. ':delivered:' .. task end
+-- Who takes a lease (L): {me (the stream consumer), token, lease (ms), max_attempts, host,
+-- pid, pool}: the fetch's own arguments, or an idle pool's registration (a push).
+-- The entries, delivered to L.me already, are its until the lease runs out: the deadline
+-- goes into the delivery time (see the module docstring).
+local function claim(s, L, entries, now)
+  local c = {'XCLAIM', s, G, L.me, 0}
+  for _, entry in ipairs(entries) do c[#c + 1] = entry end
+  for _, opt in ipairs({'TIME', math.floor(now + L.lease - HORIZON), 'JUSTID'}) do
+    c[#c + 1] = opt
+  end
+  redis.call(unpack(c))
+end
+-- One claimed job's bookkeeping. Returns its row {id, task, payload, attempts, enqueued_at,
+-- timeout, meta}, a buried job's {id, task, why, attempts}, or nil (gone, or cancelled).
+local function lease_row(id, task, entry, L, now)
+  local jk = job_key(id)
+  if redis.call('EXISTS', jk) == 0 then
+    drop_entry(task, entry)
+  elseif (redis.call('HGET', jk, 'cancel_at') or '') ~= '' then
+    -- Cancelled while leased, and its daemon died before it stopped the job.
+    drop_entry(task, entry)
+    finish_cancelled(id, now)
+  else
+    local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
+    if attempts > L.max_attempts then
+      local why = 'lease expired ' .. (attempts - 1) .. ' times: its worker died each time'
+      bury(id, task, entry, why, '', now)
+      return {id, task, why, attempts - 1}  -- dead here: logged by the caller
+    end
+    redis.call('HSET', jk, 'state', 'leased', 'token', L.token, 'entry', entry,
+      'host', L.host, 'pid', L.pid, 'pool', L.pool)
+    redis.call('HSETNX', jk, 'started_at', secs(now))
+    local f = redis.call('HMGET', jk, 'payload', 'enqueued_at', 'timeout', 'meta')
+    return {id, task, f[1], attempts, f[2], f[3] or '', f[4] or ''}
+  end
+end
+@PUSH@
+-- offer: a ready job of an enqueue, which an idle pool may take at once (its push).
+local function push_ready(id, task, offer)
+  local s = stream_key(task)
+  -- The group is made with a new stream, not tried on every enqueue (issue 21); a group
+  -- that went missing later is made again by the fetch, when Redis says NOGROUP.
+  local new_stream = redis.call('EXISTS', s) == 0
+  local entry = redis.call('XADD', s, '*', 'job', id)
+  if new_stream then ensure_group(s) end
+  redis.call('HSET', job_key(id), 'state', 'ready', 'entry', entry, 'token', '')
+  redis.call('SADD', P .. ':tasks', task)
+  -- A pushed job is not announced: no other daemon need look for it.
+  if not (offer and push_to_idle(task)) then wake(task) end
+end
+local function schedule(id, task, due)
+  redis.call('ZADD', delayed_key(task), due, id)
+  redis.call('HSET', job_key(id), 'state', 'delayed', 'entry', '', 'token', '')
+  redis.call('SADD', P .. ':tasks', task)
+  wake(task, due)
+end
 """
 
 _ENQUEUE = r"""
@@ -249,7 +293,7 @@ for i = 7, #ARGV, 2 do
   if timeout ~= '' then redis.call('HSET', job_key(id), 'timeout', timeout) end
   if meta ~= '' then redis.call('HSET', job_key(id), 'meta', meta) end
   redis.call('ZADD', P .. ':jobs', id, id)
-  if delay > 0 then schedule(id, task, now + delay) else push_ready(id, task) end
+  if delay > 0 then schedule(id, task, now + delay) else push_ready(id, task, true) end
 end
 if key ~= '' then redis.call('HSET', P .. ':keys', key, id) end
 return id
@@ -268,16 +312,15 @@ local id = tostring(redis.call('INCR', P .. ':seq'))
 redis.call('HSET', job_key(id), 'task', task, 'payload', ARGV[7],
   'enqueued_at', secs(now_ms()), 'attempts', 0, 'key', '', 'schedule', name, 'tick', tick)
 redis.call('ZADD', P .. ':jobs', id, id)
-push_ready(id, task)
+push_ready(id, task, true)
 return id
 """
 
 _FETCH = r"""
 -- Issue 21: an idle fetch neither creates the group nor reads XINFO. The group is made
 -- when Redis says it is missing (NOGROUP), and the last delivered entry of each stream
--- is kept in a key that only this script's XREADGROUP moves (XINFO once, for a queue
--- written before the key existed).
-local function delivered_key(task) return P .. ':delivered:' .. task end
+-- is kept in a key that only this script's XREADGROUP (and a push's) moves (XINFO once,
+-- for a queue written before the key existed).
 local function delivered(s, task)
   local last = redis.call('GET', delivered_key(task))
   if not last then
@@ -296,17 +339,21 @@ local function pending_past_horizon(s, task, n)
   end
   return found
 end
--- ARGV[3..]: consumer, token, n, lease_ms, max_attempts, batch, host, pid, pool, tasks...
+-- ARGV[3..]: consumer, token, n, lease_ms, max_attempts, batch, host, pid, pool,
+-- push id ('' = none), registration ttl_ms, pushes heard, tasks...
 local me, token, n = ARGV[3], ARGV[4], tonumber(ARGV[5])
-local lease, max_attempts, batch = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local host, pid, pool = ARGV[9], ARGV[10], ARGV[11]
+local batch = tonumber(ARGV[8])
+local L = {me = me, token = token, lease = tonumber(ARGV[6]), max_attempts = tonumber(ARGV[7]),
+  host = ARGV[9], pid = ARGV[10], pool = ARGV[11]}
+local push_id, ttl, heard = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14])
+local FIRST_TASK = 15
 local streams = {}
 local earliest  -- the earliest delayed job not yet due: returned, so no due-time script
 local function delayed_head(d)
   local head = redis.call('ZRANGE', d, 0, 0, 'WITHSCORES')
   if #head > 0 then return tonumber(head[2]) end
 end
-for i = 12, #ARGV do
+for i = FIRST_TASK, #ARGV do
   local task = ARGV[i]
   local d = delayed_key(task)
   local head = delayed_head(d)  -- one read while nothing is delayed: the idle case
@@ -356,7 +403,6 @@ while #chosen < n do
   chosen[#chosen + 1] = {st = best, c = bc}
 end
 local now = #chosen > 0 and now_ms() or 0
-local deliver = math.floor(now + lease - HORIZON)
 for _, st in ipairs(streams) do
   local taken = st.pel
   if st.fresh > 0 then
@@ -365,39 +411,19 @@ for _, st in ipairs(streams) do
     for _, e in ipairs(r[1][2]) do taken[#taken + 1] = e[1] end
     redis.call('SET', delivered_key(st.task), taken[#taken])
   end
-  if #taken > 0 then
-    -- The lease deadline goes into the delivery time (see the module docstring).
-    local claim = {'XCLAIM', st.s, G, me, 0}
-    for _, entry in ipairs(taken) do claim[#claim + 1] = entry end
-    for _, opt in ipairs({'TIME', deliver, 'JUSTID'}) do claim[#claim + 1] = opt end
-    redis.call(unpack(claim))
-  end
+  if #taken > 0 then claim(st.s, L, taken, now) end
 end
-local out = {}
+local out, found = {}, 0
 for _, pick in ipairs(chosen) do
-  local task, c = pick.st.task, pick.c
-  local jk = job_key(c.id)
-  if redis.call('EXISTS', jk) == 0 then
-    drop_entry(task, c.entry)
-  elseif (redis.call('HGET', jk, 'cancel_at') or '') ~= '' then
-    -- Cancelled while leased, and its daemon died before it stopped the job.
-    drop_entry(task, c.entry)
-    finish_cancelled(c.id, now)
-  else
-    local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
-    if attempts > max_attempts then
-      local why = 'lease expired ' .. (attempts - 1) .. ' times: its worker died each time'
-      bury(c.id, task, c.entry, why, '', now)
-      out[#out + 1] = {c.id, task, why, attempts - 1}  -- dead here: logged by the caller
-    else
-      redis.call('HSET', jk, 'state', 'leased', 'token', token, 'entry', c.entry,
-        'host', host, 'pid', pid, 'pool', pool)
-      redis.call('HSETNX', jk, 'started_at', secs(now))
-      local f = redis.call('HMGET', jk, 'payload', 'enqueued_at', 'timeout', 'meta')
-      out[#out + 1] = {c.id, task, f[1], attempts, f[2], f[3] or '', f[4] or ''}
-    end
+  local row = lease_row(pick.c.id, pick.st.task, pick.c.entry, L, now)
+  if row then
+    out[#out + 1] = row
+    if #row == 7 then found = found + 1 end
   end
 end
+-- Only a fetch that found nothing registers: one that found some is streaming (a burst),
+-- where fetches in gaps take many jobs per script, and a push per job would cost more.
+register_idle(push_id, ttl, heard, found == 0 and n or 0, L, {unpack(ARGV, FIRST_TASK)})
 -- Last row: ms until the earliest delayed job of these tasks ('' when none).
 out[#out + 1] = {earliest and tostring(math.max(earliest - now_ms(), 0)) or ''}
 return out
@@ -690,6 +716,7 @@ class RedisQueue:
         self._closed = threading.Event()
         # Per task set: (monotonic time of the last fetch, seconds to its earliest delayed job).
         self._due_seen: dict[tuple[str, ...], tuple[float, float | None]] = {}
+        self._waiters: dict[tuple[str, ...], PubSubWaiter] = {}  # per task set: push ids
         self._scripts = {
             name: client.register_script(_lua(body))
             for name, body in {
@@ -706,6 +733,7 @@ class RedisQueue:
                 "upgrade": _UPGRADE,
                 "cancel": CANCEL,
                 "next_due": NEXT_DUE,
+                "forget_idle": FORGET_IDLE,
             }.items()
         }
         # Read-only: flagged so, which lets Redis run it even under memory pressure.
@@ -893,6 +921,8 @@ class RedisQueue:
             return []
         who = worker or self.worker
         token = secrets.token_hex(8)
+        waiter = self._waiters.get(_tasks_key(tasks))
+        push_id, ttl_ms, heard = waiter.registration() if waiter else ("", 0, 0)
         rows = self._run(
             "fetch",
             "fetch jobs",
@@ -905,6 +935,9 @@ class RedisQueue:
             who.host,
             who.pid,
             who.pool,
+            push_id,
+            ttl_ms,
+            heard,
             *dict.fromkeys(tasks),
         )
         (due_ms,) = rows.pop()
@@ -919,19 +952,7 @@ class RedisQueue:
                 job_id, task, why, attempts = row
                 log_dead_job(str(job_id), task, int(attempts), why)
                 continue
-            job_id, task, body, attempts, enqueued_at, timeout, meta = row
-            payload, error = decode_payload(body)
-            limit = float(timeout) if timeout else None
-            job = fetched_job(
-                str(job_id),
-                task,
-                payload,
-                int(attempts),
-                token,
-                float(enqueued_at),
-                limit,
-                decode_meta(meta),
-            )
+            job, error = job_from_row(row, token)
             if error:
                 bad.append(Failure(job, error, retry=False))
                 continue
@@ -947,8 +968,19 @@ class RedisQueue:
         self._run("renew", "renew leases", self.consumer, _lease_ms(lease_seconds), *pairs)
 
     def waiter(self, tasks: Collection[str]) -> PubSubWaiter:
-        """A pool's own subscribed connection (drainpool.queue.redis_wakeups)."""
-        return PubSubWaiter(self._client, self.prefix, tasks, self.where)
+        """A pool's own subscribed connection (drainpool.queue.redis_wakeups).
+
+        Also its push channel (drainpool.queue.redis_push): a fetch for the same tasks
+        registers the pool as idle under the waiter's push id. Pools serve disjoint
+        tasks, so the tasks name the pool; a later waiter for them replaces this one.
+        """
+        waiter = PubSubWaiter(self._client, self.prefix, tasks, self.where, owner=self)
+        self._waiters[_tasks_key(tasks)] = waiter
+        return waiter
+
+    def forget_idle(self, push_id: str, tasks: Collection[str]) -> None:
+        """Remove a pool's idle registration: no enqueue pushes to it any more."""
+        self._run("forget_idle", "remove an idle registration", push_id, *tasks)
 
     def next_due(self, tasks: Collection[str]) -> float | None:
         """From the fetch just made for `tasks` (its last row), else one script.
@@ -1158,6 +1190,7 @@ def _lua(body: str) -> str:
     """One script: the shared prelude, then `body`, with the Python constants filled in."""
     text = _PRELUDE + body
     constants = (
+        ("PUSH", PUSH_LUA),  # first: it holds constants of its own
         ("HORIZON", HORIZON_MS),
         ("RELEASED", RELEASED),
         ("BATCH", BATCH),

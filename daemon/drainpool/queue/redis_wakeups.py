@@ -20,16 +20,24 @@ safety-net fetch itself.
 Messages: '0' (ready jobs), a due time in epoch seconds (a delayed job), or
 `cancel ID` (issue 19: the cancel of a leased job, so the daemon holding it
 sets the job's stop event at once instead of at its next 50 ms cancel check).
+
+The same connection listens on the pool's push channel (drainpool.queue.redis_push):
+a job leased to the pool by its enqueue, handed over through `Waiter.hear_pushes`
+on the waiting thread, with no fetch and no wake-up.
 """
 
 from __future__ import annotations
 
+import json
+import secrets
 import time
 from collections.abc import Collection
 from typing import Any
 
 import redis
 
+from drainpool.queue.base import Failure, Job
+from drainpool.queue.redis_push import PushOwner, job_from_row, push_channel
 from drainpool.queue.wakeups import ChannelWaiter, WaitMode
 
 PING_SECONDS = 60.0  # a quiet connection is asked whether the server is still there
@@ -54,12 +62,22 @@ def wake_channel(prefix: str, task: str) -> str:
 
 
 class PubSubWaiter(ChannelWaiter):
-    """One subscribed connection, built with the queue's own connection options."""
+    """One subscribed connection, built with the queue's own connection options.
+
+    It also listens on the pool's push channel (drainpool.queue.redis_push),
+    under a push id that is new at each subscription.
+    """
 
     armed_mode: WaitMode = "blocking read"
 
     def __init__(
-        self, client: redis.Redis, prefix: str, tasks: Collection[str], where: str
+        self,
+        client: redis.Redis,
+        prefix: str,
+        tasks: Collection[str],
+        where: str,
+        *,
+        owner: PushOwner,
     ) -> None:
         super().__init__(f"wake-up connection to {where}")
         self._options: dict[str, Any] = {
@@ -67,22 +85,45 @@ class PubSubWaiter(ChannelWaiter):
             "health_check_interval": 0,  # our own PING, once per safety-net interval
         }
         self._connection_class = client.connection_pool.connection_class
-        self._channels = [wake_channel(prefix, task) for task in dict.fromkeys(tasks)]
+        self._prefix = prefix
+        self._tasks = list(dict.fromkeys(tasks))
+        self._channels = [wake_channel(prefix, task) for task in self._tasks]
         self._connection: redis.connection.AbstractConnection | None = None
         self._ping_unanswered = False
         self._heard_at = time.monotonic()  # the last reply read on this connection
+        self._owner = owner
+        # (push id of this subscription, pushes handed over): one tuple, read by fetches.
+        self._push = ("", 0)
+        self._push_channel = ""
+        self._refusing = False  # the pool refused a push (it drains): registered no more
+        self._safety_net = 0.0  # the listener's wait: the registration lasts twice that
+
+    def wait(self, timeout: float) -> bool:
+        self._safety_net = timeout
+        return super().wait(timeout)
+
+    def registration(self) -> tuple[str, int, int]:
+        """(push id, ms the registration lasts, pushes handed over) for a fetch of our tasks;
+        ("", 0, 0) while no push can reach the pool (not subscribed, or refusing)."""
+        push_id, heard = self._push
+        if not self._armed or self._refusing or self._interrupter.closed.is_set():
+            return "", 0, 0
+        return push_id, max(int(self._safety_net * 2000), 1), heard
 
     def _arm(self) -> None:
+        push_id = secrets.token_hex(8)
+        channel = push_channel(self._prefix, push_id)
         connection = self._connection_class(**self._options)
         try:
             connection.connect()
-            connection.send_command("SUBSCRIBE", *self._channels)
-            for _ in self._channels:
+            connection.send_command("SUBSCRIBE", *self._channels, channel)
+            for _ in range(len(self._channels) + 1):
                 connection.read_response()
         except BaseException:
             connection.disconnect()
             raise
         self._connection = connection
+        self._push_channel, self._push = channel, (push_id, 0)
         self._ping_unanswered = False
         self._heard_at = time.monotonic()
 
@@ -97,14 +138,26 @@ class PubSubWaiter(ChannelWaiter):
                 if time.monotonic() - self._heard_at >= PING_SECONDS:
                     self._ping(connection)
                 return False
+        woken, pushed = self._read_waiting(connection)
+        if pushed:
+            self._hand_pushed(pushed)
+        return woken
+
+    def _read_waiting(
+        self, connection: redis.connection.AbstractConnection
+    ) -> tuple[bool, list[str]]:
+        """Every message waiting (a burst of enqueues is one wake-up): woken?, pushed rows."""
         woken = False
-        while True:  # every message waiting: a burst of enqueues is one wake-up
+        pushed: list[str] = []
+        while connection.can_read(timeout=0):
             reply = connection.read_response()
             self._heard_at = time.monotonic()
             kind = reply[0] if isinstance(reply, list) and reply else None
             if kind == "message":
-                data = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
-                if data.startswith(CANCEL_PREFIX):  # not work: no fetch for it
+                channel, data = _text(reply[1]), _text(reply[2])
+                if channel == self._push_channel:
+                    pushed.append(data)
+                elif data.startswith(CANCEL_PREFIX):  # not work: no fetch for it
                     self._cancel_heard(data[len(CANCEL_PREFIX) :])
                 else:
                     woken = True
@@ -112,8 +165,53 @@ class PubSubWaiter(ChannelWaiter):
                         self._note_due(float(data))
             if kind == "pong":
                 self._ping_unanswered = False
-            if not connection.can_read(timeout=0):
-                return woken
+        return woken, pushed
+
+    def _hand_pushed(self, messages: list[str]) -> None:
+        """Pushed rows to the pool (counted as heard once handed: a fetch that counts them
+        too registers a slot fewer, never one more); refused ones go back to the queue."""
+        jobs, bad = _decode_pushed(messages)
+        if bad:
+            self._owner.settle(failures=bad)
+        take = self._take_pushed
+        taken = bool(jobs) and not self._refusing and take is not None and take(jobs)
+        push_id, heard = self._push
+        self._push = (push_id, heard + len(messages))
+        if jobs and not taken:
+            self._give_back(jobs)
+
+    def _give_back(self, jobs: list[Job]) -> None:
+        """The pool takes no more jobs (it drains): release them, and register no more."""
+        if not self._refusing:
+            self._refusing = True
+            self._owner.forget_idle(self._push[0], self._tasks)
+        self._owner.settle(releases=jobs)
+
+    def _closing(self) -> None:
+        """No more pushes once the registration is gone; those on the wire go back.
+
+        A PING after the removal: its answer comes after every push published before
+        the removal, on this connection, so reading up to it finds them all.
+        """
+        connection = self._connection
+        if not self._refusing:
+            self._refusing = True
+            self._owner.forget_idle(self._push[0], self._tasks)
+        if connection is None:
+            return
+        connection.send_command("PING")
+        pongs = 2 if self._ping_unanswered else 1  # ours, and a safety PING's on the way
+        pushed: list[str] = []
+        while pongs:
+            reply = connection.read_response()
+            kind = reply[0] if isinstance(reply, list) and reply else None
+            if kind == "pong":
+                pongs -= 1
+            if kind == "message" and _text(reply[1]) == self._push_channel:
+                pushed.append(_text(reply[2]))
+        jobs, bad = _decode_pushed(pushed)
+        if jobs or bad:
+            self._owner.settle(releases=jobs, failures=bad)
 
     def _ping(self, connection: redis.connection.AbstractConnection) -> None:
         """Quiet for PING_SECONDS: ask, unless the last question went unanswered (dead peer)."""
@@ -127,3 +225,22 @@ class PubSubWaiter(ChannelWaiter):
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.disconnect()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode_pushed(messages: list[str]) -> tuple[list[Job], list[Failure]]:
+    """Pushed rows (the fetch's row and the lease token, as JSON) as jobs, and those whose
+    payload cannot be decoded, as failures to dead-letter (as the fetch does)."""
+    jobs: list[Job] = []
+    bad: list[Failure] = []
+    for message in messages:
+        *row, token = json.loads(message)
+        job, error = job_from_row(row, token)
+        if error:
+            bad.append(Failure(job, error, retry=False))
+        else:
+            jobs.append(job)
+    return jobs, bad

@@ -34,6 +34,8 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Literal, Protocol, runtime_checkable
 
+from drainpool.queue.base import Job
+
 log = logging.getLogger("drainpool.queue")
 
 WaitMode = Literal["doorbell", "blocking read", "poll"]
@@ -65,6 +67,13 @@ class Waiter(Protocol):
         """Call `stop(job_id)` on the waiting thread when the backend announces a cancel of
         a running job (issue 19); set before the first wait. A waiter whose backend
         announces none ignores it: the pool's job watch reads the cancels anyway."""
+        ...
+
+    def hear_pushes(self, take: Callable[[list[Job]], bool]) -> None:
+        """Call `take(jobs)` on the waiting thread with jobs the backend leased to this pool
+        at their enqueue (Redis: drainpool.queue.redis_push); `take` returns False when the
+        pool no longer takes jobs (a drain), and the waiter releases them. Set before the
+        first wait; a backend that pushes nothing ignores it."""
         ...
 
     def close(self) -> None:
@@ -139,6 +148,9 @@ class PollWaiter:
     def hear_cancels(self, stop: Callable[[str], None]) -> None:
         pass  # nothing announced: the job watch finds the cancels
 
+    def hear_pushes(self, take: Callable[[list[Job]], bool]) -> None:
+        pass  # nothing pushed: every job is fetched
+
     def close(self) -> None:
         self._closed.set()
 
@@ -164,6 +176,7 @@ class ChannelWaiter(abc.ABC):
         self._due: float | None = None  # the earliest announced due time not yet taken
         self._due_lock = threading.Lock()  # the listener notes, the dispatcher takes
         self._on_cancel: Callable[[str], None] | None = None  # see Waiter.hear_cancels
+        self._take_pushed: Callable[[list[Job]], bool] | None = None  # Waiter.hear_pushes
 
     @property
     def mode(self) -> WaitMode:
@@ -196,6 +209,9 @@ class ChannelWaiter(abc.ABC):
 
     def hear_cancels(self, stop: Callable[[str], None]) -> None:
         self._on_cancel = stop
+
+    def hear_pushes(self, take: Callable[[list[Job]], bool]) -> None:
+        self._take_pushed = take
 
     def _cancel_heard(self, job_id: str) -> None:
         """A running job was cancelled: called on the waiting thread, by `_listen`."""
@@ -242,6 +258,8 @@ class ChannelWaiter(abc.ABC):
         self._released = True
         if self._armed:
             with contextlib.suppress(Exception):
+                self._closing()
+            with contextlib.suppress(Exception):
                 self._disarm()
             self._armed = False
         self._interrupter.release()
@@ -257,6 +275,9 @@ class ChannelWaiter(abc.ABC):
     @abc.abstractmethod
     def _disarm(self) -> None:
         """Close the channel."""
+
+    def _closing(self) -> None:  # noqa: B027 - a hook: most channels hold nothing to settle
+        """The waiter is closed while armed: settle what the channel holds (before _disarm)."""
 
 
 def waiter_for(queue: object, tasks: Collection[str]) -> Waiter:

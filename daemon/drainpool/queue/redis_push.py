@@ -1,0 +1,168 @@
+"""The Redis queue's push: an enqueue leases its job to an idle pool at once (issue 21).
+
+Why: a wake-up message makes the woken pool fetch, and that fetch's round trip
+(0.6 ms here) was most of the pickup latency on Redis. So a fetch that finds
+fewer jobs than it asked for registers its pool as idle, and the enqueue
+script leases a ready job to such a pool itself and publishes the job's row
+on the pool's push channel; the pool's waiter (drainpool.queue.redis_wakeups)
+hands it to the workers without a fetch.
+
+Only a fetch that found nothing registers (the design asked for any fetch that
+found fewer than it asked for; bent): a fetch that found some means jobs are
+streaming in, and the pool's fetches in gaps then take many jobs per script.
+Registered after each partial fetch, a burst of 1,000 single enqueues went
+one push (and one ack script) per job, and took twice as long (1.0 s, not
+0.5 s here). So a burst into an idle pool pushes at most its free slots and
+then streams as before; one that found some sets `free` to 0.
+
+- The registration, written by the fetch script (no round trip of its own):
+  a hash `{prefix}:idle:{push id}` with what a lease needs (the consumer,
+  the token of the fetch that made it, lease ms, max attempts, host, pid,
+  pool) and `free`, the slots the fetch left empty; its key expires after
+  twice the safety-net interval (renewed by every fetch that leaves a slot
+  empty), so a stale pool gets no pushes. An idle round costs Redis two
+  commands more (HMGET, PEXPIRE).
+  A set `{prefix}:idlers:{task}` per task names the registered push ids. A
+  key expiry rather than a score of Redis time: an idle fetch reads no clock.
+- The push id is new at each subscription of the waiter: a push channel has
+  at most one listener, and a registration left by a broken connection has
+  none. The enqueue pushes only where `PUBSUB NUMSUB` finds the listener, to
+  the registered pool with the most free slots, and lowers its `free`.
+- Over-delivery is bounded by the registered free count, and in fact exact:
+  every push lowers `free`; the registration counts the pushes it sent, the
+  waiter those it handed over, and a fetch of n that found nothing registers
+  `n - (sent - heard)` free slots, the pushes still on the wire being taken
+  already (heard counts a push once the pool holds it, so a fetch that
+  races a hand-over registers a slot fewer, never one more).
+- A pushed job is an ordinary leased job: if its pool no longer listens (the
+  connection died after the push), it comes back when its lease runs out.
+  A pool that drains refuses pushes: its waiter releases them and removes the
+  registration; at close the waiter removes it too (a crash leaves it to expire).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any, Protocol
+
+from drainpool.queue.base import Failure, Job, decode_meta, decode_payload, fetched_job
+
+# Lua for the scripts' prelude (drainpool.queue.redis), after lease_row and claim.
+PUSH_LUA = r"""
+local function idle_key(push_id) return P .. ':idle:' .. push_id end
+local function idlers_key(task) return P .. ':idlers:' .. task end
+local idle_seen = {}  -- per push id: one script's view of a registration ({} when unusable)
+local idle_by_task = {}
+-- The registered pools of `task` that listen and have a free slot (read once per script).
+local function idle_pools(task)
+  local pools = idle_by_task[task]
+  if pools then return pools end
+  pools = {}
+  for _, push_id in ipairs(redis.call('SMEMBERS', idlers_key(task))) do
+    local pool = idle_seen[push_id]
+    if pool == nil then
+      pool = {}
+      local f = redis.call('HMGET', idle_key(push_id), 'free', 'me', 'token', 'lease',
+        'max_attempts', 'host', 'pid', 'pool')
+      if not f[1] then
+        redis.call('SREM', idlers_key(task), push_id)  -- expired: its pool went quiet
+      elseif tonumber(f[1]) > 0
+          and redis.call('PUBSUB', 'NUMSUB', P .. ':push:' .. push_id)[2] > 0 then
+        pool = {id = push_id, free = tonumber(f[1]), me = f[2], token = f[3],
+          lease = tonumber(f[4]), max_attempts = tonumber(f[5]), host = f[6], pid = f[7],
+          pool = f[8]}
+      end
+      idle_seen[push_id] = pool
+    end
+    if pool.id then pools[#pools + 1] = pool end
+  end
+  idle_by_task[task] = pools
+  return pools
+end
+-- Leases the oldest ready entry of `task` to an idle pool and publishes its row there.
+-- False when no pool can take it (or the entry turned out gone): then the caller wakes.
+local function push_to_idle(task)
+  local best
+  for _, pool in ipairs(idle_pools(task)) do
+    if pool.free > 0 and (best == nil or pool.free > best.free) then best = pool end
+  end
+  if best == nil then return false end
+  local s = stream_key(task)
+  local r = redis.pcall('XREADGROUP', 'GROUP', G, best.me, 'COUNT', 1, 'STREAMS', s, '>')
+  if type(r) ~= 'table' or r.err or #r == 0 then return false end  -- NOGROUP: fetch mends
+  local entry, id = r[1][2][1][1], r[1][2][1][2][2]
+  redis.call('SET', delivered_key(task), entry)
+  local now = now_ms()
+  claim(s, best, {entry}, now)
+  local row = lease_row(id, task, entry, best, now)
+  if row == nil or #row ~= 7 then return false end
+  best.free = best.free - 1
+  redis.call('HINCRBY', idle_key(best.id), 'free', -1)
+  redis.call('HINCRBY', idle_key(best.id), 'sent', 1)
+  row[8] = best.token
+  redis.call('PUBLISH', P .. ':push:' .. best.id, cjson.encode(row))
+  return true
+end
+-- The fetch's part: `free` slots it registers (0: none); `heard`: pushes its pool holds.
+-- An idle round that changes nothing costs two commands (HMGET, PEXPIRE); a registration
+-- keeps the token it was made with (its pushes' lease token) until it expires.
+local function register_idle(push_id, ttl, heard, free, L, tasks)
+  if push_id == '' then return end
+  local h = idle_key(push_id)
+  local f = redis.call('HMGET', h, 'sent', 'free')
+  local sent = math.max(tonumber(f[1] or '0') or 0, heard)
+  free = math.max(free - (sent - heard), 0)  -- pushes on the wire are taken already
+  if not f[1] then
+    if free == 0 then return end
+    redis.call('HSET', h, 'free', free, 'sent', sent, 'me', L.me, 'token', L.token,
+      'lease', L.lease, 'max_attempts', L.max_attempts, 'host', L.host, 'pid', L.pid,
+      'pool', L.pool)
+    for _, task in ipairs(tasks) do redis.call('SADD', idlers_key(task), push_id) end
+  elseif tonumber(f[2]) ~= free or tonumber(f[1]) ~= sent then
+    redis.call('HSET', h, 'free', free, 'sent', sent)
+  end
+  if free > 0 then redis.call('PEXPIRE', h, ttl) end  -- full: left to expire
+end
+"""
+
+# ARGV[3]: push id; ARGV[4..]: its tasks. The registration goes: no more pushes to it.
+FORGET_IDLE = r"""
+redis.call('DEL', idle_key(ARGV[3]))
+for i = 4, #ARGV do redis.call('SREM', idlers_key(ARGV[i]), ARGV[3]) end
+return 0
+"""
+
+
+def push_channel(prefix: str, push_id: str) -> str:
+    return f"{prefix}:push:{push_id}"
+
+
+def job_from_row(row: Sequence[Any], token: str) -> tuple[Job, str]:
+    """A leased job's row (the fetch script's, or a push's) as a Job, and why its payload
+    cannot be decoded ("" when it can: the caller dead-letters the job otherwise)."""
+    job_id, task, body, attempts, enqueued_at, timeout, meta = row
+    payload, error = decode_payload(body)
+    job = fetched_job(
+        str(job_id),
+        task,
+        payload,
+        int(attempts),
+        token,
+        float(enqueued_at),
+        float(timeout) if timeout else None,
+        decode_meta(meta),
+    )
+    return job, error
+
+
+class PushOwner(Protocol):
+    """What a waiter needs of its queue for the pushes it cannot hand over."""
+
+    def settle(
+        self,
+        acks: Sequence[Any] = (),
+        releases: Sequence[Job] = (),
+        failures: Sequence[Failure] = (),
+    ) -> None: ...
+
+    def forget_idle(self, push_id: str, tasks: Collection[str]) -> None: ...
