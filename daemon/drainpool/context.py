@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from drainpool import slots
+
 log = logging.getLogger("drainpool.context")
 
 
@@ -271,3 +273,24 @@ class TaskContext:
         """Wait up to `seconds`; raise Interrupted the moment shutdown is requested."""
         if self.shutdown.wait(max(seconds, 0.0)):
             raise Interrupted
+
+
+_CONTEXT_SETTERS = slots.setters(TaskContext, ("job_id", "attempt", "task", "logger", "shutdown"))
+
+
+def new_context(
+    job_id: str,
+    attempt: int,
+    task: str,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    shutdown: JobStop,
+) -> TaskContext:
+    """TaskContext(...) as the pool makes one per job: the same object, built quicker."""
+    set_job_id, set_attempt, set_task, set_logger, set_shutdown = _CONTEXT_SETTERS
+    ctx = object.__new__(TaskContext)
+    set_job_id(ctx, job_id)
+    set_attempt(ctx, attempt)
+    set_task(ctx, task)
+    set_logger(ctx, logger)
+    set_shutdown(ctx, shutdown)
+    return ctx
