@@ -568,15 +568,19 @@ class Pool:
             self._serve(threading.current_thread().name)
 
     def _serve(self, name: str) -> None:
+        limits = self._limits
         while True:
+            # Made before the lock, which every worker takes per job: the less runs under it,
+            # the less often CPython switches threads while one of them holds it.
+            stop = JobStop(self._stops_lock)
             with self._lock:
                 while not self._handed and not self._stopping:
                     self._work_ready.wait()
                 if not self._handed:
                     return  # stopping, and nothing handed over
                 job = self._handed.popleft()
-                entry = _Running(job, self._clock(), name, JobStop(self._stops_lock))
-                entry.limit = job.timeout or self._limits.get(job.task)
+                limit = job.timeout or limits.get(job.task)
+                entry = _Running(job, self._clock(), name, stop, limit)
                 self._running[job.id] = entry
             if self._run(entry):
                 return  # abandoned alone; its replacement serves in its place

@@ -572,7 +572,7 @@ class SqliteQueue:
                     token,
                     enqueued_at,
                     timeout,
-                    decode_meta(meta),
+                    {} if meta is None else decode_meta(meta),  # most jobs have none
                 )
             )
         return jobs
