@@ -591,7 +591,8 @@ class Pool:
         spec = self.tasks[job.task]
         metrics = self._task_metrics
         metrics.started(job.task)
-        logger = task_logger(job.task, job.id, self._loggers[job.task])
+        task_log = self._loggers[job.task]
+        logger = task_logger(job.task, job.id, task_log)
         ctx = new_context(job.id, job.attempt, job.task, logger, entry.stop)
         failure: Failure | None = None
         done: Job | Done = job
@@ -601,7 +602,7 @@ class Pool:
             result = spec.handler(ctx, job.payload)
             outcome = _COMPLETED
             done = self._done(job, result)
-            if logger.isEnabledFor(logging.DEBUG):
+            if task_log.isEnabledFor(logging.DEBUG):  # the adapter's asks it, one call later
                 logger.debug("job %s completed: %r", job.id, result)
         except Interrupted:
             outcome, failure = self._interrupted(entry)
