@@ -16,10 +16,8 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
-
-from drainpool import slots
 
 log = logging.getLogger("drainpool.context")
 
@@ -275,7 +273,12 @@ class TaskContext:
             raise Interrupted
 
 
-_CONTEXT_SETTERS = slots.setters(TaskContext, ("job_id", "attempt", "task", "logger", "shutdown"))
+# TaskContext's slot setters, for new_context: its generated __init__ sets each field through
+# object.__setattr__, a lookup and a call per field, and the pool makes one per job (issue 17).
+_CONTEXT_FIELDS = ("job_id", "attempt", "task", "logger", "shutdown")
+if tuple(f.name for f in fields(TaskContext)) != _CONTEXT_FIELDS:
+    raise TypeError("TaskContext's fields changed: change new_context (drainpool.context) to match")
+_CONTEXT_SETTERS = tuple(getattr(TaskContext, name).__set__ for name in _CONTEXT_FIELDS)
 
 
 def new_context(
