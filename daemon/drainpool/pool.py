@@ -602,7 +602,7 @@ class Pool:
             result = spec.handler(ctx, job.payload)
             outcome = _COMPLETED
             done = self._done(job, result)
-            if task_log.isEnabledFor(logging.DEBUG):  # the adapter's asks it, one call later
+            if task_log.isEnabledFor(logging.DEBUG):  # what the adapter would ask, one call less
                 logger.debug("job %s completed: %r", job.id, result)
         except Interrupted:
             outcome, failure = self._interrupted(entry)
