@@ -55,3 +55,24 @@ def test_interrupted_escapes_a_broad_except_exception() -> None:
 def test_context_carries_job_identity() -> None:
     ctx = make_ctx()
     assert (ctx.job_id, ctx.attempt, ctx.task) == ("7", 2, "t")
+
+
+def test_the_pools_quick_builders_make_the_same_frozen_objects() -> None:
+    # new_context and done_with skip the generated __init__ (issue 17): what they make must
+    # be equal to what the class makes, and as frozen.
+    from dataclasses import FrozenInstanceError
+
+    from drainpool.context import JobStop, new_context
+    from drainpool.queue.base import Done, done_with, fetched_job
+
+    stop = JobStop()
+    logger = logging.LoggerAdapter(logging.getLogger("t"), {"job_id": "7", "task": "t"})
+    ctx = new_context("7", 2, "t", logger, stop)
+    assert ctx == TaskContext("7", 2, "t", logger, stop)
+    job = fetched_job("7", "t", {"n": 1}, 2, "tok", 1.5, None, {})
+    done = done_with(job, "null", "")
+    assert done == Done(job, "null", "")
+    with pytest.raises(FrozenInstanceError):
+        ctx.job_id = "8"  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        done.note = "x"  # type: ignore[misc]

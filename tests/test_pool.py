@@ -12,7 +12,7 @@ from typing import Literal
 
 import pytest
 from drainpool.metrics import Metrics
-from drainpool.pool import Pool, PoolConfig, auto_reserve
+from drainpool.pool import Pool, PoolConfig, RecentOutcomes, auto_reserve
 from drainpool.queue import from_url
 from drainpool.queue.sqlite import SqliteQueue
 from drainpool.tasks import TaskSpec
@@ -145,6 +145,36 @@ def test_outcomes_completed_then_interrupted(tmp_path: Path) -> None:
     assert (stats.ready, stats.leased) == (1, 0)
     (job,) = queue.fetch(1, ["sleep"], 30)
     assert job.attempt == 1  # the interrupted attempt was not counted
+    queue.close()
+
+
+def test_recent_outcomes_keep_the_newest_as_the_console_reads_them(tmp_path: Path) -> None:
+    # Workers keep tuples and the console's documents are built at the snapshot (issue 17).
+    queue = SqliteQueue(tmp_path / "q.db")
+    recent = RecentOutcomes(2)
+    config = PoolConfig("default", 1, 5.0, 30.0, 0.05, prefetch=0)
+    pool = Pool(config, 4, TASKS, queue, Metrics(), recent=recent)
+    ids = [queue.enqueue("noop", {}) for _ in range(3)]
+    pool.start()
+    wait_until(lambda: pool.counts["completed"] == 3, what="three completed")
+    pool.begin_drain()
+    wait_until(lambda: pool.drained, what="drained")
+    pool.join()
+    newest = recent.snapshot()
+    assert [entry["job_id"] for entry in newest] == ids[1:]  # one worker: in order
+    for entry in newest:
+        assert entry["at"] > 0 and 0 <= entry["seconds"] < 60
+        assert entry["seconds"] == round(entry["seconds"], 3)
+        del entry["job_id"], entry["at"], entry["seconds"]
+        assert entry == {
+            "task": "noop",
+            "attempt": 1,
+            "outcome": "completed",
+            "pool": "default",
+            "generation": 4,
+        }
+    assert +pool.counts == {"completed": 3}
+    assert queue.stats().leased == 0
     queue.close()
 
 

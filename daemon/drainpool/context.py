@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 log = logging.getLogger("drainpool.context")
@@ -271,3 +271,29 @@ class TaskContext:
         """Wait up to `seconds`; raise Interrupted the moment shutdown is requested."""
         if self.shutdown.wait(max(seconds, 0.0)):
             raise Interrupted
+
+
+# TaskContext's slot setters, for new_context: its generated __init__ sets each field through
+# object.__setattr__, a lookup and a call per field, and the pool makes one per job (issue 17).
+_CONTEXT_FIELDS = ("job_id", "attempt", "task", "logger", "shutdown")
+if tuple(f.name for f in fields(TaskContext)) != _CONTEXT_FIELDS:
+    raise TypeError("TaskContext's fields changed: change new_context (drainpool.context) to match")
+_CONTEXT_SETTERS = tuple(getattr(TaskContext, name).__set__ for name in _CONTEXT_FIELDS)
+
+
+def new_context(
+    job_id: str,
+    attempt: int,
+    task: str,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    shutdown: JobStop,
+) -> TaskContext:
+    """TaskContext(...) as the pool makes one per job: the same object, built quicker."""
+    set_job_id, set_attempt, set_task, set_logger, set_shutdown = _CONTEXT_SETTERS
+    ctx = object.__new__(TaskContext)
+    set_job_id(ctx, job_id)
+    set_attempt(ctx, attempt)
+    set_task(ctx, task)
+    set_logger(ctx, logger)
+    set_shutdown(ctx, shutdown)
+    return ctx

@@ -37,15 +37,23 @@ from drainpool.context import (
     JobStop,
     ShutdownEvent,
     StopReason,
-    TaskContext,
     TimedOut,
     failure_details,
+    new_context,
     task_logger,
 )
 from drainpool.jobwatch import CHECK_SECONDS, JobWatch
 from drainpool.metrics import Metrics
 from drainpool.outcomes import Outcome
-from drainpool.queue.base import Done, Failure, Job, Queue, QueueUnavailable, WorkerIdentity
+from drainpool.queue.base import (
+    Done,
+    Failure,
+    Job,
+    Queue,
+    QueueUnavailable,
+    WorkerIdentity,
+    done_with,
+)
 from drainpool.queue.records import encode_result
 from drainpool.queue.wakeups import PollWaiter, Waiter, next_due, waiter_for
 from drainpool.runner import Runner, runner_for
@@ -65,6 +73,9 @@ AUTO_RESERVE_SECONDS = 0.05  # prefetch = "auto": the reserve is about this much
 # a GIL hand-off per statement), and 72 jobs a round ran no-ops at 38,000/s, 264 at 46,000/s.
 AUTO_RESERVE_PER_WORKER = 32
 RUN_TIME_WEIGHT = 0.125  # weight of the newest run time in the pool's moving mean
+# Read once: an enum member looked up on its class (Outcome.COMPLETED) is a slow attribute
+# read in CPython 3.11, and the workers and the dispatcher test for this one at every job.
+_COMPLETED = Outcome.COMPLETED
 
 
 def auto_reserve(workers: int, mean_run_seconds: float | None) -> int:
@@ -107,31 +118,55 @@ class RecentOutcomes:
     Bounded (a deque with maxlen) and cheap: workers append without a lock (a
     deque's append is atomic), since a lock that every worker took per job made
     them convoy (drainpool.bell says how); the HTTP thread's copy is retried if
-    an append lands in the middle of it.
+    an append lands in the middle of it. A worker appends a tuple of what it
+    has; the console's documents are built from them at a snapshot, not per job
+    (a dict of eight and a round() were 2 us of every no-op job's 50, issue 17).
     """
 
     def __init__(self, size: int = 200) -> None:
-        self._items: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+        self._items: collections.deque[_Recent] = collections.deque(maxlen=size)
 
     def add(self, pool: Pool, job: Job, outcome: Outcome, seconds: float | None) -> None:
-        item = {
-            "job_id": job.id,
-            "task": job.task,
-            "attempt": job.attempt,
-            "outcome": outcome,
-            "seconds": None if seconds is None else round(seconds, 3),
-            "at": time.time(),
-            "pool": pool.config.name,
-            "generation": pool.generation,
-        }
-        self._items.append(item)
+        # The job's id, task and attempt, not the job: its payload may be large.
+        self._items.append(
+            (
+                job.id,
+                job.task,
+                job.attempt,
+                outcome,
+                seconds,
+                time.time(),
+                pool.config.name,
+                pool.generation,
+            )
+        )
 
     def snapshot(self) -> list[dict[str, Any]]:
         while True:
             try:
-                return list(self._items)
+                items = list(self._items)
+                break
             except RuntimeError:  # "deque mutated during iteration": copy again
                 continue
+        return [
+            {
+                "job_id": job_id,
+                "task": task,
+                "attempt": attempt,
+                "outcome": outcome,
+                "seconds": None if seconds is None else round(seconds, 3),
+                "at": at,
+                "pool": pool,
+                "generation": generation,
+            }
+            for job_id, task, attempt, outcome, seconds, at, pool, generation in items
+        ]
+
+
+# One outcome as a worker left it for RecentOutcomes: the job's id, task and attempt, the
+# outcome, its run time (None: it never ran), the wall clock at its end, its pool's name and
+# generation.
+_Recent = tuple[str, str, int, Outcome, "float | None", float, str, int]
 
 
 @dataclass(slots=True)
@@ -536,15 +571,19 @@ class Pool:
             self._serve(threading.current_thread().name)
 
     def _serve(self, name: str) -> None:
+        limits = self._limits
         while True:
+            # Made before the lock, which every worker takes per job: the less runs under it,
+            # the less often CPython switches threads while one of them holds it.
+            stop = JobStop(self._stops_lock)
             with self._lock:
                 while not self._handed and not self._stopping:
                     self._work_ready.wait()
                 if not self._handed:
                     return  # stopping, and nothing handed over
                 job = self._handed.popleft()
-                entry = _Running(job, self._clock(), name, JobStop(self._stops_lock))
-                entry.limit = job.timeout or self._limits.get(job.task)
+                limit = job.timeout or limits.get(job.task)
+                entry = _Running(job, self._clock(), name, stop, limit)
                 self._running[job.id] = entry
             if self._run(entry):
                 return  # abandoned alone; its replacement serves in its place
@@ -555,17 +594,18 @@ class Pool:
         spec = self.tasks[job.task]
         metrics = self._task_metrics
         metrics.started(job.task)
-        logger = task_logger(job.task, job.id, self._loggers[job.task])
-        ctx = TaskContext(job.id, job.attempt, job.task, logger, entry.stop)
+        task_log = self._loggers[job.task]
+        logger = task_logger(job.task, job.id, task_log)
+        ctx = new_context(job.id, job.attempt, job.task, logger, entry.stop)
         failure: Failure | None = None
         done: Job | Done = job
         if self._watch is not None:
             entry.watched = self._watch.begin(job, ctx)
         try:
             result = spec.handler(ctx, job.payload)
-            outcome = Outcome.COMPLETED
+            outcome = _COMPLETED
             done = self._done(job, result)
-            if logger.isEnabledFor(logging.DEBUG):
+            if task_log.isEnabledFor(logging.DEBUG):  # what the adapter would ask, one call less
                 logger.debug("job %s completed: %r", job.id, result)
         except Interrupted:
             outcome, failure = self._interrupted(entry)
@@ -596,30 +636,39 @@ class Pool:
         return replaced
 
     def _take_finished(self) -> None:
-        """Settle what the workers finished: counts, moving mean, the next batch (lock held)."""
+        """Settle what the workers finished: counts, moving mean, the next batch (lock held).
+
+        Counted in a dict of its own and added to the two Counters once per round:
+        a Counter's `+= 1` is two calls into a dict subclass, twice per job.
+        """
         finished = self._finished
+        if not finished:
+            return
+        running = self._running
+        settle = self._settle
+        mean = self._mean_run_seconds
+        counted: dict[Outcome, int] = {}
         while finished:
             entry, job, outcome, done, failure, seconds = finished.popleft()
-            mean = self._mean_run_seconds
-            self._mean_run_seconds = (
-                seconds if mean is None else mean + RUN_TIME_WEIGHT * (seconds - mean)
-            )
-            if self._running.get(job.id) is entry:  # an abandoned run's id may run anew
-                del self._running[job.id]
+            mean = seconds if mean is None else mean + RUN_TIME_WEIGHT * (seconds - mean)
+            if running.get(job.id) is entry:  # an abandoned run's id may run anew
+                del running[job.id]
             if entry.abandoned:  # settled when abandoned; it may already run elsewhere
                 if entry.replaced:
                     self._left_behind -= 1
                 continue
             if entry.job is not job:  # its lease lapsed and was taken again: settle with that
                 job, done, failure = _with_lease(entry.job, done, failure)
-            self.counts[outcome] += 1
-            self._settle.outcomes[outcome] += 1
-            if outcome is Outcome.COMPLETED:
-                self._settle.acks.append(done)
+            counted[outcome] = counted.get(outcome, 0) + 1
+            if outcome is _COMPLETED:
+                settle.acks.append(done)
             elif failure is not None:
-                self._settle.failures.append(failure)
+                settle.failures.append(failure)
             else:
-                self._settle.releases.append(job)
+                settle.releases.append(job)
+        self._mean_run_seconds = mean
+        self.counts.update(counted)
+        settle.outcomes.update(counted)
 
     def _interrupted(self, entry: _Running) -> tuple[Outcome, Failure | None]:
         """The outcome of a task that raised Interrupted: why was it asked to stop?"""
@@ -644,7 +693,7 @@ class Pool:
         if limit is None:
             return job
         result_json, note = encode_result(result, limit)
-        return Done(job, result_json, note)
+        return done_with(job, result_json, note)
 
     # -- dispatcher -----------------------------------------------------------
 

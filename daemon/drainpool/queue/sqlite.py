@@ -532,9 +532,11 @@ class SqliteQueue:
             if not ids:
                 return []  # another daemon took them between the look and the lock
             rows = conn.execute(claim_sql(len(ids)), (*lease, *ids)).fetchall()
-            order = {job_id: i for i, job_id in enumerate(ids)}
-            rows.sort(key=lambda row: order[row[0]])  # RETURNING has no defined order
-            return self._to_jobs(conn, rows, token, now)
+            # In the due order of `ids` (RETURNING has no defined order), without a key
+            # function called per row.
+            by_id = {row[0]: row for row in rows}
+            ordered = [by_id[job_id] for job_id in ids if job_id in by_id]
+            return self._to_jobs(conn, ordered, token, now)
 
         return claim
 
@@ -547,6 +549,7 @@ class SqliteQueue:
         self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]], token: str, now: float
     ) -> list[Job]:
         jobs: list[Job] = []
+        max_attempts = self.retry.max_attempts
         for job_id, task, body, attempts, enqueued_at, timeout, cancel_at, meta in rows:
             if cancel_at is not None:
                 # Cancelled while leased, and its daemon died before it stopped the job.
@@ -555,7 +558,7 @@ class SqliteQueue:
                     (now, now + self.retention_seconds, token, f"[{job_id}]"),
                 )
                 continue
-            payload, error = fetched_payload(job_id, task, body, attempts, self.retry.max_attempts)
+            payload, error = fetched_payload(job_id, task, body, attempts, max_attempts)
             if error:
                 conn.execute(
                     f"UPDATE jobs SET state = {DEAD}, token = NULL, error = ?, traceback = '',"
@@ -572,7 +575,7 @@ class SqliteQueue:
                     token,
                     enqueued_at,
                     timeout,
-                    decode_meta(meta),
+                    {} if meta is None else decode_meta(meta),  # most jobs have none
                 )
             )
         return jobs
