@@ -126,7 +126,9 @@ def typed_handler(handler: Callable[..., Any], spec: PayloadSpec) -> Callable[..
     """
 
     # Looked up once: this wrapper runs per job, and each call layer costs on a busy pool.
-    validate = None if spec.adapter is None else spec.adapter.validate_python
+    # The adapter's own validator: TypeAdapter.validate_python adds a third (0.7 of 2 us)
+    # to check options this call never passes.
+    validate = None if spec.adapter is None else spec.adapter.validator.validate_python
 
     @functools.wraps(handler)
     def run(ctx: Any, payload: Any) -> Any:
