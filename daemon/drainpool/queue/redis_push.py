@@ -18,26 +18,52 @@ then streams as before; one that found some sets `free` to 0.
 - The registration, written by the fetch script (no round trip of its own):
   a hash `{prefix}:idle:{push id}` with what a lease needs (the consumer,
   the token of the fetch that made it, lease ms, max attempts, host, pid,
-  pool) and `free`, the slots the fetch left empty; its key expires after
-  twice the safety-net interval (renewed by every fetch that leaves a slot
-  empty), so a stale pool gets no pushes. An idle round costs Redis two
-  commands more (HMGET, PEXPIRE).
-  A set `{prefix}:idlers:{task}` per task names the registered push ids. A
-  key expiry rather than a score of Redis time: an idle fetch reads no clock.
-- The push id is new at each subscription of the waiter: a push channel has
-  at most one listener, and a registration left by a broken connection has
-  none. The enqueue pushes only where `PUBSUB NUMSUB` finds the listener, to
-  the registered pool with the most free slots, and lowers its `free`.
+  pool), its tasks, and `free`, the slots the fetch left empty. A set
+  `{prefix}:idlers:{task}` per task names the registered push ids.
+- Liveness is the subscription's, not a key expiry: the push id is new at each
+  subscription of the waiter, so a push channel has at most one listener, and
+  a registration left by a broken connection or a dead daemon has none. The
+  enqueue pushes only where `PUBSUB NUMSUB` finds the listener, to the
+  registered pool with the most free slots, and lowers its `free`; a
+  registration with free slots and no listener can never be pushed to again,
+  and the enqueue that finds it deletes it with its names in every idlers set.
+  (Before, the key expired after twice the safety-net interval and every idle
+  round renewed it: two commands a round, 12 a minute at the default 10 s,
+  which broke issue 21's one command a second per pool.)
+- An idle round that changed nothing sends nothing: the pool remembers what it
+  last registered (IdleMemory: push id, n, heard) and each fetch tells its
+  script whether that may have changed; when not, the registration in Redis is
+  exactly what the script would write again (below). When it may have (n or
+  heard moved, a new subscription, the last fetch found jobs, or the pool's
+  FULL_ROUND_EVERY-th round, 5 minutes at the default 10 s), the script reads
+  it (HMGET), writes what differs, writes it again if it is gone, and says so
+  in the fetch's last row. A registration lost while the pool thinks it there
+  (deleted by hand, FLUSHALL) costs pushes only: the first enqueue after
+  it is announced instead, its fetch finds the job, and the pool's next idle
+  fetch registers again; with no enqueue, the full round does within 30
+  safety-net rounds. (A Redis restart or a killed connection is a new
+  subscription: registered again at the next fetch.)
+- A backstop expiry of an hour (BACKSTOP_SECONDS, or twice the longest gap
+  between full rounds if longer), moved on by each round that asks Redis and
+  leaves a slot free: against garbage only. A full registration (free 0) is not asked about by the
+  enqueue (no NUMSUB per enqueue under load), so a daemon that died full
+  would leave its registration, and the idlers names of tasks never enqueued
+  again would stay. It is moved on rather than set once so that a live pool's
+  registration never expires with a push on the wire: one written again
+  counts `sent` from `heard`, and that push would be one too many.
 - Over-delivery is bounded by the registered free count, and in fact exact:
   every push lowers `free`; the registration counts the pushes it sent, the
   waiter those it handed over, and a fetch of n that found nothing registers
   `n - (sent - heard)` free slots, the pushes still on the wire being taken
   already (heard counts a push once the pool holds it, so a fetch that
-  races a hand-over registers a slot fewer, never one more).
+  races a hand-over registers a slot fewer, never one more). A push lowers
+  `free` and raises `sent` together, so while n and heard stay, a push not
+  yet heard leaves the registration as a full round would write it.
 - A pushed job is an ordinary leased job: if its pool no longer listens (the
   connection died after the push), it comes back when its lease runs out.
   A pool that drains refuses pushes: its waiter releases them and removes the
-  registration; at close the waiter removes it too (a crash leaves it to expire).
+  registration; at close the waiter removes it too (after a crash, the next
+  enqueue of its tasks finds no listener and deletes it).
 """
 
 from __future__ import annotations
@@ -169,16 +195,9 @@ class IdleAsk:
 
 
 class IdleMemory:
-    """What a pool last registered, so that an idle round that changes nothing sends nothing.
-
-    The registration then is exactly what the script would write again: every push
-    since lowered `free` and raised `sent` together, and the fetch's `n - (sent - heard)`
-    is unchanged while n and heard are (issue 21: an idle round costs no command).
-    What the pool cannot see (its registration dropped by an enqueue, deleted by hand,
-    FLUSHALL) is asked of Redis at every FULL_ROUND_EVERY-th round, and at once after
-    a fetch that found jobs (as the first enqueue after the loss, announced instead of
-    pushed, makes the pool do); the script writes a missing registration again.
-    """
+    """What a pool last registered, so that an idle round that changes nothing sends
+    nothing (issue 21); what it cannot see, Redis is asked at every FULL_ROUND_EVERY-th
+    round (see the module docstring). Used by the fetching thread only."""
 
     def __init__(self) -> None:
         self._registered: tuple[str, int, int] | None = None  # (push id, n, heard)
