@@ -20,6 +20,7 @@ from drainpool.metrics import Metrics
 from drainpool.pool import Pool, PoolConfig
 from drainpool.queue.base import Job
 from drainpool.queue.redis import RedisQueue
+from drainpool.queue.redis_push import FULL_ROUND_EVERY
 from drainpool.queue.redis_wakeups import PubSubWaiter
 from drainpool.tasks import TaskSpec
 
@@ -69,7 +70,7 @@ class Listening:
         self.woken = 0  # wake-ups heard since armed
         self.waiter: PubSubWaiter = queue.waiter(tasks)
         self.waiter.hear_pushes(self._take)
-        self.safety_net = safety_net  # each wait's timeout: the registration lasts twice that
+        self.safety_net = safety_net  # each wait's timeout
         assert self.waiter.wait(safety_net)  # armed: the first wait reports a wake-up
 
     def _take(self, jobs: list[Job]) -> bool:
@@ -93,7 +94,7 @@ class Listening:
         return self.jobs
 
     def push_id(self) -> str:
-        return self.waiter.registration()[0]
+        return self.waiter.push_id
 
 
 Listen = Callable[..., Listening]
@@ -115,6 +116,15 @@ def listen(queue: RedisQueue) -> Iterator[Listen]:
 
 def scripts(raw: redis.Redis) -> int:
     return commands(raw).get("cmdstat_evalsha", 0)
+
+
+REGISTERING = ("cmdstat_hmget", "cmdstat_hset", "cmdstat_pexpire", "cmdstat_sadd")
+
+
+def registering(raw: redis.Redis) -> dict[str, int]:
+    """The commands an idle fetch's registration can send (none of its other parts does)."""
+    counted = commands(raw)
+    return {name: counted.get(name, 0) for name in REGISTERING}
 
 
 def test_an_idle_registered_pool_gets_the_job_pushed_leased_without_a_fetch(
@@ -154,33 +164,74 @@ def test_no_push_past_the_registered_free_slots(
     assert [j.id for j in listening.jobs] == [first]
 
 
-def test_no_push_to_an_expired_registration(
+def test_an_idle_round_that_changed_nothing_sends_no_registration_command(
     queue: RedisQueue, raw: redis.Redis, listen: Listen
 ) -> None:
-    listening = listen(safety_net=0.5)  # registered for 1 s
-    assert queue.fetch(1, ["t"], 60) == []
-    idle_key = f"{PREFIX}:idle:{listening.push_id()}"
-    assert raw.pttl(idle_key) > 0
-    wait_until(lambda: not raw.exists(idle_key), PROMPT, "the registration expired")
-    job_id = queue.enqueue("t", 1)
-    listening.until(lambda: listening.woken > 0, "the wake-up")
-    assert raw.hget(f"{PREFIX}:job:{job_id}", "state") == "ready"
-    assert [j.id for j in queue.fetch(1, ["t"], 60)] == [job_id]
-    assert listening.jobs == []
-    assert queue.fetch(1, ["t"], 60) == []  # the safety net's fetch registers again
-    assert raw.smembers(f"{PREFIX}:idlers:t") == {listening.push_id()}
+    """Only every FULL_ROUND_EVERY-th such round asks Redis (HMGET, and the backstop)."""
+    listening = listen()
+    assert queue.fetch(2, ["t"], 60) == []  # registers: 2 free
+    before = registering(raw)
+    for _ in range(FULL_ROUND_EVERY - 1):
+        assert queue.fetch(2, ["t"], 60) == []
+    assert registering(raw) == before
+    assert queue.fetch(2, ["t"], 60) == []  # the full round: the registration is there
+    after = registering(raw)
+    assert after["cmdstat_hmget"] == before["cmdstat_hmget"] + 1
+    assert (after["cmdstat_hset"], after["cmdstat_sadd"]) == (
+        before["cmdstat_hset"],
+        before["cmdstat_sadd"],
+    )
+    assert raw.hget(f"{PREFIX}:idle:{listening.push_id()}", "free") == "2"
+    assert queue.fetch(1, ["t"], 60) == []  # one slot fewer: changed, registered at once
+    assert raw.hget(f"{PREFIX}:idle:{listening.push_id()}", "free") == "1"
 
 
-def test_no_push_to_a_registration_whose_listener_is_gone(
+def test_a_registration_deleted_under_an_idle_pool_is_written_again_within_the_full_round(
     queue: RedisQueue, raw: redis.Redis, listen: Listen
 ) -> None:
+    """No push to it meanwhile: the enqueue announces the job, and the pool fetches it."""
     listening = listen()
     assert queue.fetch(1, ["t"], 60) == []
-    assert raw.client_kill_filter(_type="pubsub") == 1  # not noticed yet: no wait runs
-    job_id = queue.enqueue("t", 1)
-    assert raw.exists(f"{PREFIX}:idle:{listening.push_id()}")  # registered, unexpired
+    idle_key = f"{PREFIX}:idle:{listening.push_id()}"
+    raw.delete(idle_key)  # as FLUSHALL, or the backstop expiry, would
+    rounds = 0
+    while not raw.exists(idle_key):
+        assert rounds < FULL_ROUND_EVERY, "not registered again within the full round"
+        assert queue.fetch(1, ["t"], 60) == []
+        rounds += 1
+    assert raw.hget(idle_key, "free") == "1"
+    assert raw.smembers(f"{PREFIX}:idlers:t") == {listening.push_id()}
+    raw.delete(idle_key)
+    job_id = queue.enqueue("t", 1)  # found no registration: announced
+    listening.until(lambda: listening.woken > 0, "the wake-up")
     assert raw.hget(f"{PREFIX}:job:{job_id}", "state") == "ready"
-    assert [j.id for j in queue.fetch(1, ["t"], 60)] == [job_id]
+    assert [j.id for j in queue.fetch(1, ["t"], 60)] == [job_id]  # found jobs: asks again
+    assert listening.jobs == []
+    assert queue.fetch(1, ["t"], 60) == []  # idle again: the registration is written again
+    assert raw.hget(idle_key, "free") == "1"
+    listening.woken = 0
+    pushed = queue.enqueue("t", 2)
+    assert [j.id for j in listening.heard(1)] == [pushed]
+
+
+def test_a_dead_registration_gets_no_push_and_the_enqueue_drops_it_from_every_task(
+    queue: RedisQueue, raw: redis.Redis
+) -> None:
+    """Its listener is gone (a new subscription has a new push id): it can never be pushed."""
+    listening = Listening(queue, ["t", "u"])
+    try:
+        assert queue.fetch(1, ["t", "u"], 60) == []
+        push_id = listening.push_id()
+        assert raw.smembers(f"{PREFIX}:idlers:u") == {push_id}
+        assert raw.client_kill_filter(_type="pubsub") == 1  # not noticed yet: no wait runs
+        job_id = queue.enqueue("t", 1)
+        assert raw.hget(f"{PREFIX}:job:{job_id}", "state") == "ready"
+        assert not raw.exists(f"{PREFIX}:idle:{push_id}")
+        assert raw.smembers(f"{PREFIX}:idlers:t") == set()
+        assert raw.smembers(f"{PREFIX}:idlers:u") == set()
+        assert [j.id for j in queue.fetch(1, ["t", "u"], 60)] == [job_id]
+    finally:
+        listening.waiter.close()
 
 
 def test_pushes_on_the_wire_count_against_the_next_registration(

@@ -107,7 +107,7 @@ from drainpool.queue.records import (
     result_of,
 )
 from drainpool.queue.redis_cancel import CANCEL, cancel_requests
-from drainpool.queue.redis_push import FORGET_IDLE, PUSH_LUA, job_from_row
+from drainpool.queue.redis_push import FORGET_IDLE, PUSH_LUA, IdleAsk, job_from_row
 from drainpool.queue.redis_records import NOTIFY_TTL_MS, list_jobs, read_job, wait_job
 from drainpool.queue.redis_wakeups import NEXT_DUE, PubSubWaiter
 
@@ -340,13 +340,14 @@ local function pending_past_horizon(s, task, n)
   return found
 end
 -- ARGV[3..]: consumer, token, n, lease_ms, max_attempts, batch, host, pid, pool,
--- push id ('' = none), registration ttl_ms, pushes heard, tasks...
+-- push id ('' = none), registration backstop ms, pushes heard, changed (1/0), tasks...
 local me, token, n = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local batch = tonumber(ARGV[8])
 local L = {me = me, token = token, lease = tonumber(ARGV[6]), max_attempts = tonumber(ARGV[7]),
   host = ARGV[9], pid = ARGV[10], pool = ARGV[11]}
-local push_id, ttl, heard = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14])
-local FIRST_TASK = 15
+local push_id, backstop, heard = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14])
+local changed = ARGV[15] == '1'
+local FIRST_TASK = 16
 local streams = {}
 local earliest  -- the earliest delayed job not yet due: returned, so no due-time script
 local function delayed_head(d)
@@ -423,9 +424,11 @@ for _, pick in ipairs(chosen) do
 end
 -- Only a fetch that found nothing registers: one that found some is streaming (a burst),
 -- where fetches in gaps take many jobs per script, and a push per job would cost more.
-register_idle(push_id, ttl, heard, found == 0 and n or 0, L, {unpack(ARGV, FIRST_TASK)})
--- Last row: ms until the earliest delayed job of these tasks ('' when none).
-out[#out + 1] = {earliest and tostring(math.max(earliest - now_ms(), 0)) or ''}
+local registered = register_idle(push_id, backstop, heard, changed, found == 0 and n or 0, L,
+  {unpack(ARGV, FIRST_TASK)})
+-- Last row: ms until the earliest delayed job of these tasks ('' when none), and what
+-- became of the pool's registration (drainpool.queue.redis_push.IdleMemory).
+out[#out + 1] = {earliest and tostring(math.max(earliest - now_ms(), 0)) or '', registered}
 return out
 """
 
@@ -922,7 +925,7 @@ class RedisQueue:
         who = worker or self.worker
         token = secrets.token_hex(8)
         waiter = self._waiters.get(_tasks_key(tasks))
-        push_id, ttl_ms, heard = waiter.registration() if waiter else ("", 0, 0)
+        idle = waiter.idle_ask(n) if waiter else IdleAsk()
         rows = self._run(
             "fetch",
             "fetch jobs",
@@ -935,12 +938,12 @@ class RedisQueue:
             who.host,
             who.pid,
             who.pool,
-            push_id,
-            ttl_ms,
-            heard,
+            *idle.args(),
             *dict.fromkeys(tasks),
         )
-        (due_ms,) = rows.pop()
+        due_ms, registered = rows.pop()
+        if waiter:
+            waiter.idle_answer(idle, registered)
         self._due_seen[_tasks_key(tasks)] = (
             time.monotonic(),
             None if due_ms in ("", None) else float(due_ms) / 1000,

@@ -37,7 +37,15 @@ from typing import Any
 import redis
 
 from drainpool.queue.base import Failure, Job
-from drainpool.queue.redis_push import PushOwner, job_from_row, push_channel
+from drainpool.queue.redis_push import (
+    BACKSTOP_SECONDS,
+    FULL_ROUND_EVERY,
+    IdleAsk,
+    IdleMemory,
+    PushOwner,
+    job_from_row,
+    push_channel,
+)
 from drainpool.queue.wakeups import ChannelWaiter, WaitMode
 
 PING_SECONDS = 60.0  # a quiet connection is asked whether the server is still there
@@ -96,19 +104,33 @@ class PubSubWaiter(ChannelWaiter):
         self._push = ("", 0)
         self._push_channel = ""
         self._refusing = False  # the pool refused a push (it drains): registered no more
-        self._safety_net = 0.0  # the listener's wait: the registration lasts twice that
+        self._safety_net = 0.0  # the listener's wait: an idle round at least this often
+        self._idle = IdleMemory()  # read and written by the fetching thread only
 
     def wait(self, timeout: float) -> bool:
         self._safety_net = timeout
         return super().wait(timeout)
 
-    def registration(self) -> tuple[str, int, int]:
-        """(push id, ms the registration lasts, pushes handed over) for a fetch of our tasks;
-        ("", 0, 0) while no push can reach the pool (not subscribed, or refusing)."""
-        push_id, heard = self._push
-        if not self._armed or self._refusing or self._interrupter.closed.is_set():
-            return "", 0, 0
-        return push_id, max(int(self._safety_net * 2000), 1), heard
+    @property
+    def push_id(self) -> str:
+        """The push id of this subscription; "" while no push can reach the pool."""
+        return self._push[0] if self._pushable() else ""
+
+    def _pushable(self) -> bool:
+        """Subscribed, and not refusing: a push can reach the pool."""
+        return self._armed and not self._refusing and not self._interrupter.closed.is_set()
+
+    def idle_ask(self, n: int) -> IdleAsk:
+        """What a fetch of `n` for our tasks tells its script about the registration."""
+        push_id, heard = self._push  # one read: the listener's thread replaces it
+        if not self._pushable():
+            return IdleAsk()
+        # Longer than the longest gap between full rounds, which move it on.
+        backstop = max(BACKSTOP_SECONDS, 2 * FULL_ROUND_EVERY * self._safety_net)
+        return self._idle.ask(push_id, n, heard, int(backstop * 1000))
+
+    def idle_answer(self, ask: IdleAsk, outcome: str) -> None:
+        self._idle.answer(ask, outcome)
 
     def _arm(self) -> None:
         push_id = secrets.token_hex(8)
