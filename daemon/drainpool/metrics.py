@@ -166,7 +166,7 @@ class _TaskSeries:
         self.buckets = {o: [0] * (len(TASK_BUCKETS) + 1) for o in DURATION_OUTCOMES}
         self.sums = dict.fromkeys(DURATION_OUTCOMES, 0.0)
 
-    def copy(self) -> tuple[int, dict[str, int], dict[str, list[int]], dict[str, float]]:
+    def copy(self) -> tuple[int, dict[str, int], dict[Outcome, list[int]], dict[Outcome, float]]:
         with self.lock:
             buckets = {o: list(b) for o, b in self.buckets.items()}
             return self.in_flight, dict(self.counts), buckets, dict(self.sums)

@@ -22,7 +22,7 @@ import queue
 import socket
 import sys
 import threading
-from typing import Any
+from typing import Any, cast
 
 from drainpool.context import (
     Interrupted,
@@ -137,12 +137,13 @@ class _Stops:
             self._job_id = self._stop = None
 
     def received(self, message: dict[str, Any]) -> None:
+        reason: StopReason = "drain"
         with self._lock:
             if message["op"] == "shutdown":
                 self._draining = True
-                stop, reason = self._stop, "drain"
+                stop = self._stop
             elif message["id"] == self._job_id:
-                stop, reason = self._stop, message["reason"]
+                stop, reason = self._stop, cast(StopReason, message["reason"])  # the parent's
             else:
                 self._early[message["id"]] = message["reason"]
                 stop = None

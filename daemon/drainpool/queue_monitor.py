@@ -10,7 +10,7 @@ tasks waits here for the queue to come back rather than fail the start.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 
 from drainpool.health import QueueHealth
 from drainpool.queue import Queue, QueueStats, QueueUnavailable
@@ -24,7 +24,7 @@ class QueueMonitor:
     def __init__(
         self,
         queue: Callable[[], Queue | None],
-        task_names: Callable[[], Iterable[str]],
+        task_names: Callable[[], Collection[str]],
         clock: Callable[[], float],
         on_change: Callable[[], None],
     ) -> None:

@@ -148,7 +148,7 @@ class QueueSettings(_Section):
 
 class MetricsSettings(_Section):
     host: str = "127.0.0.1"  # loopback unless an operator says otherwise
-    port: int = Field(9468, ge=0, le=65535)  # 0: any free port, logged at start
+    port: int = Field(default=9468, ge=0, le=65535)  # 0: any free port, logged at start
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
 

@@ -59,7 +59,7 @@ import threading
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
@@ -907,7 +907,7 @@ class RedisQueue:
         if not self._upgraded:
             self._upgrade()
         with self._guard("read schedule ticks"):
-            stored = self._client.hgetall(f"{self.prefix}:schedules")
+            stored = cast("dict[str, str]", self._client.hgetall(f"{self.prefix}:schedules"))
         return {name: float(tick) for name, tick in stored.items()}
 
     # -- consumers --------------------------------------------------------

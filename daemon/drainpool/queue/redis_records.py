@@ -7,6 +7,8 @@ where records live). The callers turn redis-py errors into queue errors.
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis
 
 from drainpool.queue.base import JobInfo, JobState
@@ -51,7 +53,8 @@ RECORD_FIELDS = (
 def read_job(client: redis.Redis, prefix: str, job_id: str) -> JobInfo | None:
     if not (job_id.isascii() and job_id.isdigit()):
         return None  # no job of this queue has such an id
-    fields = client.hmget(f"{prefix}:job:{int(job_id)}", RECORD_FIELDS)
+    # The client decodes its replies (decode_responses): str, which redis-py's types cannot say.
+    fields = cast("list[str | None]", client.hmget(f"{prefix}:job:{int(job_id)}", RECORD_FIELDS))
     return _info(str(int(job_id)), fields)
 
 
@@ -68,7 +71,9 @@ def list_jobs(
     found: list[JobInfo] = []
     top = "+inf"
     while len(found) < limit:
-        ids = client.zrevrangebyscore(f"{prefix}:jobs", top, "-inf", start=0, num=page)
+        ids = cast(
+            "list[str]", client.zrevrangebyscore(f"{prefix}:jobs", top, "-inf", start=0, num=page)
+        )
         if not ids:
             break
         pipe = client.pipeline(transaction=False)
