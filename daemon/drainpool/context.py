@@ -16,8 +16,10 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Literal
+
+from drainpool.queue.base import slot_setters
 
 log = logging.getLogger("drainpool.context")
 
@@ -273,12 +275,8 @@ class TaskContext:
             raise Interrupted
 
 
-# TaskContext's slot setters, for new_context: its generated __init__ sets each field through
-# object.__setattr__, a lookup and a call per field, and the pool makes one per job (issue 17).
-_CONTEXT_FIELDS = ("job_id", "attempt", "task", "logger", "shutdown")
-if tuple(f.name for f in fields(TaskContext)) != _CONTEXT_FIELDS:
-    raise TypeError("TaskContext's fields changed: change new_context (drainpool.context) to match")
-_CONTEXT_SETTERS = tuple(getattr(TaskContext, name).__set__ for name in _CONTEXT_FIELDS)
+# For new_context: the pool makes one TaskContext per job (drainpool.queue.base.slot_setters).
+_CONTEXT_SETTERS = slot_setters(TaskContext, ("job_id", "attempt", "task", "logger", "shutdown"))
 
 
 def new_context(

@@ -106,7 +106,7 @@ class Job:
     meta: dict[str, str] = field(default_factory=dict)
 
 
-def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
+def slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
     """The slot setters of a frozen dataclass's fields, which must be `names` in order.
 
     A frozen dataclass's __init__ sets each field through object.__setattr__ (a
@@ -121,7 +121,7 @@ def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any
 
 
 # For the 264 jobs of a dispatcher round, Job's generated __init__ was 7 % of the round's CPU.
-_JOB_SETTERS = _slot_setters(
+_JOB_SETTERS = slot_setters(
     Job, ("id", "task", "payload", "attempt", "token", "enqueued_at", "timeout", "meta")
 )
 
@@ -164,7 +164,7 @@ class Done:
     note: str = ""
 
 
-_DONE_SETTERS = _slot_setters(Done, ("job", "result_json", "note"))
+_DONE_SETTERS = slot_setters(Done, ("job", "result_json", "note"))
 
 
 def done_with(job: Job, result_json: str | None, note: str) -> Done:

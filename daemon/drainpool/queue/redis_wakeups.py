@@ -204,10 +204,14 @@ class PubSubWaiter(ChannelWaiter):
 
     def _give_back(self, jobs: list[Job]) -> None:
         """The pool takes no more jobs (it drains): release them, and register no more."""
+        self._refuse_pushes()
+        self._owner.settle(releases=jobs)
+
+    def _refuse_pushes(self) -> None:
+        """Once: remove the registration, so no enqueue pushes to this pool any more."""
         if not self._refusing:
             self._refusing = True
             self._owner.forget_idle(self._push[0], self._tasks)
-        self._owner.settle(releases=jobs)
 
     def _closing(self) -> None:
         """No more pushes once the registration is gone; those on the wire go back.
@@ -216,9 +220,7 @@ class PubSubWaiter(ChannelWaiter):
         the removal, on this connection, so reading up to it finds them all.
         """
         connection = self._connection
-        if not self._refusing:
-            self._refusing = True
-            self._owner.forget_idle(self._push[0], self._tasks)
+        self._refuse_pushes()
         if connection is None:
             return
         connection.send_command("PING")
