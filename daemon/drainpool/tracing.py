@@ -44,6 +44,23 @@ def wanted(settings: TracingSettings, environ: Mapping[str, str] = os.environ) -
     return settings.exporter or ""
 
 
+def preload(settings: TracingSettings) -> None:
+    """Import what tracing runs on, when it is on: the daemon does so before its gc.freeze.
+
+    The SDK's modules then join start-up's frozen objects, which no full collection
+    walks; imported by the first pool instead, they were walked by every one of them
+    (and a traced pool, which makes spans, runs more of them).
+    """
+    if wanted(settings) is None:
+        return
+    import opentelemetry.sdk.resources
+    import opentelemetry.sdk.trace
+    import opentelemetry.sdk.trace.sampling
+    import opentelemetry.trace.propagation.tracecontext  # noqa: F401
+
+    import drainpool.spanbatch  # noqa: F401
+
+
 def tracer(exporter_ref: str) -> Any:
     """The process's tracer, set up on first use with the exporter `exporter_ref` names."""
     global _tracer
@@ -180,7 +197,7 @@ class Attempt:
                     self._job = None  # the parent's trace is not sampled: nothing recorded
             self._state = state
             # The task's own spans are children of this one.
-            self._token = made.enter(made.span_context(trace_id, span_id, False, flags, state))
+            self._token = made.enter(trace_id, span_id, flags, state)
         else:
             api = _api()
             span = self._sdk_span = tracer.start_span(
@@ -206,8 +223,11 @@ class Attempt:
     def end(self, outcome: str, seconds: float = 0.0, error: str = "") -> None:
         """The worker's end of the run: detach, then close unless the abandon did."""
         self._made.leave(self._token)
-        if self._first_report():
-            self._close(outcome, error)
+        try:
+            self._unreported.pop()  # as _first_report, one call less per job
+        except IndexError:
+            return
+        self._close(outcome, error)
 
     def abandoned(self, seconds: float = 0.0) -> None:
         """The grace ran out with the task still running: the span ends now, as abandoned."""
@@ -239,24 +259,27 @@ class Attempt:
         job = self._job
         if job is not None:  # else not sampled
             made = self._made
-            made.send(
-                (
-                    job.task,
-                    job.id,
-                    job.attempt,
-                    self._pool,
-                    self._generation,
-                    outcome,
-                    error[:200],
-                    self._start,
-                    made.time_ns(),
-                    self._trace_id,
-                    self._span_id,
-                    self._flags,
-                    self._parent_id,
-                    self._state,
-                )
+            record = (
+                job.task,
+                job.id,
+                job.attempt,
+                self._pool,
+                self._generation,
+                outcome,
+                error[:200],
+                self._start,
+                made.time_ns(),
+                self._trace_id,
+                self._span_id,
+                self._flags,
+                self._parent_id,
+                self._state,
             )
+            if made.ours and made.multi._span_processors is made.seen:
+                for processor in made.ours:
+                    processor.record(record)
+            else:
+                made.send(record)
 
 
 def _parent_of(job: Any) -> Any:
@@ -296,11 +319,10 @@ class _Made:
 
             self.leave = detach
             return
-        self.processor = tracer.span_processor
-        self._seen: Any = None  # the provider's processors when `_ours` was worked out
-        self._ours: tuple[Any, ...] = ()
-        self.span_context = span_context_maker()
-        self.enter, self.leave = _entering(CurrentSpan)
+        self.multi = tracer.span_processor
+        self.seen: Any = None  # the provider's processors when `ours` was worked out
+        self.ours: tuple[Any, ...] = ()  # they, when all are ours (drainpool.spanbatch)
+        self.enter, self.leave = _entering(CurrentSpan, span_context_maker())
         ids = tracer.id_generator
         random_flag = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
         random_ids = getattr(ids, "is_trace_id_random", lambda: False)()
@@ -313,32 +335,30 @@ class _Made:
         self.trace_id = ids.generate_trace_id
 
     def send(self, record: Any) -> None:
-        """Queue an attempt's record with our processors, or end a span with anyone's."""
-        processors = getattr(self.processor, "_span_processors", None)
-        if processors is self._seen:
-            for processor in self._ours:
-                processor.record(record)
-            if self._ours:
-                return
-        else:  # added to since (a tuple, replaced on each add), or first time
-            from drainpool.spanbatch import BatchSpans
+        """Queue an attempt's record with our processors, or end a span with anyone's.
 
-            self._seen = processors
+        Attempt._close does the first case itself while `seen` is the provider's
+        processors (a tuple, replaced on each add_span_processor).
+        """
+        from drainpool.spanbatch import BatchSpans, Builder
+
+        processors = getattr(self.multi, "_span_processors", None)
+        if processors is not self.seen:
+            self.seen = processors
             ours = tuple(p for p in processors or () if isinstance(p, BatchSpans))
-            self._ours = ours if processors and len(ours) == len(processors) else ()
-            if self._ours:
-                self.send(record)
-                return
-        from drainpool.spanbatch import Builder
-
+            self.ours = ours if processors and len(ours) == len(processors) else ()
+        if self.ours:
+            for processor in self.ours:
+                processor.record(record)
+            return
         builder = getattr(self, "_builder", None)
         if builder is None:
             builder = self._builder = Builder(self.tracer.resource)
-        self.processor.on_end(builder.span(record))
+        self.multi.on_end(builder.span(record))
 
 
-def _entering(span_class: Any) -> tuple[Any, Any]:
-    """(enter, leave): put a span context in the current context as the current span; undo.
+def _entering(span_class: Any, span_context: Any) -> tuple[Any, Any]:
+    """(enter, leave): make the attempt's span the current one (by its ids); undo that.
 
     `attach(set_span_in_context(span))` and `detach`, which are eight calls; when the
     runtime context is the API's default (a ContextVar holding the Context, checked
@@ -349,8 +369,9 @@ def _entering(span_class: Any) -> tuple[Any, Any]:
     from opentelemetry import context, trace
     from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 
-    def enter(span_context: Any) -> Any:
-        return context.attach(trace.set_span_in_context(span_class(span_context)))
+    def enter(trace_id: int, span_id: int, flags: Any, state: Any) -> Any:
+        span = span_class(span_context(trace_id, span_id, False, flags, state))
+        return context.attach(trace.set_span_in_context(span))
 
     runtime = getattr(context, "_RUNTIME_CONTEXT", None)
     var = getattr(runtime, "_current_context", None)
@@ -367,16 +388,29 @@ def _entering(span_class: Any) -> tuple[Any, Any]:
     new_context = context.Context
     set_var, get_var = var.set, var.get
 
-    def enter_quickly(span_context: Any) -> Any:
+    def enter_quickly(trace_id: int, span_id: int, flags: Any, state: Any) -> Any:
         span = new_span(span_class)
-        span._context = span_context
+        span._context = span_context(trace_id, span_id, False, flags, state)
         return set_var(new_context({**get_var(), key: span}))
 
+    if span_context is not trace.SpanContext:  # the tuple it is, checked: one call less
+        new_tuple, default_state = tuple.__new__, trace.DEFAULT_TRACE_STATE
+
+        def enter_quickly(trace_id: int, span_id: int, flags: Any, state: Any) -> Any:
+            span = new_span(span_class)
+            span._context = new_tuple(
+                trace.SpanContext,
+                (trace_id, span_id, False, flags, state or default_state, True),
+            )
+            return set_var(new_context({**get_var(), key: span}))
+
     # Checked once more, with the API itself reading what it put.
-    token = enter_quickly(trace.INVALID_SPAN_CONTEXT)
+    token = enter_quickly(3, 5, trace.TraceFlags(1), None)
     seen = trace.get_current_span()
     var.reset(token)
-    if type(seen) is not span_class or seen.get_span_context() is not trace.INVALID_SPAN_CONTEXT:
+    if type(seen) is not span_class or seen.get_span_context() != span_context(
+        3, 5, False, trace.TraceFlags(1), None
+    ):
         return enter, context.detach
     return enter_quickly, var.reset
 
