@@ -181,23 +181,20 @@ class Attempt:
         self._sdk_span = None
         if made.fast:
             # Ints, strings and None: the record they become is not tracked by the collector.
-            span_id = self._span_id = made.bits(64) or made.span_id()
+            self._span_id = made.bits(64) or made.span_id()
             if parent is None:
-                trace_id = self._trace_id = made.bits(128) or made.trace_id()
-                flags = made.root_flags
-                self._flags = made.root_flags_int
-                self._parent_id = state = None
+                self._trace_id = made.bits(128) or made.trace_id()
+                self._flags = made.root_flags
+                self._parent_id = self._state = None
             else:
-                trace_id = self._trace_id = parent.trace_id
-                flags = parent.trace_flags
-                self._flags = int(flags)
+                self._trace_id = parent.trace_id
+                self._flags = int(parent.trace_flags)
                 self._parent_id = parent.span_id
-                state = parent.trace_state or None  # an empty trace state is the default
-                if not flags.sampled:
+                self._state = parent.trace_state or None  # an empty one is the default
+                if not parent.trace_flags.sampled:
                     self._job = None  # the parent's trace is not sampled: nothing recorded
-            self._state = state
             # The task's own spans are children of this one.
-            self._token = made.enter(trace_id, span_id, flags, state)
+            self._token = made.enter(self)
         else:
             api = _api()
             span = self._sdk_span = tracer.start_span(
@@ -308,7 +305,7 @@ class _Made:
         from opentelemetry.sdk.trace.sampling import DEFAULT_ON
         from opentelemetry.trace import TraceFlags
 
-        from drainpool.spanbatch import CurrentSpan, span_context_maker
+        from drainpool.spanbatch import CurrentSpan
 
         self.tracer = tracer
         # Only the default sampler's decision is made here (the parent's, else sampled);
@@ -322,12 +319,11 @@ class _Made:
         self.multi = tracer.span_processor
         self.seen: Any = None  # the provider's processors when `ours` was worked out
         self.ours: tuple[Any, ...] = ()  # they, when all are ours (drainpool.spanbatch)
-        self.enter, self.leave = _entering(CurrentSpan, span_context_maker())
+        self.enter, self.leave = _entering(CurrentSpan)
         ids = tracer.id_generator
         random_flag = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
         random_ids = getattr(ids, "is_trace_id_random", lambda: False)()
-        self.root_flags = TraceFlags(TraceFlags.SAMPLED | (random_flag if random_ids else 0))
-        self.root_flags_int = int(self.root_flags)
+        self.root_flags = int(TraceFlags.SAMPLED | (random_flag if random_ids else 0))
         # `bits(64) or span_id()`: what RandomIdGenerator does, one call less (the same
         # source; a 0 drawn asks it); another generator is asked each time.
         self.bits = random.getrandbits if type(ids) is RandomIdGenerator else lambda n: 0
@@ -357,20 +353,24 @@ class _Made:
         self.multi.on_end(builder.span(record))
 
 
-def _entering(span_class: Any, span_context: Any) -> tuple[Any, Any]:
-    """(enter, leave): make the attempt's span the current one (by its ids); undo that.
+def _entering(span_class: Any) -> tuple[Any, Any]:
+    """(enter, leave): make an attempt's span the current one; undo that.
 
     `attach(set_span_in_context(span))` and `detach`, which are eight calls; when the
     runtime context is the API's default (a ContextVar holding the Context, checked
     here) the same two operations on that ContextVar directly, which are two.
     """
     import contextvars
+    from types import SimpleNamespace
 
     from opentelemetry import context, trace
     from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 
-    def enter(trace_id: int, span_id: int, flags: Any, state: Any) -> Any:
-        span = span_class(span_context(trace_id, span_id, False, flags, state))
+    new_span = object.__new__
+
+    def enter(attempt: Attempt) -> Any:
+        span = new_span(span_class)
+        span._attempt = attempt
         return context.attach(trace.set_span_in_context(span))
 
     runtime = getattr(context, "_RUNTIME_CONTEXT", None)
@@ -384,33 +384,20 @@ def _entering(span_class: Any, span_context: Any) -> tuple[Any, Any]:
     ):
         return enter, context.detach
     (key,) = keys
-    new_span = object.__new__
     new_context = context.Context
     set_var, get_var = var.set, var.get
 
-    def enter_quickly(trace_id: int, span_id: int, flags: Any, state: Any) -> Any:
+    def enter_quickly(attempt: Attempt) -> Any:
         span = new_span(span_class)
-        span._context = span_context(trace_id, span_id, False, flags, state)
+        span._attempt = attempt
         return set_var(new_context({**get_var(), key: span}))
 
-    if span_context is not trace.SpanContext:  # the tuple it is, checked: one call less
-        new_tuple, default_state = tuple.__new__, trace.DEFAULT_TRACE_STATE
-
-        def enter_quickly(trace_id: int, span_id: int, flags: Any, state: Any) -> Any:
-            span = new_span(span_class)
-            span._context = new_tuple(
-                trace.SpanContext,
-                (trace_id, span_id, False, flags, state or default_state, True),
-            )
-            return set_var(new_context({**get_var(), key: span}))
-
-    # Checked once more, with the API itself reading what it put.
-    token = enter_quickly(3, 5, trace.TraceFlags(1), None)
-    seen = trace.get_current_span()
+    # Checked once, with the API itself reading what it put.
+    ids = SimpleNamespace(_trace_id=3, _span_id=5, _flags=1, _state=None)
+    token = enter_quickly(ids)  # type: ignore[arg-type]
+    seen = trace.get_current_span().get_span_context()
     var.reset(token)
-    if type(seen) is not span_class or seen.get_span_context() != span_context(
-        3, 5, False, trace.TraceFlags(1), None
-    ):
+    if (seen.trace_id, seen.span_id, seen.trace_flags) != (3, 5, 1):
         return enter, context.detach
     return enter_quickly, var.reset
 
