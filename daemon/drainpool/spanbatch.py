@@ -117,7 +117,8 @@ class BatchSpans(SpanProcessor):  # type: ignore[misc]  # the SDK ships no types
         self.delay = values["OTEL_BSP_SCHEDULE_DELAY"] / 1000
         self.export_timeout_millis = values["OTEL_BSP_EXPORT_TIMEOUT"]
         self.dropped = 0  # spans dropped because the queue was full, since the start
-        self._dropped_told = 0
+        self._dropped_told = 0  # of those, the ones an export has logged
+        self._drop_lock = threading.Lock()
         self._builder = Builder(resource)
         self._closed = False
         self._start_thread()
@@ -137,7 +138,11 @@ class BatchSpans(SpanProcessor):  # type: ignore[misc]  # the SDK ships no types
     # -- emitters (any thread) --------------------------------------------------
 
     def record(self, record: Record | ReadableSpan) -> None:
-        """An attempt's span, as drainpool.tracing.Attempt leaves it."""
+        """An attempt's span, as drainpool.tracing.Attempt leaves it (or an SDK span).
+
+        A full queue drops the span being added (the spec's way; the SDK's own
+        processor drops the oldest instead), counted in `dropped` and logged.
+        """
         queue = self._queue
         if len(queue) >= self.max_queue or self._closed:
             self._drop()
@@ -154,8 +159,13 @@ class BatchSpans(SpanProcessor):  # type: ignore[misc]  # the SDK ships no types
         self.record(span)
 
     def _drop(self) -> None:
-        self.dropped += 1
-        if self.dropped == self._dropped_told + 1:  # the first of a streak; the count follows
+        if self._closed:  # at exit, after the last export: the SDK's processor ignores it too
+            log.debug("span processor shut down: a span ended since is dropped")
+            return
+        with self._drop_lock:  # rare (a full queue), and the workers would race on the count
+            self.dropped += 1
+            first = self.dropped == self._dropped_told + 1
+        if first:  # of a streak: the export after it logs how many
             log.warning(
                 "span queue full (OTEL_BSP_MAX_QUEUE_SIZE=%d): dropping spans", self.max_queue
             )
@@ -183,13 +193,15 @@ class BatchSpans(SpanProcessor):  # type: ignore[misc]  # the SDK ships no types
                 popleft = queue.popleft
                 batch = [popleft() for _ in range(count)]
                 self._send(batch)
-            if self.dropped != self._dropped_told:
+            with self._drop_lock:
+                told = self._dropped_told
+                now = self._dropped_told = self.dropped
+            if now != told:
                 log.warning(
                     "%d spans dropped: the queue was full (OTEL_BSP_MAX_QUEUE_SIZE=%d)",
-                    self.dropped - self._dropped_told,
+                    now - told,
                     self.max_queue,
                 )
-                self._dropped_told = self.dropped
 
     def _send(self, batch: list[Any]) -> None:
         spans = self._builder.spans(batch)
