@@ -11,12 +11,17 @@ completion. Variants:
 - traced: the plain no-op with OpenTelemetry on (a span per attempt, batch
   processor, an exporter that drops every span).
 
-    PYTHONPATH=daemon:bench python bench/appside.py [--jobs N] [--reps R]
+After the warm-up the start-up heap is frozen, as the daemon does once started
+(drainpool.cli); --no-freeze leaves it to the collector (the figures before
+session 30), which then walks it in every full collection.
+
+    PYTHONPATH=daemon:bench python bench/appside.py [--jobs N] [--reps R] [--no-freeze]
 
 Prints the medians and the ratios to plain (targets: typed >= 0.9x, traced >= 0.8x),
 the process's CPU time per job (all its threads: less moved by other processes
-than the wall clock), and what a typed payload and a span add per job, timed
-alone on one thread.
+than the wall clock), the spans dropped for a full queue (none, or the traced
+figure flatters), and what a typed payload and a span add per job, timed alone
+on one thread.
 """
 
 from __future__ import annotations
@@ -114,17 +119,30 @@ def one_run(variant: str, jobs: int, work: Path) -> tuple[float, float]:
 
 
 def per_call_micros(variant: str, calls: int = 20_000) -> float:
-    """What the worker adds per job, alone on one thread: a span (traced) or a validation."""
+    """What a job adds, alone on one thread: a span (traced) or a validation.
+
+    A span's part is the worker's and the export's: the batches are exported on
+    this thread every 500 spans (force_flush), so none waits for the export
+    thread, none is dropped for a full queue, and the figure holds both parts.
+    """
     from drainpool import tracing
     from drainpool.queue.base import Job
 
     job = Job("1", "plain", {"name": "bench", "count": 1}, 1, "token", 0.0)
     typed = _resolve("typed", "appside:typed_noop").handler
     tracer = tracing.tracer("appside:drop_exporter") if variant == "traced" else None
+    flush = None
+    if tracer is not None:
+        from opentelemetry import trace
+
+        flush = trace.get_tracer_provider().force_flush  # type: ignore[attr-defined]
+        flush()
     started = time.perf_counter()
-    for _ in range(calls):
+    for number in range(calls):
         if tracer is not None:
             tracing.Attempt(tracer, job, "default", 1).end("completed", 0.0, "")
+            if number % 500 == 499:
+                flush()
         else:
             typed(None, job.payload)
     return (time.perf_counter() - started) / calls * 1e6

@@ -140,7 +140,7 @@ class Watched:
         if self._attempt is not None:
             self._attempt.detach()  # on the worker's thread, reported or not
             if first:
-                self._attempt._close(outcome, error)
+                self._attempt.close(outcome, error)
         if first and hooks is not None and event is not None:
             hooks.call("on_outcome", hooks.on_outcome, event)
 
@@ -149,7 +149,7 @@ class Watched:
         if not self._first_report():
             return
         if self._attempt is not None:
-            self._attempt._close("abandoned", "still running when the grace ran out")
+            self._attempt.close("abandoned", "still running when the grace ran out")
         hooks = self._watch.hooks
         if hooks is not None:
             event = self.event("abandoned", seconds, "still running when the grace ran out")

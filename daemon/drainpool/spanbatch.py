@@ -17,6 +17,10 @@ OTEL_BSP_MAX_EXPORT_BATCH_SIZE (spans per export; a full batch wakes the thread
 early) and OTEL_BSP_EXPORT_TIMEOUT (ms, handed to exporters that take one at
 shutdown). `force_flush` exports all on the caller's thread; `shutdown` (at
 exit) exports what is left, then shuts the exporter down.
+
+Over 400 lines on purpose: the queue, the thread and the making of the spans it
+exports are one concern (an attempt, from its tuple to the exporter), and the
+checks that let the span classes skip the SDK's constructors sit beside them.
 """
 
 from __future__ import annotations
