@@ -33,7 +33,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -196,8 +196,9 @@ class BatchSpans(SpanProcessor):  # type: ignore[misc]  # the SDK ships no types
                 at_least_one = False
                 count = min(self.batch_size, len(queue))
                 popleft = queue.popleft
-                batch = [popleft() for _ in range(count)]
-                self._send(batch)
+                # Taken one by one as each becomes a span: each tuple goes as its span
+                # is made, no list of them is held beside the spans.
+                self._send(self._builder.spans(popleft() for _ in range(count)))
             with self._drop_lock:
                 told = self._dropped_told
                 now = self._dropped_told = self.dropped
@@ -208,8 +209,7 @@ class BatchSpans(SpanProcessor):  # type: ignore[misc]  # the SDK ships no types
                     self.max_queue,
                 )
 
-    def _send(self, batch: list[Any]) -> None:
-        spans = self._builder.spans(batch)
+    def _send(self, spans: list[ReadableSpan]) -> None:
         # As the SDK's processor does: what the exporter does (an HTTP call) is not traced.
         token = (
             None
@@ -396,7 +396,7 @@ class Builder:
     def span(self, record: Record) -> ReadableSpan:
         return self.spans((record,))[0]
 
-    def spans(self, batch: Sequence[Any]) -> list[ReadableSpan]:
+    def spans(self, batch: Iterable[Any]) -> list[ReadableSpan]:
         """The batch with its records made spans (and its spans as they are).
 
         One loop with what it uses bound once, the spans' fields set here: a frame
