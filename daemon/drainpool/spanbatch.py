@@ -70,8 +70,8 @@ _SUPPRESS = getattr(otel_context, "_SUPPRESS_INSTRUMENTATION_KEY", None)
 def span_context_maker() -> Any:
     """SpanContext(trace_id, span_id, is_remote, flags, state) for ids known valid.
 
-    The class's own constructor checks the ids (a third of an attempt's cost on
-    the export thread); ours are valid by construction. Used only when this SDK's
+    The class's own constructor checks the ids (about a third of what making an
+    attempt's span cost); ours are valid by construction. Used only when this SDK's
     SpanContext is still the tuple it builds (checked here), else the class itself.
     """
     flags, state = TraceFlags(1), DEFAULT_TRACE_STATE
