@@ -190,6 +190,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from drainpool.supervisor import Supervisor
 
         configure_logging(loaded.settings.log)
+        from drainpool import tracing
         from drainpool.endpoint import EndpointError
 
         # What start-up built so far (modules, classes, the first config and task
@@ -198,6 +199,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # of the CPU from an idle daemon's SIGTERM to its exit (issue 17). Reference
         # counting still frees a frozen object (a config a reload replaced); the
         # supervisor, its pools and the queue are built below, collected as before.
+        # OpenTelemetry, when on, is imported first so that it is frozen too.
+        tracing.preload(loaded.settings.tracing)
         gc.freeze()
         try:
             code = Supervisor(loaded, registry, inbox=inbox).run()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from drainpool.context import JobStop, StopReason, TaskContext, task_logger
 from drainpool.hooks import Hooks, JobEvent
@@ -47,11 +47,13 @@ class JobWatch:
         self._attempt = None if tracer is None else _attempt_class()
         self._reporting: list[threading.Thread] = []  # on_outcome of jobs that never started
 
-    def begin(self, job: Job, ctx: TaskContext) -> Watched:
+    def begin(self, job: Job, ctx: TaskContext) -> Watching:
         """Called by the worker before the task: the span starts, then before_job runs."""
         attempt = None
         if self._attempt is not None:
             attempt = self._attempt(self.tracer, job, self.pool, self.generation)
+            if self.hooks is None:
+                return attempt  # reports itself once: one object and three calls less per job
         watched = Watched(self, job, ctx, attempt)
         if self.hooks is not None:
             self.hooks.call("before_job", self.hooks.before_job, watched.event())
@@ -93,6 +95,14 @@ class JobWatch:
             thread.join(max(deadline - time.monotonic(), 0))
 
 
+class Watching(Protocol):
+    """What the worker and the abandon call: a Watched, or a tracing.Attempt alone."""
+
+    def end(self, outcome: str, seconds: float, error: str) -> None: ...
+
+    def abandoned(self, seconds: float) -> None: ...
+
+
 class Watched:
     """One attempt under watch; its outcome is reported once (by the worker or the abandon)."""
 
@@ -128,7 +138,9 @@ class Watched:
             hooks.call("after_job", hooks.after_job, event)
         first = self._first_report()
         if self._attempt is not None:
-            self._attempt.end(outcome, error, close=first)  # detaches its context either way
+            self._attempt.detach()  # on the worker's thread, reported or not
+            if first:
+                self._attempt.close(outcome, error)
         if first and hooks is not None and event is not None:
             hooks.call("on_outcome", hooks.on_outcome, event)
 
@@ -137,7 +149,7 @@ class Watched:
         if not self._first_report():
             return
         if self._attempt is not None:
-            self._attempt.abandoned()
+            self._attempt.close("abandoned", "still running when the grace ran out")
         hooks = self._watch.hooks
         if hooks is not None:
             event = self.event("abandoned", seconds, "still running when the grace ran out")

@@ -179,7 +179,7 @@ class _Running:
     stop_at: float | None = None  # pool clock: when a cancel or time limit stopped it
     cancel_asked: bool = False  # a cancel came, maybe after a drain had stopped it already
     abandoned: bool = False
-    watched: observe.Watched | None = None  # hooks and span of this attempt (drainpool.observe)
+    watched: observe.Watching | None = None  # hooks and span of this attempt (drainpool.observe)
     awaited: bool = False  # abandoned, and the runner is ending it: the drain waits for that
     replaced: bool = False  # abandoned alone while the pool runs: a new worker took its place
     finished: bool = False  # its worker is done with it: the dispatcher settles it next round
@@ -357,8 +357,9 @@ class Pool:
         for entry in abandoned:
             entry.stop.expire()
         for entry in abandoned:
-            if entry.watched is not None:
-                entry.watched.abandoned(now - entry.started)
+            watched = entry.watched
+            if watched is not None:
+                watched.abandoned(now - entry.started)
             self._task_metrics.finished(entry.job.task, Outcome.ABANDONED, now - entry.started)
             self._recent.add(self, entry.job, Outcome.ABANDONED, now - entry.started)
             log.warning(
@@ -628,6 +629,10 @@ class Pool:
         with self._stops_lock:
             entry.finished = True
             replaced = entry.replaced
+        if not entry.abandoned:  # final now; an abandon reports through the watch
+            # Let go at once, not when the dispatcher settles the entry: the collector
+            # counts what outlives a young collection (a traced pool's per-job cost).
+            entry.watched = None
         self._finished.append((entry, job, outcome, done, failure, seconds))
         self._bell.ring()
         if not entry.abandoned:
