@@ -51,6 +51,11 @@ class Waiter(Protocol):
         """How it waits now: "poll" while its channel is broken (or for a backend without one)."""
         ...
 
+    # Whether the woken thread may fetch for its pool itself (SQLite, PostgreSQL: the pool's
+    # listener then runs the job it claimed, drainpool.pool). False where only the dispatcher
+    # may fetch: a Redis fetch also keeps the pool's push registration (IdleMemory).
+    fetch_anywhere: bool
+
     def wait(self, timeout: float) -> bool:
         """Up to `timeout` seconds; True when woken by the backend (or by a re-arm)."""
         ...
@@ -134,6 +139,7 @@ class PollWaiter:
     """For a queue that cannot notify: sleeps the timeout, so the safety net does it all."""
 
     mode: WaitMode = "poll"
+    fetch_anywhere = False  # never woken: the dispatcher's safety net fetches
 
     def __init__(self) -> None:
         self._closed = threading.Event()
@@ -165,6 +171,7 @@ class ChannelWaiter(abc.ABC):
     """
 
     armed_mode: WaitMode
+    fetch_anywhere = True  # see Waiter
 
     def __init__(self, label: str) -> None:
         self._label = label  # names the channel in the log: "doorbell in /x/q.db-doorbell"
