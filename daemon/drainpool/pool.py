@@ -303,6 +303,7 @@ class Pool:
         self._role_vacant = False  # nobody listens: the next free thread takes the role
         self._idle = 0  # threads waiting on _work_ready (neither running nor listening)
         self._kept: _Running | None = None  # a pushed job the listening thread runs itself
+        self._unwatched: Job | None = None  # kept by the last listener: see _watch_kept
         self._last_claim = -float("inf")  # pool clock: the listener last claimed a job itself
         self._due_hint: float | None = None  # a due time the listener took from the waiter
         self._fetching = 0  # jobs being fetched now (dispatcher, listener): held already
@@ -619,11 +620,20 @@ class Pool:
                     self._work_ready.wait()
                     self._idle -= 1
             if entry is None:
+                self._watch_kept()
                 entry = self._lead()
                 if entry is None:
                     return  # the pool drained while this thread listened
             if self._run(entry):
                 return  # abandoned alone; its replacement serves in its place
+
+    def _watch_kept(self) -> None:
+        """Wake the job watch for the job the last listener kept: done here, by the thread
+        that took over the role, so that the wake is off that job's way to its start."""
+        with self._lock:
+            job, self._unwatched = self._unwatched, None
+        if job is not None and not self._jobwatch.watching:
+            self._jobwatch.wake(self._first_look([job]))
 
     def _start_job(self, job: Job, thread: str, stop: JobStop) -> _Running:
         """The job is running from here (lock held): a drain's cancel no longer reaches it."""
@@ -768,9 +778,8 @@ class Pool:
             if kept is not None:
                 with self._lock:
                     self._role_vacant = True
+                    self._unwatched = kept.job  # the next listener wakes the job watch
                     self._work_ready.notify()
-                if not self._jobwatch.watching:
-                    self._jobwatch.wake(self._first_look([kept.job]))
                 return kept
         return None
 
