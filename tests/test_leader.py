@@ -297,3 +297,52 @@ def test_no_more_than_workers_jobs_run_at_once_while_the_listener_takes_jobs(
     assert any(runs.read_it.values()) or runs.pushed, "the listener never kept a job"
     if backend == "sqlite":
         queue.close()
+
+
+class GatedQueue(SqliteQueue):
+    """A real SQLite queue whose fetches on a listening (worker) thread wait for a gate:
+    the moment between a listener's claim and its hand-over, held open."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = threading.Event()
+        self.held = threading.Event()
+
+    def fetch(self, n: int, tasks: Any, lease_seconds: float, **kw: Any) -> list[Job]:
+        if "-w" in threading.current_thread().name:
+            self.held.set()
+            self.gate.wait(PROMPT)
+        return super().fetch(n, tasks, lease_seconds, **kw)
+
+
+def test_a_drain_waits_for_a_listeners_claim_in_flight_and_releases_what_it_got(
+    tmp_path: Path,
+) -> None:
+    """The dispatcher must not settle for the last time while a listener's claim is on its
+    way: the job it brings is released (cancelled, never started), not left leased."""
+    queue = GatedQueue(tmp_path / "q.db")
+    runs = Runs()
+    pool = runs.pool(queue)
+    pool.start()
+    try:
+        wait_until(lambda: pool.snapshot()["waits"] == "doorbell", PROMPT, "armed")
+
+        def idle() -> bool:  # the listener's first claim is held, or nothing is on its way
+            settled = pool._idle == 2 and not pool._fetching and not pool._wake_pending
+            return queue.held.is_set() or settled
+
+        wait_until(idle, PROMPT, "the pool idle")
+        job_id = queue.enqueue("run", {})
+        assert queue.held.wait(PROMPT), "the listener's claim never began"
+        pool.begin_drain()
+        queue.gate.set()
+        wait_until(lambda: pool.drained, PROMPT, "the pool drained")
+        pool.join()
+    finally:
+        queue.gate.set()
+        stop(pool)
+    assert job_id not in runs.threads  # never started
+    assert +pool.counts == {"cancelled": 1}
+    stats = queue.stats()
+    assert (stats.ready, stats.leased) == (1, 0)
+    queue.close()

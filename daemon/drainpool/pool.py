@@ -836,6 +836,7 @@ class Pool:
         except Exception:
             with self._lock:
                 self._fetching -= want
+                self._bell.ring()  # a drain may be waiting for this fetch to come back
             self._announce()  # the dispatcher's fetch meets the fault, and reports it
             return
         # The first is kept for this thread while an idle thread can take the role; the
@@ -1013,8 +1014,12 @@ class Pool:
     def _has_active(self) -> bool:
         """Anything still running that was not abandoned or whose end the runner brings.
 
-        An abandoned thread may linger for ever; a killed child ends in moments.
+        An abandoned thread may linger for ever; a killed child ends in moments. A
+        listener's claim on its way counts too: what it brings at a drain is released
+        in the dispatcher's next settle, which must not have been its last.
         """
+        if self._fetching:
+            return True
         return any(not r.abandoned or r.awaited for r in self._running.values())
 
     def _free_slots(self) -> int:
@@ -1070,6 +1075,8 @@ class Pool:
         stop = JobStop(self._stops_lock) if (keep or pushed) and self._leads else None
         with self._lock:
             self._fetching -= fetched
+            if fetched and self._stopping:
+                self._bell.ring()  # a drain may be waiting for this fetch to come back
             if pushed and self._stopping:
                 return False
             jobs = self._adopt_our_own(jobs)
