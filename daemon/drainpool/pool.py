@@ -632,7 +632,12 @@ class Pool:
         that took over the role, so that the wake is off that job's way to its start."""
         with self._lock:
             job, self._unwatched = self._unwatched, None
-        if job is not None and not self._jobwatch.watching:
+        if job is None:
+            return
+        # The dispatcher looks again: a claim in flight counted as held, and it may have
+        # gone to sleep on that (until the next renewal) instead of its next fetch.
+        self._bell.ring()
+        if not self._jobwatch.watching:
             self._jobwatch.wake(self._first_look([job]))
 
     def _start_job(self, job: Job, thread: str, stop: JobStop) -> _Running:
@@ -844,6 +849,8 @@ class Pool:
         self._hand_over(jobs, keep=True, fetched=want)
         if len(jobs) == want:
             self._announce(wait=False)
+        elif self._kept is None:
+            self._bell.ring()  # as in _watch_kept: the claim no longer counts as held
 
     def _dispatch_loop(self) -> None:
         """Settle finished jobs, renew leases, fetch for free slots; repeat.
