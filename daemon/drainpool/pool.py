@@ -775,8 +775,13 @@ class Pool:
         while not self._drained:
             woken = self._waiter.wait(poll)
             if woken:
-                if self._kept is None and self._leads and self._waiter.fetch_anywhere:
-                    self._claim()
+                waiter = self._waiter
+                if self._kept is None and self._leads and waiter.fetch_anywhere:
+                    # Not at a (re)arming: jobs may have piled up, a batch for the dispatcher.
+                    if waiter.rearmed:
+                        self._announce()
+                    else:
+                        self._claim()
                 else:
                     self._announce(wait=self._kept is None)
             kept, self._kept = self._kept, None  # set by _hand_over on this thread only

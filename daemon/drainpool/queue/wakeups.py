@@ -55,6 +55,9 @@ class Waiter(Protocol):
     # listener then runs the job it claimed, drainpool.pool). False where only the dispatcher
     # may fetch: a Redis fetch also keeps the pool's push registration (IdleMemory).
     fetch_anywhere: bool
+    # The last wait returned True because the channel was (re)armed, not for an
+    # announcement: notifications may have been missed, so the dispatcher fetches in full.
+    rearmed: bool
 
     def wait(self, timeout: float) -> bool:
         """Up to `timeout` seconds; True when woken by the backend (or by a re-arm)."""
@@ -140,6 +143,7 @@ class PollWaiter:
 
     mode: WaitMode = "poll"
     fetch_anywhere = False  # never woken: the dispatcher's safety net fetches
+    rearmed = False
 
     def __init__(self) -> None:
         self._closed = threading.Event()
@@ -184,6 +188,7 @@ class ChannelWaiter(abc.ABC):
         self._due_lock = threading.Lock()  # the listener notes, the dispatcher takes
         self._on_cancel: Callable[[str], None] | None = None  # see Waiter.hear_cancels
         self._take_pushed: Callable[[list[Job]], bool] | None = None  # Waiter.hear_pushes
+        self.rearmed = False  # see Waiter
 
     @property
     def mode(self) -> WaitMode:
@@ -194,7 +199,8 @@ class ChannelWaiter(abc.ABC):
             try:
                 if self._interrupter.closed.is_set():
                     return False
-                if not self._armed:
+                self.rearmed = not self._armed
+                if self.rearmed:
                     return self._rearm(timeout)
                 return self._listen(timeout)
             except Exception as exc:  # any fault of the channel: fall back, never stop
