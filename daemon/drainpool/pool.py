@@ -14,6 +14,16 @@ from handed to running under the lock, so the drain's cancel and a worker's
 start can never both win (CPython futures' set_running_or_notify_cancel, the
 same gate); it hands the finished run over without the lock (drainpool.bell).
 
+Pickup (issue 21): in a thread pool the listener's role passes between the
+workers (leader/follower). The thread that listens is a worker; when its waiter
+brings it a job (a Redis push) or, woken on SQLite or PostgreSQL, it claims one
+itself, it hands the role to an idle thread and runs that job, so the thread
+that read the wake-up starts the job: no hop to the dispatcher or a worker. A
+thread starts a job only while another thread holds the role or waits idle for
+it, so the pool has workers + 1 threads and never runs more than `workers`
+jobs; a thread that wants the role takes it before any handed job, so someone
+always listens (cancels heard on the channel still reach running jobs).
+
 Over 400 lines on purpose: the workers, the dispatcher and the drain all keep
 the invariant above under one lock, and it reads best where all three are.
 """
@@ -72,6 +82,10 @@ AUTO_RESERVE_SECONDS = 0.05  # prefetch = "auto": the reserve is about this much
 # Sub-millisecond jobs need that depth: each dispatcher round has a fixed cost (a commit,
 # a GIL hand-off per statement), and 72 jobs a round ran no-ops at 38,000/s, 264 at 46,000/s.
 AUTO_RESERVE_PER_WORKER = 32
+# A listener woken this soon after it last claimed a job itself leaves the fetch to the
+# dispatcher: wake-ups this close are a burst, which the dispatcher fetches in batches (on
+# SQLite each claim is a write transaction that the burst's producers wait for).
+LEAD_GAP_SECONDS = 0.02
 RUN_TIME_WEIGHT = 0.125  # weight of the newest run time in the pool's moving mean
 # Read once: an enum member looked up on its class (Outcome.COMPLETED) is a slow attribute
 # read in CPython 3.11, and the workers and the dispatcher test for this one at every job.
@@ -283,6 +297,16 @@ class Pool:
         self._listener = threading.Thread(
             target=self._listen_loop, name=f"{config.name}-g{generation}-listen", daemon=True
         )
+        # Leader/follower (module docstring): a thread pool's workers take turns listening;
+        # a process pool (each worker thread owns a child) keeps the listener thread above.
+        self._leads = self._runner.any_thread
+        self._role_vacant = False  # nobody listens: the next free thread takes the role
+        self._idle = 0  # threads waiting on _work_ready (neither running nor listening)
+        self._kept: _Running | None = None  # a pushed job the listening thread runs itself
+        self._unwatched: Job | None = None  # kept by the last listener: see _watch_kept
+        self._last_claim = -float("inf")  # pool clock: the listener last claimed a job itself
+        self._due_hint: float | None = None  # a due time the listener took from the waiter
+        self._fetching = 0  # jobs being fetched now (dispatcher, listener): held already
         self.drain_started: float | None = None
         self.counts: collections.Counter[Outcome] = collections.Counter()  # of this generation
         self.unsettled = 0  # jobs left to their leases: the queue failed past the grace
@@ -290,7 +314,18 @@ class Pool:
     # -- lifecycle (called by the supervisor) -------------------------------
 
     def start(self) -> None:
-        for i in range(self.config.workers):
+        # Armed by the listener's first wait (never here: a connect to a Redis that is down
+        # would hold up the start), which then wakes the dispatcher once: no announcement
+        # made between the first fetch and the arming is missed.
+        self._waiter = waiter_for(self._queue, self.tasks.keys())
+        self._waiter.hear_cancels(functools.partial(self.stop_job, reason="cancel"))
+        # Jobs an enqueue leased to this idle pool (Redis): handed over on the listener's
+        # thread, which runs the first itself (leader/follower), with no fetch.
+        self._waiter.hear_pushes(functools.partial(self._hand_over, pushed=True))
+        # workers + 1 threads when they take turns listening (at most `workers` run jobs).
+        with self._lock:
+            self._role_vacant = self._leads  # the first thread to come listens
+        for i in range(self.config.workers + self._leads):
             thread = threading.Thread(
                 target=self._worker_loop,
                 name=f"{self.config.name}-g{self.generation}-w{i}",
@@ -298,15 +333,8 @@ class Pool:
             )
             self._threads.append(thread)
             thread.start()
-        # Armed by the listener's first wait (never here: a connect to a Redis that is down
-        # would hold up the start), which then wakes the dispatcher once: no announcement
-        # made between the first fetch and the arming is missed.
-        self._waiter = waiter_for(self._queue, self.tasks.keys())
-        self._waiter.hear_cancels(functools.partial(self.stop_job, reason="cancel"))
-        # Jobs an enqueue leased to this idle pool (Redis): handed over on the listener's
-        # thread, one thread hop and the fetch's round trip sooner than a wake-up's fetch.
-        self._waiter.hear_pushes(functools.partial(self._hand_over, pushed=True))
-        self._listener.start()
+        if not self._leads:
+            self._listener.start()
         self._dispatcher.start()  # the job watch starts with the first job handed over
 
     def begin_drain(self) -> int:
@@ -572,22 +600,53 @@ class Pool:
             self._serve(threading.current_thread().name)
 
     def _serve(self, name: str) -> None:
-        limits = self._limits
         while True:
             # Made before the lock, which every worker takes per job: the less runs under it,
             # the less often CPython switches threads while one of them holds it.
             stop = JobStop(self._stops_lock)
+            entry: _Running | None = None
             with self._lock:
-                while not self._handed and not self._stopping:
+                while True:
+                    # The role first: someone must listen before another job starts (the
+                    # bound on running jobs, and cancels heard on the channel).
+                    if self._role_vacant and not self._drained:
+                        self._role_vacant = False
+                        break
+                    if self._handed:
+                        entry = self._start_job(self._handed.popleft(), name, stop)
+                        break
+                    if self._stopping:
+                        return  # stopping, and nothing handed over
+                    self._idle += 1
                     self._work_ready.wait()
-                if not self._handed:
-                    return  # stopping, and nothing handed over
-                job = self._handed.popleft()
-                limit = job.timeout or limits.get(job.task)
-                entry = _Running(job, self._clock(), name, stop, limit)
-                self._running[job.id] = entry
+                    self._idle -= 1
+            if entry is None:
+                self._watch_kept()
+                entry = self._lead()
+                if entry is None:
+                    return  # the pool drained while this thread listened
             if self._run(entry):
                 return  # abandoned alone; its replacement serves in its place
+
+    def _watch_kept(self) -> None:
+        """Wake the job watch for the job the last listener kept: done here, by the thread
+        that took over the role, so that the wake is off that job's way to its start."""
+        with self._lock:
+            job, self._unwatched = self._unwatched, None
+        if job is None:
+            return
+        # The dispatcher looks again: a claim in flight counted as held, and it may have
+        # gone to sleep on that (until the next renewal) instead of its next fetch.
+        self._bell.ring()
+        if not self._jobwatch.watching:
+            self._jobwatch.wake(self._first_look([job]))
+
+    def _start_job(self, job: Job, thread: str, stop: JobStop) -> _Running:
+        """The job is running from here (lock held): a drain's cancel no longer reaches it."""
+        limit = job.timeout or self._limits.get(job.task)
+        entry = _Running(job, self._clock(), thread, stop, limit)
+        self._running[job.id] = entry
+        return entry
 
     def _run(self, entry: _Running) -> bool:
         """Run one job and classify its end; True when this worker was replaced meanwhile."""
@@ -703,18 +762,105 @@ class Pool:
     # -- dispatcher -----------------------------------------------------------
 
     def _listen_loop(self) -> None:
-        """Block on the queue's waiter; on an announcement, make the dispatcher fetch."""
+        """The listener thread of a pool whose workers do not take turns (kind = "process")."""
+        self._lead()
+
+    def _lead(self) -> _Running | None:
+        """Listen until the pool drains (None), or until this thread has a job to run.
+
+        Woken, it announces the work to the dispatcher, which fetches; but in a
+        thread pool whose idle threads can take over the role, a pushed job
+        (Redis) is kept by `_hand_over` on this thread, and a wake-up of a waiter
+        that lets any thread fetch (SQLite, PostgreSQL) is answered by a claim
+        of its own (`_claim`): the role then passes to an idle thread (off the
+        job's path: its wake-up costs the job only the futex call) and this
+        thread runs the job it read, with no thread hop.
+        """
+        poll = self.config.poll_interval_seconds
         while not self._drained:
-            woken = self._waiter.wait(self.config.poll_interval_seconds)
+            woken = self._waiter.wait(poll)
             if woken:
+                waiter = self._waiter
+                if self._kept is None and self._leads and waiter.fetch_anywhere:
+                    # Not at a (re)arming: jobs may have piled up, a batch for the dispatcher.
+                    if waiter.rearmed:
+                        self._announce()
+                    else:
+                        self._claim()
+                else:
+                    self._announce(wait=self._kept is None)
+            kept, self._kept = self._kept, None  # set by _hand_over on this thread only
+            if kept is not None:
                 with self._lock:
-                    self._wake_pending = True
-                    self._bell.ring()
-                    # At most a safety-net interval: a channel unread for long may overflow
-                    # (Redis drops a subscriber whose backlog grows past its buffer limit).
-                    while self._streaming and self._wake_pending and not self._drained:
-                        if not self._listen_ready.wait(self.config.poll_interval_seconds):
-                            break
+                    self._role_vacant = True
+                    self._unwatched = kept.job  # the next listener wakes the job watch
+                    self._work_ready.notify()
+                return kept
+        return None
+
+    def _announce(self, *, wait: bool = True) -> None:
+        """Tell the dispatcher that the queue announced work: it fetches (the classic path).
+
+        While jobs stream in, the listener then waits (`wait`) until the next fetch
+        began: what the queue announces meanwhile stays in its channel and is read
+        in one go (a burst costs one wake-up per fetch, not one per job).
+        """
+        with self._lock:
+            self._wake_pending = True
+            self._bell.ring()
+            # At most a safety-net interval: a channel unread for long may overflow
+            # (Redis drops a subscriber whose backlog grows past its buffer limit).
+            while wait and self._streaming and self._wake_pending and not self._drained:
+                if not self._listen_ready.wait(self.config.poll_interval_seconds):
+                    break
+
+    def _claim(self) -> None:
+        """Woken (SQLite, PostgreSQL): claim a job for this thread, or leave it to the dispatcher.
+
+        What it keeps, `_hand_over` leaves in `_kept` for `_lead`.
+
+        Only while idle threads can take the role and the handed jobs, and not in
+        a burst (streaming, or its last claim under LEAD_GAP_SECONDS ago): there
+        the dispatcher's batches cost the queue less. It claims up to two: two
+        found means more may wait, and the dispatcher is told as before; fewer
+        answer the wake-up. A due time heard (a delayed job) goes to the
+        dispatcher, which sleeps until then.
+        """
+        due = self._waiter.take_due()
+        with self._lock:
+            if due is not None:
+                self._due_hint = due if self._due_hint is None else min(self._due_hint, due)
+            want = min(self._free_slots(), 2)
+            mine = (
+                due is None
+                and want > 0
+                and not self._stopping
+                and not self._streaming
+                and self._idle > len(self._handed)
+                and self._clock() - self._last_claim >= LEAD_GAP_SECONDS
+            )
+            if mine:
+                self._fetching += want
+        if not mine:
+            self._announce()
+            return
+        try:
+            jobs = self._queue.fetch(
+                want, self.tasks.keys(), self.config.lease_seconds, worker=self._identity
+            )
+        except Exception:
+            with self._lock:
+                self._fetching -= want
+                self._bell.ring()  # a drain may be waiting for this fetch to come back
+            self._announce()  # the dispatcher's fetch meets the fault, and reports it
+            return
+        # The first is kept for this thread while an idle thread can take the role; the
+        # second of two, or all at a drain or with no thread free, go as the dispatcher's.
+        self._hand_over(jobs, keep=True, fetched=want)
+        if len(jobs) == want:
+            self._announce(wait=False)
+        elif self._kept is None:
+            self._bell.ring()  # as in _watch_kept: the claim no longer counts as held
 
     def _dispatch_loop(self) -> None:
         """Settle finished jobs, renew leases, fetch for free slots; repeat.
@@ -775,8 +921,9 @@ class Pool:
                 if due:
                     self._wake_pending = False  # cleared before the fetch: a later ring counts
                     self._listen_ready.notify()  # so the listener listens again
-            try:
                 want = free if due else 0
+                self._fetching += want  # held from now: a listener's claim counts them
+            try:
                 used_queue = bool(batch or want)
                 jobs = self._exchange(batch, want)
                 fetched = len(jobs)
@@ -788,7 +935,7 @@ class Pool:
                     # BURST_GAP_MAX_SECONDS, taking many per fetch instead of one per wake-up
                     # (on SQLite each fetch is a write lock the producers would wait for).
                     # None: sleep until woken, a delayed job is due, or the safety net.
-                    hinted = self._waiter.take_due()
+                    hinted = self._take_due()
                     if fetched == free:
                         gap, wait = 0.0, 0.0
                     elif fetched:
@@ -804,7 +951,8 @@ class Pool:
                     self._streaming = gap > 0
                 # Handed over once this round's bookkeeping is done: the workers then find
                 # this thread about to sleep, not holding the GIL (issue 21: pickup latency).
-                self._hand_over(jobs)
+                want, fetching = 0, want
+                self._hand_over(jobs, fetched=fetching)
                 if clock() >= next_renew:
                     used_queue = True
                     self._renew()
@@ -815,6 +963,9 @@ class Pool:
                     backoff = 0.0
                     self._on_queue_health(True, "")
             except Exception as exc:
+                if want:  # the fetch failed: nothing on its way
+                    with self._lock:
+                        self._fetching -= want
                 if batch:
                     self._requeue_settlement(batch)  # kept: acks are retried once it is back
                 if isinstance(exc, QueueUnavailable):
@@ -829,6 +980,16 @@ class Pool:
                 with self._lock:
                     self._bell.arm()  # a drain or a finished job cuts the backoff short
                     self._sleep(backoff * (0.5 + random.random() / 2))
+
+    def _take_due(self) -> float | None:
+        """The earliest due time announced since the last fetch (the waiter's, or one that a
+        listener took from it for the dispatcher: `_claim`)."""
+        hinted = self._waiter.take_due()
+        with self._lock:
+            taken, self._due_hint = self._due_hint, None
+        if taken is None or (hinted is not None and hinted < taken):
+            return hinted
+        return taken
 
     def _sleep(self, seconds: float) -> None:
         """Release the lock and sleep until the bell rings or `seconds` pass (armed first)."""
@@ -870,8 +1031,12 @@ class Pool:
     def _has_active(self) -> bool:
         """Anything still running that was not abandoned or whose end the runner brings.
 
-        An abandoned thread may linger for ever; a killed child ends in moments.
+        An abandoned thread may linger for ever; a killed child ends in moments. A
+        listener's claim on its way counts too: what it brings at a drain is released
+        in the dispatcher's next settle, which must not have been its last.
         """
+        if self._fetching:
+            return True
         return any(not r.abandoned or r.awaited for r in self._running.values())
 
     def _free_slots(self) -> int:
@@ -881,7 +1046,7 @@ class Pool:
         hold more than workers + reserve; a negative count read as "free" once
         made the dispatcher fetch -25 jobs, find none, and sleep the safety net.
         """
-        held = len(self._running) - self._left_behind + len(self._handed)
+        held = len(self._running) - self._left_behind + len(self._handed) + self._fetching
         return max(self.config.workers + self.reserve() - held, 0)
 
     def reserve(self) -> int:
@@ -910,12 +1075,25 @@ class Pool:
             return []
         return jobs
 
-    def _hand_over(self, jobs: list[Job], *, pushed: bool = False) -> bool:
+    def _hand_over(
+        self, jobs: list[Job], *, pushed: bool = False, keep: bool = False, fetched: int = 0
+    ) -> bool:
         """To the workers; False for `pushed` jobs (Waiter.hear_pushes) once a drain began:
-        the dispatcher may have settled for the last time, so their waiter releases them."""
-        if not jobs:
+        the dispatcher may have settled for the last time, so their waiter releases them.
+
+        Pushed jobs come on the listening thread, and so do those it claimed
+        (`keep`): in a thread pool with an idle thread to take over the role, that
+        thread starts the first itself (`_lead` runs it once the waiter returns),
+        so no other thread is woken for it. `fetched`: what this fetch counted in
+        `_fetching`, held from now on as handed or running jobs.
+        """
+        if not jobs and not fetched:
             return True
+        stop = JobStop(self._stops_lock) if (keep or pushed) and self._leads else None
         with self._lock:
+            self._fetching -= fetched
+            if fetched and self._stopping:
+                self._bell.ring()  # a drain may be waiting for this fetch to come back
             if pushed and self._stopping:
                 return False
             jobs = self._adopt_our_own(jobs)
@@ -930,11 +1108,16 @@ class Pool:
                 self.counts[Outcome.CANCELLED] += len(jobs)
                 self._bell.ring()
             else:
+                if stop is not None and self._idle > len(self._handed):
+                    name = threading.current_thread().name
+                    self._kept = self._start_job(jobs[0], name, stop)
+                    self._last_claim = self._kept.started
+                    jobs = jobs[1:]
                 self._handed.extend(jobs)
                 self._work_ready.notify(len(jobs))
         if stopping:
             self._record_cancelled(jobs)
-        elif not self._jobwatch.watching:
+        elif jobs and not self._jobwatch.watching:
             self._jobwatch.wake(self._first_look(jobs))
         return True
 

@@ -188,6 +188,7 @@ class ProcessRunner:
     """The runner of `pool.kind = "process"`: one child process per worker thread."""
 
     join_seconds = CLOSE_SECONDS + 1.0
+    any_thread = False  # a job runs in the child of its worker thread: the listener stays apart
 
     def __init__(self) -> None:
         self._label = "pool"

@@ -21,6 +21,9 @@ class Runner(Protocol):
 
     # The least time a pool's join gives its worker threads (closing a child takes a moment).
     join_seconds: float
+    # Whether a job may run on any of the pool's threads: then they take turns listening
+    # (leader/follower, drainpool.pool). False when each worker thread owns what runs it.
+    any_thread: bool
 
     def prepare(self, label: str, tasks: Mapping[str, TaskSpec]) -> dict[str, TaskSpec]:
         """The tasks as the workers will call them; `label` names threads and log lines."""
@@ -67,6 +70,7 @@ class ThreadRunner:
     """Each job runs on its worker thread; an abandoned one is left to finish on its own."""
 
     join_seconds = 0.0
+    any_thread = True
 
     def prepare(self, label: str, tasks: Mapping[str, TaskSpec]) -> dict[str, TaskSpec]:
         return dict(tasks)

@@ -77,6 +77,9 @@ class PubSubWaiter(ChannelWaiter):
     """
 
     armed_mode: WaitMode = "blocking read"
+    # Only the dispatcher fetches: each fetch tells the registration what the pool holds
+    # (IdleMemory, one thread's). An idle pool is pushed its jobs instead (hear_pushes).
+    fetch_anywhere = False
 
     def __init__(
         self,

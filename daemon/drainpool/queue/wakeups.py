@@ -51,6 +51,14 @@ class Waiter(Protocol):
         """How it waits now: "poll" while its channel is broken (or for a backend without one)."""
         ...
 
+    # Whether the woken thread may fetch for its pool itself (SQLite, PostgreSQL: the pool's
+    # listener then runs the job it claimed, drainpool.pool). False where only the dispatcher
+    # may fetch: a Redis fetch also keeps the pool's push registration (IdleMemory).
+    fetch_anywhere: bool
+    # The last wait returned True because the channel was (re)armed, not for an
+    # announcement: notifications may have been missed, so the dispatcher fetches in full.
+    rearmed: bool
+
     def wait(self, timeout: float) -> bool:
         """Up to `timeout` seconds; True when woken by the backend (or by a re-arm)."""
         ...
@@ -134,6 +142,8 @@ class PollWaiter:
     """For a queue that cannot notify: sleeps the timeout, so the safety net does it all."""
 
     mode: WaitMode = "poll"
+    fetch_anywhere = False  # never woken: the dispatcher's safety net fetches
+    rearmed = False
 
     def __init__(self) -> None:
         self._closed = threading.Event()
@@ -165,6 +175,7 @@ class ChannelWaiter(abc.ABC):
     """
 
     armed_mode: WaitMode
+    fetch_anywhere = True  # see Waiter
 
     def __init__(self, label: str) -> None:
         self._label = label  # names the channel in the log: "doorbell in /x/q.db-doorbell"
@@ -177,6 +188,7 @@ class ChannelWaiter(abc.ABC):
         self._due_lock = threading.Lock()  # the listener notes, the dispatcher takes
         self._on_cancel: Callable[[str], None] | None = None  # see Waiter.hear_cancels
         self._take_pushed: Callable[[list[Job]], bool] | None = None  # Waiter.hear_pushes
+        self.rearmed = False  # see Waiter
 
     @property
     def mode(self) -> WaitMode:
@@ -187,7 +199,8 @@ class ChannelWaiter(abc.ABC):
             try:
                 if self._interrupter.closed.is_set():
                     return False
-                if not self._armed:
+                self.rearmed = not self._armed
+                if self.rearmed:
                     return self._rearm(timeout)
                 return self._listen(timeout)
             except Exception as exc:  # any fault of the channel: fall back, never stop
