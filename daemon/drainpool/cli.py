@@ -181,8 +181,10 @@ def _load(args: argparse.Namespace, *, tasks: bool = True) -> Any:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     # Handlers first, so a signal during start-up is queued for the supervisor, not fatal.
+    from drainpool.malloc_arenas import cap_arenas
     from drainpool.signals import forward_signals
 
+    cap_arenas()  # before any thread of the daemon's starts
     inbox: SimpleQueue[object] = SimpleQueue()
     with forward_signals(inbox):
         loaded, registry = _load(args)
