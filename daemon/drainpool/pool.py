@@ -305,7 +305,6 @@ class Pool:
         self._kept: _Running | None = None  # a pushed job the listening thread runs itself
         self._unwatched: Job | None = None  # kept by the last listener: see _watch_kept
         self._last_claim = -float("inf")  # pool clock: the listener last claimed a job itself
-        self._due_hint: float | None = None  # a due time the listener took from the waiter
         self._fetching = 0  # jobs being fetched now (dispatcher, listener): held already
         self.drain_started: float | None = None
         self.counts: collections.Counter[Outcome] = collections.Counter()  # of this generation
@@ -826,13 +825,11 @@ class Pool:
         answer the wake-up. A due time heard (a delayed job) goes to the
         dispatcher, which sleeps until then.
         """
-        due = self._waiter.take_due()
+        due_heard = self._waiter.due_heard()  # left for the dispatcher's take_due
         with self._lock:
-            if due is not None:
-                self._due_hint = due if self._due_hint is None else min(self._due_hint, due)
             want = min(self._free_slots(), 2)
             mine = (
-                due is None
+                not due_heard
                 and want > 0
                 and not self._stopping
                 and not self._streaming
@@ -935,7 +932,7 @@ class Pool:
                     # BURST_GAP_MAX_SECONDS, taking many per fetch instead of one per wake-up
                     # (on SQLite each fetch is a write lock the producers would wait for).
                     # None: sleep until woken, a delayed job is due, or the safety net.
-                    hinted = self._take_due()
+                    hinted = self._waiter.take_due()
                     if fetched == free:
                         gap, wait = 0.0, 0.0
                     elif fetched:
@@ -980,16 +977,6 @@ class Pool:
                 with self._lock:
                     self._bell.arm()  # a drain or a finished job cuts the backoff short
                     self._sleep(backoff * (0.5 + random.random() / 2))
-
-    def _take_due(self) -> float | None:
-        """The earliest due time announced since the last fetch (the waiter's, or one that a
-        listener took from it for the dispatcher: `_claim`)."""
-        hinted = self._waiter.take_due()
-        with self._lock:
-            taken, self._due_hint = self._due_hint, None
-        if taken is None or (hinted is not None and hinted < taken):
-            return hinted
-        return taken
 
     def _sleep(self, seconds: float) -> None:
         """Release the lock and sleep until the bell rings or `seconds` pass (armed first)."""

@@ -71,6 +71,10 @@ class Waiter(Protocol):
         """
         ...
 
+    def due_heard(self) -> bool:
+        """Whether a due time waits to be taken (the listener leaves it to the dispatcher)."""
+        ...
+
     def hear_cancels(self, stop: Callable[[str], None]) -> None:
         """Call `stop(job_id)` on the waiting thread when the backend announces a cancel of
         a running job (issue 19); set before the first wait. A waiter whose backend
@@ -155,6 +159,9 @@ class PollWaiter:
     def take_due(self) -> float | None:
         return None
 
+    def due_heard(self) -> bool:
+        return False
+
     def hear_cancels(self, stop: Callable[[str], None]) -> None:
         pass  # nothing announced: the job watch finds the cancels
 
@@ -214,6 +221,9 @@ class ChannelWaiter(abc.ABC):
         with self._due_lock:
             due, self._due = self._due, None
         return due
+
+    def due_heard(self) -> bool:
+        return self._due is not None  # one read: a due noted just after is the fetch's too
 
     def _note_due(self, due: float) -> None:
         """A delayed job of our tasks announced, due at `due` (epoch seconds)."""
