@@ -160,6 +160,15 @@ def test_a_pushed_job_runs_on_the_thread_that_read_the_push_and_is_settled_once(
     assert runs.most <= 2
 
 
+def kept_long_job(runs: Runs, rqueue: RedisQueue, raw: redis.Redis) -> str:
+    """Push a long job to the idle pool; its id, once it runs on the thread that read the push."""
+    wait_until(registered(raw), PROMPT, "an idle registration")
+    job_id = rqueue.enqueue("run", {"seconds": 60})
+    wait_until(lambda: job_id in runs.threads, PROMPT, "the pushed job running")
+    assert runs.threads[job_id] == [runs.pushed[job_id]]  # kept by the listener
+    return job_id
+
+
 def test_a_drain_while_the_listening_thread_runs_a_pushed_job_interrupts_and_releases_it(
     rqueue: RedisQueue, raw: redis.Redis
 ) -> None:
@@ -167,10 +176,7 @@ def test_a_drain_while_the_listening_thread_runs_a_pushed_job_interrupts_and_rel
     pool = runs.pool(rqueue)
     pool.start()
     try:
-        wait_until(registered(raw), PROMPT, "an idle registration")
-        job_id = rqueue.enqueue("run", {"seconds": 60})
-        wait_until(lambda: job_id in runs.threads, PROMPT, "the pushed job running")
-        assert runs.threads[job_id] == [runs.pushed[job_id]]  # kept by the listener
+        job_id = kept_long_job(runs, rqueue, raw)
         assert pool.begin_drain() == 0  # running: not cancelled, asked to stop
         wait_until(lambda: pool.drained, PROMPT, "the pool drained")
         pool.join()
@@ -192,10 +198,7 @@ def test_a_cancel_reaches_a_pushed_job_that_the_listening_thread_runs(
     pool = runs.pool(rqueue)
     pool.start()
     try:
-        wait_until(registered(raw), PROMPT, "an idle registration")
-        job_id = rqueue.enqueue("run", {"seconds": 60})
-        wait_until(lambda: job_id in runs.threads, PROMPT, "the pushed job running")
-        assert runs.threads[job_id] == [runs.pushed[job_id]]
+        job_id = kept_long_job(runs, rqueue, raw)
         rqueue.cancel(job_id)
         wait_until(lambda: pool.counts["aborted"] == 1, PROMPT, "the job aborted")
         wait_until(lambda: rqueue.stats().leased == 0, PROMPT, "its release settled")
