@@ -1,4 +1,4 @@
-"""The daemon caps glibc's malloc arenas unless MALLOC_ARENA_MAX says otherwise (issue 17)."""
+"""Idle memory: glibc arenas capped unless MALLOC_ARENA_MAX wins; a lean start (issue 17)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,33 @@ def test_arenas_are_capped_on_glibc() -> None:
 
 def test_the_environment_wins() -> None:
     assert probe(MALLOC_ARENA_MAX="8") == "False"
+
+
+LEAN_START = """
+import sys
+from prometheus_client import CollectorRegistry
+from drainpool.httpserver import Endpoints, HttpServer
+from drainpool.malloc_arenas import cap_arenas
+
+cap_arenas()
+server = HttpServer(
+    "127.0.0.1", 0, Endpoints(CollectorRegistry(), lambda: True, lambda: True, lambda: {})
+)
+server.start()
+server.stop()
+print(" ".join(m for m in ("ctypes", "encodings.idna", "stringprep") if m in sys.modules))
+"""
+
+
+def test_start_loads_neither_ctypes_nor_the_idna_tables() -> None:
+    """Capping the arenas and binding the HTTP server cost no idle memory of their own.
+
+    ctypes would cost about 0.2 MB, and HTTPServer's own bind does a reverse DNS
+    lookup that loads the idna codec and its stringprep tables (about 0.2 MB more).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    done = subprocess.run(
+        [sys.executable, "-c", LEAN_START], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
