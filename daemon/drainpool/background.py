@@ -6,7 +6,7 @@ stops them in one call each, and decides nothing about them beyond when.
 
 A thread with nothing to do does not exist (issue 17): the watcher only with
 `reload.watch`, the scheduler from the first config that has schedules (a
-reload may add them). Their modules load with them: inotify's ctypes,
+reload may add them). Their modules load with them: the inotify reader,
 watchfiles, cronsim.
 """
 

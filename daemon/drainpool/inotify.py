@@ -9,12 +9,12 @@ be used, and the watcher falls back to watchfiles where it cannot.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import struct
 from collections.abc import Iterable
 from pathlib import Path
 
+from drainpool import libc
 from drainpool.queue.wakeups import Interrupter
 
 # <sys/inotify.h>
@@ -36,29 +36,22 @@ DIRECTORY_EVENTS = (
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len
 
 
-def _libc() -> ctypes.CDLL | None:
-    # The symbols already loaded in this process, libc's among them: ctypes.util.find_library
-    # would run `ldconfig -p` in a subprocess at every start (issue 17).
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc if hasattr(libc, "inotify_init1") else None
-
-
 class DirectoryWatch:
     """inotify on a few directories; `changes()` blocks until names change in them."""
 
     def __init__(self, directories: Iterable[Path]) -> None:
-        libc = _libc()
-        if libc is None:
+        init, add_watch = libc.function("inotify_init1"), libc.function("inotify_add_watch")
+        if init is None or add_watch is None:
             raise OSError("inotify is not available here")
-        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        fd = init(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+            raise OSError(libc.last_errno(), "inotify_init1 failed")
         self._fd = fd
         self._interrupter = Interrupter()
         try:
             for directory in directories:
-                if libc.inotify_add_watch(fd, os.fsencode(directory), DIRECTORY_EVENTS) < 0:
-                    errno = ctypes.get_errno()
+                if add_watch(fd, os.fsencode(directory), DIRECTORY_EVENTS) < 0:
+                    errno = libc.last_errno()
                     raise OSError(errno, f"cannot watch {directory}: {os.strerror(errno)}")
         except BaseException:
             self.release()
