@@ -36,11 +36,12 @@ and the queue's semantics (daemon/drainpool/queue/sqlite.py) are another:
   differs for a restored copy), so the queue can tell the lease tokens given
   out for an old file from those of the file now at the path.
 - Journal: the -wal and -shm files are checked too (two more stats per
-  transaction). Deleted under an open connection, they took every commit
-  since the last checkpoint with them: the queue becomes unavailable in this
-  process until it restarts, the connection is kept so that its close writes
-  that WAL back into the file, and a process about to open a file that another
-  has open without its -wal or -shm refuses to (issue 23).
+  transaction, of the inode alone: drainpool.queue.file_identity says why).
+  Deleted under an open connection, they took every commit since the last
+  checkpoint with them: the queue becomes unavailable in this process until it
+  restarts, the connection is kept so that its close writes that WAL back into
+  the file, and a process about to open a file that another has open without
+  its -wal or -shm refuses to (issue 23).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from drainpool.queue import file_identity
 from drainpool.queue.base import QueueUnavailable
 
 T = TypeVar("T")
@@ -95,11 +97,8 @@ _HINTS = {
 
 
 def _identity(path: Path | str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
+    # Not os.stat: reading the -wal file's times made every commit after it dearer (file_identity).
+    return file_identity.identity(os.fspath(path))
 
 
 def _lost_message(path: Path) -> str:
