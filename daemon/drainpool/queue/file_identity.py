@@ -8,17 +8,19 @@ commit then paid for it: about 50 µs per enqueue on ext4 here, a tenth of a
 producer's time in issue 21's 1,000-job burst (bench/RESULTS.md, "Session 31").
 statx asked for STATX_INO alone leaves the mark unset, at the cost of a stat.
 
-Where libc has no statx (musl before 1.2.5, not Linux) or the kernel refuses it
-(ENOSYS, a seccomp filter's EPERM), os.stat is used from then on.
+Bound through drainpool.libc (no ctypes import: idle memory). Where there is
+no glibc statx, or the kernel refuses it (ENOSYS, a seccomp filter's EPERM),
+os.stat is used from then on.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import struct
 from collections.abc import Callable
+
+from drainpool import libc
 
 _AT_FDCWD = -100
 _STATX_INO = 0x100
@@ -37,17 +39,7 @@ def _by_stat(path: str) -> Identity | None:
     return (st.st_dev, st.st_ino)
 
 
-def _load() -> Callable[..., int] | None:
-    try:
-        statx = ctypes.CDLL(None, use_errno=True).statx  # the symbols already loaded: libc's
-    except (AttributeError, OSError):
-        return None
-    statx.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
-    statx.restype = ctypes.c_int
-    return statx  # type: ignore[no-any-return]
-
-
-_statx = _load()
+_statx: Callable[..., int] | None = libc.function("statx")
 
 
 def identity(path: str) -> Identity | None:
@@ -55,9 +47,9 @@ def identity(path: str) -> Identity | None:
     global _statx
     if _statx is None:
         return _by_stat(path)
-    buf = ctypes.create_string_buffer(_STATX_SIZE)  # one per call: threads may call at once
+    buf = libc.buffer(_STATX_SIZE)  # one per call: threads may call at once
     if _statx(_AT_FDCWD, os.fsencode(path), 0, _STATX_INO, buf) != 0:
-        if ctypes.get_errno() in _UNSUPPORTED:
+        if libc.last_errno() in _UNSUPPORTED:
             _statx = None
             return _by_stat(path)
         return None
