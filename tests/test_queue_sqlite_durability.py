@@ -12,6 +12,7 @@ import random
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,6 @@ import pytest
 from drainpool.metrics import Metrics
 from drainpool.pool import Pool, PoolConfig
 from drainpool.queue import Queue
-from drainpool.queue import sqlite_db as sqlite_db_mod
 from drainpool.queue.base import Failure, QueueError, QueueUnavailable, RetryPolicy
 from drainpool.queue.sqlite import (
     ACK_SQL,
@@ -459,12 +459,9 @@ def test_queue_from_url_is_the_producers_entry_point(tmp_path: Path, monkeypatch
 # -- busy and faults -------------------------------------------------------------
 
 
-def test_a_writer_waits_out_a_long_lock_instead_of_failing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # SQLite's busy handler gives up after 20 ms here, so the queue's own retry loop
-    # is what must carry the enqueue through a lock held ten times as long.
-    monkeypatch.setattr(sqlite_db_mod, "BUSY_TIMEOUT_SECONDS", 0.02)
+def test_a_writer_waits_out_a_long_lock_instead_of_failing(tmp_path: Path) -> None:
+    # The connections have no SQLite busy handler: the queue's own retry loop is what
+    # must carry the enqueue through a lock held for a fifth of a second.
     queue = SqliteQueue(tmp_path / "queue.db")
     queue.enqueue("t", 0)
     holder = sqlite3.connect(tmp_path / "queue.db", isolation_level=None, check_same_thread=False)
@@ -479,6 +476,48 @@ def test_a_writer_waits_out_a_long_lock_instead_of_failing(
         holder.close()
     assert queue.stats().ready == 3
     queue.close()
+
+
+def test_connections_leave_busy_waits_to_the_retry_loop(tmp_path: Path) -> None:
+    # SQLite's handler sleeps 1, 2, 5 ... 100 ms (sqlite_db's docstring says what it cost).
+    queue = SqliteQueue(tmp_path / "queue.db")
+    queue.enqueue("t", 0)
+    assert queue._db.run(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0], write=True) == 0
+    queue.close()
+
+
+def test_a_claim_gets_the_lock_while_a_producer_streams_short_commits(tmp_path: Path) -> None:
+    """A burst of enqueues, one commit each, does not keep the daemon's claim out until it ends.
+
+    The producer commits back to back until the claim is back (or a minute passed);
+    the claim must come back while the stream still runs, and find the jobs.
+    """
+    path = tmp_path / "queue.db"
+    daemon = SqliteQueue(path, durable_commits=False)
+    producer = SqliteQueue(path)
+    producer.enqueue("t", 0)
+    claimed = threading.Event()
+    streamed: list[int] = []
+
+    def stream() -> None:
+        deadline = time.monotonic() + 60
+        n = 0
+        while not claimed.is_set() and time.monotonic() < deadline:
+            producer.enqueue("t", n)
+            n += 1
+        streamed.append(n)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    wait_until(lambda: producer.stats().ready > 50, what="the stream under way")
+    jobs = daemon.fetch(10, ["t"], 60.0)
+    still_streaming = thread.is_alive()
+    claimed.set()
+    thread.join(70)
+    assert still_streaming and len(jobs) == 10
+    assert producer.stats().ready == streamed[0] + 1 - 10  # every enqueue of the stream kept
+    daemon.close()
+    producer.close()
 
 
 def test_a_file_that_is_not_a_database_is_unavailable_not_a_crash(tmp_path: Path) -> None:

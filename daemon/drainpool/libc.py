@@ -1,10 +1,11 @@
-"""The few C library calls the daemon makes (mallopt, inotify), bound without ctypes.
+"""The few C library calls the daemon makes (mallopt, inotify, statx), bound without ctypes.
 
 Why not ctypes: importing it costs the idle daemon about 0.2 MB for its types
 and helpers (`python -c 'import ctypes'` 10,196 kB resident against 9,984 kB for
 `import _ctypes`, issue 17), and the calls here need none of them. _ctypes, its
 C half, binds a symbol just as well given a return type; the arguments are
-Python ints and bytes, which it passes as C ints and char pointers.
+Python ints and bytes, which it passes as C ints and char pointers, and a
+`buffer` for what a call writes out.
 
 Only libc.so.6 is looked in (glibc): where it is absent (musl, not Linux),
 `function` answers None and each caller falls back or does without.
@@ -27,6 +28,22 @@ class _IntFunction(_ctypes.CFuncPtr):
 
     _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
     _restype_ = _CInt
+
+
+class _CChar(_ctypes._SimpleCData):
+    _type_ = "c"
+
+
+_buffer_types: dict[int, Any] = {}
+
+
+def buffer(size: int) -> Any:
+    """`size` zeroed bytes for a call to write into (passed as a pointer); struct reads them."""
+    kind = _buffer_types.get(size)
+    if kind is None:
+        kind = type(f"_Char{size}", (_ctypes.Array,), {"_type_": _CChar, "_length_": size})
+        _buffer_types[size] = kind
+    return kind()
 
 
 class _Library:

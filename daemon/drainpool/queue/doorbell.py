@@ -28,6 +28,9 @@ Why this shape rather than the alternatives:
   daemons find its job at their safety-net poll.
 - A pool checks every CHECK_SECONDS that its socket file is still there
   (someone may have deleted it) and binds a new one if not: one stat().
+- A producer lists the directory only when it changed: it keeps the socket
+  names with the directory's inode and mtime, one stat() per ring instead of
+  a listing (Listeners; issue 21's burst rings a thousand times in a row).
 
 Socket paths are bound through /proc/self/fd/<dir fd>/<name>, so a queue
 file deep in a long path does not hit the 108-byte limit of sun_path.
@@ -41,6 +44,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -53,6 +57,12 @@ MAX_DATAGRAM = 65_536
 MAX_IDS = 64  # ids per task in one ring; beyond, none are sent (the daemon looks instead)
 IDS_MARK = "#"  # starts a line of ids; never the first character of a task name
 CHECK_SECONDS = 2.0  # a listener checks this often that its socket file is still there
+# A listing made this long after the directory's last change is kept until its mtime moves:
+# a second change within one tick of the file system's clock would leave the mtime as it was.
+# Linux stamps files from a clock of 1-10 ms ticks; an mtime of whole seconds is taken for a
+# file system that keeps only seconds (2 s on the coarsest).
+SETTLED_SECONDS = 0.1
+COARSE_SETTLED_SECONDS = 3.0
 _GONE = (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)  # nobody listens there any more
 
 
@@ -66,6 +76,7 @@ class Doorbell:
     def __init__(self, queue_path: Path) -> None:
         self.directory = doorbell_dir(queue_path)
         self._sender: socket.socket | None = None
+        self._listeners = Listeners(self.directory)
 
     def ring(
         self,
@@ -80,8 +91,10 @@ class Doorbell:
         """
         suffix = "" if due is None else f"\t{due!r}"
         try:
+            names = self._listeners.names()
+            if not names:
+                return 0
             with _reach(self.directory) as address:
-                names = [name for name in os.listdir(address("")) if name.endswith(SUFFIX)]
                 lines = [task + suffix for task in dict.fromkeys(tasks)]
                 for task, job_ids in (ids or {}).items():
                     if 0 < len(job_ids) <= MAX_IDS:
@@ -114,6 +127,35 @@ class Doorbell:
         if self._sender is not None:
             self._sender.close()
             self._sender = None
+
+
+class Listeners:
+    """The socket names in a doorbell directory, listed again only when it changed.
+
+    One stat() of the directory per ring: a bind, an unlink or a rename in it
+    moves its mtime. A listing taken within SETTLED_SECONDS of the last change
+    (COARSE_SETTLED_SECONDS on a file system that keeps whole seconds) is not
+    kept, so the directory is listed at every ring until it has been still
+    that long.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._path = str(directory)
+        self._key: tuple[int, int] | None = None  # (inode, mtime ns) of the kept listing
+        self._names: list[str] = []
+
+    def names(self) -> list[str]:
+        """The names ending in SUFFIX; OSError when the directory cannot be read."""
+        st = os.stat(self._path)
+        key = (st.st_ino, st.st_mtime_ns)
+        if key == self._key:
+            return self._names
+        names = [name for name in os.listdir(self._path) if name.endswith(SUFFIX)]
+        tick = COARSE_SETTLED_SECONDS if st.st_mtime_ns % 1_000_000_000 == 0 else SETTLED_SECONDS
+        settled = time.time() - st.st_mtime_ns / 1e9 > tick
+        self._key = key if settled else None
+        self._names = names
+        return names
 
 
 class DoorbellWaiter(ChannelWaiter):

@@ -3,9 +3,18 @@
 A module of its own because what can go wrong with the file is one concern
 and the queue's semantics (daemon/drainpool/queue/sqlite.py) are another:
 
-- Busy: a transaction that meets another writer's lock is retried (SQLite's
-  busy handler waits first, then this loop backs off) for BUSY_RETRY_SECONDS,
-  so "database is locked" never reaches a producer or the daemon early.
+- Busy: a transaction that meets another writer's lock is retried by this
+  loop for BUSY_RETRY_SECONDS, so "database is locked" never reaches a
+  producer or the daemon early. Connections have no SQLite busy handler: its
+  sleeps grow 1, 2, 5 ... 100 ms, and against a producer's stream of short
+  commits (a burst of enqueues, each a few hundred microseconds under the
+  lock with gaps of tens between) a daemon's claim slept through the whole
+  burst, 0.2-0.6 s, then overslept its end by up to 100 ms, and a producer
+  slept 1 ms or more behind each claim of a few hundred microseconds. Here
+  the pauses start at a tenth of a millisecond and stay at most BUSY_PAUSE_SHORT
+  for the first BUSY_SHORT_SECONDS, so the lock changes hands within about
+  a pause of being free; a lock held longer (a bulk enqueue) is then retried
+  less often, up to BUSY_PAUSE_MAX apart (issue 21: the SQLite burst).
 - Space: a write that fails because the disk is full makes the connection
   checkpoint every quarter of the space left (SQLite's own checkpoint waits
   for 4 MiB of WAL, more than a small disk holds), checkpoints and truncates
@@ -27,11 +36,12 @@ and the queue's semantics (daemon/drainpool/queue/sqlite.py) are another:
   differs for a restored copy), so the queue can tell the lease tokens given
   out for an old file from those of the file now at the path.
 - Journal: the -wal and -shm files are checked too (two more stats per
-  transaction). Deleted under an open connection, they took every commit
-  since the last checkpoint with them: the queue becomes unavailable in this
-  process until it restarts, the connection is kept so that its close writes
-  that WAL back into the file, and a process about to open a file that another
-  has open without its -wal or -shm refuses to (issue 23).
+  transaction, of the inode alone: drainpool.queue.file_identity says why).
+  Deleted under an open connection, they took every commit since the last
+  checkpoint with them: the queue becomes unavailable in this process until it
+  restarts, the connection is kept so that its close writes that WAL back into
+  the file, and a process about to open a file that another has open without
+  its -wal or -shm refuses to (issue 23).
 """
 
 from __future__ import annotations
@@ -49,13 +59,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from drainpool.queue import file_identity
 from drainpool.queue.base import QueueUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger("drainpool.queue")
 
-BUSY_TIMEOUT_SECONDS = 5.0  # SQLite's own busy handler, per attempt
-BUSY_RETRY_SECONDS = 60.0  # then this loop gives up and reports the queue unavailable
+BUSY_RETRY_SECONDS = 60.0  # then the retry loop gives up and reports the queue unavailable
+BUSY_PAUSE_FIRST = 0.0001  # the retry loop's first pause; each one after doubles ...
+BUSY_PAUSE_SHORT = 0.001  # ... up to this while the lock was waited for under
+BUSY_SHORT_SECONDS = 1.0  # this long (a stream of short transactions), and then ...
+BUSY_PAUSE_MAX = 0.05  # ... up to this (a long transaction: fewer tries)
+CHECKPOINT_BUSY_MS = 5000  # a truncating checkpoint after a full disk waits this for readers
 JOURNAL_SUFFIXES = ("-wal", "-shm")
 ORPHAN_WAIT_SECONDS = 1.0  # a missing -wal under another process's lock, before refusing
 _LOCK_BYTES, _LOCK_SPAN = 0x40000000, 512  # SQLite's PENDING_BYTE, then reserved and shared
@@ -82,11 +97,8 @@ _HINTS = {
 
 
 def _identity(path: Path | str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
+    # Not os.stat: reading the -wal file's times made every commit after it dearer (file_identity).
+    return file_identity.identity(os.fspath(path))
 
 
 def _lost_message(path: Path) -> str:
@@ -150,8 +162,8 @@ class Database:
 
     def run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         """Run `fn` in one transaction; retry while busy; raise QueueUnavailable on faults."""
-        deadline = time.monotonic() + BUSY_RETRY_SECONDS
-        pause = 0.005
+        started = time.monotonic()
+        pause = BUSY_PAUSE_FIRST
         reclaimed = False  # the WAL was checkpointed and truncated after a full disk
         while True:
             with self._lock:
@@ -171,13 +183,15 @@ class Database:
                             # little space that the next commit fills again: a flapping fault.
                             self._drop()
                         raise self._unavailable(exc) from exc
-                    if time.monotonic() > deadline:
+                    waited = time.monotonic() - started
+                    if waited > BUSY_RETRY_SECONDS:
                         raise self._unavailable(exc) from exc
                 except OSError as exc:
                     self._drop()
                     raise QueueUnavailable(f"{self.path}: {exc}") from exc
             time.sleep(pause)  # lock released; another connection is writing
-            pause = min(pause * 2, 0.2)
+            cap = BUSY_PAUSE_SHORT if waited < BUSY_SHORT_SECONDS else BUSY_PAUSE_MAX
+            pause = min(pause * 2, cap)
 
     def _reclaim_wal(self) -> bool:
         """After a write failed for space: checkpoint more often, and now (lock held).
@@ -198,7 +212,12 @@ class Database:
             pages = max(MIN_CHECKPOINT_PAGES, min(1000, st.f_bavail * st.f_frsize // page // 4))
             self._conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
             self._conn.execute(f"PRAGMA journal_size_limit={pages * page}")
-            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            # The one wait left to SQLite's busy handler: for readers to leave the WAL.
+            self._conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
+            try:
+                busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                self._conn.execute("PRAGMA busy_timeout=0")
         except (sqlite3.Error, OSError) as exc:
             log.debug("%s: checkpoint after a full disk failed: %s", self.path, exc)
             return False
@@ -249,7 +268,7 @@ class Database:
         conn = sqlite3.connect(
             uri,
             uri=True,
-            timeout=BUSY_TIMEOUT_SECONDS,
+            timeout=0,  # no SQLite busy handler: run() retries (module docstring)
             isolation_level=None,
             check_same_thread=False,
         )
