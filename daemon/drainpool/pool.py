@@ -303,6 +303,7 @@ class Pool:
         self._role_vacant = False  # nobody listens: the next free thread takes the role
         self._idle = 0  # threads waiting on _work_ready (neither running nor listening)
         self._kept: _Running | None = None  # a pushed job the listening thread runs itself
+        self._leader = ""  # the name of the thread that holds the role (set as it takes it)
         self._unwatched: Job | None = None  # kept by the last listener: see _watch_kept
         self._last_claim = -float("inf")  # pool clock: the listener last claimed a job itself
         self._fetching = 0  # jobs being fetched now (dispatcher, listener): held already
@@ -320,7 +321,7 @@ class Pool:
         self._waiter.hear_cancels(functools.partial(self.stop_job, reason="cancel"))
         # Jobs an enqueue leased to this idle pool (Redis): handed over on the listener's
         # thread, which runs the first itself (leader/follower), with no fetch.
-        self._waiter.hear_pushes(functools.partial(self._hand_over, pushed=True))
+        self._waiter.hear_pushes(self._take_pushed)
         # workers + 1 threads when they take turns listening (at most `workers` run jobs).
         with self._lock:
             self._role_vacant = self._leads  # the first thread to come listens
@@ -610,6 +611,7 @@ class Pool:
                     # bound on running jobs, and cancels heard on the channel).
                     if self._role_vacant and not self._drained:
                         self._role_vacant = False
+                        self._leader = name
                         break
                     if self._handed:
                         entry = self._start_job(self._handed.popleft(), name, stop)
@@ -1062,6 +1064,25 @@ class Pool:
             return []
         return jobs
 
+    def _take_pushed(self, jobs: list[Job]) -> bool:
+        """Jobs an enqueue leased to this pool (Waiter.hear_pushes), on the listening thread.
+
+        The common case, one fresh job into a thread pool with an idle thread to
+        take over the role, is kept here for this thread in a few lines: this is
+        the path from the enqueue to the job's start (issue 21, pickup latency).
+        Everything else goes through `_hand_over`, which gives the same answer.
+        """
+        if self._leads and len(jobs) == 1 and jobs[0].attempt == 1:  # attempt 1: not ours yet
+            stop = JobStop(self._stops_lock)
+            with self._lock:
+                if self._stopping:
+                    return False  # the waiter releases it (see _hand_over)
+                if self._idle > len(self._handed):
+                    kept = self._kept = self._start_job(jobs[0], self._leader, stop)
+                    self._last_claim = kept.started
+                    return True
+        return self._hand_over(jobs, pushed=True)
+
     def _hand_over(
         self, jobs: list[Job], *, pushed: bool = False, keep: bool = False, fetched: int = 0
     ) -> bool:
@@ -1100,8 +1121,9 @@ class Pool:
                     self._kept = self._start_job(jobs[0], name, stop)
                     self._last_claim = self._kept.started
                     jobs = jobs[1:]
-                self._handed.extend(jobs)
-                self._work_ready.notify(len(jobs))
+                if jobs:  # none left when the listening thread kept the only one
+                    self._handed.extend(jobs)
+                    self._work_ready.notify(len(jobs))
         if stopping:
             self._record_cancelled(jobs)
         elif jobs and not self._jobwatch.watching:
