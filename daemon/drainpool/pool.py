@@ -304,6 +304,9 @@ class Pool:
         self._idle = 0  # threads waiting on _work_ready (neither running nor listening)
         self._kept: _Running | None = None  # a pushed job the listening thread runs itself
         self._leader = ""  # the name of the thread that holds the role (set as it takes it)
+        # The JobStop of the next pushed job the listening thread keeps (_take_pushed), made
+        # by that thread before it waits; None in a process pool, whose listener keeps none.
+        self._spare_stop: JobStop | None = None
         self._unwatched: Job | None = None  # kept by the last listener: see _watch_kept
         self._last_claim = -float("inf")  # pool clock: the listener last claimed a job itself
         self._fetching = 0  # jobs being fetched now (dispatcher, listener): held already
@@ -771,7 +774,7 @@ class Pool:
 
         Woken, it announces the work to the dispatcher, which fetches; but in a
         thread pool whose idle threads can take over the role, a pushed job
-        (Redis) is kept by `_hand_over` on this thread, and a wake-up of a waiter
+        (Redis) is kept by `_take_pushed` on this thread, and a wake-up of a waiter
         that lets any thread fetch (SQLite, PostgreSQL) is answered by a claim
         of its own (`_claim`): the role then passes to an idle thread (off the
         job's path: its wake-up costs the job only the futex call) and this
@@ -779,6 +782,8 @@ class Pool:
         """
         poll = self.config.poll_interval_seconds
         while not self._drained:
+            if self._leads and self._spare_stop is None:  # made idle: off a pushed job's path
+                self._spare_stop = JobStop(self._stops_lock)
             woken = self._waiter.wait(poll)
             if woken:
                 waiter = self._waiter
@@ -790,7 +795,7 @@ class Pool:
                         self._claim()
                 else:
                     self._announce(wait=self._kept is None)
-            kept, self._kept = self._kept, None  # set by _hand_over on this thread only
+            kept, self._kept = self._kept, None  # set on this thread only (_take_pushed...)
             if kept is not None:
                 with self._lock:
                     self._role_vacant = True
@@ -1072,14 +1077,15 @@ class Pool:
         the path from the enqueue to the job's start (issue 21, pickup latency).
         Everything else goes through `_hand_over`, which gives the same answer.
         """
-        if self._leads and len(jobs) == 1 and jobs[0].attempt == 1:  # attempt 1: not ours yet
-            stop = JobStop(self._stops_lock)
+        stop = self._spare_stop
+        if stop is not None and len(jobs) == 1 and jobs[0].attempt == 1:  # 1: not ours yet
             with self._lock:
                 if self._stopping:
                     return False  # the waiter releases it (see _hand_over)
                 if self._idle > len(self._handed):
                     kept = self._kept = self._start_job(jobs[0], self._leader, stop)
                     self._last_claim = kept.started
+                    self._spare_stop = None
                     return True
         return self._hand_over(jobs, pushed=True)
 
