@@ -303,6 +303,10 @@ class Pool:
         self._role_vacant = False  # nobody listens: the next free thread takes the role
         self._idle = 0  # threads waiting on _work_ready (neither running nor listening)
         self._kept: _Running | None = None  # a pushed job the listening thread runs itself
+        self._leader = ""  # the name of the thread that holds the role (set as it takes it)
+        # The JobStop of the next pushed job the listening thread keeps (_take_pushed), made
+        # by that thread before it waits; None in a process pool, whose listener keeps none.
+        self._spare_stop: JobStop | None = None
         self._unwatched: Job | None = None  # kept by the last listener: see _watch_kept
         self._last_claim = -float("inf")  # pool clock: the listener last claimed a job itself
         self._fetching = 0  # jobs being fetched now (dispatcher, listener): held already
@@ -320,7 +324,7 @@ class Pool:
         self._waiter.hear_cancels(functools.partial(self.stop_job, reason="cancel"))
         # Jobs an enqueue leased to this idle pool (Redis): handed over on the listener's
         # thread, which runs the first itself (leader/follower), with no fetch.
-        self._waiter.hear_pushes(functools.partial(self._hand_over, pushed=True))
+        self._waiter.hear_pushes(self._take_pushed)
         # workers + 1 threads when they take turns listening (at most `workers` run jobs).
         with self._lock:
             self._role_vacant = self._leads  # the first thread to come listens
@@ -610,6 +614,7 @@ class Pool:
                     # bound on running jobs, and cancels heard on the channel).
                     if self._role_vacant and not self._drained:
                         self._role_vacant = False
+                        self._leader = name
                         break
                     if self._handed:
                         entry = self._start_job(self._handed.popleft(), name, stop)
@@ -769,7 +774,7 @@ class Pool:
 
         Woken, it announces the work to the dispatcher, which fetches; but in a
         thread pool whose idle threads can take over the role, a pushed job
-        (Redis) is kept by `_hand_over` on this thread, and a wake-up of a waiter
+        (Redis) is kept by `_take_pushed` on this thread, and a wake-up of a waiter
         that lets any thread fetch (SQLite, PostgreSQL) is answered by a claim
         of its own (`_claim`): the role then passes to an idle thread (off the
         job's path: its wake-up costs the job only the futex call) and this
@@ -777,6 +782,8 @@ class Pool:
         """
         poll = self.config.poll_interval_seconds
         while not self._drained:
+            if self._leads and self._spare_stop is None:  # made idle: off a pushed job's path
+                self._spare_stop = JobStop(self._stops_lock)
             woken = self._waiter.wait(poll)
             if woken:
                 waiter = self._waiter
@@ -788,7 +795,7 @@ class Pool:
                         self._claim()
                 else:
                     self._announce(wait=self._kept is None)
-            kept, self._kept = self._kept, None  # set by _hand_over on this thread only
+            kept, self._kept = self._kept, None  # set on this thread only (_take_pushed...)
             if kept is not None:
                 with self._lock:
                     self._role_vacant = True
@@ -1062,6 +1069,26 @@ class Pool:
             return []
         return jobs
 
+    def _take_pushed(self, jobs: list[Job]) -> bool:
+        """Jobs an enqueue leased to this pool (Waiter.hear_pushes), on the listening thread.
+
+        The common case, one fresh job into a thread pool with an idle thread to
+        take over the role, is kept here for this thread in a few lines: this is
+        the path from the enqueue to the job's start (issue 21, pickup latency).
+        Everything else goes through `_hand_over`, which gives the same answer.
+        """
+        stop = self._spare_stop
+        if stop is not None and len(jobs) == 1 and jobs[0].attempt == 1:  # 1: not ours yet
+            with self._lock:
+                if self._stopping:
+                    return False  # the waiter releases it (see _hand_over)
+                if self._idle > len(self._handed):
+                    kept = self._kept = self._start_job(jobs[0], self._leader, stop)
+                    self._last_claim = kept.started
+                    self._spare_stop = None
+                    return True
+        return self._hand_over(jobs, pushed=True)
+
     def _hand_over(
         self, jobs: list[Job], *, pushed: bool = False, keep: bool = False, fetched: int = 0
     ) -> bool:
@@ -1100,8 +1127,9 @@ class Pool:
                     self._kept = self._start_job(jobs[0], name, stop)
                     self._last_claim = self._kept.started
                     jobs = jobs[1:]
-                self._handed.extend(jobs)
-                self._work_ready.notify(len(jobs))
+                if jobs:  # none left when the listening thread kept the only one
+                    self._handed.extend(jobs)
+                    self._work_ready.notify(len(jobs))
         if stopping:
             self._record_cancelled(jobs)
         elif jobs and not self._jobwatch.watching:

@@ -24,11 +24,15 @@ sets the job's stop event at once instead of at its next 50 ms cancel check).
 The same connection listens on the pool's push channel (drainpool.queue.redis_push):
 a job leased to the pool by its enqueue, handed over through `Waiter.hear_pushes`
 on the waiting thread, with no fetch and no wake-up.
+
+redis-py opens the connection (TCP, unix socket or TLS, AUTH, SELECT) and
+closes it; once it is subscribed, our own reader (drainpool.queue.resp) reads
+it: each push is on the path from its enqueue to its job's start, and
+redis-py's read of one cost about 90 µs more there (bench/RESULTS.md, session 31).
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Collection
@@ -36,7 +40,7 @@ from typing import Any
 
 import redis
 
-from drainpool.queue.base import Failure, Job
+from drainpool.queue.base import Failure, Job, loads
 from drainpool.queue.redis_push import (
     BACKSTOP_SECONDS,
     FULL_ROUND_EVERY,
@@ -46,10 +50,12 @@ from drainpool.queue.redis_push import (
     job_from_row,
     push_channel,
 )
+from drainpool.queue.resp import RespError, RespReader
 from drainpool.queue.wakeups import ChannelWaiter, WaitMode
 
 PING_SECONDS = 60.0  # a quiet connection is asked whether the server is still there
-CANCEL_PREFIX = "cancel "  # a message naming a job whose cancel was asked
+CANCEL = b"cancel "  # a message naming a job whose cancel was asked
+DEFAULT_TIMEOUT = 5.0  # for a reply at arming and closing when the queue set no socket_timeout
 
 # ARGV[3..]: tasks. The earliest delayed job's due time, in ms from now ('' when none).
 NEXT_DUE = r"""
@@ -99,13 +105,16 @@ class PubSubWaiter(ChannelWaiter):
         self._prefix = prefix
         self._tasks = list(dict.fromkeys(tasks))
         self._channels = [wake_channel(prefix, task) for task in self._tasks]
+        self._timeout: float | None = self._options.get("socket_timeout")
         self._connection: redis.connection.AbstractConnection | None = None
+        self._reader: RespReader | None = None  # reads the connection once subscribed
+        self._backlog: list[Any] = []  # replies read with the subscription's confirmations
         self._ping_unanswered = False
         self._heard_at = time.monotonic()  # the last reply read on this connection
         self._owner = owner
         # (push id of this subscription, pushes handed over): one tuple, read by fetches.
         self._push = ("", 0)
-        self._push_channel = ""
+        self._push_channel = b""
         self._refusing = False  # the pool refused a push (it drains): registered no more
         self._safety_net = 0.0  # the listener's wait: an idle round at least this often
         self._idle = IdleMemory()  # read and written by the fetching thread only
@@ -140,59 +149,66 @@ class PubSubWaiter(ChannelWaiter):
         channel = push_channel(self._prefix, push_id)
         connection = self._connection_class(**self._options)
         try:
-            connection.connect()
-            connection.send_command("SUBSCRIBE", *self._channels, channel)
-            for _ in range(len(self._channels) + 1):
-                connection.read_response()
+            connection.connect()  # redis-py's: TCP, unix socket or TLS, AUTH, SELECT, name
+            sock = connection._sock  # redis-py keeps it private; our reader reads it from here
+            if sock is None:
+                raise ConnectionError("the connection was closed")
+            reader = RespReader(sock, self._timeout)
+            reader.send("SUBSCRIBE", *self._channels, channel)
+            confirmed, backlog = 0, []
+            deadline = time.monotonic() + (self._timeout or DEFAULT_TIMEOUT)
+            while confirmed < len(self._channels) + 1:
+                for reply in reader.read_until(deadline):
+                    _check(reply)
+                    if confirmed <= len(self._channels) and _kind(reply) == b"subscribe":
+                        confirmed += 1
+                    else:  # published just after the subscription took: read by _listen
+                        backlog.append(reply)
         except BaseException:
             connection.disconnect()
             raise
-        self._connection = connection
-        self._push_channel, self._push = channel, (push_id, 0)
+        self._connection, self._reader, self._backlog = connection, reader, backlog
+        self._push_channel, self._push = channel.encode(), (push_id, 0)
         self._ping_unanswered = False
         self._heard_at = time.monotonic()
 
     def _listen(self, timeout: float) -> bool:
-        connection = self._connection
-        assert connection is not None
-        if not connection.can_read(timeout=0):  # nothing buffered: block on the socket
-            sock = connection._sock  # redis-py keeps it private; select needs its fd
-            if sock is None:
-                raise ConnectionError("the connection was closed")
-            if not self._interrupter.select([sock.fileno()], timeout):
-                if time.monotonic() - self._heard_at >= PING_SECONDS:
-                    self._ping(connection)
-                return False
-        woken, pushed = self._read_waiting(connection)
-        if pushed:
-            self._hand_pushed(pushed)
-        return woken
-
-    def _read_waiting(
-        self, connection: redis.connection.AbstractConnection
-    ) -> tuple[bool, list[str]]:
-        """Every message waiting (a burst of enqueues is one wake-up): woken?, pushed rows."""
+        reader = self._reader
+        assert reader is not None
+        held = self._backlog or reader.buffered()  # replies a select would not announce
+        if not held and not self._interrupter.select([reader.fileno()], timeout):
+            if time.monotonic() - self._heard_at >= PING_SECONDS:
+                self._ping(reader)
+            return False
+        replies = reader.read()  # every reply waiting: a burst of enqueues is one wake-up
+        if self._backlog:
+            replies, self._backlog = self._backlog + replies, []
+        if not replies:
+            return False  # half a reply so far: the rest wakes the next wait
+        self._heard_at = time.monotonic()
         woken = False
-        pushed: list[str] = []
-        while connection.can_read(timeout=0):
-            reply = connection.read_response()
-            self._heard_at = time.monotonic()
-            kind = reply[0] if isinstance(reply, list) and reply else None
-            if kind == "message":
-                channel, data = _text(reply[1]), _text(reply[2])
+        pushed: list[bytes] = []
+        for reply in replies:
+            kind = _kind(reply)
+            if kind == b"message":
+                channel, data = reply[1], reply[2]
                 if channel == self._push_channel:
                     pushed.append(data)
-                elif data.startswith(CANCEL_PREFIX):  # not work: no fetch for it
-                    self._cancel_heard(data[len(CANCEL_PREFIX) :])
+                elif data.startswith(CANCEL):  # not work: no fetch for it
+                    self._cancel_heard(data[len(CANCEL) :].decode())
                 else:
                     woken = True
                     if float(data) > 0:
                         self._note_due(float(data))
-            if kind == "pong":
+            elif kind == b"pong":
                 self._ping_unanswered = False
-        return woken, pushed
+            else:
+                _check(reply)
+        if pushed:
+            self._hand_pushed(pushed)
+        return woken
 
-    def _hand_pushed(self, messages: list[str]) -> None:
+    def _hand_pushed(self, messages: list[bytes]) -> None:
         """Pushed rows to the pool (counted as heard once handed: a fetch that counts them
         too registers a slot fewer, never one more); refused ones go back to the queue."""
         jobs, bad = _decode_pushed(messages)
@@ -222,49 +238,61 @@ class PubSubWaiter(ChannelWaiter):
         A PING after the removal: its answer comes after every push published before
         the removal, on this connection, so reading up to it finds them all.
         """
-        connection = self._connection
+        reader = self._reader
         self._refuse_pushes()
-        if connection is None:
+        if reader is None:
             return
-        connection.send_command("PING")
+        reader.send("PING")
         pongs = 2 if self._ping_unanswered else 1  # ours, and a safety PING's on the way
-        pushed: list[str] = []
-        while pongs:
-            reply = connection.read_response()
-            kind = reply[0] if isinstance(reply, list) and reply else None
-            if kind == "pong":
-                pongs -= 1
-            if kind == "message" and _text(reply[1]) == self._push_channel:
-                pushed.append(_text(reply[2]))
+        pushed: list[bytes] = []
+        replies, self._backlog = self._backlog, []
+        while True:
+            for reply in replies:
+                kind = _kind(reply)
+                if kind == b"pong":
+                    pongs -= 1
+                if kind == b"message" and reply[1] == self._push_channel:
+                    pushed.append(reply[2])
+            if pongs <= 0:
+                break
+            replies = reader.read_until(time.monotonic() + (self._timeout or DEFAULT_TIMEOUT))
         jobs, bad = _decode_pushed(pushed)
         if jobs or bad:
             self._owner.settle(releases=jobs, failures=bad)
 
-    def _ping(self, connection: redis.connection.AbstractConnection) -> None:
+    def _ping(self, reader: RespReader) -> None:
         """Quiet for PING_SECONDS: ask, unless the last question went unanswered (dead peer)."""
         if self._ping_unanswered:
             raise ConnectionError(f"no answer to PING in {PING_SECONDS:.0f} s")
-        connection.send_command("PING")
+        reader.send("PING")
         self._ping_unanswered = True
         self._heard_at = time.monotonic()
 
     def _disarm(self) -> None:
-        connection, self._connection = self._connection, None
+        connection, self._connection, self._reader = self._connection, None, None
+        self._backlog = []
         if connection is not None:
             connection.disconnect()
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _kind(reply: Any) -> bytes | None:
+    """The first element of a pub/sub reply (b"message", b"subscribe", b"pong")."""
+    return reply[0] if isinstance(reply, list) and reply else None
 
 
-def _decode_pushed(messages: list[str]) -> tuple[list[Job], list[Failure]]:
+def _check(reply: Any) -> None:
+    """An error reply (a refused SUBSCRIBE: an ACL without the channel) breaks the channel."""
+    if isinstance(reply, RespError):
+        raise ConnectionError(f"Redis answered: {reply}")
+
+
+def _decode_pushed(messages: list[bytes]) -> tuple[list[Job], list[Failure]]:
     """Pushed rows (the fetch's row and the lease token, as JSON) as jobs, and those whose
     payload cannot be decoded, as failures to dead-letter (as the fetch does)."""
     jobs: list[Job] = []
     bad: list[Failure] = []
     for message in messages:
-        *row, token = json.loads(message)
+        *row, token = loads(message.decode())  # json.loads, less its Python layers
         job, error = job_from_row(row, token)
         if error:
             bad.append(Failure(job, error, retry=False))
