@@ -150,37 +150,6 @@ def test_an_idle_registered_pool_gets_the_job_pushed_leased_without_a_fetch(
     assert queue.stats().leased == 0
 
 
-def test_an_enqueue_is_one_write_a_ping_before_its_script_and_the_pushed_job_is_heard(
-    queue: RedisQueue, raw: redis.Redis, listen: Listen
-) -> None:
-    """The PING that puts the push before the enqueue's reply (drainpool.queue.redis_push):
-    one per single enqueue, with its script; nothing else changes. Which reply Redis
-    writes first is not observable without timing: bench/wakeup_scenarios.py measures it."""
-    listening = listen()
-    assert queue.fetch(1, ["t"], 60) == []
-    queue.enqueue("other", 0)  # the script loaded
-    before = commands(raw)
-    job_id = queue.enqueue("t", {"n": 1})
-    after = commands(raw)
-    assert after.get("cmdstat_ping", 0) - before.get("cmdstat_ping", 0) == 1
-    assert after["cmdstat_evalsha"] - before["cmdstat_evalsha"] == 1
-    assert [j.id for j in listening.heard(1)] == [job_id]
-
-
-def test_an_enqueue_after_script_flush_loads_its_script_and_after_a_killed_connection_retries(
-    queue: RedisQueue, raw: redis.Redis
-) -> None:
-    first = queue.enqueue("t", 1)
-    raw.script_flush()  # NOSCRIPT for the PING's EVALSHA: the script's own call loads it
-    second = queue.enqueue("t", 2)
-    killed = raw.client_kill_filter(_type="normal", skipme=True)  # the queue's connection
-    assert killed >= 1
-    third = queue.enqueue("t", 3)  # a stale socket: redis-py's one retry, on a new connection
-    fetched = queue.fetch(5, ["t"], 60)
-    assert [(j.id, j.payload) for j in fetched] == [(first, 1), (second, 2), (third, 3)]
-    assert raw.hget(f"{PREFIX}:job:{third}", "attempts") == "1"  # enqueued once
-
-
 def test_no_push_past_the_registered_free_slots(
     queue: RedisQueue, raw: redis.Redis, listen: Listen
 ) -> None:

@@ -107,13 +107,7 @@ from drainpool.queue.records import (
     result_of,
 )
 from drainpool.queue.redis_cancel import CANCEL, cancel_requests
-from drainpool.queue.redis_push import (
-    FORGET_IDLE,
-    PUSH_LUA,
-    IdleAsk,
-    job_from_row,
-    run_after_ping,
-)
+from drainpool.queue.redis_push import FORGET_IDLE, PUSH_LUA, IdleAsk, job_from_row
 from drainpool.queue.redis_records import NOTIFY_TTL_MS, list_jobs, read_job, wait_job
 from drainpool.queue.redis_wakeups import NEXT_DUE, PubSubWaiter
 
@@ -882,11 +876,9 @@ class RedisQueue:
         limit = check_timeout(timeout)
         delay_ms = max(delay, 0.0) * 1000
         shown = "" if limit is None else repr(limit)
-        if not self._upgraded:
-            self._upgrade()
-        args = [self.prefix, self.group, repr(delay_ms), key or "", shown, meta_json, task, body]
-        with self._guard("enqueue"):  # the push before the reply (drainpool.queue.redis_push)
-            return str(run_after_ping(self._client, self._scripts["enqueue"], args))
+        return str(
+            self._run("enqueue", "enqueue", repr(delay_ms), key or "", shown, meta_json, task, body)
+        )
 
     def enqueue_many(self, jobs: Iterable[tuple[str, Any]]) -> int:
         rows = [(task, encode_payload(payload)) for task, payload in jobs]

@@ -64,16 +64,6 @@ then streams as before; one that found some sets `free` to 0.
   A pool that drains refuses pushes: its waiter releases them and removes the
   registration; at close the waiter removes it too (after a crash, the next
   enqueue of its tasks finds no listener and deletes it).
-- The push is written before the enqueue's reply. Redis writes its replies
-  at the end of each event-loop turn, newest client with output first: the
-  PUBLISH inside the script queues the pool's message, then the script's reply
-  queues the producer's, which Redis therefore wrote first, and the producer
-  went on before the pool had its job (a blocked BRPOP, as huey's worker
-  waits, is served after the LPUSH's reply is queued, so it is written
-  first). A single enqueue therefore sends a PING in the same write, before
-  its script (`run_after_ping`): the PING's reply puts the producer in the
-  queue of clients with output before the PUBLISH does, so the push goes out
-  first. One command more per enqueue, no round trip more.
 """
 
 from __future__ import annotations
@@ -81,8 +71,6 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-import redis
 
 from drainpool.queue.base import Failure, Job, decode_meta, decode_payload, fetched_job
 
@@ -263,39 +251,3 @@ class PushOwner(Protocol):
     ) -> None: ...
 
     def forget_idle(self, push_id: str, tasks: Collection[str]) -> None: ...
-
-
-def run_after_ping(client: redis.Redis, script: Any, args: list[Any]) -> Any:
-    """`script(args=args)`, with a PING before it in the same write (the module docstring:
-    the push it publishes then goes out before its reply).
-
-    redis-py's own retry (one, on a broken connection) applies as to any command;
-    a script Redis does not hold (NOSCRIPT) and a client on one fixed connection
-    go through the script's own call.
-    """
-    if client.connection is not None:
-        return script(args=args)
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
-        return connection.retry.call_with_retry(
-            lambda: _ping_and_run(connection, script.sha, args),
-            lambda _error: connection.disconnect(),
-        )
-    except redis.exceptions.NoScriptError:
-        pass  # a new or flushed server: the script's own call loads it
-    finally:
-        pool.release(connection)
-    return script(args=args)
-
-
-def _ping_and_run(connection: Any, sha: str, args: list[Any]) -> Any:
-    connection.send_packed_command(
-        connection.pack_commands([("PING",), ("EVALSHA", sha, 0, *args)])
-    )
-    try:
-        connection.read_response()  # PONG
-    except BaseException:
-        connection.disconnect()  # the script's reply is still unread: not reusable
-        raise
-    return connection.read_response()
