@@ -25,6 +25,14 @@ def waiters(tmp_path: Path) -> Iterator[list[DoorbellWaiter]]:
         waiter.close()
 
 
+@pytest.fixture
+def bell(tmp_path: Path) -> Iterator[Doorbell]:
+    """A producer's doorbell for the queue file in tmp_path; closed after the test."""
+    made = Doorbell(tmp_path / "queue.db")
+    yield made
+    made.close()
+
+
 def listen(tmp_path: Path, made: list[DoorbellWaiter]) -> DoorbellWaiter:
     waiter = DoorbellWaiter(tmp_path / "queue.db", ("t",))
     assert waiter.wait(0) is True  # armed: its socket is bound in the directory
@@ -38,9 +46,8 @@ def age(directory: Path, seconds: float) -> None:
 
 
 def test_a_listener_bound_just_after_a_ring_is_rung_by_the_next(
-    tmp_path: Path, waiters: list[DoorbellWaiter]
+    tmp_path: Path, waiters: list[DoorbellWaiter], bell: Doorbell
 ) -> None:
-    bell = Doorbell(tmp_path / "queue.db")
     assert bell.ring(["t"]) == 0  # no directory yet: nobody listens
     listen(tmp_path, waiters)
     assert bell.ring(["t"]) == 1
@@ -49,13 +56,11 @@ def test_a_listener_bound_just_after_a_ring_is_rung_by_the_next(
     listen(tmp_path, waiters)
     assert bell.ring(["t"]) == 2
     assert all(waiter.wait(0) for waiter in waiters)  # each heard its datagram
-    bell.close()
 
 
 def test_a_still_directory_is_not_listed_again_until_its_mtime_moves(
-    tmp_path: Path, waiters: list[DoorbellWaiter]
+    tmp_path: Path, waiters: list[DoorbellWaiter], bell: Doorbell
 ) -> None:
-    bell = Doorbell(tmp_path / "queue.db")
     directory = doorbell_dir(tmp_path / "queue.db")
     listen(tmp_path, waiters)
     age(directory, COARSE_SETTLED_SECONDS + 10)
@@ -66,13 +71,11 @@ def test_a_still_directory_is_not_listed_again_until_its_mtime_moves(
     assert bell.ring(["t"]) == 1  # the kept listing: one stat, no listing
     age(directory, COARSE_SETTLED_SECONDS + 5)  # the mtime moves: listed again
     assert bell.ring(["t"]) == 2
-    bell.close()
 
 
 def test_a_stale_socket_is_removed_and_the_listing_follows(
-    tmp_path: Path, waiters: list[DoorbellWaiter]
+    tmp_path: Path, waiters: list[DoorbellWaiter], bell: Doorbell
 ) -> None:
-    bell = Doorbell(tmp_path / "queue.db")
     directory = doorbell_dir(tmp_path / "queue.db")
     gone = listen(tmp_path, waiters)
     kept = listen(tmp_path, waiters)
@@ -89,4 +92,3 @@ def test_a_stale_socket_is_removed_and_the_listing_follows(
     assert kept._path is not None
     assert sorted(p.name for p in directory.iterdir()) == [kept._path.name]
     assert bell.ring(["t"]) == 1
-    bell.close()
