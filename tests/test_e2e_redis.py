@@ -91,21 +91,33 @@ def assert_queue_empty(factory: DaemonFactory, config: Path) -> None:
     assert (stats["ready"], stats["delayed"], stats["leased"], stats["dead"]) == (0, 0, 0, 0)
 
 
+# The job field of each pending entry of one consumer, read in one step (see held_by).
+HELD_BY = """
+local held = {}
+for _, entry in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[3], ARGV[2])) do
+  local found = redis.call('XRANGE', KEYS[1], entry[1], entry[1])
+  local fields = found[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'job' then held[#held + 1] = fields[i + 1] end
+  end
+end
+return held
+"""
+
+
 def held_by(server: RedisServer, pid: int) -> set[str]:
     """Ids of the jobs whose lease the daemon `pid` holds: its pending entries in Redis.
 
     Read from the stream itself (see daemon/drainpool/queue/redis.py: one stream per task,
     entries that point at the job, the consumer named host:pid), because only
-    Redis knows which of the jobs a daemon finished were acked before a crash.
+    Redis knows which of the jobs a daemon finished were acked before a crash. One
+    script, so that the other daemon settling an entry between two reads cannot make
+    the list name an entry that is gone.
     """
     stream, consumer = "drainpool:stream:record", f"{socket.gethostname()}:{pid}"
     client = redis.Redis(host="127.0.0.1", port=server.port, decode_responses=True)
     try:
-        held = set()
-        for entry in client.xpending_range(stream, "drainpool", "-", "+", JOBS, consumer):
-            ((_, fields),) = client.xrange(stream, entry["message_id"], entry["message_id"])
-            held.add(fields["job"])
-        return held
+        return set(client.eval(HELD_BY, 1, stream, "drainpool", consumer, JOBS))
     finally:
         client.close()
 
