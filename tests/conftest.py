@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.support.daemon import DaemonFactory, daemons
 from tests.support.postgres_server import PostgresServer, postgres_servers
-from tests.support.redis_server import redis_servers
+from tests.support.redis_server import RedisServer, redis_servers
 from tests.support.suite_speed import compile_bytecode, long_modules_first
 
 
@@ -66,6 +67,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         chosen = metafunc.definition.get_closest_marker("queue_backends")
         backends = chosen.args if chosen else DEFAULT_QUEUE_BACKENDS
         metafunc.parametrize("queue_url", backends, indirect=True)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, started in tmp_path; stopped by its pid after."""
+    with redis_servers(tmp_path) as start:
+        yield start()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client of `redis_server` (strings decoded), to look at what the queue wrote."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from drainpool.queue.redis import RedisQueue
 from drainpool.queue.sqlite import SqliteQueue
 from drainpool.tasks import TaskSpec, _resolve
 
-from tests.support.redis_server import RedisServer, redis_servers
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 PROMPT = 10.0
@@ -95,29 +95,17 @@ class Runs:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_servers(tmp_path) as start:
-        yield start()
-
-
-@pytest.fixture
-def rqueue(server: RedisServer) -> Iterator[RedisQueue]:
-    opened = RedisQueue.from_url(server.url, prefix=PREFIX)
+def rqueue(redis_server: RedisServer) -> Iterator[RedisQueue]:
+    opened = RedisQueue.from_url(redis_server.url, prefix=PREFIX)
     yield opened
     opened.close()
 
 
-@pytest.fixture
-def raw(server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(server.url, decode_responses=True)
-    yield client
-    client.close()
-
-
-def registered(raw: redis.Redis) -> Callable[[], bool]:
+def registered(redis_client: redis.Redis) -> Callable[[], bool]:
     """The pool's idle registration is there with a free slot: the next enqueue pushes."""
     return lambda: any(
-        int(raw.hget(key, "free") or 0) > 0 for key in raw.scan_iter(f"{PREFIX}:idle:*")
+        int(redis_client.hget(key, "free") or 0) > 0
+        for key in redis_client.scan_iter(f"{PREFIX}:idle:*")
     )
 
 
@@ -128,14 +116,14 @@ def stop(pool: Pool) -> None:
 
 
 def test_a_pushed_job_runs_on_the_thread_that_read_the_push_and_is_settled_once(
-    rqueue: RedisQueue, raw: redis.Redis
+    rqueue: RedisQueue, redis_client: redis.Redis
 ) -> None:
     runs = Runs()
     pool = runs.pool(rqueue)
     pool.start()
     try:
         ids = []
-        wait_until(registered(raw), PROMPT, "an idle registration")
+        wait_until(registered(redis_client), PROMPT, "an idle registration")
         for n in range(6):
             ids.append(rqueue.enqueue("run", {"n": n}))
             wait_until(lambda: pool.counts["completed"] == len(ids), PROMPT, "the job done")
@@ -143,8 +131,8 @@ def test_a_pushed_job_runs_on_the_thread_that_read_the_push_and_is_settled_once(
         wait_until(lambda: rqueue.stats().leased == 0, PROMPT, "every ack settled")
         waiter: Any = pool._waiter
         heard = waiter._push[1]
-        (key,) = raw.scan_iter(f"{PREFIX}:idle:*")
-        sent = int(raw.hget(key, "sent") or 0)
+        (key,) = redis_client.scan_iter(f"{PREFIX}:idle:*")
+        sent = int(redis_client.hget(key, "sent") or 0)
     finally:
         stop(pool)
     assert sorted(runs.threads) == sorted(ids)
@@ -160,9 +148,9 @@ def test_a_pushed_job_runs_on_the_thread_that_read_the_push_and_is_settled_once(
     assert runs.most <= 2
 
 
-def kept_long_job(runs: Runs, rqueue: RedisQueue, raw: redis.Redis) -> str:
+def kept_long_job(runs: Runs, rqueue: RedisQueue, redis_client: redis.Redis) -> str:
     """Push a long job to the idle pool; its id, once it runs on the thread that read the push."""
-    wait_until(registered(raw), PROMPT, "an idle registration")
+    wait_until(registered(redis_client), PROMPT, "an idle registration")
     job_id = rqueue.enqueue("run", {"seconds": 60})
     wait_until(lambda: job_id in runs.threads, PROMPT, "the pushed job running")
     assert runs.threads[job_id] == [runs.pushed[job_id]]  # kept by the listener
@@ -170,13 +158,13 @@ def kept_long_job(runs: Runs, rqueue: RedisQueue, raw: redis.Redis) -> str:
 
 
 def test_a_drain_while_the_listening_thread_runs_a_pushed_job_interrupts_and_releases_it(
-    rqueue: RedisQueue, raw: redis.Redis
+    rqueue: RedisQueue, redis_client: redis.Redis
 ) -> None:
     runs = Runs()
     pool = runs.pool(rqueue)
     pool.start()
     try:
-        job_id = kept_long_job(runs, rqueue, raw)
+        job_id = kept_long_job(runs, rqueue, redis_client)
         assert pool.begin_drain() == 0  # running: not cancelled, asked to stop
         wait_until(lambda: pool.drained, PROMPT, "the pool drained")
         pool.join()
@@ -186,24 +174,24 @@ def test_a_drain_while_the_listening_thread_runs_a_pushed_job_interrupts_and_rel
     record = rqueue.job(job_id)
     assert record is not None and record.state == "waiting"  # released, not lost
     assert rqueue.stats().leased == 0
-    assert list(raw.scan_iter(f"{PREFIX}:idle:*")) == []  # a drained pool is not pushed to
+    assert list(redis_client.scan_iter(f"{PREFIX}:idle:*")) == []  # a drained pool is not pushed to
     assert pool.stray_threads() == 0
 
 
 def test_a_cancel_reaches_a_pushed_job_that_the_listening_thread_runs(
-    rqueue: RedisQueue, raw: redis.Redis
+    rqueue: RedisQueue, redis_client: redis.Redis
 ) -> None:
     """The role passed on: the new listener hears the cancel (the job watch reads it too)."""
     runs = Runs()
     pool = runs.pool(rqueue)
     pool.start()
     try:
-        job_id = kept_long_job(runs, rqueue, raw)
+        job_id = kept_long_job(runs, rqueue, redis_client)
         rqueue.cancel(job_id)
         wait_until(lambda: pool.counts["aborted"] == 1, PROMPT, "the job aborted")
         wait_until(lambda: rqueue.stats().leased == 0, PROMPT, "its release settled")
         # And the pool still picks up: the next job runs once.
-        wait_until(registered(raw), PROMPT, "an idle registration again")
+        wait_until(registered(redis_client), PROMPT, "an idle registration again")
         after = rqueue.enqueue("run", {})
         wait_until(lambda: pool.counts["completed"] == 1, PROMPT, "the next job done")
     finally:
@@ -214,7 +202,7 @@ def test_a_cancel_reaches_a_pushed_job_that_the_listening_thread_runs(
 
 
 def test_a_process_pool_picks_up_pushed_jobs_through_its_listener_thread(
-    rqueue: RedisQueue, raw: redis.Redis
+    rqueue: RedisQueue, redis_client: redis.Redis
 ) -> None:
     """kind = "process": the worker threads own children, so the listener stays apart."""
     tasks = {"sleep": _resolve("sleep", "drainpool.tasks.examples:sleep")}
@@ -222,7 +210,7 @@ def test_a_process_pool_picks_up_pushed_jobs_through_its_listener_thread(
     pool = Pool(config, 1, tasks, rqueue, Metrics())
     pool.start()
     try:
-        wait_until(registered(raw), PROMPT, "an idle registration")
+        wait_until(registered(redis_client), PROMPT, "an idle registration")
         for n in range(1, 4):
             rqueue.enqueue("sleep", {"seconds": 0})
             wait_until(lambda n=n: pool.counts["completed"] == n, PROMPT, "the job done")

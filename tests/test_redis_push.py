@@ -26,7 +26,7 @@ from drainpool.tasks import TaskSpec
 
 from tests.support.daemon import DaemonFactory
 from tests.support.joblog import count
-from tests.support.redis_server import RedisServer, redis_servers
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 from tests.test_wakeups import commands, done_promptly, idle_config, waits
 
@@ -42,23 +42,10 @@ def gated(ctx: TaskContext, payload: Any) -> str:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_servers(tmp_path) as start:
-        yield start()
-
-
-@pytest.fixture
-def queue(server: RedisServer) -> Iterator[RedisQueue]:
-    opened = RedisQueue.from_url(server.url, prefix=PREFIX)
+def queue(redis_server: RedisServer) -> Iterator[RedisQueue]:
+    opened = RedisQueue.from_url(redis_server.url, prefix=PREFIX)
     yield opened
     opened.close()
-
-
-@pytest.fixture
-def raw(server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(server.url, decode_responses=True)
-    yield client
-    client.close()
 
 
 class Listening:
@@ -114,44 +101,44 @@ def listen(queue: RedisQueue) -> Iterator[Listen]:
         listening.waiter.close()
 
 
-def scripts(raw: redis.Redis) -> int:
-    return commands(raw).get("cmdstat_evalsha", 0)
+def scripts(redis_client: redis.Redis) -> int:
+    return commands(redis_client).get("cmdstat_evalsha", 0)
 
 
 REGISTERING = ("cmdstat_hmget", "cmdstat_hset", "cmdstat_pexpire", "cmdstat_sadd")
 
 
-def registering(raw: redis.Redis) -> dict[str, int]:
+def registering(redis_client: redis.Redis) -> dict[str, int]:
     """The commands an idle fetch's registration can send (none of its other parts does)."""
-    counted = commands(raw)
+    counted = commands(redis_client)
     return {name: counted.get(name, 0) for name in REGISTERING}
 
 
 def test_an_idle_registered_pool_gets_the_job_pushed_leased_without_a_fetch(
-    queue: RedisQueue, raw: redis.Redis, listen: Listen
+    queue: RedisQueue, redis_client: redis.Redis, listen: Listen
 ) -> None:
     listening = listen()
     assert queue.fetch(2, ["t"], 60) == []  # nothing: registers the pool, 2 free
-    idle = raw.hgetall(f"{PREFIX}:idle:{listening.push_id()}")
+    idle = redis_client.hgetall(f"{PREFIX}:idle:{listening.push_id()}")
     assert (idle["free"], idle["me"]) == ("2", queue.consumer)
     queue.enqueue("other", 0)  # the enqueue script loaded: one EVALSHA from now on
-    before = scripts(raw)
+    before = scripts(redis_client)
     job_id = queue.enqueue("t", {"n": 1})
     (job,) = listening.heard(1)
-    assert scripts(raw) == before + 1  # the enqueue's own: no fetch
+    assert scripts(redis_client) == before + 1  # the enqueue's own: no fetch
     assert (job.id, job.task, job.payload, job.attempt) == (job_id, "t", {"n": 1}, 1)
-    record = raw.hgetall(f"{PREFIX}:job:{job_id}")
+    record = redis_client.hgetall(f"{PREFIX}:job:{job_id}")
     assert (record["state"], record["token"], record["attempts"]) == ("leased", job.token, "1")
     assert job.token == idle["token"]
-    (pending,) = raw.xpending_range(f"{PREFIX}:stream:t", PREFIX, "-", "+", 1)
+    (pending,) = redis_client.xpending_range(f"{PREFIX}:stream:t", PREFIX, "-", "+", 1)
     assert pending["consumer"] == queue.consumer
-    assert raw.hget(f"{PREFIX}:idle:{listening.push_id()}", "free") == "1"
+    assert redis_client.hget(f"{PREFIX}:idle:{listening.push_id()}", "free") == "1"
     queue.settle(acks=[job])  # the lease is the pushed token's: the ack takes effect
     assert queue.stats().leased == 0
 
 
 def test_no_push_past_the_registered_free_slots(
-    queue: RedisQueue, raw: redis.Redis, listen: Listen
+    queue: RedisQueue, redis_client: redis.Redis, listen: Listen
 ) -> None:
     listening = listen()
     assert queue.fetch(1, ["t"], 60) == []  # one free slot
@@ -159,90 +146,90 @@ def test_no_push_past_the_registered_free_slots(
     assert [j.id for j in listening.heard(1)] == [first]
     second = queue.enqueue("t", 2)  # announced, and fetched
     listening.until(lambda: listening.woken > 0, "the wake-up")
-    assert raw.hget(f"{PREFIX}:job:{second}", "state") == "ready"
+    assert redis_client.hget(f"{PREFIX}:job:{second}", "state") == "ready"
     assert [j.id for j in queue.fetch(1, ["t"], 60)] == [second]
     assert [j.id for j in listening.jobs] == [first]
 
 
 def test_an_idle_round_that_changed_nothing_sends_no_registration_command(
-    queue: RedisQueue, raw: redis.Redis, listen: Listen
+    queue: RedisQueue, redis_client: redis.Redis, listen: Listen
 ) -> None:
     """Only every FULL_ROUND_EVERY-th such round asks Redis (HMGET, and the backstop)."""
     listening = listen()
     assert queue.fetch(2, ["t"], 60) == []  # registers: 2 free
-    before = registering(raw)
+    before = registering(redis_client)
     for _ in range(FULL_ROUND_EVERY - 1):
         assert queue.fetch(2, ["t"], 60) == []
-    assert registering(raw) == before
+    assert registering(redis_client) == before
     assert queue.fetch(2, ["t"], 60) == []  # the full round: the registration is there
-    after = registering(raw)
+    after = registering(redis_client)
     assert after["cmdstat_hmget"] == before["cmdstat_hmget"] + 1
     assert (after["cmdstat_hset"], after["cmdstat_sadd"]) == (
         before["cmdstat_hset"],
         before["cmdstat_sadd"],
     )
-    assert raw.hget(f"{PREFIX}:idle:{listening.push_id()}", "free") == "2"
+    assert redis_client.hget(f"{PREFIX}:idle:{listening.push_id()}", "free") == "2"
     assert queue.fetch(1, ["t"], 60) == []  # one slot fewer: changed, registered at once
-    assert raw.hget(f"{PREFIX}:idle:{listening.push_id()}", "free") == "1"
+    assert redis_client.hget(f"{PREFIX}:idle:{listening.push_id()}", "free") == "1"
 
 
 def test_a_registration_deleted_under_an_idle_pool_is_written_again_within_the_full_round(
-    queue: RedisQueue, raw: redis.Redis, listen: Listen
+    queue: RedisQueue, redis_client: redis.Redis, listen: Listen
 ) -> None:
     """No push to it meanwhile: the enqueue announces the job, and the pool fetches it."""
     listening = listen()
     assert queue.fetch(1, ["t"], 60) == []
     idle_key = f"{PREFIX}:idle:{listening.push_id()}"
-    raw.delete(idle_key)  # as FLUSHALL, or the backstop expiry, would
+    redis_client.delete(idle_key)  # as FLUSHALL, or the backstop expiry, would
     rounds = 0
-    while not raw.exists(idle_key):
+    while not redis_client.exists(idle_key):
         assert rounds < FULL_ROUND_EVERY, "not registered again within the full round"
         assert queue.fetch(1, ["t"], 60) == []
         rounds += 1
-    assert raw.hget(idle_key, "free") == "1"
-    assert raw.smembers(f"{PREFIX}:idlers:t") == {listening.push_id()}
-    raw.delete(idle_key)
+    assert redis_client.hget(idle_key, "free") == "1"
+    assert redis_client.smembers(f"{PREFIX}:idlers:t") == {listening.push_id()}
+    redis_client.delete(idle_key)
     job_id = queue.enqueue("t", 1)  # found no registration: announced
     listening.until(lambda: listening.woken > 0, "the wake-up")
-    assert raw.hget(f"{PREFIX}:job:{job_id}", "state") == "ready"
+    assert redis_client.hget(f"{PREFIX}:job:{job_id}", "state") == "ready"
     assert [j.id for j in queue.fetch(1, ["t"], 60)] == [job_id]  # found jobs: asks again
     assert listening.jobs == []
     assert queue.fetch(1, ["t"], 60) == []  # idle again: the registration is written again
-    assert raw.hget(idle_key, "free") == "1"
+    assert redis_client.hget(idle_key, "free") == "1"
     listening.woken = 0
     pushed = queue.enqueue("t", 2)
     assert [j.id for j in listening.heard(1)] == [pushed]
 
 
 def test_a_dead_registration_gets_no_push_and_the_enqueue_drops_it_from_every_task(
-    queue: RedisQueue, raw: redis.Redis
+    queue: RedisQueue, redis_client: redis.Redis
 ) -> None:
     """Its listener is gone (a new subscription has a new push id): it can never be pushed."""
     listening = Listening(queue, ["t", "u"])
     try:
         assert queue.fetch(1, ["t", "u"], 60) == []
         push_id = listening.push_id()
-        assert raw.smembers(f"{PREFIX}:idlers:u") == {push_id}
-        assert raw.client_kill_filter(_type="pubsub") == 1  # not noticed yet: no wait runs
+        assert redis_client.smembers(f"{PREFIX}:idlers:u") == {push_id}
+        assert redis_client.client_kill_filter(_type="pubsub") == 1  # not noticed yet: no wait runs
         job_id = queue.enqueue("t", 1)
-        assert raw.hget(f"{PREFIX}:job:{job_id}", "state") == "ready"
-        assert not raw.exists(f"{PREFIX}:idle:{push_id}")
-        assert raw.smembers(f"{PREFIX}:idlers:t") == set()
-        assert raw.smembers(f"{PREFIX}:idlers:u") == set()
+        assert redis_client.hget(f"{PREFIX}:job:{job_id}", "state") == "ready"
+        assert not redis_client.exists(f"{PREFIX}:idle:{push_id}")
+        assert redis_client.smembers(f"{PREFIX}:idlers:t") == set()
+        assert redis_client.smembers(f"{PREFIX}:idlers:u") == set()
         assert [j.id for j in queue.fetch(1, ["t", "u"], 60)] == [job_id]
     finally:
         listening.waiter.close()
 
 
 def test_pushes_on_the_wire_count_against_the_next_registration(
-    queue: RedisQueue, raw: redis.Redis, listen: Listen
+    queue: RedisQueue, redis_client: redis.Redis, listen: Listen
 ) -> None:
     """Over-delivery: a fetch while pushes are unread registers only the slots left."""
     listening = listen()
     assert queue.fetch(3, ["t"], 60) == []  # 3 free
     queue.enqueue_many([("t", n) for n in range(2)])  # 2 pushed, not read yet
     assert queue.fetch(3, ["t"], 60) == []  # the pool still counts 3 free slots
-    idle = raw.hgetall(f"{PREFIX}:idle:{listening.push_id()}")
+    idle = redis_client.hgetall(f"{PREFIX}:idle:{listening.push_id()}")
     assert (idle["free"], idle["sent"]) == ("1", "2")
     assert len(listening.heard(2)) == 2
     queue.enqueue_many([("t", n) for n in range(3)])  # one pushed, two announced
@@ -252,32 +239,32 @@ def test_pushes_on_the_wire_count_against_the_next_registration(
 
 
 def test_a_pool_that_refuses_a_push_gets_it_released_and_no_more_pushes(
-    queue: RedisQueue, raw: redis.Redis, listen: Listen
+    queue: RedisQueue, redis_client: redis.Redis, listen: Listen
 ) -> None:
     listening = listen()
     assert queue.fetch(2, ["t"], 60) == []
     listening.taking = False  # what a draining pool answers
     job_id = queue.enqueue("t", 1)
     listening.until(lambda: queue.stats().ready == 1, "the refused job released")
-    record = raw.hgetall(f"{PREFIX}:job:{job_id}")
+    record = redis_client.hgetall(f"{PREFIX}:job:{job_id}")
     assert (record["state"], record["attempts"]) == ("ready", "0")
-    assert not raw.exists(f"{PREFIX}:idle:{listening.push_id()}")
+    assert not redis_client.exists(f"{PREFIX}:idle:{listening.push_id()}")
     assert [j.id for j in queue.fetch(1, ["t"], 60)] == [job_id]
 
 
 def test_a_closed_waiter_releases_what_was_pushed_and_leaves_no_registration(
-    queue: RedisQueue, raw: redis.Redis
+    queue: RedisQueue, redis_client: redis.Redis
 ) -> None:
     listening = Listening(queue, ["t"])
     assert queue.fetch(2, ["t"], 60) == []
     push_id = listening.push_id()
     job_id = queue.enqueue("t", 1)  # pushed, still on the wire when the pool closes
-    assert raw.hget(f"{PREFIX}:job:{job_id}", "state") == "leased"
+    assert redis_client.hget(f"{PREFIX}:job:{job_id}", "state") == "leased"
     listening.waiter.close()
     assert listening.jobs == []
-    assert raw.hget(f"{PREFIX}:job:{job_id}", "state") == "ready"
-    assert not raw.exists(f"{PREFIX}:idle:{push_id}")
-    assert raw.smembers(f"{PREFIX}:idlers:t") == set()
+    assert redis_client.hget(f"{PREFIX}:job:{job_id}", "state") == "ready"
+    assert not redis_client.exists(f"{PREFIX}:idle:{push_id}")
+    assert redis_client.smembers(f"{PREFIX}:idlers:t") == set()
 
 
 def gated_pool(queue: RedisQueue) -> Pool:
@@ -290,7 +277,7 @@ def gated_pool(queue: RedisQueue) -> Pool:
 
 
 def test_a_job_pushed_as_the_drain_begins_is_released_not_lost_nor_run(
-    queue: RedisQueue, raw: redis.Redis
+    queue: RedisQueue, redis_client: redis.Redis
 ) -> None:
     """A real pool: one job holds it in its drain, and a push reaches it meanwhile."""
     GATE.clear()
@@ -301,35 +288,38 @@ def test_a_job_pushed_as_the_drain_begins_is_released_not_lost_nor_run(
         wait_until(lambda: len(pool.snapshot()["running"]) == 1, PROMPT, "the gated job running")
 
         def registered() -> bool:
-            return any(raw.hget(key, "free") == "1" for key in raw.scan_iter(f"{PREFIX}:idle:*"))
+            return any(
+                redis_client.hget(key, "free") == "1"
+                for key in redis_client.scan_iter(f"{PREFIX}:idle:*")
+            )
 
         wait_until(registered, PROMPT, "the pool registered with one free slot")
         pool.begin_drain()
         pushed = queue.enqueue("later", 2)
         wait_until(
-            lambda: raw.hget(f"{PREFIX}:job:{pushed}", "state") == "ready",
+            lambda: redis_client.hget(f"{PREFIX}:job:{pushed}", "state") == "ready",
             PROMPT,
             "the pushed job released",
         )
-        assert raw.hget(f"{PREFIX}:job:{pushed}", "attempts") == "0"
-        assert list(raw.scan_iter(f"{PREFIX}:idle:*")) == []
+        assert redis_client.hget(f"{PREFIX}:job:{pushed}", "attempts") == "0"
+        assert list(redis_client.scan_iter(f"{PREFIX}:idle:*")) == []
     finally:
         GATE.set()
         wait_until(lambda: pool.drained, PROMPT, "the pool drained")
         pool.join()
     assert [j.id for j in queue.fetch(2, ["later"], 60)] == [pushed]
-    assert raw.hget(f"{PREFIX}:job:{held}", "state") in (None, "completed")
+    assert redis_client.hget(f"{PREFIX}:job:{held}", "state") in (None, "completed")
 
 
 # -- daemons ---------------------------------------------------------------------
 
 
 def test_two_idle_daemons_run_each_of_many_spaced_jobs_once_and_pushes_reach_both(
-    factory: DaemonFactory, tmp_path: Path, server: RedisServer, raw: redis.Redis
+    factory: DaemonFactory, tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
-    config = idle_config(factory, server.url)
+    config = idle_config(factory, redis_server.url)
     daemons = [factory.start(config), factory.start(config)]
-    producer = RedisQueue.from_url(server.url)
+    producer = RedisQueue.from_url(redis_server.url)
     log = tmp_path / "jobs.log"
     ids = []
     try:
@@ -340,16 +330,16 @@ def test_two_idle_daemons_run_each_of_many_spaced_jobs_once_and_pushes_reach_bot
         producer.close()
     assert count(log, "start") == dict.fromkeys(ids, 1)
     assert all(waits(d) == ["blocking read"] for d in daemons)
-    ran_on = {raw.hget(f"drainpool:job:{job_id}", "pid") for job_id in ids}
+    ran_on = {redis_client.hget(f"drainpool:job:{job_id}", "pid") for job_id in ids}
     assert ran_on == {str(d.pid) for d in daemons}  # the most free slots get the push
 
 
 def test_client_kill_of_the_push_connection_loses_nothing_and_the_pushes_come_back(
-    factory: DaemonFactory, tmp_path: Path, server: RedisServer, raw: redis.Redis
+    factory: DaemonFactory, tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
-    config = idle_config(factory, server.url)
+    config = idle_config(factory, redis_server.url)
     daemon = factory.start(config)
-    producer = RedisQueue.from_url(server.url)
+    producer = RedisQueue.from_url(redis_server.url)
     log = tmp_path / "jobs.log"
 
     def job(n: int) -> str:
@@ -358,20 +348,22 @@ def test_client_kill_of_the_push_connection_loses_nothing_and_the_pushes_come_ba
     try:
         first = job(0)
         done_promptly(log, first, "a job before the kill")
-        wait_until(lambda: raw.keys("drainpool:idle:*"), PROMPT, "the pool registered idle")
-        assert raw.client_kill_filter(_type="pubsub") == 1
+        wait_until(
+            lambda: redis_client.keys("drainpool:idle:*"), PROMPT, "the pool registered idle"
+        )
+        assert redis_client.client_kill_filter(_type="pubsub") == 1
         during = [job(n) for n in range(1, 4)]  # at once: before the waiter notices
         for job_id in during:
             done_promptly(log, job_id, "a job enqueued across the kill")
         daemon.wait_log(r"wake-up connection to .*: wake-ups are back", PROMPT)
 
         def listened_again() -> bool:
-            push_ids = [str(key).rsplit(":", 1)[1] for key in raw.keys("drainpool:idle:*")]
+            push_ids = [str(key).rsplit(":", 1)[1] for key in redis_client.keys("drainpool:idle:*")]
             channels = [f"drainpool:push:{push_id}" for push_id in push_ids]
-            return any(n for _, n in raw.pubsub_numsub(*channels)) if channels else False
+            return any(n for _, n in redis_client.pubsub_numsub(*channels)) if channels else False
 
         wait_until(listened_again, PROMPT, "registered again under the new subscription")
-        announced = raw.pubsub()
+        announced = redis_client.pubsub()
         announced.subscribe("drainpool:wake:record")
         announced.get_message(timeout=PROMPT)  # the subscription's confirmation
         after = job(4)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 from drainpool.queue.redis import RedisQueue
 
 from tests.support.daemon import DaemonFactory, base_config
-from tests.support.redis_server import RedisServer, redis_servers
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 from tests.test_wakeups import commands
 
@@ -27,15 +25,8 @@ IDLE_WINDOW = 5.0  # seconds of idling whose commands are counted
 EXTRA_TASKS = {"other": "tests.support.tasks:record"}  # a second stream for "record"
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, started."""
-    with redis_servers(tmp_path) as start:
-        yield start()
-
-
 def test_an_idle_safety_net_round_is_one_script_and_reads_no_clock(
-    factory: DaemonFactory, tmp_path: Path, server: RedisServer
+    factory: DaemonFactory, tmp_path: Path, redis_server: RedisServer
 ) -> None:
     """One fetch per round (it brings the next due time along), nothing more.
 
@@ -47,15 +38,15 @@ def test_an_idle_safety_net_round_is_one_script_and_reads_no_clock(
     runs at start and then once a minute: at most one script more.
     """
     config = factory.config(
-        queue={"url": server.url, "poll_interval_seconds": SAFETY_NET},
+        queue={"url": redis_server.url, "poll_interval_seconds": SAFETY_NET},
         pool={"workers": 2},
         reload={"watch": False},
         tasks=EXTRA_TASKS,
     )
     tasks = base_config(tmp_path, tasks=EXTRA_TASKS)["tasks"]
     factory.start(config)
-    queue = RedisQueue.from_url(server.url)
-    client = redis.Redis.from_url(server.url, decode_responses=True)
+    queue = RedisQueue.from_url(redis_server.url)
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         for task in ("record", "other"):  # streams that exist: the fetch reads each one
             queue.enqueue(task, {"log": str(tmp_path / "jobs.log"), "seconds": 0})
@@ -76,10 +67,10 @@ def test_an_idle_safety_net_round_is_one_script_and_reads_no_clock(
 
 
 def test_the_enqueue_makes_the_group_with_the_stream_and_never_again(
-    server: RedisServer,
+    redis_server: RedisServer,
 ) -> None:
-    queue = RedisQueue.from_url(server.url, prefix="grp")
-    raw = redis.Redis.from_url(server.url, decode_responses=True)
+    queue = RedisQueue.from_url(redis_server.url, prefix="grp")
+    raw = redis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         first = queue.enqueue("t", 1)  # a new stream: its group is made with it
         created = commands(raw).get("cmdstat_xgroup|create", 0)
@@ -101,10 +92,10 @@ def test_the_enqueue_makes_the_group_with_the_stream_and_never_again(
 
 
 def test_a_cancel_of_a_leased_job_reaches_the_waiters_of_its_task_at_once(
-    server: RedisServer,
+    redis_server: RedisServer,
 ) -> None:
     """Issue 19 on the wake-up channel: a cancel message, which is not work to fetch."""
-    queue = RedisQueue.from_url(server.url, prefix="cw")
+    queue = RedisQueue.from_url(redis_server.url, prefix="cw")
     waiter = queue.waiter(["t"])
     other = queue.waiter(["u"])
     heard_here: list[str] = []
