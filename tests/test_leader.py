@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,16 @@ class Runs:
 
         queue.waiter = waiter  # type: ignore[attr-defined]
 
+    @contextmanager
+    def started(self, queue: Queue, **kwargs: Any) -> Iterator[Pool]:
+        """A pool of `task` on `queue`, started; drained and joined after, whatever happens."""
+        pool = self.pool(queue, **kwargs)
+        pool.start()
+        try:
+            yield pool
+        finally:
+            stop(pool)
+
     def pool(self, queue: Queue, name: str = "default", workers: int = 2) -> Pool:
         self.watch(queue)
         tasks = {"run": TaskSpec("run", "tests.test_leader:unused", "function", self.task)}
@@ -119,9 +130,7 @@ def test_a_pushed_job_runs_on_the_thread_that_read_the_push_and_is_settled_once(
     rqueue: RedisQueue, redis_client: redis.Redis
 ) -> None:
     runs = Runs()
-    pool = runs.pool(rqueue)
-    pool.start()
-    try:
+    with runs.started(rqueue) as pool:
         ids = []
         wait_until(registered(redis_client), PROMPT, "an idle registration")
         for n in range(6):
@@ -133,8 +142,6 @@ def test_a_pushed_job_runs_on_the_thread_that_read_the_push_and_is_settled_once(
         heard = waiter._push[1]
         (key,) = redis_client.scan_iter(f"{PREFIX}:idle:*")
         sent = int(redis_client.hget(key, "sent") or 0)
-    finally:
-        stop(pool)
     assert sorted(runs.threads) == sorted(ids)
     assert all(len(threads) == 1 for threads in runs.threads.values()), runs.threads
     pushed = {job_id: thread for job_id, thread in runs.pushed.items() if job_id in ids}
@@ -161,15 +168,11 @@ def test_a_drain_while_the_listening_thread_runs_a_pushed_job_interrupts_and_rel
     rqueue: RedisQueue, redis_client: redis.Redis
 ) -> None:
     runs = Runs()
-    pool = runs.pool(rqueue)
-    pool.start()
-    try:
+    with runs.started(rqueue) as pool:
         job_id = kept_long_job(runs, rqueue, redis_client)
         assert pool.begin_drain() == 0  # running: not cancelled, asked to stop
         wait_until(lambda: pool.drained, PROMPT, "the pool drained")
         pool.join()
-    finally:
-        stop(pool)
     assert +pool.counts == {"interrupted": 1}
     record = rqueue.job(job_id)
     assert record is not None and record.state == "waiting"  # released, not lost
@@ -183,9 +186,7 @@ def test_a_cancel_reaches_a_pushed_job_that_the_listening_thread_runs(
 ) -> None:
     """The role passed on: the new listener hears the cancel (the job watch reads it too)."""
     runs = Runs()
-    pool = runs.pool(rqueue)
-    pool.start()
-    try:
+    with runs.started(rqueue) as pool:
         job_id = kept_long_job(runs, rqueue, redis_client)
         rqueue.cancel(job_id)
         wait_until(lambda: pool.counts["aborted"] == 1, PROMPT, "the job aborted")
@@ -194,8 +195,6 @@ def test_a_cancel_reaches_a_pushed_job_that_the_listening_thread_runs(
         wait_until(registered(redis_client), PROMPT, "an idle registration again")
         after = rqueue.enqueue("run", {})
         wait_until(lambda: pool.counts["completed"] == 1, PROMPT, "the next job done")
-    finally:
-        stop(pool)
     record = rqueue.job(job_id)
     assert record is not None and record.state == "cancelled"
     assert len(runs.threads[after]) == 1
@@ -270,9 +269,7 @@ def test_no_more_than_workers_jobs_run_at_once_while_the_listener_takes_jobs(
     else:
         queue = SqliteQueue(tmp_path / "q.db")
     runs = Runs()
-    pool = runs.pool(queue, workers=2)
-    pool.start()
-    try:
+    with runs.started(queue, workers=2) as pool:
         wait_until(lambda: pool.snapshot()["waits"] != "poll", PROMPT, "armed")
         ids = []
         for n in range(8):
@@ -280,8 +277,6 @@ def test_no_more_than_workers_jobs_run_at_once_while_the_listener_takes_jobs(
             time.sleep(SPACING)  # spacing the jobs, not a check
         wait_until(lambda: pool.counts["completed"] == 8, PROMPT * 2, "all done")
         wait_until(lambda: queue.stats().leased == 0, PROMPT, "every ack settled")
-    finally:
-        stop(pool)
     assert sorted(runs.threads) == sorted(ids)
     assert all(len(threads) == 1 for threads in runs.threads.values()), runs.threads
     assert runs.most == 2  # busy: both slots used, never a third
