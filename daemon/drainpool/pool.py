@@ -1083,11 +1083,15 @@ class Pool:
                 if self._stopping:
                     return False  # the waiter releases it (see _hand_over)
                 if self._idle > len(self._handed):
-                    kept = self._kept = self._start_job(jobs[0], self._leader, stop)
-                    self._last_claim = kept.started
+                    self._keep(jobs[0], stop)
                     self._spare_stop = None
                     return True
         return self._hand_over(jobs, pushed=True)
+
+    def _keep(self, job: Job, stop: JobStop) -> None:
+        """Start `job` on the listening thread, which runs it once its wait returns (lock held)."""
+        kept = self._kept = self._start_job(job, self._leader, stop)
+        self._last_claim = kept.started
 
     def _hand_over(
         self, jobs: list[Job], *, pushed: bool = False, keep: bool = False, fetched: int = 0
@@ -1123,9 +1127,7 @@ class Pool:
                 self._bell.ring()
             else:
                 if stop is not None and self._idle > len(self._handed):
-                    name = threading.current_thread().name
-                    self._kept = self._start_job(jobs[0], name, stop)
-                    self._last_claim = self._kept.started
+                    self._keep(jobs[0], stop)
                     jobs = jobs[1:]
                 if jobs:  # none left when the listening thread kept the only one
                     self._handed.extend(jobs)
