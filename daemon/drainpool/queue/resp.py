@@ -138,24 +138,8 @@ def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
         items: list[Any] = []
         pos = eol + 2
         for _ in range(count):
-            if buf.startswith(b"$", pos):  # a bulk string, inline: a message is three
-                eol = buf.find(CRLF, pos)
-                if eol < 0:
-                    raise _Incomplete(len(buf) + 1)
-                size = int(buf[pos + 1 : eol])
-                start = eol + 2
-                stop = start + size
-                if size < 0:
-                    items.append(None)
-                    pos = start
-                    continue
-                if stop + 2 > len(buf):
-                    raise _Incomplete(stop + 2)
-                items.append(buf[start:stop])
-                pos = stop + 2
-            else:
-                item, pos = _parse(buf, pos)
-                items.append(item)
+            item, pos = _parse(buf, pos)
+            items.append(item)
         return items, pos
     if kind == _INT:
         return int(buf[pos + 1 : eol]), eol + 2
