@@ -222,6 +222,12 @@ def test_a_process_pool_picks_up_pushed_jobs_through_its_listener_thread(
     assert pool.stray_threads() == 0
 
 
+def settled(pool: Pool) -> bool:
+    """Armed, its threads idle but the listener, no wake-up or fetch on its way."""
+    armed = pool.snapshot()["waits"] == "doorbell"
+    return armed and pool._idle == 2 and not pool._fetching and not pool._wake_pending
+
+
 def test_two_sqlite_daemons_on_one_file_claim_each_spaced_job_once_on_the_woken_thread(
     tmp_path: Path,
 ) -> None:
@@ -233,7 +239,10 @@ def test_two_sqlite_daemons_on_one_file_claim_each_spaced_job_once_on_the_woken_
     for pool in pools:
         pool.start()
     try:
-        wait_until(lambda: all(p.snapshot()["waits"] == "doorbell" for p in pools), PROMPT, "armed")
+        # Armed and settled: every thread but the listener idle, and the fetch that the
+        # arming asks of the dispatcher done. A job enqueued before either would go to the
+        # dispatcher (rightly), and the check below is that the woken thread ran each one.
+        wait_until(lambda: all(settled(p) for p in pools), PROMPT, "armed and settled")
         ids = []
         for n in range(10):
             ids.append(producer.enqueue("run", {"n": n}))
@@ -314,8 +323,7 @@ def test_a_drain_waits_for_a_listeners_claim_in_flight_and_releases_what_it_got(
         wait_until(lambda: pool.snapshot()["waits"] == "doorbell", PROMPT, "armed")
 
         def idle() -> bool:  # the listener's first claim is held, or nothing is on its way
-            settled = pool._idle == 2 and not pool._fetching and not pool._wake_pending
-            return queue.held.is_set() or settled
+            return queue.held.is_set() or settled(pool)
 
         wait_until(idle, PROMPT, "the pool idle")
         job_id = queue.enqueue("run", {})
